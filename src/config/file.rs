@@ -1,0 +1,416 @@
+//! The config file format: serde structs mirroring the YAML, and the schema that checks a tree against them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::ConfigError;
+
+/// The whole file. Every field is an `Option` because required fields and ranges are checked in `compile`,
+/// which knows the defaults and reports every missing field at once instead of serde's first.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    /// `None` entries were not mappings (already reported); kept so later indices stay right.
+    pub openai_clients: Option<Vec<Option<ClientFile>>>,
+    pub server: Option<ServerFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ServerFile {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClientFile {
+    pub name: Option<String>,
+    pub api_key: Option<String>,
+    pub base_url: Option<String>,
+    pub priority: Option<i64>,
+    pub weight: Option<i64>,
+    pub model_match: Option<ModelMatchFile>,
+    pub fallback: Option<FallbackFile>,
+    pub special_prefix: Option<String>,
+    pub stop: Option<OneOrMany>,
+    pub max_tokens: Option<i64>,
+    pub extra_body: Option<serde_json::Map<String, serde_json::Value>>,
+    pub model: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub connect_timeout_ms: Option<i64>,
+    pub read_timeout_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ModelMatchFile {
+    /// "exact" or "keyword"; checked in `compile`, after `${VAR}` expansion.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub value: Option<OneOrMany>,
+}
+
+/// `value: "gpt-4"` or `value: ["gpt-4", "gpt-3.5-turbo"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `fallback: "model-name"`, or `fallback: false` (YAML also reads `False`) for none.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub(super) enum FallbackFile {
+    Model(String),
+    Off(bool),
+}
+
+/// What a value in the tree must look like. `null` fits every shape: it means "absent".
+pub(super) enum Shape {
+    Str,
+    Int,
+    StrOrList,
+    ModelOrFalse,
+    /// String keys to string values (`headers`).
+    StrMap,
+    /// Anything JSON can hold (`extra_body`): string keys, no YAML tags.
+    JsonMap,
+    Section(&'static [(&'static str, Shape)]),
+    ListOf(&'static Shape),
+}
+
+const SERVER: Shape = Shape::Section(&[("listen", Shape::Str), ("max_body_bytes", Shape::Int)]);
+
+const MODEL_MATCH: Shape = Shape::Section(&[("type", Shape::Str), ("value", Shape::StrOrList)]);
+
+const CLIENT: Shape = Shape::Section(&[
+    ("name", Shape::Str),
+    ("api_key", Shape::Str),
+    ("base_url", Shape::Str),
+    ("priority", Shape::Int),
+    ("weight", Shape::Int),
+    ("model_match", MODEL_MATCH),
+    ("fallback", Shape::ModelOrFalse),
+    ("special_prefix", Shape::Str),
+    ("stop", Shape::StrOrList),
+    ("max_tokens", Shape::Int),
+    ("extra_body", Shape::JsonMap),
+    ("model", Shape::Str),
+    ("headers", Shape::StrMap),
+    ("connect_timeout_ms", Shape::Int),
+    ("read_timeout_ms", Shape::Int),
+]);
+
+/// The whole file; mirrors [`FileConfig`] field for field (a test keeps them in step).
+pub(super) const ROOT: Shape = Shape::Section(&[
+    ("openai_clients", Shape::ListOf(&CLIENT)),
+    ("server", SERVER),
+]);
+
+impl Shape {
+    fn expected(&self) -> &'static str {
+        match self {
+            Shape::Str => "expected a string",
+            Shape::Int => "expected an integer",
+            Shape::StrOrList => "expected a string or a list of strings",
+            Shape::ModelOrFalse => "expected a model name or false",
+            Shape::StrMap => "expected a mapping of names to strings",
+            Shape::JsonMap | Shape::Section(_) => "expected a mapping",
+            Shape::ListOf(_) => "expected a list",
+        }
+    }
+}
+
+/// Checks `value` against `shape`, reporting each problem at its path.
+///
+/// serde stops at the first error and does not say where it was, so this walk runs first. Unknown keys are
+/// removed and ill-typed values become `null`: the rest then deserializes into [`FileConfig`] without error
+/// and still gets validated, so one mistake does not hide the others.
+pub(super) fn conform(value: &mut Value, shape: &Shape, path: &str, errors: &mut Vec<ConfigError>) {
+    if value.is_null() {
+        return;
+    }
+    let fits = match shape {
+        Shape::Str => value.is_string(),
+        Shape::Int => value.is_i64(),
+        Shape::ModelOrFalse => value.is_string() || value.as_bool() == Some(false),
+        Shape::StrOrList => conform_str_or_list(value, path, errors),
+        Shape::StrMap => conform_entries(value, path, errors, string_problem),
+        Shape::JsonMap => conform_entries(value, path, errors, json_problem),
+        Shape::Section(fields) => conform_section(value, fields, path, errors),
+        Shape::ListOf(item) => conform_list(value, item, path, errors),
+    };
+    if !fits {
+        errors.push(ConfigError::new(path, shape.expected()));
+        *value = Value::Null;
+    }
+}
+
+/// Returns false (nothing reported yet) when `value` is not a mapping at all.
+fn conform_section(
+    value: &mut Value,
+    fields: &[(&str, Shape)],
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> bool {
+    let Value::Mapping(map) = value else {
+        return false;
+    };
+    map.retain(|key, child| {
+        let child_path = key_path(path, &key_text(key));
+        let known = fields.iter().find(|(name, _)| key.as_str() == Some(*name));
+        match known {
+            Some((_, shape)) => conform(child, shape, &child_path, errors),
+            None => errors.push(ConfigError::new(child_path, unknown_field(fields))),
+        }
+        known.is_some()
+    });
+    true
+}
+
+fn unknown_field(fields: &[(&str, Shape)]) -> String {
+    let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+    format!("unknown field, expected one of {}", names.join(", "))
+}
+
+fn conform_list(
+    value: &mut Value,
+    item: &Shape,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> bool {
+    let Value::Sequence(items) = value else {
+        return false;
+    };
+    for (i, element) in items.iter_mut().enumerate() {
+        conform(element, item, &index_path(path, i), errors);
+    }
+    true
+}
+
+/// A list with a non-string element is reported per element and then dropped whole.
+fn conform_str_or_list(value: &mut Value, path: &str, errors: &mut Vec<ConfigError>) -> bool {
+    let items = match value {
+        Value::String(_) => return true,
+        Value::Sequence(items) => items,
+        _ => return false,
+    };
+    let before = errors.len();
+    for (i, item) in items.iter().enumerate() {
+        if !item.is_string() {
+            errors.push(ConfigError::new(index_path(path, i), Shape::Str.expected()));
+        }
+    }
+    if errors.len() > before {
+        *value = Value::Null;
+    }
+    true
+}
+
+/// For free-form mappings: every key must be a string and every value pass `check`; bad entries are dropped.
+fn conform_entries(
+    value: &mut Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+    check: impl Fn(&Value) -> Result<(), String>,
+) -> bool {
+    let Value::Mapping(map) = value else {
+        return false;
+    };
+    map.retain(|key, child| {
+        let child_path = key_path(path, &key_text(key));
+        let checked = match key.as_str() {
+            Some(_) => check(child),
+            None => Err("keys must be strings".to_string()),
+        };
+        if let Err(message) = &checked {
+            errors.push(ConfigError::new(child_path, message.as_str()));
+        }
+        checked.is_ok()
+    });
+    true
+}
+
+fn string_problem(value: &Value) -> Result<(), String> {
+    match value {
+        Value::String(_) => Ok(()),
+        _ => Err(Shape::Str.expected().to_string()),
+    }
+}
+
+/// Whether a YAML value can become JSON: serde_json objects need string keys and YAML tags have no JSON form.
+fn json_problem(value: &Value) -> Result<(), String> {
+    match value {
+        Value::Tagged(tagged) => Err(format!("YAML tag {} has no JSON equivalent", tagged.tag)),
+        Value::Sequence(items) => items.iter().try_for_each(json_problem),
+        Value::Mapping(map) => map.iter().try_for_each(json_entry_problem),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => Ok(()),
+    }
+}
+
+fn json_entry_problem((key, value): (&Value, &Value)) -> Result<(), String> {
+    if !key.is_string() {
+        return Err(format!("nested key {} must be a string", key_text(key)));
+    }
+    json_problem(value)
+}
+
+/// `parent.key`, or just `key` at the top level.
+pub(super) fn key_path(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// `parent[i]`.
+pub(super) fn index_path(parent: &str, index: usize) -> String {
+    format!("{parent}[{index}]")
+}
+
+/// A mapping key as it would appear in a path (YAML allows non-string keys; they are errors, but need naming).
+pub(super) fn key_text(key: &Value) -> String {
+    match key {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".into(),
+        Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => "<complex key>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn section_fields(shape: &Shape) -> Vec<&'static str> {
+        match shape {
+            Shape::Section(fields) => fields.iter().map(|(name, _)| *name).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn conformed(yaml: &str) -> (Value, Vec<String>) {
+        let mut tree: Value = serde_yaml::from_str(yaml).unwrap();
+        let mut errors = Vec::new();
+        conform(&mut tree, &ROOT, "", &mut errors);
+        (tree, errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    const FULL: &str = r#"
+openai_clients:
+  - name: a
+    api_key: k
+    base_url: http://h
+    priority: -1
+    weight: 2
+    model_match: {type: keyword, value: gpt}
+    fallback: other
+    special_prefix: "<think>"
+    stop: "</s>"
+    max_tokens: 10
+    extra_body: {top_k: 5, nested: {x: [1, null]}}
+    model: m
+    headers: {X-Api-Key: v}
+    connect_timeout_ms: 1
+    read_timeout_ms: 2
+server: {listen: "127.0.0.1:1", max_body_bytes: 3}
+"#;
+
+    /// Catches the schema and the structs drifting apart: a field missing from the schema would be dropped as
+    /// unknown, one missing from the structs would fail `deny_unknown_fields`.
+    #[test]
+    fn schema_and_structs_agree() {
+        let (tree, errors) = conformed(FULL);
+        assert_eq!(errors, Vec::<String>::new());
+        let file: FileConfig = serde_yaml::from_value(tree).unwrap();
+        let clients = file.openai_clients.unwrap();
+        let c = clients[0].as_ref().unwrap();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("None"),
+            "every client field should be set: {debug}"
+        );
+        assert_eq!(
+            c.model_match.as_ref().unwrap().kind.as_deref(),
+            Some("keyword")
+        );
+        assert_eq!(c.fallback, Some(FallbackFile::Model("other".into())));
+        assert_eq!(c.stop, Some(OneOrMany::One("</s>".into())));
+        let server = file.server.unwrap();
+        assert_eq!(server.max_body_bytes, Some(3));
+        assert_eq!(section_fields(&SERVER), ["listen", "max_body_bytes"]);
+        assert_eq!(section_fields(&CLIENT).len(), 15);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_reported_at_their_paths_and_removed() {
+        let (tree, errors) = conformed(
+            "openai_clients:\n  - {name: a, model_matc: x, priority: high, model_match: {type: 5, valu: [a]}}\n  - 7\nserver: {lisen: x}\nextra: 1\n",
+        );
+        assert_eq!(
+            errors,
+            [
+                "openai_clients[0].model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms",
+                "openai_clients[0].priority: expected an integer",
+                "openai_clients[0].model_match.type: expected a string",
+                "openai_clients[0].model_match.valu: unknown field, expected one of type, value",
+                "openai_clients[1]: expected a mapping",
+                "server.lisen: unknown field, expected one of listen, max_body_bytes",
+                "extra: unknown field, expected one of openai_clients, server",
+            ]
+        );
+        let file: FileConfig = serde_yaml::from_value(tree).unwrap();
+        let clients = file.openai_clients.unwrap();
+        assert_eq!(
+            clients.len(),
+            2,
+            "a bad entry keeps its slot so later indices stay right"
+        );
+        assert!(clients[1].is_none());
+        assert_eq!(clients[0].as_ref().unwrap().priority, None);
+    }
+
+    #[test]
+    fn lists_maps_and_fallbacks_are_checked_inside() {
+        let (tree, errors) = conformed(
+            "openai_clients:\n  - stop: [a, 1]\n    fallback: true\n    headers: {ok: v, n: 5, 3: x}\n    extra_body: {a: !t 1, b: {2: x}, c: [1]}\n  - fallback: False\n    model_match: {value: [x, y]}\n",
+        );
+        assert_eq!(
+            errors,
+            [
+                "openai_clients[0].stop[1]: expected a string",
+                "openai_clients[0].fallback: expected a model name or false",
+                "openai_clients[0].headers.n: expected a string",
+                "openai_clients[0].headers.3: keys must be strings",
+                "openai_clients[0].extra_body.a: YAML tag !t has no JSON equivalent",
+                "openai_clients[0].extra_body.b: nested key 2 must be a string",
+            ]
+        );
+        let file: FileConfig = serde_yaml::from_value(tree).unwrap();
+        let clients = file.openai_clients.unwrap();
+        let first = clients[0].as_ref().unwrap();
+        assert_eq!(first.stop, None);
+        assert_eq!(first.headers.as_ref().unwrap().len(), 1);
+        assert_eq!(first.extra_body.as_ref().unwrap().len(), 1);
+        let second = clients[1].as_ref().unwrap();
+        assert_eq!(second.fallback, Some(FallbackFile::Off(false)));
+        let values = second.model_match.as_ref().unwrap().value.clone();
+        assert_eq!(values, Some(OneOrMany::Many(vec!["x".into(), "y".into()])));
+    }
+
+    #[test]
+    fn nulls_mean_absent() {
+        let (tree, errors) =
+            conformed("openai_clients:\n  - name: a\n    fallback:\n    stop: ~\nserver:\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let file: FileConfig = serde_yaml::from_value(tree).unwrap();
+        assert!(file.server.is_none());
+    }
+}

@@ -1,0 +1,157 @@
+//! The gateway config: `file` mirrors the YAML users write, `compile` validates it into the immutable [`Config`].
+//!
+//! Layout: `file.rs` (serde structs, strict: unknown keys are errors), `env.rs` (`${VAR}` / `${VAR:-default}`
+//! expansion), `base_url.rs` (parsing `base_url` and joining request paths onto it), `compile.rs` (validation
+//! with field paths, producing the runtime types below).
+
+mod base_url;
+mod compile;
+mod env;
+mod file;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use base_url::{BaseUrl, BaseUrlError};
+
+use crate::secret::Secret;
+
+/// Default listen address when neither `server.listen` nor `--listen` is given.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
+/// Default `server.max_body_bytes`: 32 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 600_000;
+
+/// The validated, immutable gateway config. Built once per load; shared behind an `Arc`.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    /// Clients in file order (routing sorts by priority itself).
+    pub clients: Vec<Arc<Client>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// `host:port`, as written (validated to parse as a socket address).
+    pub listen: String,
+    pub max_body_bytes: usize,
+}
+
+/// How a client's `model_match` compares a requested model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchKind {
+    /// The model equals one of the values.
+    Exact,
+    /// The model contains one of the values as a substring.
+    Keyword,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelMatch {
+    pub kind: MatchKind,
+    /// Never empty; each value non-empty.
+    pub values: Vec<String>,
+}
+
+impl ModelMatch {
+    pub fn matches(&self, model: &str) -> bool {
+        match self.kind {
+            MatchKind::Exact => self.values.iter().any(|v| v == model),
+            MatchKind::Keyword => self.values.iter().any(|v| model.contains(v.as_str())),
+        }
+    }
+}
+
+/// One backend (`openai_clients[i]`), validated.
+#[derive(Debug)]
+pub struct Client {
+    pub name: String,
+    /// Empty: the caller's own `Authorization` passes through.
+    pub api_key: Secret,
+    pub base_url: BaseUrl,
+    /// Smaller is tried first.
+    pub priority: i64,
+    /// Share among clients of equal priority (>= 1).
+    pub weight: u32,
+    pub model_match: ModelMatch,
+    /// Model to retry with when this client fails (`false` / absent: none).
+    pub fallback: Option<String>,
+    pub special_prefix: Option<String>,
+    /// Stop words merged into requests (a single string becomes a one-element list).
+    pub stop: Vec<String>,
+    /// Cap for `max_tokens` / `max_completion_tokens`.
+    pub max_tokens: Option<u64>,
+    /// Fields added to the request body when it lacks them.
+    pub extra_body: serde_json::Map<String, serde_json::Value>,
+    /// Model name sent upstream instead of the caller's.
+    pub model: Option<String>,
+    /// Extra upstream request headers, names lower-cased; values may be secrets (e.g. Azure `api-key`).
+    pub headers: Vec<(http::HeaderName, Secret)>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// One validation problem, with the path of the offending field (`openai_clients[2].model_match.type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config file (validation does not stop at the first).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl Config {
+    /// Reads, expands and validates the file at `path` against the process environment.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Self::parse(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates YAML text; `env` looks up `${VAR}` values (injected for tests).
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        compile::compile(text, env)
+    }
+
+    /// One-line summary for `--check` and the startup log.
+    pub fn summary(&self) -> String {
+        let models: usize = self
+            .clients
+            .iter()
+            .map(|c| c.model_match.values.len())
+            .sum();
+        format!(
+            "{} client(s), {} model rule value(s), listen {}",
+            self.clients.len(),
+            models,
+            self.server.listen
+        )
+    }
+}

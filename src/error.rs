@@ -1,0 +1,143 @@
+//! Typed gateway errors and the one place they become an OpenAI-shaped JSON body.
+
+use serde_json::json;
+
+/// Everything the gateway itself can answer with (backend answers pass through untouched).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("We could not parse the JSON body of your request: {0}")]
+    InvalidJson(String),
+    #[error("The request body must be a JSON object.")]
+    BodyNotObject,
+    #[error("You must provide a model parameter.")]
+    ModelMissing,
+    #[error("The model parameter must be a string.")]
+    ModelNotString,
+    #[error("The model `{0}` does not exist.")]
+    ModelNotFound(String),
+    #[error("Request body too large: the limit is {limit} bytes.")]
+    BodyTooLarge { limit: usize },
+    #[error("Could not read the request body: {0}")]
+    BodyRead(String),
+    #[error("Chunked request bodies over 64 KiB are not supported on this connection; send Content-Length.")]
+    LengthRequired,
+    #[error("Unknown path {0}.")]
+    NotFound(String),
+    #[error("Method {method} is not allowed for {path}.")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("Backend `{client}` for model `{model}` is unreachable: {reason}")]
+    UpstreamUnreachable {
+        model: String,
+        client: String,
+        reason: String,
+    },
+    #[error("Backend `{client}` for model `{model}` timed out: {reason}")]
+    UpstreamTimeout {
+        model: String,
+        client: String,
+        reason: String,
+    },
+    #[error("Internal gateway error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InvalidJson(_)
+            | Self::BodyNotObject
+            | Self::ModelMissing
+            | Self::ModelNotString
+            | Self::BodyRead(_) => 400,
+            Self::ModelNotFound(_) | Self::NotFound(_) => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::LengthRequired => 411,
+            Self::BodyTooLarge { .. } => 413,
+            Self::UpstreamUnreachable { .. } => 502,
+            Self::UpstreamTimeout { .. } => 504,
+            Self::Internal(_) => 500,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status() {
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::ModelMissing | Self::ModelNotString | Self::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    fn code(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::InvalidJson(_) | Self::BodyNotObject => "invalid_json",
+            Self::ModelMissing | Self::ModelNotString => "invalid_model",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::BodyTooLarge { .. } => "request_too_large",
+            Self::BodyRead(_) => "invalid_body",
+            Self::LengthRequired => "length_required",
+            Self::NotFound(_) => "unknown_url",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::UpstreamUnreachable { .. } => "upstream_unreachable",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::Internal(_) => return None,
+        })
+    }
+
+    /// `{"error":{"message","type","param","code"}}`, as OpenAI's API shapes its errors.
+    pub fn to_json(&self) -> Vec<u8> {
+        let body = json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.kind(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        });
+        body.to_string().into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn model_not_found_matches_openai() {
+        let e = GatewayError::ModelNotFound("gpt-x".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(e.status(), 404);
+        assert_eq!(
+            v,
+            json!({"error": {"message": "The model `gpt-x` does not exist.",
+                "type": "invalid_request_error", "param": "model", "code": "model_not_found"}})
+        );
+    }
+
+    #[test]
+    fn every_error_has_four_keys() {
+        let all = [
+            GatewayError::InvalidJson("x".into()),
+            GatewayError::BodyTooLarge { limit: 1 },
+            GatewayError::UpstreamTimeout {
+                model: "m".into(),
+                client: "c".into(),
+                reason: "r".into(),
+            },
+            GatewayError::Internal("x".into()),
+        ];
+        for e in all {
+            let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+            let obj = v["error"].as_object().unwrap();
+            for k in ["message", "type", "param", "code"] {
+                assert!(obj.contains_key(k), "{e:?} lacks {k}");
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Reading the whole request body before routing (the model is in it) while letting Pingora still send it.
+//!
+//! Pingora 0.9 sends a body that was read in `request_filter` only from its 64 KiB retry buffer: once the
+//! body is complete it replays that buffer through `request_body_filter`, where we substitute the full body.
+//! - Content-Length: the buffer is switched on only when at most 64 KiB remain, so it holds the tail and is
+//!   never truncated (each read returns at most 64 KiB, so some tail always remains to be buffered).
+//! - Chunked (or a body the buffer could not hold): the HTTP/1 session is replaced by one that parses a
+//!   rebuilt request with `content-length: 0` from a replay stream; an empty body makes Pingora call
+//!   `request_body_filter(None, end)` once per attempt, and we substitute the full body there too.
+//!
+//! This relies on pingora-proxy internals: the version is pinned and tests send multi-MB bodies both ways.
+
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::protocols::http::ServerSession;
+use pingora::proxy::Session;
+
+use super::replay::ReplayStream;
+use crate::error::GatewayError;
+
+/// Pingora's retry buffer size (`BODY_BUF_LIMIT` in pingora-core).
+const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// Reads the complete request body (at most `limit` bytes) and arranges for Pingora to forward it.
+pub async fn read_full(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+    let declared = declared_length(session)?;
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    if expects_continue(session) {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|e| GatewayError::BodyRead(e.to_string()))?;
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut buffering = declared.is_none_or(|n| n <= RETRY_BUFFER_LIMIT);
+    if buffering {
+        session.enable_retry_buffering();
+    }
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|e| GatewayError::BodyRead(e.to_string()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+        if let (false, Some(n)) = (buffering, declared) {
+            if n - body.len() <= RETRY_BUFFER_LIMIT {
+                session.enable_retry_buffering();
+                buffering = true;
+            }
+        }
+    }
+    let body = body.freeze();
+    if !body.is_empty() && session.get_retry_buffer().is_none() {
+        replace_with_replay(session).await?;
+    }
+    Ok(body)
+}
+
+/// The Content-Length, or None for chunked (or absent) framing.
+fn declared_length(session: &Session) -> Result<Option<usize>, GatewayError> {
+    let headers = &session.req_header().headers;
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(None);
+    }
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| GatewayError::BodyRead("invalid Content-Length".into())),
+    }
+}
+
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Swaps the HTTP/1 downstream for one that reads a rebuilt, body-less copy of the request first.
+async fn replace_with_replay(session: &mut Session) -> Result<(), GatewayError> {
+    let placeholder = ServerSession::new_http1(Box::new(std::io::Cursor::new(Vec::new())));
+    let old = std::mem::replace(&mut *session.downstream_session, placeholder);
+    let keepalive = old.get_keepalive();
+    let h1 = match old {
+        ServerSession::H1(h1) => h1,
+        other => {
+            *session.downstream_session = other;
+            return Err(GatewayError::LengthRequired);
+        }
+    };
+    let head = rebuilt_head(h1.req_header());
+    let stream = h1.into_inner();
+    let mut replayed = ServerSession::new_http1(Box::new(ReplayStream::new(head, stream)));
+    match replayed.read_request().await {
+        Ok(true) => {}
+        Ok(false) | Err(_) => {
+            return Err(GatewayError::Internal(
+                "could not re-read the request head".into(),
+            ))
+        }
+    }
+    replayed.set_keepalive(keepalive);
+    *session.downstream_session = replayed;
+    Ok(())
+}
+
+/// The request line and headers as received, minus body framing, with `content-length: 0`.
+fn rebuilt_head(req: &pingora::http::RequestHeader) -> Bytes {
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.uri.to_string().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers.iter() {
+        if name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_LENGTH
+            || name == header::EXPECT
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-length: 0\r\n\r\n");
+    Bytes::from(out)
+}

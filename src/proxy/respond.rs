@@ -1,0 +1,24 @@
+//! Answers the gateway writes itself: JSON bodies for /health, /v1/models and every error.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use crate::error::GatewayError;
+
+/// Writes a complete JSON response (status, content-type, content-length, body).
+pub async fn json(session: &mut Session, status: u16, body: Vec<u8>) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
+}
+
+/// Writes `err` as an OpenAI-shaped error response.
+pub async fn error(session: &mut Session, err: &GatewayError) -> Result<()> {
+    json(session, err.status(), err.to_json()).await
+}

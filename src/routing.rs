@@ -1,0 +1,186 @@
+//! Model -> ordered candidate clients: exact or keyword match, ascending priority, weighted balance within a priority.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::config::{Client, Config, MatchKind};
+
+/// Routing table compiled from a [`Config`]; cheap to query, no locks.
+#[derive(Debug)]
+pub struct Router {
+    /// Clients sorted by (priority, file order).
+    clients: Vec<Arc<Client>>,
+    /// Requests each client was picked first for; balances clients of equal priority by weight.
+    picked: Vec<AtomicU64>,
+    /// For every model named by an `exact` rule: every client that matches it (exact or keyword), sorted.
+    exact: HashMap<String, Vec<usize>>,
+    /// Clients with keyword rules, sorted; scanned for models no exact rule names.
+    keyword: Vec<usize>,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Router {
+        let mut clients = config.clients.clone();
+        // Stable sort keeps file order among equal priorities.
+        clients.sort_by_key(|c| c.priority);
+        let keyword: Vec<usize> = (0..clients.len())
+            .filter(|&i| clients[i].model_match.kind == MatchKind::Keyword)
+            .collect();
+        let mut exact = HashMap::new();
+        for c in clients
+            .iter()
+            .filter(|c| c.model_match.kind == MatchKind::Exact)
+        {
+            for model in &c.model_match.values {
+                exact.entry(model.clone()).or_insert_with(|| {
+                    (0..clients.len())
+                        .filter(|&i| clients[i].model_match.matches(model))
+                        .collect::<Vec<_>>()
+                });
+            }
+        }
+        let picked = clients.iter().map(|_| AtomicU64::new(0)).collect();
+        Router {
+            clients,
+            picked,
+            exact,
+            keyword,
+        }
+    }
+
+    /// The clients that serve `model`, in the order to try them; empty when none matches.
+    /// The first is chosen among the lowest-priority group by weight; the rest follow by priority.
+    pub fn candidates(&self, model: &str) -> Vec<Arc<Client>> {
+        let matching: Vec<usize> = match self.exact.get(model) {
+            Some(list) => list.clone(),
+            None => self
+                .keyword
+                .iter()
+                .copied()
+                .filter(|&i| self.clients[i].model_match.matches(model))
+                .collect(),
+        };
+        let Some(&first) = matching.first() else {
+            return Vec::new();
+        };
+        let top = self.clients[first].priority;
+        let group = matching
+            .iter()
+            .take_while(|&&i| self.clients[i].priority == top)
+            .count();
+        let chosen = self.pick(&matching[..group]);
+        let mut out = Vec::with_capacity(matching.len());
+        out.push(self.clients[matching[chosen]].clone());
+        out.extend(
+            matching
+                .iter()
+                .enumerate()
+                .filter(|&(pos, _)| pos != chosen)
+                .map(|(_, &i)| self.clients[i].clone()),
+        );
+        out
+    }
+
+    /// Index within `group` of the client furthest below its weighted share; ties go to file order.
+    fn pick(&self, group: &[usize]) -> usize {
+        if group.len() == 1 {
+            self.picked[group[0]].fetch_add(1, Ordering::Relaxed);
+            return 0;
+        }
+        let mut best = 0;
+        let mut best_load = (u64::MAX, 1u64);
+        for (pos, &i) in group.iter().enumerate() {
+            let load = (
+                self.picked[i].load(Ordering::Relaxed),
+                u64::from(self.clients[i].weight),
+            );
+            // load.0 / load.1 < best.0 / best.1, compared without division.
+            if u128::from(load.0) * u128::from(best_load.1)
+                < u128::from(best_load.0) * u128::from(load.1)
+            {
+                best = pos;
+                best_load = load;
+            }
+        }
+        self.picked[group[best]].fetch_add(1, Ordering::Relaxed);
+        best
+    }
+
+    /// Every model named by an `exact` rule, with the name of the client that serves it first.
+    pub fn exact_models(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.clients
+            .iter()
+            .filter(|c| c.model_match.kind == MatchKind::Exact)
+            .flat_map(|c| {
+                c.model_match
+                    .values
+                    .iter()
+                    .map(move |m| (m.as_str(), c.name.as_str()))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn router(yaml: &str) -> Router {
+        let cfg = Config::parse(yaml, &|_| None).unwrap();
+        Router::new(&cfg)
+    }
+
+    fn names(r: &Router, model: &str) -> Vec<String> {
+        r.candidates(model).iter().map(|c| c.name.clone()).collect()
+    }
+
+    const BASE: &str = "base_url: http://127.0.0.1:1";
+
+    #[test]
+    fn exact_and_keyword_by_priority() {
+        let r = router(&format!(
+            "openai_clients:
+  - {{name: kw, {BASE}, priority: 2, model_match: {{type: keyword, value: [gpt-4, gpt-3.5]}}}}
+  - {{name: ex, {BASE}, priority: 1, model_match: {{type: exact, value: gpt-4o}}}}
+  - {{name: low, {BASE}, priority: 9, model_match: {{type: keyword, value: gpt}}}}"
+        ));
+        assert_eq!(names(&r, "gpt-4o"), ["ex", "kw", "low"]);
+        assert_eq!(names(&r, "gpt-4-turbo"), ["kw", "low"]);
+        assert_eq!(names(&r, "gpt-j"), ["low"]);
+        assert!(names(&r, "claude").is_empty());
+        let models: Vec<_> = r.exact_models().collect();
+        assert_eq!(models, [("gpt-4o", "ex")]);
+    }
+
+    #[test]
+    fn equal_priority_round_robin_by_weight() {
+        let r = router(&format!(
+            "openai_clients:
+  - {{name: a, {BASE}, priority: 1, weight: 2, model_match: {{type: exact, value: m}}}}
+  - {{name: b, {BASE}, priority: 1, model_match: {{type: exact, value: m}}}}
+  - {{name: c, {BASE}, priority: 5, model_match: {{type: exact, value: m}}}}"
+        ));
+        let mut firsts = Vec::new();
+        for _ in 0..9 {
+            let n = names(&r, "m");
+            assert_eq!(n.len(), 3);
+            assert_eq!(n[2], "c");
+            firsts.push(n[0].clone());
+        }
+        assert_eq!(firsts.iter().filter(|n| *n == "a").count(), 6);
+        assert_eq!(firsts.iter().filter(|n| *n == "b").count(), 3);
+        assert_eq!(firsts[..3], ["a", "b", "a"]);
+    }
+
+    #[test]
+    fn equal_weights_alternate() {
+        let r = router(&format!(
+            "openai_clients:
+  - {{name: a, {BASE}, model_match: {{type: keyword, value: m}}}}
+  - {{name: b, {BASE}, model_match: {{type: keyword, value: m}}}}"
+        ));
+        let firsts: Vec<_> = (0..4).map(|_| names(&r, "m1")[0].clone()).collect();
+        assert_eq!(firsts, ["a", "b", "a", "b"]);
+    }
+}

@@ -1,0 +1,64 @@
+//! The official OpenAI Python SDK (`pip install openai`) against the gateway: chat, streaming chat, models, 404.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{client, config, Gateway, Mock};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_python_sdk_works_against_gateway() {
+    let probe = Command::new("python3")
+        .args(["-c", "import openai"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "the OpenAI Python SDK is not installed: run `pip install openai` (CI installs it)\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => panic!("python3 not found ({e}): install python3 and run `pip install openai`"),
+    }
+
+    let mock = Mock::start("sdk").await;
+    mock.set_sse(5, std::time::Duration::ZERO);
+    let gw = Gateway::start(&config(vec![client(
+        "a",
+        &mock.base_url("/v1"),
+        "exact",
+        &["sdk-model"],
+    )]))
+    .await;
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_sdk.py");
+    let base_url = gw.url("/v1");
+    let expected = Mock::sse_text(5);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .args([base_url.as_str(), "sdk-model", expected.as_str()])
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "SDK test failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        mock.count(),
+        2,
+        "one plain and one streaming chat completion"
+    );
+    for r in mock.requests() {
+        assert_eq!(r.uri, "/v1/chat/completions");
+        assert_eq!(r.header("authorization"), Some("Bearer sk-sdk-caller"));
+    }
+}
