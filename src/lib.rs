@@ -9,6 +9,9 @@
 //! - `endpoints` which method+path is answered locally, routed, or an error;
 //! - `models`    the `/v1/models` list;
 //! - `proxy/`    the only code that touches Pingora: the `ProxyHttp` impl, body handling, server setup;
+//! - `rewrite`   per-backend request rewriting (stop, caps, extra fields, model alias, stream usage);
+//! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
+//! - `usage`     usage records and their batching writer into monthly SQLite files;
 //! - `secret`    a string type that never prints itself.
 
 pub mod config;
@@ -18,5 +21,8 @@ pub mod error;
 pub mod models;
 pub mod proxy;
 pub mod request;
+pub mod rewrite;
 pub mod routing;
 pub mod secret;
+pub mod tap;
+pub mod usage;

@@ -1,0 +1,1 @@
+//! Per-backend request rewriting: stop words, token cap, extra fields, model alias, stream usage.
