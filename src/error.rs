@@ -25,18 +25,12 @@ pub enum GatewayError {
     NotFound(String),
     #[error("Method {method} is not allowed for {path}.")]
     MethodNotAllowed { method: String, path: String },
-    #[error("Backend `{client}` for model `{model}` is unreachable: {reason}")]
-    UpstreamUnreachable {
-        model: String,
-        client: String,
-        reason: String,
-    },
-    #[error("Backend `{client}` for model `{model}` timed out: {reason}")]
-    UpstreamTimeout {
-        model: String,
-        client: String,
-        reason: String,
-    },
+    /// Every attempt failed; `tried` lists each client and why (`name for `model`: reason; ...`).
+    #[error("No backend could serve model `{model}`. Tried: {tried}")]
+    UpstreamUnreachable { model: String, tried: String },
+    /// Like `UpstreamUnreachable`, when the last attempt timed out.
+    #[error("No backend could serve model `{model}` in time. Tried: {tried}")]
+    UpstreamTimeout { model: String, tried: String },
     #[error("Internal gateway error: {0}")]
     Internal(String),
 }
@@ -127,8 +121,7 @@ mod tests {
             GatewayError::BodyTooLarge { limit: 1 },
             GatewayError::UpstreamTimeout {
                 model: "m".into(),
-                client: "c".into(),
-                reason: "r".into(),
+                tried: "c for `m`: timed out".into(),
             },
             GatewayError::Internal("x".into()),
         ];

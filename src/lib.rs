@@ -6,6 +6,8 @@
 //! - `request`   the one parse of a request body (model, stream flag);
 //! - `error`     typed gateway errors and their one rendering into OpenAI-shaped JSON;
 //! - `dns`       asynchronous, cached resolution of backend host names;
+//! - `failover`  the order of attempts: candidates by priority, then fallback models, bounded hops;
+//! - `health`    passive health of each backend (failures in a row, cooldowns);
 //! - `endpoints` which method+path is answered locally, routed, or an error;
 //! - `models`    the `/v1/models` list;
 //! - `proxy/`    the only code that touches Pingora: the `ProxyHttp` impl, body handling, server setup;
@@ -18,6 +20,8 @@ pub mod config;
 pub mod dns;
 pub mod endpoints;
 pub mod error;
+pub mod failover;
+pub mod health;
 pub mod models;
 pub mod proxy;
 pub mod request;

@@ -35,7 +35,8 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&list(&Router::new(&cfg), 7)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&list(&Router::new(&cfg, None), 7)).unwrap();
         assert_eq!(v["object"], "list");
         let ids: Vec<_> = v["data"]
             .as_array()

@@ -1,38 +1,108 @@
-//! The single parse of a request body: pulls out `model` and `stream` without copying the rest.
+//! The single parse of a request body: `model`, `stream` and a few flags, without copying the rest.
 
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::GatewayError;
 
-/// What routing needs from a JSON request body.
+/// What routing, rewriting and usage records need from a JSON request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestInfo {
     pub model: String,
     pub stream: bool,
+    /// The caller asked for stream usage (`stream_options.include_usage: true`).
+    pub include_usage: bool,
+    /// `tools` or `functions` present and non-empty (a non-empty list or object).
+    pub tool: bool,
+    /// A content part that is not text: in `messages[].content` (chat: parts whose `type` is not "text", e.g.
+    /// image_url, input_audio, file) or the Responses API `input[].content[]` parts whose type is not
+    /// "input_text"/"output_text"/"text". A "refusal" part counts as text in both.
+    pub multimodal: bool,
+}
+
+/// The top level of a request. Everything but `model` is read leniently: a field of an unexpected shape
+/// reads as `false` instead of failing the request, and big fields are skipped, not copied.
+#[derive(Default)]
+struct Peek<'a> {
+    model: Option<&'a RawValue>,
+    stream: bool,
+    include_usage: bool,
+    tool: bool,
+    multimodal: bool,
 }
 
 #[derive(Deserialize)]
-struct Peek<'a> {
-    #[serde(borrow)]
-    model: Option<&'a RawValue>,
-    #[serde(default)]
-    stream: Option<serde_json::Value>,
+#[serde(field_identifier, rename_all = "snake_case")]
+enum TopKey {
+    Model,
+    Stream,
+    StreamOptions,
+    Tools,
+    Functions,
+    Messages,
+    Input,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Peek<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(PeekVisitor)
+    }
+}
+
+struct PeekVisitor;
+
+impl<'de> Visitor<'de> for PeekVisitor {
+    type Value = Peek<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    /// A repeated key is no error (JSON parsers mostly keep the last), except `model`: routing on one copy
+    /// while the backend reads another would be wrong.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Peek<'de>, A::Error> {
+        let mut p = Peek::default();
+        while let Some(key) = map.next_key::<TopKey>()? {
+            match key {
+                TopKey::Model if p.model.is_some() => {
+                    return Err(de::Error::duplicate_field("model"))
+                }
+                TopKey::Model => p.model = Some(map.next_value()?),
+                TopKey::Stream => p.stream = probe::<A, Flag>(&mut map)?,
+                TopKey::StreamOptions => p.include_usage = probe::<A, StreamOptions>(&mut map)?,
+                TopKey::Tools | TopKey::Functions => p.tool |= probe::<A, NonEmpty>(&mut map)?,
+                TopKey::Messages => p.multimodal |= probe::<A, AnyItem<Message<false>>>(&mut map)?,
+                TopKey::Input => p.multimodal |= probe::<A, AnyItem<Message<true>>>(&mut map)?,
+                TopKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// Reads the next map value with probe `P`.
+fn probe<'de, A: MapAccess<'de>, P: Probe>(map: &mut A) -> Result<bool, A::Error> {
+    Ok(map.next_value::<Lenient<P>>()?.get())
 }
 
 /// Validates that `body` is a JSON object with a string `model`; other fields are left untouched.
 pub fn inspect(body: &[u8]) -> Result<RequestInfo, GatewayError> {
-    // serde accepts a JSON array for a struct, so check the shape first.
+    // Valid JSON of the wrong shape and invalid JSON get different messages, so check the shape first.
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         Some(_) => {
-            // Valid JSON of the wrong shape and invalid JSON get different messages.
-            return Err(
-                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                    Ok(_) => GatewayError::BodyNotObject,
-                    Err(e) => GatewayError::InvalidJson(e.to_string()),
-                },
-            );
+            return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+                Ok(_) => GatewayError::BodyNotObject,
+                Err(e) => GatewayError::InvalidJson(e.to_string()),
+            });
         }
         None => return Err(GatewayError::InvalidJson("the body is empty".into())),
     }
@@ -44,58 +114,205 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, GatewayError> {
         Ok(None) => return Err(GatewayError::ModelMissing),
         Err(_) => return Err(GatewayError::ModelNotString),
     };
-    let stream = matches!(peek.stream, Some(serde_json::Value::Bool(true)));
-    Ok(RequestInfo { model, stream })
+    Ok(RequestInfo {
+        model,
+        stream: peek.stream,
+        include_usage: peek.include_usage,
+        tool: peek.tool,
+        multimodal: peek.multimodal,
+    })
+}
+
+/// One question asked of a JSON value while it is parsed. Each hook answers for one JSON type; the defaults
+/// answer `false` and skip the value, so any shape is accepted.
+trait Probe {
+    fn on_bool(_: bool) -> bool {
+        false
+    }
+    fn on_str(_: &str) -> bool {
+        false
+    }
+    fn on_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+    fn on_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<bool, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+}
+
+/// The answer of probe `P` for one value; only invalid JSON is an error.
+struct Lenient<P>(bool, PhantomData<fn() -> P>);
+
+impl<P> Lenient<P> {
+    fn get(&self) -> bool {
+        self.0
+    }
+}
+
+impl<P> Default for Lenient<P> {
+    fn default() -> Self {
+        Lenient(false, PhantomData)
+    }
+}
+
+impl<'de, P: Probe> Deserialize<'de> for Lenient<P> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LenientVisitor::<P>(PhantomData))
+            .map(|b| Lenient(b, PhantomData))
+    }
+}
+
+struct LenientVisitor<P>(PhantomData<fn() -> P>);
+
+impl<'de, P: Probe> Visitor<'de> for LenientVisitor<P> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+        Ok(P::on_bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(P::on_str(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
+        P::on_seq(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
+        P::on_map(map)
+    }
+}
+
+/// `true` itself.
+enum Flag {}
+
+impl Probe for Flag {
+    fn on_bool(v: bool) -> bool {
+        v
+    }
+}
+
+/// A list or object with at least one element.
+enum NonEmpty {}
+
+impl Probe for NonEmpty {
+    fn on_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<bool, A::Error> {
+        let mut any = false;
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            any = true;
+        }
+        Ok(any)
+    }
+    fn on_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<bool, A::Error> {
+        let mut any = false;
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+            any = true;
+        }
+        Ok(any)
+    }
+}
+
+/// A list with an element for which `P` holds (every element is still read, as the parser requires).
+struct AnyItem<P>(PhantomData<fn() -> P>);
+
+impl<P: Probe> Probe for AnyItem<P> {
+    fn on_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<bool, A::Error> {
+        let mut any = false;
+        while let Some(item) = seq.next_element::<Lenient<P>>()? {
+            any |= item.get();
+        }
+        Ok(any)
+    }
+}
+
+/// Whether `P` holds for the value of `key` in a map (any of them, if the key is repeated).
+fn probe_key<'de, A: MapAccess<'de>, P: Probe>(mut map: A, key: &str) -> Result<bool, A::Error> {
+    let mut found = false;
+    while let Some(is_key) = map.next_key_seed(IsKey(key))? {
+        if is_key {
+            found |= probe::<A, P>(&mut map)?;
+        } else {
+            map.next_value::<IgnoredAny>()?;
+        }
+    }
+    Ok(found)
+}
+
+/// Compares a map key with an expected name without allocating (escaped keys are unescaped by the parser).
+struct IsKey<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for IsKey<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IsKey<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
+/// `stream_options` with `include_usage: true`.
+enum StreamOptions {}
+
+impl Probe for StreamOptions {
+    fn on_map<'de, A: MapAccess<'de>>(map: A) -> Result<bool, A::Error> {
+        probe_key::<A, Flag>(map, "include_usage")
+    }
+}
+
+/// A chat message (or, with `RESPONSES`, a Responses API input item) whose `content` has a non-text part.
+enum Message<const RESPONSES: bool> {}
+
+impl<const RESPONSES: bool> Probe for Message<RESPONSES> {
+    fn on_map<'de, A: MapAccess<'de>>(map: A) -> Result<bool, A::Error> {
+        probe_key::<A, AnyItem<Part<RESPONSES>>>(map, "content")
+    }
+}
+
+/// A content part whose `type` is a string naming something other than text.
+enum Part<const RESPONSES: bool> {}
+
+impl<const RESPONSES: bool> Probe for Part<RESPONSES> {
+    fn on_map<'de, A: MapAccess<'de>>(map: A) -> Result<bool, A::Error> {
+        probe_key::<A, PartType<RESPONSES>>(map, "type")
+    }
+}
+
+enum PartType<const RESPONSES: bool> {}
+
+impl<const RESPONSES: bool> Probe for PartType<RESPONSES> {
+    fn on_str(kind: &str) -> bool {
+        match kind {
+            "text" | "refusal" => false,
+            "input_text" | "output_text" => !RESPONSES,
+            _ => true,
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn reads_model_and_stream() {
-        let r = inspect(
-            br#"{"messages":[{"role":"user","content":"x"}],"model":"gpt-4o","stream":true}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            r,
-            RequestInfo {
-                model: "gpt-4o".into(),
-                stream: true
-            }
-        );
-        let r = inspect(br#" {"model":"a\u00e9"} "#).unwrap();
-        assert_eq!(r.model, "a\u{e9}");
-        assert!(!r.stream);
-    }
-
-    #[test]
-    fn rejects_bad_shapes() {
-        assert_eq!(inspect(b"[1,2]"), Err(GatewayError::BodyNotObject));
-        assert_eq!(inspect(b"\"x\""), Err(GatewayError::BodyNotObject));
-        assert!(matches!(
-            inspect(b"{nope"),
-            Err(GatewayError::InvalidJson(_))
-        ));
-        assert!(matches!(inspect(b""), Err(GatewayError::InvalidJson(_))));
-        assert!(matches!(
-            inspect(b"nope"),
-            Err(GatewayError::InvalidJson(_))
-        ));
-        assert_eq!(inspect(b"{}"), Err(GatewayError::ModelMissing));
-        assert_eq!(
-            inspect(br#"{"model":null}"#),
-            Err(GatewayError::ModelMissing)
-        );
-        assert_eq!(
-            inspect(br#"{"model":3}"#),
-            Err(GatewayError::ModelNotString)
-        );
-        assert_eq!(
-            inspect(br#"{"model":["a"]}"#),
-            Err(GatewayError::ModelNotString)
-        );
-    }
-}
+mod tests;

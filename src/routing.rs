@@ -3,8 +3,17 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::{Client, Config, MatchKind};
+use crate::health::ClientHealth;
+
+/// A client to try, with the health record that its outcome updates.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub client: Arc<Client>,
+    pub health: Arc<ClientHealth>,
+}
 
 /// Routing table compiled from a [`Config`]; cheap to query, no locks.
 #[derive(Debug)]
@@ -13,6 +22,8 @@ pub struct Router {
     clients: Vec<Arc<Client>>,
     /// Requests each client was picked first for; balances clients of equal priority by weight.
     picked: Vec<AtomicU64>,
+    /// Passive health, parallel to `clients`; carried over by name from the previous router on reload.
+    health: Vec<Arc<ClientHealth>>,
     /// For every model named by an `exact` rule: every client that matches it (exact or keyword), sorted.
     exact: HashMap<String, Vec<usize>>,
     /// Clients with keyword rules, sorted; scanned for models no exact rule names.
@@ -20,7 +31,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(config: &Config) -> Router {
+    pub fn new(config: &Config, previous: Option<&Router>) -> Router {
         let mut clients = config.clients.clone();
         // Stable sort keeps file order among equal priorities.
         clients.sort_by_key(|c| c.priority);
@@ -41,18 +52,45 @@ impl Router {
             }
         }
         let picked = clients.iter().map(|_| AtomicU64::new(0)).collect();
+        let epoch = Instant::now();
+        let health = clients
+            .iter()
+            .map(|c| {
+                let h = ClientHealth::new(epoch);
+                if let Some(old) = previous.and_then(|p| p.health_of(&c.name)) {
+                    h.inherit(old);
+                }
+                Arc::new(h)
+            })
+            .collect();
         Router {
             clients,
             picked,
+            health,
             exact,
             keyword,
         }
     }
 
+    fn health_of(&self, name: &str) -> Option<&ClientHealth> {
+        let i = self.clients.iter().position(|c| c.name == name)?;
+        Some(&self.health[i])
+    }
+
+    /// Whether any client serves `model` (health aside).
+    pub fn serves(&self, model: &str) -> bool {
+        self.exact.contains_key(model)
+            || self
+                .keyword
+                .iter()
+                .any(|&i| self.clients[i].model_match.matches(model))
+    }
+
     /// The clients that serve `model`, in the order to try them; empty when none matches.
+    /// Clients in a cooldown are left out unless that would leave none (then the last one stays).
     /// The first is chosen among the lowest-priority group by weight; the rest follow by priority.
-    pub fn candidates(&self, model: &str) -> Vec<Arc<Client>> {
-        let matching: Vec<usize> = match self.exact.get(model) {
+    pub fn candidates(&self, model: &str) -> Vec<Candidate> {
+        let mut matching: Vec<usize> = match self.exact.get(model) {
             Some(list) => list.clone(),
             None => self
                 .keyword
@@ -61,6 +99,11 @@ impl Router {
                 .filter(|&i| self.clients[i].model_match.matches(model))
                 .collect(),
         };
+        let last = matching.last().copied();
+        matching.retain(|&i| !self.health[i].is_cooling());
+        if let (true, Some(last)) = (matching.is_empty(), last) {
+            matching.push(last);
+        }
         let Some(&first) = matching.first() else {
             return Vec::new();
         };
@@ -70,16 +113,19 @@ impl Router {
             .take_while(|&&i| self.clients[i].priority == top)
             .count();
         let chosen = self.pick(&matching[..group]);
-        let mut out = Vec::with_capacity(matching.len());
-        out.push(self.clients[matching[chosen]].clone());
-        out.extend(
+        let order = std::iter::once(matching[chosen]).chain(
             matching
                 .iter()
                 .enumerate()
                 .filter(|&(pos, _)| pos != chosen)
-                .map(|(_, &i)| self.clients[i].clone()),
+                .map(|(_, &i)| i),
         );
-        out
+        order
+            .map(|i| Candidate {
+                client: self.clients[i].clone(),
+                health: self.health[i].clone(),
+            })
+            .collect()
     }
 
     /// Index within `group` of the client furthest below its weighted share; ties go to file order.
@@ -128,11 +174,14 @@ mod tests {
 
     fn router(yaml: &str) -> Router {
         let cfg = Config::parse(yaml, &|_| None).unwrap();
-        Router::new(&cfg)
+        Router::new(&cfg, None)
     }
 
     fn names(r: &Router, model: &str) -> Vec<String> {
-        r.candidates(model).iter().map(|c| c.name.clone()).collect()
+        r.candidates(model)
+            .iter()
+            .map(|c| c.client.name.clone())
+            .collect()
     }
 
     const BASE: &str = "base_url: http://127.0.0.1:1";
@@ -182,5 +231,33 @@ mod tests {
         ));
         let firsts: Vec<_> = (0..4).map(|_| names(&r, "m1")[0].clone()).collect();
         assert_eq!(firsts, ["a", "b", "a", "b"]);
+    }
+
+    #[test]
+    fn cooling_clients_are_skipped_but_never_all() {
+        use crate::health::HealthPolicy;
+        let yaml = format!(
+            "openai_clients:
+  - {{name: a, {BASE}, priority: 1, model_match: {{type: exact, value: m}}}}
+  - {{name: b, {BASE}, priority: 2, model_match: {{type: exact, value: m}}}}"
+        );
+        let r = router(&yaml);
+        let policy = HealthPolicy {
+            failure_threshold: 1,
+            cooldown: std::time::Duration::from_secs(60),
+        };
+        r.candidates("m")[0].health.record_failure(policy, None);
+        assert_eq!(names(&r, "m"), ["b"]);
+        r.candidates("m")[0].health.record_failure(policy, None);
+        assert_eq!(
+            names(&r, "m"),
+            ["b"],
+            "the last candidate stays even when cooling"
+        );
+        // A reload keeps the health of clients by name.
+        let cfg = Config::parse(&yaml, &|_| None).unwrap();
+        let reloaded = Router::new(&cfg, Some(&r));
+        assert_eq!(names(&reloaded, "m"), ["b"]);
+        assert!(reloaded.serves("m") && !reloaded.serves("x"));
     }
 }

@@ -1,36 +1,22 @@
 //! Turns YAML text into the runtime [`Config`]: parse, expand `${VAR}`, check shapes, validate values.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
 use serde_yaml::{Mapping, Value};
 
-use super::file::{self, index_path, key_path, ClientFile, FallbackFile, FileConfig, OneOrMany};
-use super::{env, BaseUrl, Client, Config, ConfigError, ConfigErrors, MatchKind, ModelMatch};
-use super::{ServerSettings, DEFAULT_READ_TIMEOUT_MS};
-use super::{DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES};
-use crate::secret::Secret;
+use super::client::compile_clients;
+use super::failover::{check_fallbacks, compile_failover};
+use super::file::{self, key_path, FileConfig};
+use super::{env, Config, ConfigError, ConfigErrors, ServerSettings, UsageSettings};
+use super::{DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES};
 
-/// Headers the proxy sets itself or that only mean something on one hop; a configured value would break framing.
-const MANAGED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
+pub(super) const MISSING: &str = "required field is missing";
 
-const MISSING: &str = "required field is missing";
-
-type Errors = Vec<ConfigError>;
+pub(super) type Errors = Vec<ConfigError>;
 
 pub(super) fn compile(
     text: &str,
@@ -45,11 +31,22 @@ pub(super) fn compile(
     let file: FileConfig = serde_yaml::from_value(tree)
         .map_err(|e| single(format!("internal error, schema and structs disagree: {e}")))?;
     let server = compile_server(file.server.unwrap_or_default(), &mut errors);
-    let clients = compile_clients(file.openai_clients, &mut errors);
+    let usage = compile_usage(file.usage.unwrap_or_default(), &mut errors);
+    let (failover, defaults) = compile_failover(file.failover.unwrap_or_default(), &mut errors);
+    let clients = compile_clients(file.openai_clients, &defaults, &mut errors);
+    if errors.is_empty() {
+        // Client indices in paths are only right when every client compiled.
+        check_fallbacks(&clients, &mut errors);
+    }
     if !errors.is_empty() {
         return Err(tidy(errors));
     }
-    Ok(Config { server, clients })
+    Ok(Config {
+        server,
+        clients,
+        usage,
+        failover,
+    })
 }
 
 /// YAML syntax errors carry serde_yaml's line/column; merge keys (`<<: *defaults`) are applied so clients can
@@ -83,22 +80,22 @@ fn tidy(errors: Errors) -> ConfigErrors {
     ConfigErrors(errors)
 }
 
-/// `Some(i)` under `openai_clients[i]`; `None` (file-wide and `server` problems) sorts first.
+/// `Some(i)` under `openai_clients[i]`; `None` (file-wide, `server` and `usage` problems) sorts first.
 fn client_index(path: &str) -> Option<usize> {
     let rest = path.strip_prefix("openai_clients[")?;
     rest[..rest.find(']')?].parse().ok()
 }
 
-/// Validation of one section (`server`, `openai_clients[i]`): names fields relative to it and remembers
-/// whether anything was wrong, while every check still runs so all problems get reported.
-struct Section<'a> {
+/// Validation of one section (`server`, `usage`, `openai_clients[i]`): names fields relative to it and
+/// remembers whether anything was wrong, while every check still runs so all problems get reported.
+pub(super) struct Section<'a> {
     path: String,
     errors: &'a mut Errors,
-    failed: bool,
+    pub(super) failed: bool,
 }
 
 impl<'a> Section<'a> {
-    fn new(path: String, errors: &'a mut Errors) -> Self {
+    pub(super) fn new(path: String, errors: &'a mut Errors) -> Self {
         Section {
             path,
             errors,
@@ -106,20 +103,20 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn report(&mut self, field: &str, message: impl Into<String>) {
+    pub(super) fn report(&mut self, field: &str, message: impl Into<String>) {
         self.errors
             .push(ConfigError::new(key_path(&self.path, field), message));
         self.failed = true;
     }
 
-    fn required<T>(&mut self, field: &str, value: Option<T>) -> Option<T> {
+    pub(super) fn required<T>(&mut self, field: &str, value: Option<T>) -> Option<T> {
         if value.is_none() {
             self.report(field, MISSING);
         }
         value
     }
 
-    fn non_empty(&mut self, field: &str, value: &str) -> bool {
+    pub(super) fn non_empty(&mut self, field: &str, value: &str) -> bool {
         if value.is_empty() {
             self.report(field, "must not be empty");
         }
@@ -127,7 +124,7 @@ impl<'a> Section<'a> {
     }
 
     /// `default` when absent; an out-of-range value is reported and replaced by `default`.
-    fn positive(&mut self, field: &str, value: Option<i64>, default: u64) -> u64 {
+    pub(super) fn positive(&mut self, field: &str, value: Option<i64>, default: u64) -> u64 {
         match value.map(u64::try_from) {
             None => default,
             Some(Ok(n)) if n > 0 => n,
@@ -138,7 +135,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn ok<T>(&mut self, field: &str, result: Result<T, impl Display>) -> Option<T> {
+    pub(super) fn ok<T>(&mut self, field: &str, result: Result<T, impl Display>) -> Option<T> {
         result.map_err(|e| self.report(field, e.to_string())).ok()
     }
 }
@@ -160,190 +157,54 @@ fn compile_server(server: file::ServerFile, errors: &mut Errors) -> ServerSettin
     ServerSettings {
         listen,
         max_body_bytes: usize::try_from(max).unwrap_or(usize::MAX),
+        expose_backend_header: server.expose_backend_header.unwrap_or(true),
     }
 }
 
-fn compile_clients(list: Option<Vec<Option<ClientFile>>>, errors: &mut Errors) -> Vec<Arc<Client>> {
-    let Some(list) = list else {
-        errors.push(ConfigError::new("openai_clients", MISSING));
-        return Vec::new();
-    };
-    check_unique_names(&list, errors);
-    let mut clients = Vec::with_capacity(list.len());
-    for (i, entry) in list.into_iter().enumerate() {
-        let path = index_path("openai_clients", i);
-        match entry {
-            Some(client) => clients.extend(compile_client(client, path, errors).map(Arc::new)),
-            None => errors.push(ConfigError::new(path, "expected a mapping")),
-        }
-    }
-    clients
-}
-
-fn check_unique_names(list: &[Option<ClientFile>], errors: &mut Errors) {
-    let mut first_index: HashMap<&str, usize> = HashMap::new();
-    for (i, client) in list.iter().enumerate() {
-        let name = client.as_ref().and_then(|c| c.name.as_deref());
-        let Some(name) = name.filter(|n| !n.is_empty()) else {
-            continue;
-        };
-        if let Some(first) = first_index.get(name) {
-            let path = key_path(&index_path("openai_clients", i), "name");
-            let message =
-                format!("duplicate client name {name:?} (also used by openai_clients[{first}])");
-            errors.push(ConfigError::new(path, message));
-        } else {
-            first_index.insert(name, i);
-        }
+fn compile_usage(usage: file::UsageFile, errors: &mut Errors) -> UsageSettings {
+    let defaults = UsageSettings::default();
+    let s = &mut Section::new("usage".into(), errors);
+    let dir = usage.dir.filter(|dir| s.non_empty("dir", dir));
+    // Field order, so errors come out in the order the fields are documented.
+    UsageSettings {
+        dir: dir.map_or(defaults.dir, PathBuf::from),
+        record_bodies: usage.record_bodies.unwrap_or(defaults.record_bodies),
+        max_body_bytes: size(
+            s,
+            "max_body_bytes",
+            usage.max_body_bytes,
+            defaults.max_body_bytes,
+        ),
+        batch_size: size(s, "batch_size", usage.batch_size, defaults.batch_size),
+        flush_interval: Duration::from_millis(s.positive(
+            "flush_interval_ms",
+            usage.flush_interval_ms,
+            millis(defaults.flush_interval),
+        )),
+        queue_capacity: size(
+            s,
+            "queue_capacity",
+            usage.queue_capacity,
+            defaults.queue_capacity,
+        ),
     }
 }
 
-/// Validates one client; `None` (with its errors pushed) when anything is wrong.
-fn compile_client(c: ClientFile, path: String, errors: &mut Errors) -> Option<Client> {
-    let s = &mut Section::new(path, errors);
-    let name = s
-        .required("name", c.name)
-        .filter(|n| s.non_empty("name", n));
-    let api_key = api_key(c.api_key.unwrap_or_default(), s);
-    let base_url = s.required("base_url", c.base_url);
-    let base_url = base_url.and_then(|url| s.ok("base_url", BaseUrl::parse(&url)));
-    let model_match = s.required("model_match", c.model_match);
-    let model_match = model_match.and_then(|m| compile_match(m, s));
-    let weight = s.positive("weight", c.weight, 1);
-    let weight = u32::try_from(weight).map_err(|_| format!("must be at most {}", u32::MAX));
-    let weight = s.ok("weight", weight);
-    let stop = c.stop.map(|stop| strings(stop, "stop", true, s));
-    let max_tokens = c.max_tokens.map(|n| s.positive("max_tokens", Some(n), 0));
-    let headers = compile_headers(c.headers.unwrap_or_default(), s);
-    let connect_ms = s.positive(
-        "connect_timeout_ms",
-        c.connect_timeout_ms,
-        DEFAULT_CONNECT_TIMEOUT_MS,
-    );
-    let read_ms = s.positive(
-        "read_timeout_ms",
-        c.read_timeout_ms,
-        DEFAULT_READ_TIMEOUT_MS,
-    );
-    if s.failed {
-        return None;
-    }
-    Some(Client {
-        name: name?,
-        api_key,
-        base_url: base_url?,
-        priority: c.priority.unwrap_or(0),
-        weight: weight?,
-        model_match: model_match?,
-        fallback: compile_fallback(c.fallback),
-        special_prefix: c.special_prefix.filter(|p| !p.is_empty()),
-        stop: stop.unwrap_or_default(),
-        max_tokens,
-        extra_body: c.extra_body.unwrap_or_default(),
-        model: c.model.filter(|m| !m.is_empty()),
-        headers,
-        connect_timeout: Duration::from_millis(connect_ms),
-        read_timeout: Duration::from_millis(read_ms),
-    })
+/// A positive count or size; `default` when absent or invalid.
+fn size(s: &mut Section, field: &str, value: Option<i64>, default: usize) -> usize {
+    let n = s.positive(field, value, u64::try_from(default).unwrap_or(u64::MAX));
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
-/// Checked here so a stray newline from an env file is a config error, not a failed request later.
-fn api_key(key: String, s: &mut Section) -> Secret {
-    if HeaderValue::from_str(&key).is_err() {
-        s.report(
-            "api_key",
-            "contains characters not allowed in an HTTP header",
-        );
-    }
-    Secret::new(key)
-}
-
-fn compile_match(model_match: file::ModelMatchFile, s: &mut Section) -> Option<ModelMatch> {
-    let kind = s.required("model_match.type", model_match.kind);
-    let kind = kind.and_then(|kind| match_kind(&kind, s));
-    let values = s.required("model_match.value", model_match.value);
-    let values = values.map(|values| strings(values, "model_match.value", false, s));
-    Some(ModelMatch {
-        kind: kind?,
-        values: values?,
-    })
-}
-
-fn match_kind(kind: &str, s: &mut Section) -> Option<MatchKind> {
-    match kind {
-        "exact" => Some(MatchKind::Exact),
-        "keyword" => Some(MatchKind::Keyword),
-        _ => {
-            s.report("model_match.type", r#"expected "exact" or "keyword""#);
-            None
-        }
-    }
-}
-
-/// A string or list of strings as a list; empty strings are always errors, an empty list only when allowed.
-fn strings(value: OneOrMany, field: &str, allow_empty_list: bool, s: &mut Section) -> Vec<String> {
-    match value {
-        OneOrMany::One(one) => {
-            s.non_empty(field, &one);
-            vec![one]
-        }
-        OneOrMany::Many(list) => {
-            if list.is_empty() && !allow_empty_list {
-                s.report(field, "must not be an empty list");
-            }
-            for (i, item) in list.iter().enumerate() {
-                s.non_empty(&index_path(field, i), item);
-            }
-            list
-        }
-    }
-}
-
-/// `false`, null and "" (e.g. an unset `${FALLBACK:-}`) all mean no fallback; `true` never gets here.
-fn compile_fallback(fallback: Option<FallbackFile>) -> Option<String> {
-    match fallback {
-        Some(FallbackFile::Model(model)) if !model.is_empty() => Some(model),
-        _ => None,
-    }
-}
-
-fn compile_headers(
-    headers: BTreeMap<String, String>,
-    s: &mut Section,
-) -> Vec<(HeaderName, Secret)> {
-    let mut compiled: Vec<(HeaderName, Secret)> = Vec::with_capacity(headers.len());
-    for (name, value) in headers {
-        let field = key_path("headers", &name);
-        let Some(header) = s.ok(&field, header(&name, value)) else {
-            continue;
-        };
-        if compiled.iter().any(|(seen, _)| *seen == header.0) {
-            s.report(&field, "duplicate header (names are case-insensitive)");
-        } else {
-            compiled.push(header);
-        }
-    }
-    compiled
-}
-
-/// The value is never echoed in an error: it may be a key.
-fn header(name: &str, value: String) -> Result<(HeaderName, Secret), &'static str> {
-    match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
-        Err(_) => Err("invalid HTTP header name"),
-        Ok(name) if MANAGED_HEADERS.contains(&name.as_str()) => {
-            Err("is managed by the gateway and cannot be set")
-        }
-        Ok(_) if HeaderValue::from_str(&value).is_err() => {
-            Err("invalid HTTP header value (control characters?)")
-        }
-        Ok(name) => Ok((name, Secret::new(value))),
-    }
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::config::{MatchKind, DEFAULT_READ_TIMEOUT_MS};
 
     const USERS_FILE: &str = r#"
 openai_clients:
@@ -385,12 +246,6 @@ openai_clients:
         None
     }
 
-    /// A valid one-client file with `fields` added to (or overriding, via replace) the client.
-    fn client(fields: &str) -> String {
-        let base = "name: a, base_url: 'http://h', model_match: {type: exact, value: m}";
-        format!("openai_clients:\n  - {{{base}, {fields}}}\n")
-    }
-
     fn errors(text: &str) -> Vec<String> {
         let errors = compile(text, &users_env).unwrap_err().0;
         errors.iter().map(|e| e.to_string()).collect()
@@ -428,6 +283,7 @@ openai_clients:
         );
         assert_eq!(config.server.listen, DEFAULT_LISTEN);
         assert_eq!(config.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(config.usage, UsageSettings::default());
     }
 
     #[test]
@@ -436,30 +292,25 @@ openai_clients:
         let config = compile(text, &no_env).unwrap_or_else(|e| panic!("{e}"));
         assert!(config.clients.len() >= 4);
         assert!(config.clients.iter().all(|c| c.api_key.is_empty()));
+        assert_eq!(config.usage, UsageSettings::default());
     }
 
     #[test]
-    fn every_optional_field_compiles() {
-        let fields = "api_key: '', weight: 3, stop: '</s>', max_tokens: 100, extra_body: {top_k: 5}, \
-                      model: up, headers: {Api-Key: '${KEY:-secret}'}, connect_timeout_ms: 5, fallback: null";
-        let text = client(fields).replace("type: exact", "type: '${TYPE:-keyword}'")
-            + "server: {listen: '[::1]:9000', max_body_bytes: 1024}\n";
-        let config = compile(&text, &no_env).unwrap();
-        let c = &config.clients[0];
-        assert!(c.api_key.is_empty());
-        assert_eq!(c.model_match.kind, MatchKind::Keyword);
-        assert_eq!(c.model_match.values, ["m"], "a single string is one value");
-        assert_eq!((c.weight, c.max_tokens), (3, Some(100)));
-        assert_eq!(
-            (c.model.as_deref(), c.stop.as_slice()),
-            (Some("up"), &["</s>".into()][..])
-        );
-        assert_eq!(c.extra_body["top_k"], 5);
-        assert_eq!(c.headers[0].0.as_str(), "api-key");
-        assert_eq!(c.headers[0].1.expose(), "secret");
-        assert_eq!(c.connect_timeout, Duration::from_millis(5));
-        assert_eq!(config.server.listen, "[::1]:9000");
-        assert_eq!(config.server.max_body_bytes, 1024);
+    fn every_usage_field_compiles() {
+        let text = "openai_clients: []\nusage: {dir: '${DB_DIR:-/var/lib/gpt-api}/db', record_bodies: false, \
+                    max_body_bytes: 10, batch_size: 20, flush_interval_ms: 30, queue_capacity: 40}\n";
+        let usage = compile(text, &no_env).unwrap().usage;
+        let expected = UsageSettings {
+            dir: PathBuf::from("/var/lib/gpt-api/db"),
+            record_bodies: false,
+            max_body_bytes: 10,
+            batch_size: 20,
+            flush_interval: Duration::from_millis(30),
+            queue_capacity: 40,
+        };
+        assert_eq!(usage, expected);
+        let empty = compile("openai_clients: []\nusage: {}\n", &no_env).unwrap();
+        assert_eq!(empty.usage, UsageSettings::default());
     }
 
     #[test]
@@ -470,53 +321,32 @@ openai_clients:
         assert_eq!(compile(&text, &no_env).unwrap_err().0, [expected]);
     }
 
-    /// Each line: a client field to add (or "old=>new", a change to the base client) | the error it gives.
-    const BAD_VALUES: &str = r#"
-        type: exact=>type: regex | model_match.type: expected "exact" or "keyword"
-        value: m=>value: [] | model_match.value: must not be an empty list
-        value: m=>value: [''] | model_match.value[0]: must not be empty
-        value: m=>value: m, valu: m | model_match.valu: unknown field, expected one of type, value
-        model_matc: '${NOPE}' | model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms
-        name: a=>name: '' | name: must not be empty
-        priority: high | priority: expected an integer
-        fallback: true | fallback: expected a model name or false
-        weight: 0 | weight: must be a positive integer
-        weight: 5000000000 | weight: must be at most 4294967295
-        max_tokens: 0 | max_tokens: must be a positive integer
-        read_timeout_ms: -1 | read_timeout_ms: must be a positive integer
-        stop: [a, ''] | stop[1]: must not be empty
-        api_key: "k\n" | api_key: contains characters not allowed in an HTTP header
-        headers: {Host: x} | headers.Host: is managed by the gateway and cannot be set
-        headers: {'a b': x} | headers.a b: invalid HTTP header name
-        headers: {x: "a\x01"} | headers.x: invalid HTTP header value (control characters?)
-        headers: {x: a, X: b} | headers.x: duplicate header (names are case-insensitive)
-        'http://h'=>'ftp://h' | base_url: scheme must be http or https, not "ftp"
-        'http://h'=>'https://h/v1?x=1' | base_url: URL must not contain a query (?...)
-        'http://h'=>'h.com' | base_url: invalid URL "h.com": relative URL without a base
-        'http://h'=>null | base_url: required field is missing
-    "#;
-
     #[test]
-    fn bad_values_are_reported_with_their_paths() {
-        for line in BAD_VALUES.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let (change, expected) = line.split_once(" | ").unwrap();
-            let text = match change.split_once("=>") {
-                Some((old, new)) => client("").replacen(old, new, 1),
-                None => client(change),
-            };
-            assert_eq!(
-                errors(&text),
-                [format!("openai_clients[0].{expected}")],
-                "{change}"
-            );
-        }
+    fn bad_server_and_usage_values_are_reported_with_their_paths() {
         let text = "server: {listen: 'localhost', lisen: 1}\nopenai_clients: []\nx: 1";
         let expected = [
-            "server.lisen: unknown field, expected one of listen, max_body_bytes",
-            "x: unknown field, expected one of openai_clients, server",
+            "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header",
+            "x: unknown field, expected one of openai_clients, server, usage, failover",
             "server.listen: expected an address such as 0.0.0.0:8000, not \"localhost\"",
         ];
         assert_eq!(errors(text), expected);
+        let text =
+            "openai_clients: []\nusage: {dir: '${DB:-}', record_bodies: 1, max_body_bytes: 0, \
+                    batch_size: -1, flush_interval_ms: 0, queue_capacity: 0, batch: 5}\n";
+        let expected = [
+            "usage.record_bodies: expected true or false",
+            "usage.batch: unknown field, expected one of dir, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity",
+            "usage.dir: must not be empty",
+            "usage.max_body_bytes: must be a positive integer",
+            "usage.batch_size: must be a positive integer",
+            "usage.flush_interval_ms: must be a positive integer",
+            "usage.queue_capacity: must be a positive integer",
+        ];
+        assert_eq!(errors(text), expected);
+        assert_eq!(
+            errors("openai_clients: []\nusage: [db]\n"),
+            ["usage: expected a mapping"]
+        );
     }
 
     #[test]
@@ -557,20 +387,6 @@ openai_clients:
             .unwrap()
             .clients
             .is_empty());
-    }
-
-    #[test]
-    fn anchors_and_merge_keys_share_settings() {
-        let text = "openai_clients:\n  - &base {name: a, base_url: 'http://h', model_match: {type: exact, value: m}}\n  \
-                    - {<<: *base, name: b, priority: 2}\n";
-        let config = compile(text, &no_env).unwrap();
-        assert_eq!(
-            (
-                config.clients[1].name.as_str(),
-                config.clients[1].base_url.host.as_str()
-            ),
-            ("b", "h")
-        );
     }
 
     #[test]

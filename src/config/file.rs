@@ -15,6 +15,8 @@ pub(super) struct FileConfig {
     /// `None` entries were not mappings (already reported); kept so later indices stay right.
     pub openai_clients: Option<Vec<Option<ClientFile>>>,
     pub server: Option<ServerFile>,
+    pub usage: Option<UsageFile>,
+    pub failover: Option<FailoverFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -22,6 +24,28 @@ pub(super) struct FileConfig {
 pub(super) struct ServerFile {
     pub listen: Option<String>,
     pub max_body_bytes: Option<i64>,
+    pub expose_backend_header: Option<bool>,
+}
+
+/// `failover:`: the chain length, and the defaults of the per-client health and retry keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FailoverFile {
+    pub max_fallback_hops: Option<i64>,
+    pub failure_threshold: Option<i64>,
+    pub cooldown_seconds: Option<i64>,
+    pub retry_on: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UsageFile {
+    pub dir: Option<String>,
+    pub record_bodies: Option<bool>,
+    pub max_body_bytes: Option<i64>,
+    pub batch_size: Option<i64>,
+    pub flush_interval_ms: Option<i64>,
+    pub queue_capacity: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +66,9 @@ pub(super) struct ClientFile {
     pub headers: Option<BTreeMap<String, String>>,
     pub connect_timeout_ms: Option<i64>,
     pub read_timeout_ms: Option<i64>,
+    pub failure_threshold: Option<i64>,
+    pub cooldown_seconds: Option<i64>,
+    pub retry_on: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +100,7 @@ pub(super) enum FallbackFile {
 pub(super) enum Shape {
     Str,
     Int,
+    Bool,
     StrOrList,
     ModelOrFalse,
     /// String keys to string values (`headers`).
@@ -83,7 +111,27 @@ pub(super) enum Shape {
     ListOf(&'static Shape),
 }
 
-const SERVER: Shape = Shape::Section(&[("listen", Shape::Str), ("max_body_bytes", Shape::Int)]);
+const SERVER: Shape = Shape::Section(&[
+    ("listen", Shape::Str),
+    ("max_body_bytes", Shape::Int),
+    ("expose_backend_header", Shape::Bool),
+]);
+
+const FAILOVER: Shape = Shape::Section(&[
+    ("max_fallback_hops", Shape::Int),
+    ("failure_threshold", Shape::Int),
+    ("cooldown_seconds", Shape::Int),
+    ("retry_on", Shape::ListOf(&Shape::Int)),
+]);
+
+const USAGE: Shape = Shape::Section(&[
+    ("dir", Shape::Str),
+    ("record_bodies", Shape::Bool),
+    ("max_body_bytes", Shape::Int),
+    ("batch_size", Shape::Int),
+    ("flush_interval_ms", Shape::Int),
+    ("queue_capacity", Shape::Int),
+]);
 
 const MODEL_MATCH: Shape = Shape::Section(&[("type", Shape::Str), ("value", Shape::StrOrList)]);
 
@@ -103,12 +151,17 @@ const CLIENT: Shape = Shape::Section(&[
     ("headers", Shape::StrMap),
     ("connect_timeout_ms", Shape::Int),
     ("read_timeout_ms", Shape::Int),
+    ("failure_threshold", Shape::Int),
+    ("cooldown_seconds", Shape::Int),
+    ("retry_on", Shape::ListOf(&Shape::Int)),
 ]);
 
 /// The whole file; mirrors [`FileConfig`] field for field (a test keeps them in step).
 pub(super) const ROOT: Shape = Shape::Section(&[
     ("openai_clients", Shape::ListOf(&CLIENT)),
     ("server", SERVER),
+    ("usage", USAGE),
+    ("failover", FAILOVER),
 ]);
 
 impl Shape {
@@ -116,6 +169,7 @@ impl Shape {
         match self {
             Shape::Str => "expected a string",
             Shape::Int => "expected an integer",
+            Shape::Bool => "expected true or false",
             Shape::StrOrList => "expected a string or a list of strings",
             Shape::ModelOrFalse => "expected a model name or false",
             Shape::StrMap => "expected a mapping of names to strings",
@@ -137,6 +191,7 @@ pub(super) fn conform(value: &mut Value, shape: &Shape, path: &str, errors: &mut
     let fits = match shape {
         Shape::Str => value.is_string(),
         Shape::Int => value.is_i64(),
+        Shape::Bool => value.is_bool(),
         Shape::ModelOrFalse => value.is_string() || value.as_bool() == Some(false),
         Shape::StrOrList => conform_str_or_list(value, path, errors),
         Shape::StrMap => conform_entries(value, path, errors, string_problem),
@@ -320,7 +375,18 @@ openai_clients:
     headers: {X-Api-Key: v}
     connect_timeout_ms: 1
     read_timeout_ms: 2
-server: {listen: "127.0.0.1:1", max_body_bytes: 3}
+    failure_threshold: 8
+    cooldown_seconds: 9
+    retry_on: [500]
+server: {listen: "127.0.0.1:1", max_body_bytes: 3, expose_backend_header: false}
+failover: {max_fallback_hops: 1, failure_threshold: 2, cooldown_seconds: 3, retry_on: [429]}
+usage:
+  dir: db
+  record_bodies: false
+  max_body_bytes: 4
+  batch_size: 5
+  flush_interval_ms: 6
+  queue_capacity: 7
 "#;
 
     /// Catches the schema and the structs drifting apart: a field missing from the schema would be dropped as
@@ -345,25 +411,37 @@ server: {listen: "127.0.0.1:1", max_body_bytes: 3}
         assert_eq!(c.stop, Some(OneOrMany::One("</s>".into())));
         let server = file.server.unwrap();
         assert_eq!(server.max_body_bytes, Some(3));
-        assert_eq!(section_fields(&SERVER), ["listen", "max_body_bytes"]);
-        assert_eq!(section_fields(&CLIENT).len(), 15);
+        assert_eq!(
+            section_fields(&SERVER),
+            ["listen", "max_body_bytes", "expose_backend_header"]
+        );
+        assert_eq!(server.expose_backend_header, Some(false));
+        let usage = format!("{:?}", file.usage.unwrap());
+        assert!(!usage.contains("None"), "every usage field: {usage}");
+        assert_eq!(section_fields(&USAGE).len(), 6);
+        let failover = format!("{:?}", file.failover.unwrap());
+        assert!(!failover.contains("None"), "every failover field: {failover}");
+        assert_eq!(section_fields(&FAILOVER).len(), 4);
+        assert_eq!(section_fields(&CLIENT).len(), 18);
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_are_reported_at_their_paths_and_removed() {
         let (tree, errors) = conformed(
-            "openai_clients:\n  - {name: a, model_matc: x, priority: high, model_match: {type: 5, valu: [a]}}\n  - 7\nserver: {lisen: x}\nextra: 1\n",
+            "openai_clients:\n  - {name: a, model_matc: x, priority: high, model_match: {type: 5, valu: [a]}}\n  - 7\nserver: {lisen: x}\nextra: 1\nusage: {record_bodies: 'yes', batch: 1}\n",
         );
         assert_eq!(
             errors,
             [
-                "openai_clients[0].model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms",
+                "openai_clients[0].model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms, failure_threshold, cooldown_seconds, retry_on",
                 "openai_clients[0].priority: expected an integer",
                 "openai_clients[0].model_match.type: expected a string",
                 "openai_clients[0].model_match.valu: unknown field, expected one of type, value",
                 "openai_clients[1]: expected a mapping",
-                "server.lisen: unknown field, expected one of listen, max_body_bytes",
-                "extra: unknown field, expected one of openai_clients, server",
+                "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header",
+                "extra: unknown field, expected one of openai_clients, server, usage, failover",
+                "usage.record_bodies: expected true or false",
+                "usage.batch: unknown field, expected one of dir, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity",
             ]
         );
         let file: FileConfig = serde_yaml::from_value(tree).unwrap();
@@ -407,10 +485,12 @@ server: {listen: "127.0.0.1:1", max_body_bytes: 3}
 
     #[test]
     fn nulls_mean_absent() {
-        let (tree, errors) =
-            conformed("openai_clients:\n  - name: a\n    fallback:\n    stop: ~\nserver:\n");
+        let (tree, errors) = conformed(
+            "openai_clients:\n  - name: a\n    fallback:\n    stop: ~\nserver:\nusage:\n",
+        );
         assert!(errors.is_empty(), "{errors:?}");
         let file: FileConfig = serde_yaml::from_value(tree).unwrap();
         assert!(file.server.is_none());
+        assert!(file.usage.is_none());
     }
 }

@@ -2,13 +2,16 @@
 //!
 //! Layout: `file.rs` (serde structs, strict: unknown keys are errors), `env.rs` (`${VAR}` / `${VAR:-default}`
 //! expansion), `base_url.rs` (parsing `base_url` and joining request paths onto it), `compile.rs` (validation
-//! with field paths, producing the runtime types below).
+//! with field paths, producing the runtime types below; `client.rs` validates each `openai_clients` entry).
 
 mod base_url;
+mod client;
 mod compile;
 mod env;
+mod failover;
 mod file;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,13 +32,58 @@ pub struct Config {
     pub server: ServerSettings,
     /// Clients in file order (routing sorts by priority itself).
     pub clients: Vec<Arc<Client>>,
+    pub usage: UsageSettings,
+    pub failover: FailoverSettings,
 }
+
+/// The `failover:` section, as far as it is not folded into each client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailoverSettings {
+    /// How many fallback models one request may move through.
+    pub max_fallback_hops: u32,
+}
+
+pub const DEFAULT_MAX_FALLBACK_HOPS: u32 = 3;
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+pub const DEFAULT_COOLDOWN_SECONDS: u64 = 30;
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     /// `host:port`, as written (validated to parse as a socket address).
     pub listen: String,
     pub max_body_bytes: usize,
+    /// Name the answering client in an `x-gpt-api-backend` response header.
+    pub expose_backend_header: bool,
+}
+
+/// The `usage:` section: where and how usage records are stored. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageSettings {
+    /// Directory of the monthly `record_YYYYMM.db` files (created on demand).
+    pub dir: PathBuf,
+    /// Whether request and response bodies go into the record.
+    pub record_bodies: bool,
+    /// A recorded body longer than this is cut (at a character boundary).
+    pub max_body_bytes: usize,
+    /// Records written in one transaction at most.
+    pub batch_size: usize,
+    /// Longest time a record waits before being written.
+    pub flush_interval: Duration,
+    /// Records buffered between the requests and the writer; beyond this they are dropped and counted.
+    pub queue_capacity: usize,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        UsageSettings {
+            dir: PathBuf::from("database"),
+            record_bodies: true,
+            max_body_bytes: 1024 * 1024,
+            batch_size: 512,
+            flush_interval: Duration::from_millis(200),
+            queue_capacity: 65536,
+        }
+    }
 }
 
 /// How a client's `model_match` compares a requested model.
@@ -90,6 +138,10 @@ pub struct Client {
     pub headers: Vec<(http::HeaderName, Secret)>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Backend statuses that move a request on to the next candidate (client's, else global, else default).
+    pub retry_on: Vec<u16>,
+    /// When consecutive failures put this client aside, and for how long.
+    pub health_policy: crate::health::HealthPolicy,
 }
 
 /// One validation problem, with the path of the offending field (`openai_clients[2].model_match.type`).

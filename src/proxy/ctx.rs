@@ -1,13 +1,17 @@
-//! Per-request state carried through Pingora's phases.
+//! Per-request state carried through Pingora's phases, and the one usage record each routed request leaves.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chrono::{DateTime, FixedOffset};
 
 use crate::config::Client;
-use crate::error::GatewayError;
+use crate::endpoints::ApiKind;
+use crate::failover::{Attempts, Failure};
 use crate::request::RequestInfo;
+use crate::tap::ResponseTap;
+use crate::usage::{UsageQueue, UsageRecord};
 
 use super::Runtime;
 
@@ -18,14 +22,40 @@ pub struct RequestCtx {
     pub runtime: Option<Arc<Runtime>>,
     /// The complete request body, as received.
     pub body: Bytes,
-    pub info: Option<RequestInfo>,
-    /// Clients to try, in order; `attempt` indexes the current one.
-    pub candidates: Vec<Arc<Client>>,
-    pub attempt: usize,
-    /// The full body still has to be handed to the current upstream attempt.
+    /// The body for the current attempt (rewritten for its client, or `body` itself).
+    pub send_body: Bytes,
+    /// The body still has to be handed to the current upstream attempt.
     pub body_pending: bool,
-    /// The error the gateway answered with, for the log.
-    pub error: Option<GatewayError>,
+    pub info: Option<RequestInfo>,
+    pub kind: ApiKind,
+    pub attempts: Option<Attempts>,
+    /// The current attempt failed; `upstream_peer` moves on before connecting again.
+    pub advance: bool,
+    /// The current attempt is being abandoned for its status (failover decided in the response filter).
+    pub failed_on_status: bool,
+    /// A stale pooled connection was already retried for the current attempt.
+    pub reconnected: bool,
+    /// The next `upstream_peer` repeats the current attempt (after a stale pooled connection).
+    pub retry_same: bool,
+    /// The response is an SSE stream.
+    pub sse: bool,
+    pub upstream_model: Option<String>,
+    pub tap: Option<ResponseTap>,
+    pub first_token: Option<Duration>,
+    /// What went wrong, for the record and the log (never a key).
+    pub error: Option<String>,
+    /// Set once the request reached routing; taken when its record is sent.
+    pub record: Option<PendingRecord>,
+}
+
+/// What is known of a record before the request ends.
+pub struct PendingRecord {
+    pub queue: UsageQueue,
+    pub time: DateTime<FixedOffset>,
+    pub ip: String,
+    pub kind: String,
+    pub headers: String,
+    pub request: Option<String>,
 }
 
 impl RequestCtx {
@@ -34,26 +64,115 @@ impl RequestCtx {
             started: Instant::now(),
             runtime: None,
             body: Bytes::new(),
-            info: None,
-            candidates: Vec::new(),
-            attempt: 0,
+            send_body: Bytes::new(),
             body_pending: false,
+            info: None,
+            kind: ApiKind::Other,
+            attempts: None,
+            advance: false,
+            failed_on_status: false,
+            reconnected: false,
+            retry_same: false,
+            sse: false,
+            upstream_model: None,
+            tap: None,
+            first_token: None,
             error: None,
+            record: None,
         }
     }
 
     /// The client of the current attempt, once routed.
     pub fn client(&self) -> Option<&Arc<Client>> {
-        self.candidates.get(self.attempt)
+        self.attempts.as_ref()?.current().map(|c| &c.client)
     }
 
     pub fn model(&self) -> &str {
         self.info.as_ref().map_or("", |i| i.model.as_str())
     }
+
+    /// Records the current attempt's failure: health, the attempt list, the log line, and whether another
+    /// attempt may follow.
+    pub fn fail_attempt(&mut self, failure: Failure, retry_after: Option<Duration>) -> bool {
+        let Some(attempts) = self.attempts.as_mut() else {
+            return false;
+        };
+        if let Some(c) = attempts.current() {
+            let policy = c.client.health_policy;
+            if c.health.record_failure(policy, retry_after) {
+                log::warn!(
+                    "backend {} cooling down after {} failure(s)",
+                    c.client.name,
+                    c.health.failures()
+                );
+            }
+            log::warn!(
+                "attempt {} of model `{}` at {} failed: {failure}",
+                attempts.count(),
+                attempts.model(),
+                c.client.name
+            );
+        }
+        attempts.fail(failure);
+        self.advance = true;
+        self.error = Some(attempts.summary());
+        attempts.has_next()
+    }
+
+    /// Notes the first token's arrival time once the tap has seen it.
+    pub fn note_first_token(&mut self) {
+        if self.first_token.is_none() && self.tap.as_ref().is_some_and(|t| t.saw_first_token()) {
+            self.first_token = Some(self.started.elapsed());
+        }
+    }
+
+    /// Sends this request's record (once): `status` as the caller saw it.
+    pub fn send_record(&mut self, status: u16) {
+        let Some(p) = self.record.take() else { return };
+        let tap = self.tap.as_ref();
+        let record = UsageRecord {
+            time: p.time,
+            ip: p.ip,
+            model: self.model().to_owned(),
+            kind: p.kind,
+            tokens: tap.and_then(|t| t.usage()).unwrap_or_default(),
+            tool: self.info.as_ref().is_some_and(|i| i.tool),
+            multimodal: self.info.as_ref().is_some_and(|i| i.multimodal),
+            headers: p.headers,
+            request: p.request,
+            response: tap.and_then(|t| t.record_body()),
+            backend: self.client().map(|c| c.name.clone()),
+            upstream_model: tap
+                .and_then(|t| t.upstream_model().map(str::to_owned))
+                .or_else(|| self.upstream_model.clone()),
+            stream: self.info.as_ref().is_some_and(|i| i.stream),
+            status,
+            latency_ms: millis(self.started.elapsed()),
+            first_token_ms: self.first_token.map(millis),
+            attempts: self.attempts.as_ref().map_or(0, |a| a.count()),
+            error: self.error.take(),
+        };
+        p.queue.send(record);
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Default for RequestCtx {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Drop for RequestCtx {
+    /// A request dropped before `logging` ran (the server stopped under it) still leaves its record.
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            self.error
+                .get_or_insert_with(|| "request cancelled before it finished".into());
+            self.send_record(499);
+        }
     }
 }

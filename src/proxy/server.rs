@@ -1,11 +1,28 @@
-//! Builds and runs the Pingora server: server conf (threads, pid file, upgrade socket) and the proxy service.
+//! Builds and runs the Pingora server: server conf (threads, pid file, upgrade socket), the proxy service and
+//! the usage writer, whose last records are written after the server has stopped.
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use tokio::sync::Mutex;
 
 use super::Gateway;
 use crate::config::Config;
+use crate::usage::{self, Writer};
+
+/// Runs the usage writer's batching loop on its own Pingora runtime.
+struct UsageWriterService(Arc<Mutex<Writer>>);
+
+#[async_trait]
+impl BackgroundService for UsageWriterService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.lock().await.run(shutdown).await;
+    }
+}
 
 /// Pingora's own command-line options, next to the gateway's `--config`.
 #[derive(Debug, Clone, Default)]
@@ -48,8 +65,18 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    let mut service = http_proxy_service(&server.configuration, Gateway::new(config));
+    let (queue, writer) = usage::channel(&config.usage);
+    let writer = Arc::new(Mutex::new(writer));
+    server.add_service(background_service(
+        "usage writer",
+        UsageWriterService(writer.clone()),
+    ));
+    let mut service = http_proxy_service(&server.configuration, Gateway::new(config, queue));
     service.add_tcp(&args.listen);
     server.add_service(service);
-    server.run_forever()
+    server.run(RunArgs::default());
+    // Every request has ended (or was dropped with its runtime, leaving its record): write what is queued.
+    writer.blocking_lock().drain_now();
+    log::info!("usage records written; exiting");
+    Ok(())
 }

@@ -1,1 +1,238 @@
 //! The response tap: watches the bytes going back to the caller (SSE or JSON) for usage, prefix and body.
+
+mod body;
+mod prefix;
+mod reconstruct;
+mod sse;
+mod stream;
+mod usage;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use crate::endpoints::ApiKind;
+use crate::usage::TokenUsage;
+use bytes::{Bytes, BytesMut};
+use reconstruct::Reconstruction;
+use serde_json::value::RawValue;
+use wire::Envelope;
+
+/// How much of a non-stream body is kept to read its usage (and splice the prefix) at its end, at least.
+const BODY_CAP: usize = 16 << 20;
+
+/// What the tap does with one response.
+#[derive(Debug, Clone)]
+pub struct TapOptions {
+    /// The response is an SSE stream (content-type text/event-stream); otherwise a whole JSON (or other) body.
+    pub sse: bool,
+    pub kind: ApiKind,
+    /// Prepended verbatim to the assistant's answer (client's special_prefix).
+    pub prefix: Option<String>,
+    /// Drop the usage-only chunk (`"choices": []` with a `usage`) from what the caller receives
+    /// (the gateway asked for usage; the caller did not).
+    pub hide_usage_chunk: bool,
+    /// Keep the response for the usage record, cut at this many bytes (None: don't keep).
+    pub keep_body: Option<usize>,
+}
+
+/// The state of one response passing through. Plain Rust (no Pingora types): the proxy calls it from its
+/// synchronous body filter. Complete SSE events are read once, through shallow borrowed views (`wire`), and
+/// forwarded byte for byte unless the prefix is spliced into one or a usage-only chunk is hidden (`stream`);
+/// a whole body passes on (or is held for the prefix) and is read at its end (`body`).
+pub struct ResponseTap {
+    opts: TapOptions,
+    /// The prefix, JSON-escaped; None when there is none (or it is empty).
+    prefix_json: Option<String>,
+    /// What `buffers_whole_body` answers (fixed at the start, whatever happens later).
+    buffers: bool,
+    // SSE framing.
+    scanner: sse::Scanner,
+    ends: Vec<usize>,
+    pending: BytesMut,
+    /// An event grew past the cap: its bytes pass unread until its end.
+    skipping: bool,
+    /// Choice indices whose first content got the prefix.
+    prefixed: Vec<u32>,
+    // A whole body, or a raw stream kept for the record.
+    body: BytesMut,
+    /// How much of the body is kept: enough to read a JSON body at its end, else only the record's bytes.
+    body_cap: usize,
+    /// The kept body is cut (or not meant to be read): nothing to read at the end.
+    body_full: bool,
+    /// The body is held back for the prefix.
+    holding: bool,
+    /// The body's first non-blank byte was seen.
+    sniffed: bool,
+    finished: bool,
+    // What was seen.
+    usage: Option<TokenUsage>,
+    model: Option<String>,
+    first_token: bool,
+    recon: Option<Reconstruction>,
+}
+
+impl ResponseTap {
+    pub fn new(opts: TapOptions) -> Self {
+        let prefix_json = opts
+            .prefix
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(prefix::escape);
+        let spliceable = matches!(opts.kind, ApiKind::Chat | ApiKind::Completions);
+        let buffers = prefix_json.is_some() && !opts.sse && spliceable;
+        let rebuilt = opts.sse && (spliceable || opts.kind == ApiKind::Responses);
+        let recon = (rebuilt && opts.keep_body.is_some()).then(Reconstruction::default);
+        let kept = opts.keep_body.unwrap_or(0);
+        let body_cap = match (opts.sse, rebuilt) {
+            (false, _) => kept.max(BODY_CAP),
+            (true, false) => kept,
+            (true, true) => 0,
+        };
+        ResponseTap {
+            opts,
+            prefix_json,
+            buffers,
+            scanner: sse::Scanner::default(),
+            ends: Vec::new(),
+            pending: BytesMut::new(),
+            skipping: false,
+            prefixed: Vec::new(),
+            body: BytesMut::new(),
+            body_cap,
+            body_full: false,
+            holding: buffers,
+            sniffed: false,
+            finished: false,
+            usage: None,
+            model: None,
+            first_token: false,
+            recon,
+        }
+    }
+
+    /// Upstream body bytes in, caller bytes out. Complete SSE events pass on unchanged except the prefixed
+    /// one and the hidden usage chunk; an incomplete trailing event is held until its end arrives.
+    /// When nothing in the chunk changes and it ends on an event boundary, return the same `Bytes` (no copy).
+    pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        match (self.finished, self.opts.sse) {
+            (true, _) => chunk,
+            (false, true) => self.feed_sse(chunk),
+            (false, false) => self.feed_body(chunk),
+        }
+    }
+
+    /// End of the upstream body: returns whatever is still held (a partial last event as is; for a buffered
+    /// JSON body, the body with the prefix applied).
+    pub fn finish(&mut self) -> Bytes {
+        match (std::mem::replace(&mut self.finished, true), self.opts.sse) {
+            (true, _) => Bytes::new(),
+            (false, true) => self.finish_sse(),
+            (false, false) => self.finish_body(),
+        }
+    }
+
+    /// Whether the non-stream body must be held until `finish` (true when a prefix must be spliced into a
+    /// JSON body). The proxy then drops the upstream Content-Length before sending headers.
+    pub fn buffers_whole_body(&self) -> bool {
+        self.buffers
+    }
+
+    /// Usage reported by the backend, if any (last one wins).
+    pub fn usage(&self) -> Option<TokenUsage> {
+        self.usage
+    }
+
+    /// The `model` the backend reported (first seen).
+    pub fn upstream_model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// True once the first token arrived: for SSE the first event carrying content / text / reasoning /
+    /// tool-call deltas (Responses API: a `response.output_text.delta` etc.); for non-SSE, the first body byte.
+    pub fn saw_first_token(&self) -> bool {
+        self.first_token
+    }
+
+    /// The Response column, cut at `keep_body` (None when not kept): a non-stream body as the caller got it
+    /// (lossy UTF-8); a chat or completions stream rebuilt into one JSON body with its usage; the `response`
+    /// object of a Responses API stream; any other stream as received.
+    pub fn record_body(&self) -> Option<String> {
+        let limit = self.opts.keep_body?;
+        let text = match &self.recon {
+            Some(recon) => recon.render(self.opts.kind),
+            None => {
+                let kept = &self.body[..self.body.len().min(limit)];
+                String::from_utf8_lossy(kept).into_owned()
+            }
+        };
+        Some(cut(text, limit))
+    }
+
+    /// An SSE error event `data: {"error":{"message":..,"type":"api_error","param":null,"code":..}}\n\n` that
+    /// the proxy sends when a stream breaks after its first byte.
+    pub fn error_event(message: &str, code: &str) -> Bytes {
+        let error = serde_json::json!({
+            "error": {"message": message, "type": "api_error", "param": null, "code": code}
+        });
+        Bytes::from(format!("data: {error}\n\n"))
+    }
+
+    /// Takes in what one parsed event or body says: usage, model, first token, the pieces of the message.
+    fn observe(&mut self, env: &Envelope, event_name: Option<&[u8]>) {
+        self.note(env.usage, env.model);
+        if let Some(response) = env.response {
+            self.observe_response(response);
+        }
+        if !self.first_token {
+            let kind = env.kind.and_then(wire::as_str);
+            let name = event_name.and_then(|n| std::str::from_utf8(n).ok());
+            let delta = kind.as_deref().or(name).is_some_and(wire::is_output_delta);
+            self.first_token = delta || env.has_token();
+        }
+        if let Some(recon) = &mut self.recon {
+            recon.observe(env);
+        }
+    }
+
+    fn observe_response(&mut self, raw: &RawValue) {
+        let Ok(response) = serde_json::from_str::<wire::ResponseObject>(raw.get()) else {
+            return;
+        };
+        self.note(response.usage, response.model);
+        if let Some(recon) = &mut self.recon {
+            recon.set_response(raw);
+        }
+    }
+
+    fn note(&mut self, usage: Option<&RawValue>, model: Option<&RawValue>) {
+        if let Some(usage) = usage.and_then(usage::parse) {
+            self.usage = Some(usage);
+        }
+        if self.model.is_none() {
+            self.model = model.and_then(wire::as_str).map(Into::into);
+        }
+    }
+}
+
+fn concat(a: Bytes, b: Bytes) -> Bytes {
+    if a.is_empty() {
+        return b;
+    }
+    let mut out = BytesMut::with_capacity(a.len() + b.len());
+    out.extend_from_slice(&a);
+    out.extend_from_slice(&b);
+    out.freeze()
+}
+
+/// `text` cut to at most `limit` bytes, on a character boundary.
+fn cut(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}

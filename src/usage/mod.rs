@@ -1,5 +1,9 @@
-//! Usage records: one per routed request, batched by a background writer into monthly SQLite files.
+//! Usage records (`record`), the monthly SQLite files they go to (`store`), and the queue and batching writer between (`writer`).
 
 pub mod record;
+pub mod store;
+pub mod writer;
 
-pub use record::{TokenUsage, UsageRecord};
+pub use record::{cut, headers_json, TokenUsage, UsageRecord};
+pub use store::{Month, Store, StoreError};
+pub use writer::{channel, UsageQueue, UsageStats, Writer};

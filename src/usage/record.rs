@@ -44,3 +44,145 @@ pub struct UsageRecord {
     pub attempts: u32,
     pub error: Option<String>,
 }
+
+/// Request headers whose values are credentials: recorded as `***`.
+const REDACTED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "api-key",
+    "x-api-key",
+    "cookie",
+];
+
+/// The request headers as a JSON object for the `Headers` column: names lower-case, values lossy UTF-8,
+/// a repeated header's values joined with ", ", and credentials replaced by `***`.
+pub fn headers_json<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut map = serde_json::Map::new();
+    for (name, value) in headers {
+        let name = name.to_ascii_lowercase();
+        let redacted = REDACTED_HEADERS.contains(&name.as_str());
+        let value = if redacted {
+            "***".into()
+        } else {
+            String::from_utf8_lossy(value)
+        };
+        match map.get_mut(&name) {
+            // A redacted header stays a single `***` however often it is repeated.
+            Some(serde_json::Value::String(seen)) if !redacted => {
+                seen.push_str(", ");
+                seen.push_str(&value);
+            }
+            Some(_) => {}
+            None => {
+                map.insert(name, serde_json::Value::String(value.into_owned()));
+            }
+        }
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+/// `body` as lossy UTF-8, cut to at most `max` bytes at a character boundary.
+pub fn cut(body: &[u8], max: usize) -> String {
+    // Decoding never shortens the input, and a character needs at most 4 bytes to be told apart from
+    // garbage, so the first `max + 4` bytes decode to the same first `max` bytes as the whole body would.
+    let window = &body[..body.len().min(max.saturating_add(4))];
+    let mut text = String::from_utf8_lossy(window).into_owned();
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn json(headers: &[(&'static str, &'static str)]) -> serde_json::Value {
+        let pairs = headers.iter().map(|(n, v)| (*n, v.as_bytes()));
+        serde_json::from_str(&headers_json(pairs)).unwrap()
+    }
+
+    #[test]
+    fn credentials_are_redacted_whatever_the_case_of_their_names() {
+        let headers = json(&[
+            ("Authorization", "Bearer sk-secret"),
+            ("API-KEY", "azure-secret"),
+            ("X-Api-Key", "anthropic-secret"),
+            ("Cookie", "session=1"),
+            ("cookie", "other=2"),
+            ("Proxy-Authorization", "Basic x"),
+            ("Content-Type", "application/json"),
+        ]);
+        let expected = serde_json::json!({
+            "authorization": "***",
+            "api-key": "***",
+            "x-api-key": "***",
+            "cookie": "***",
+            "proxy-authorization": "***",
+            "content-type": "application/json",
+        });
+        assert_eq!(headers, expected);
+        let text = headers.to_string();
+        assert!(
+            !text.contains("secret") && !text.contains("session"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn repeated_headers_are_joined_and_values_decoded_lossily() {
+        let pairs: [(&str, &[u8]); 3] = [
+            ("Accept", b"text/plain"),
+            ("X-Forwarded-For", b"1.2.3.4"),
+            ("accept", b"application/\xffjson"),
+        ];
+        let headers: serde_json::Value = serde_json::from_str(&headers_json(pairs)).unwrap();
+        let expected = serde_json::json!({
+            "accept": "text/plain, application/\u{fffd}json",
+            "x-forwarded-for": "1.2.3.4",
+        });
+        assert_eq!(headers, expected);
+        assert_eq!(headers_json([]), "{}");
+    }
+
+    #[test]
+    fn cut_keeps_whole_characters() {
+        assert_eq!(cut(b"hello", 10), "hello");
+        assert_eq!(cut(b"hello", 5), "hello");
+        assert_eq!(cut(b"hello", 3), "hel");
+        assert_eq!(cut(b"hello", 0), "");
+        let text = "a\u{e9}\u{4e2d}\u{1f600}"; // 1 + 2 + 3 + 4 bytes
+        let expected = [
+            "",
+            "a",
+            "a",
+            "a\u{e9}",
+            "a\u{e9}",
+            "a\u{e9}",
+            "a\u{e9}\u{4e2d}",
+        ];
+        for (max, expected) in expected.iter().enumerate() {
+            assert_eq!(cut(text.as_bytes(), max), *expected, "max {max}");
+        }
+        assert_eq!(cut(text.as_bytes(), 9), "a\u{e9}\u{4e2d}");
+        assert_eq!(cut(text.as_bytes(), 10), text);
+    }
+
+    #[test]
+    fn cut_decodes_invalid_bytes_lossily() {
+        assert_eq!(cut(b"ab\xffcd", 100), "ab\u{fffd}cd");
+        assert_eq!(
+            cut(b"ab\xffcd", 4),
+            "ab",
+            "the replacement character needs 3 bytes"
+        );
+        assert_eq!(cut(b"ab\xffcd", 5), "ab\u{fffd}");
+        // A 4-byte character cut after 3 bytes is dropped, not turned into a replacement character.
+        assert_eq!(cut("ab\u{1f600}".as_bytes(), 5), "ab");
+    }
+}

@@ -89,8 +89,8 @@ struct State {
     connections: AtomicUsize,
     /// TLS mocks: the SNI of each completed handshake, in order.
     sni: Mutex<Vec<Option<String>>>,
-    /// TLS mocks: handshakes that failed.
-    tls_failures: AtomicUsize,
+    /// TLS mocks: the error of each failed handshake (e.g. the client's alert), in order.
+    tls_errors: Mutex<Vec<String>>,
     streams_finished: AtomicUsize,
     release: watch::Sender<bool>,
 }
@@ -141,7 +141,7 @@ impl Mock {
             }),
             connections: AtomicUsize::new(0),
             sni: Mutex::new(Vec::new()),
-            tls_failures: AtomicUsize::new(0),
+            tls_errors: Mutex::new(Vec::new()),
             streams_finished: AtomicUsize::new(0),
             release,
         });
@@ -222,7 +222,12 @@ impl Mock {
 
     /// TLS mocks: handshakes that failed (e.g. the client rejected the certificate).
     pub fn tls_failures(&self) -> usize {
-        self.state.tls_failures.load(Ordering::SeqCst)
+        self.state.tls_errors.lock().unwrap().len()
+    }
+
+    /// TLS mocks: why each failed handshake failed, as rustls reported it (`received fatal alert: UnknownCA`).
+    pub fn tls_errors(&self) -> Vec<String> {
+        self.state.tls_errors.lock().unwrap().clone()
     }
 
     /// SSE answers fully written (after `[DONE]`).
@@ -290,9 +295,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<TlsAc
                     state.sni.lock().unwrap().push(sni);
                     serve(state, stream).await;
                 }
-                Err(_) => {
-                    state.tls_failures.fetch_add(1, Ordering::SeqCst);
-                }
+                Err(e) => state.tls_errors.lock().unwrap().push(e.to_string()),
             }
         });
     }

@@ -22,6 +22,8 @@ pub struct SelfSigned {
 impl SelfSigned {
     /// Runs `openssl req -x509` (valid one day). `basicConstraints=CA:FALSE` overrides openssl's default `CA:TRUE`,
     /// which webpki (rustls) rejects for a server certificate (`CaUsedAsEndEntity`) even when it is the trust anchor.
+    /// The `O=` keeps the issuer name apart from Debian's `ssl-cert-snakeoil.pem` (`CN=localhost`, found among the
+    /// system roots in `/etc/ssl/certs`), so an untrusted handshake fails as `UnknownIssuer`, not as a bad signature.
     pub fn localhost() -> SelfSigned {
         let dir = tempfile::tempdir().expect("tempdir");
         let cert = dir.path().join("cert.pem");
@@ -31,7 +33,12 @@ impl SelfSigned {
             .arg(&key)
             .arg("-out")
             .arg(&cert)
-            .args(["-days", "1", "-subj", "/CN=localhost"])
+            .args([
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost/O=gpt-api integration tests",
+            ])
             .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
             .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .stdin(Stdio::null())

@@ -1,0 +1,521 @@
+#!/usr/bin/env bash
+# Benchmark: gpt-api against nginx (plain keep-alive reverse proxy) and against no proxy at all, in front of a fake
+# OpenAI backend answering in 0 ms and 20 ms. Prints a markdown table and saves it to bench/out/results-<date>.md.
+#
+# Usage: bench/run.sh            (from anywhere; needs 2+ cores, nginx, wrk, curl, taskset; sqlite3 for usage rows)
+# Env:   BENCH_SECONDS=5         length of each measured wrk run
+#        BENCH_WARMUP_SECONDS=1  wrk warm-up per target before measuring
+#        BENCH_TTFE_REQUESTS=200 streaming requests per target for the time to first SSE event
+#        BENCH_CONNECTIONS=64    connections of the throughput runs
+#        BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   cores for the proxy under test / for wrk, ttfe and the backend
+#        BENCH_GPT_API_LOG=warn  RUST_LOG for gpt-api (warn: no per-request log line, like nginx's access_log off)
+#        BENCH_NO_BUILD=1        use the binaries already in target/release
+#        BENCH_KEEP_TMP=1        keep the temp dir (configs, logs, raw wrk output)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SECS=${BENCH_SECONDS:-5}
+WARMUP=${BENCH_WARMUP_SECONDS:-1}
+TTFE_N=${BENCH_TTFE_REQUESTS:-200}
+CONNS=${BENCH_CONNECTIONS:-64}
+PROXY_CPU=${BENCH_PROXY_CPU:-0}
+LOAD_CPU=${BENCH_LOAD_CPU:-1}
+GPT_API_LOG=${BENCH_GPT_API_LOG:-warn}
+SLOW_MS=20
+
+die() { echo "bench: $*" >&2; exit 1; }
+log() { echo "bench: $*" >&2; }
+
+for v in SECS WARMUP TTFE_N CONNS PROXY_CPU LOAD_CPU; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
+done
+(( SECS >= 1 && SECS <= 60 )) || die "BENCH_SECONDS must be 1..60 (the whole run stays bounded)"
+(( WARMUP <= 10 )) || die "BENCH_WARMUP_SECONDS must be 0..10"
+(( TTFE_N >= 1 && TTFE_N <= 10000 )) || die "BENCH_TTFE_REQUESTS must be 1..10000"
+(( CONNS >= 1 && CONNS <= 1000 )) || die "BENCH_CONNECTIONS must be 1..1000"
+
+# ---------------------------------------------------------------- tools
+
+missing=()
+for tool in nginx wrk curl taskset sqlite3 ss; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing nginx wrk sqlite3 curl (missing: ${missing[*]})"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk sqlite3 curl util-linux iproute2 >/dev/null
+    else
+        die "missing tools: ${missing[*]} (as root on Debian: apt-get install -y nginx wrk sqlite3 curl)"
+    fi
+fi
+NGINX=$(command -v nginx)
+
+CORES=$(nproc)
+(( PROXY_CPU < CORES && LOAD_CPU < CORES )) || die "cores $PROXY_CPU/$LOAD_CPU not available (nproc=$CORES)"
+if (( PROXY_CPU == LOAD_CPU )); then
+    log "warning: proxy and load generator share core $PROXY_CPU; figures will mix both"
+fi
+
+# ---------------------------------------------------------------- build
+
+cd "$ROOT"
+if [[ -z ${BENCH_NO_BUILD:-} ]]; then
+    log "building (release): gpt-api, bench-backend, bench-ttfe"
+    cargo build --release --quiet --bin gpt-api --example bench-backend --example bench-ttfe \
+        || die "cargo build --release failed"
+fi
+GPT_API=$ROOT/target/release/gpt-api
+BACKEND_BIN=$ROOT/target/release/examples/bench-backend
+TTFE_BIN=$ROOT/target/release/examples/bench-ttfe
+for bin in "$GPT_API" "$BACKEND_BIN" "$TTFE_BIN"; do
+    [[ -x $bin ]] || die "$bin not built (run without BENCH_NO_BUILD)"
+done
+
+# ---------------------------------------------------------------- processes and cleanup
+
+TMP=$(mktemp -d -t gpt-api-bench.XXXXXX)
+PIDS=()
+
+cleanup() {
+    local pid i
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for i in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    if [[ -n ${BENCH_KEEP_TMP:-} ]]; then
+        log "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Shows the end of a server's log and stops.
+fail_with_log() {
+    local what=$1 logfile=$2
+    echo "bench: $what" >&2
+    [[ -f $logfile ]] && { echo "--- last lines of $logfile:" >&2; tail -n 20 "$logfile" >&2; }
+    exit 1
+}
+
+USED_PORTS=" "
+# A TCP port nothing listens on (nor handed out by this script before).
+free_port() {
+    local i p
+    for i in $(seq 1 200); do
+        p=$((20000 + RANDOM % 40000))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        if [[ -z $(ss -Htln "sport = :$p") ]]; then
+            USED_PORTS+="$p "
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+CHAT_BODY='{"model":"%s","messages":[{"role":"user","content":"Hello! Say something short."}]}'
+
+# Waits (up to 10 s) until URL answers a chat completion for model fast with 200; the process must stay alive.
+wait_ready() {
+    local name=$1 pid=$2 url=$3 logfile=$4 i
+    for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || fail_with_log "$name exited while starting" "$logfile"
+        # shellcheck disable=SC2059
+        if curl -fsS -m 1 -o /dev/null -H 'Content-Type: application/json' \
+            -d "$(printf "$CHAT_BODY" fast)" "$url" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    fail_with_log "$name does not answer $url after 10 s" "$logfile"
+}
+
+# utime+stime (clock ticks) summed over the given processes.
+cpu_ticks() {
+    local total=0 pid t
+    for pid in "$@"; do
+        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat") || die "process $pid is gone"
+        total=$((total + t))
+    done
+    echo "$total"
+}
+
+# VmRSS (kB) summed over the given processes.
+rss_kb() {
+    local total=0 pid r
+    for pid in "$@"; do
+        r=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status") || die "process $pid is gone"
+        total=$((total + r))
+    done
+    echo "$total"
+}
+
+# ---------------------------------------------------------------- backend
+
+log "temp dir $TMP"
+taskset -c "$LOAD_CPU" "$BACKEND_BIN" --listen 127.0.0.1:0 --slow-ms "$SLOW_MS" >"$TMP/backend.log" 2>&1 &
+BACKEND_PID=$!
+PIDS+=("$BACKEND_PID")
+BACKEND_PORT=
+for i in $(seq 1 100); do
+    kill -0 "$BACKEND_PID" 2>/dev/null || fail_with_log "bench-backend exited while starting" "$TMP/backend.log"
+    BACKEND_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/backend.log")
+    [[ -n $BACKEND_PORT ]] && break
+    sleep 0.1
+done
+[[ -n $BACKEND_PORT ]] || fail_with_log "bench-backend did not report its port" "$TMP/backend.log"
+USED_PORTS+="$BACKEND_PORT "
+DIRECT_URL=http://127.0.0.1:$BACKEND_PORT/v1/chat/completions
+wait_ready bench-backend "$BACKEND_PID" "$DIRECT_URL" "$TMP/backend.log"
+
+# ---------------------------------------------------------------- nginx
+
+NGINX_PORT=$(free_port)
+mkdir -p "$TMP/nginx/logs"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+# Plain reverse proxy with a keep-alive upstream: the baseline gpt-api is compared to.
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    # Keep client and upstream connections for the whole run (the default closes them every 1000 requests).
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    upstream b {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://b;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+"$NGINX" -t -q -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" \
+    >"$TMP/nginx/test.log" 2>&1 || fail_with_log "nginx rejects its config" "$TMP/nginx/test.log"
+taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" \
+    >"$TMP/nginx/stdout.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+NGINX_URL=http://127.0.0.1:$NGINX_PORT/v1/chat/completions
+wait_ready nginx "$NGINX_PID" "$NGINX_URL" "$TMP/nginx/logs/error.log"
+# The master and its worker(s): CPU and RSS are summed over them.
+NGINX_PIDS=("$NGINX_PID")
+for child in $(cat "/proc/$NGINX_PID/task/$NGINX_PID/children" 2>/dev/null || pgrep -P "$NGINX_PID"); do
+    NGINX_PIDS+=("$child")
+done
+((${#NGINX_PIDS[@]} >= 2)) || die "nginx worker process not found"
+
+# ---------------------------------------------------------------- gpt-api
+
+GPT_PORT=$(free_port)
+mkdir -p "$TMP/db"
+cat >"$TMP/gpt-api.yaml" <<EOF
+server:
+  listen: "127.0.0.1:$GPT_PORT"
+openai_clients:
+  - name: "bench"
+    base_url: "http://127.0.0.1:$BACKEND_PORT/v1"
+    model_match:
+      type: "exact"
+      value: ["fast", "slow"]
+EOF
+# Usage recording, when this build of gpt-api knows the usage: section.
+cp "$TMP/gpt-api.yaml" "$TMP/gpt-api-usage.yaml"
+printf 'usage:\n  dir: "%s"\n' "$TMP/db" >>"$TMP/gpt-api-usage.yaml"
+if "$GPT_API" --config "$TMP/gpt-api-usage.yaml" --check >"$TMP/check.log" 2>&1; then
+    USAGE=on
+    GPT_CONFIG=$TMP/gpt-api-usage.yaml
+else
+    USAGE=off
+    GPT_CONFIG=$TMP/gpt-api.yaml
+    "$GPT_API" --config "$GPT_CONFIG" --check >"$TMP/check.log" 2>&1 \
+        || fail_with_log "gpt-api rejects the bench config" "$TMP/check.log"
+fi
+log "usage recording: $USAGE"
+cat >"$TMP/server.yaml" <<EOF
+---
+version: 1
+threads: 1
+pid_file: $TMP/gpt-api.pid
+upgrade_sock: $TMP/gpt-api_upgrade.sock
+grace_period_seconds: 0
+graceful_shutdown_timeout_seconds: 5
+EOF
+RUST_LOG=$GPT_API_LOG taskset -c "$PROXY_CPU" "$GPT_API" --config "$GPT_CONFIG" --listen "127.0.0.1:$GPT_PORT" \
+    -c "$TMP/server.yaml" >"$TMP/gpt-api.log" 2>&1 &
+GPT_PID=$!
+PIDS+=("$GPT_PID")
+GPT_URL=http://127.0.0.1:$GPT_PORT/v1/chat/completions
+wait_ready gpt-api "$GPT_PID" "$GPT_URL" "$TMP/gpt-api.log"
+GPT_READY_REQUESTS=1 # wait_ready's request: the usage store should hold it too
+
+# ---------------------------------------------------------------- measuring
+
+declare -A R=()  # R[target,model,conns,metric]
+TARGETS=(direct nginx gpt-api)
+declare -A URL=([direct]=$DIRECT_URL [nginx]=$NGINX_URL [gpt-api]=$GPT_URL)
+declare -A ADDR=([direct]=127.0.0.1:$BACKEND_PORT [nginx]=127.0.0.1:$NGINX_PORT [gpt-api]=127.0.0.1:$GPT_PORT)
+declare -A PROC=([direct]="" [nginx]="${NGINX_PIDS[*]}" [gpt-api]=$GPT_PID)
+declare -A LOGF=([direct]=$TMP/backend.log [nginx]=$TMP/nginx/logs/error.log [gpt-api]=$TMP/gpt-api.log)
+
+for model in fast slow; do
+    # shellcheck disable=SC2059
+    body=$(printf "$CHAT_BODY" "$model")
+    cat >"$TMP/$model.lua" <<EOF
+wrk.method = "POST"
+wrk.body = '$body'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+done
+
+for t in nginx gpt-api; do
+    # shellcheck disable=SC2086
+    R[$t,rss_idle]=$(rss_kb ${PROC[$t]})
+done
+
+# Converts a wrk latency ("812.00us", "1.23ms", "2.00s") to ms.
+wrk_parse() {
+    awk '
+        function ms(v) {
+            if (v ~ /us$/) return v / 1000
+            if (v ~ /ms$/) return v + 0
+            if (v ~ /m$/)  return v * 60000
+            if (v ~ /s$/)  return v * 1000
+            return -1
+        }
+        /^ +50% / { p50 = ms($2) }
+        /^ +99% / { p99 = ms($2) }
+        / requests in / { reqs = $1 }
+        /^Requests\/sec:/ { rps = $2 }
+        /Non-2xx or 3xx responses:/ { errs += $NF }
+        /Socket errors:/ { errs += $4 + $6 + $8 + $10 }
+        END {
+            if (reqs == "" || rps == "" || p50 == "" || p99 == "") exit 1
+            printf "%s %s %.3f %.3f %d\n", reqs, rps, p50, p99, errs
+        }' "$1"
+}
+
+# Runs wrk against one target; records requests/s, p50, p99, errors and the proxy's CPU per request.
+measure() {
+    local t=$1 model=$2 conns=$3 seconds=$4 out before after
+    out=$TMP/wrk-$t-$model-c$conns.txt
+    # shellcheck disable=SC2086
+    [[ -n ${PROC[$t]} ]] && before=$(cpu_ticks ${PROC[$t]})
+    timeout $((seconds + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${seconds}s" --latency --timeout 5s \
+        -s "$TMP/$model.lua" "${URL[$t]}" >"$out" 2>&1 || fail_with_log "wrk failed against $t" "$out"
+    # shellcheck disable=SC2086
+    [[ -n ${PROC[$t]} ]] && after=$(cpu_ticks ${PROC[$t]})
+    kill -0 "${PIDS[0]}" 2>/dev/null || fail_with_log "bench-backend died" "$TMP/backend.log"
+    [[ $t == direct ]] || kill -0 "${PROC[$t]%% *}" 2>/dev/null || fail_with_log "$t died under load" "${LOGF[$t]}"
+    local parsed
+    parsed=$(wrk_parse "$out") || fail_with_log "cannot read wrk's output for $t" "$out"
+    read -r reqs rps p50 p99 errs <<<"$parsed"
+    local k=$t,$model,$conns
+    R[$k,reqs]=$reqs R[$k,rps]=$rps R[$k,p50]=$p50 R[$k,p99]=$p99 R[$k,errs]=$errs
+    if [[ -n ${PROC[$t]} ]] && ((reqs > 0)); then
+        R[$k,cpu]=$(awk -v d=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$reqs" \
+            'BEGIN { printf "%.1f", d * 1e6 / hz / n }')
+    else
+        R[$k,cpu]=-
+    fi
+    log "$(printf '%-7s %-4s c%-3s %9s req/s  p50 %7s ms  p99 %7s ms  errors %s  cpu %s us/req' \
+        "$t" "$model" "$conns" "$rps" "$p50" "$p99" "$errs" "${R[$k,cpu]}")"
+}
+
+if ((WARMUP > 0)); then
+    for t in "${TARGETS[@]}"; do
+        timeout $((WARMUP + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$TMP/fast.lua" \
+            "${URL[$t]}" >"$TMP/warmup-$t.txt" 2>&1 || fail_with_log "wrk warm-up failed against $t" "$TMP/warmup-$t.txt"
+    done
+fi
+
+# Targets interleaved per case, so background load drifting during the run hits all three alike.
+for model in fast slow; do
+    for conns in 1 "$CONNS"; do
+        for t in "${TARGETS[@]}"; do
+            measure "$t" "$model" "$conns" "$SECS"
+        done
+    done
+done
+
+for t in nginx gpt-api; do
+    # shellcheck disable=SC2086
+    R[$t,rss_load]=$(rss_kb ${PROC[$t]})
+done
+
+for t in "${TARGETS[@]}"; do
+    out=$TMP/ttfe-$t.txt
+    timeout 120 taskset -c "$LOAD_CPU" "$TTFE_BIN" --addr "${ADDR[$t]}" --model fast -n "$TTFE_N" \
+        >"$out" 2>&1 || true
+    line=$(grep '^ttfe ' "$out" || true)
+    [[ -n $line ]] || fail_with_log "bench-ttfe failed against $t" "$out"
+    R[$t,ttfe50]=$(sed -n 's/.* p50_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+    R[$t,ttfe99]=$(sed -n 's/.* p99_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+    log "$(printf '%-7s time to first SSE event p50 %s ms  p99 %s ms' "$t" "${R[$t,ttfe50]}" "${R[$t,ttfe99]}")"
+done
+
+# ---------------------------------------------------------------- usage rows
+
+USAGE_LINE=
+if [[ $USAGE == on ]]; then
+    # Requests gpt-api answered, as its clients counted them (wrk leaves up to one in-flight request per
+    # connection uncounted at the end of each run, so the store may hold a few more).
+    sent=$((GPT_READY_REQUESTS + (TTFE_N + 10)))
+    for f in "$TMP"/warmup-gpt-api.txt "$TMP"/wrk-gpt-api-*.txt; do
+        [[ -f $f ]] && sent=$((sent + $(awk '/ requests in / { print $1 }' "$f")))
+    done
+    # Stop gpt-api first so that its record writer drains.
+    kill -TERM "$GPT_PID" 2>/dev/null || true
+    for i in $(seq 1 150); do
+        kill -0 "$GPT_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$GPT_PID" 2>/dev/null && log "warning: gpt-api still running 15 s after SIGTERM; counting rows anyway"
+    rows=0 found=0
+    for db in "$TMP"/db/record_*.db; do
+        [[ -f $db ]] || continue
+        found=1
+        n=$(sqlite3 "$db" 'SELECT count(*) FROM records;' 2>"$TMP/sqlite.err") \
+            || fail_with_log "sqlite3 cannot count records in $db" "$TMP/sqlite.err"
+        rows=$((rows + n))
+    done
+    if ((found)); then
+        USAGE_LINE="Usage recording on: $rows rows in \`records\`; gpt-api answered $sent requests as its clients counted them."
+    else
+        USAGE_LINE="Usage recording on (\`--check\` accepted \`usage:\`), but gpt-api wrote no \`record_*.db\` file."
+    fi
+    log "$USAGE_LINE"
+fi
+
+# ---------------------------------------------------------------- report
+
+# a / b with 2 decimals; "n/a" when b is not a positive number.
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a == "-" || b == "-" || b + 0 <= 0.0005) { print "n/a"; exit }
+        printf "%.2f", a / b }'
+}
+sub_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+int() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+
+case_table() {
+    local conns=$1 model t k d
+    echo "| backend | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors | CPU µs/req |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for model in fast slow; do
+        d=direct,$model,$conns
+        for t in "${TARGETS[@]}"; do
+            k=$t,$model,$conns
+            local add50=- add99=-
+            if [[ $t != direct ]]; then
+                add50=$(sub_ms "${R[$k,p50]}" "${R[$d,p50]}")
+                add99=$(sub_ms "${R[$k,p99]}" "${R[$d,p99]}")
+            fi
+            echo "| ${BACKEND_NAME[$model]} | $t | $(int "${R[$k,rps]}") | ${R[$k,p50]} | ${R[$k,p99]} |" \
+                "$add50 | $add99 | ${R[$k,errs]} | ${R[$k,cpu]} |"
+        done
+    done
+}
+
+declare -A BACKEND_NAME=([fast]="0 ms" [slow]="$SLOW_MS ms")
+DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+
+report() {
+    echo "# gpt-api benchmark, $DATE"
+    echo
+    echo "Machine: $CORES cores ($CPU_MODEL), Linux $(uname -r). gpt-api $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?') (binary of $(date -u -r "$GPT_API" +%Y-%m-%dT%H:%MZ)), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')."
+    echo "Proxy under test on core $PROXY_CPU (gpt-api: 1 worker thread; nginx: 1 worker); wrk, bench-ttfe and the"
+    echo "fake backend on core $LOAD_CPU. Each run: ${SECS} s of POST /v1/chat/completions (JSON answer with usage),"
+    echo "after ${WARMUP} s of warm-up per target. gpt-api RUST_LOG=$GPT_API_LOG; nginx access_log off."
+    echo "CPU µs/req: utime+stime of the proxy's processes over the run / requests (clock tick $(getconf CLK_TCK) Hz,"
+    echo "so coarse for the slow single-connection runs). Added = target minus direct in the same case; direct has wrk"
+    echo "and the backend on one core, so small added figures can come out negative."
+    echo
+    echo "## Added latency: 1 connection (\`wrk -t1 -c1 --latency\`)"
+    echo
+    case_table 1
+    echo
+    echo "## Throughput: $CONNS connections (\`wrk -t1 -c$CONNS --latency\`)"
+    echo
+    case_table "$CONNS"
+    echo
+    echo "## Per target"
+    echo
+    echo "Time to first SSE event: $TTFE_N sequential \`\"stream\": true\` requests (0 ms backend, 20 events + [DONE])"
+    echo "over one kept-alive connection, from sending the request to the first complete \`data:\` event."
+    echo
+    echo "| target | first SSE event p50 ms | p99 ms | RSS idle MB | RSS after load MB |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
+    for t in "${TARGETS[@]}"; do
+        local idle=- load=-
+        if [[ $t != direct ]]; then
+            idle=$(mb "${R[$t,rss_idle]}") load=$(mb "${R[$t,rss_load]}")
+        fi
+        echo "| $t | ${R[$t,ttfe50]} | ${R[$t,ttfe99]} | $idle | $load |"
+    done
+    echo
+    echo "RSS: VmRSS of the proxy (nginx: master + worker) before any load and after the wrk runs."
+    echo
+    echo "## Ratios (same run)"
+    echo
+    echo "| ratio | 0 ms backend | $SLOW_MS ms backend |"
+    echo "| --- | ---: | ---: |"
+    local f=,fast s=,slow c1=,1 cn=,$CONNS
+    row() { echo "| $1 | $2 | $3 |"; }
+    added() { sub_ms "${R[$1,$2,$3,$4]}" "${R[direct,$2,$3,$4]}"; }
+    row "gpt-api added p50 / nginx added p50 (1 conn)" \
+        "$(ratio "$(added gpt-api fast 1 p50)" "$(added nginx fast 1 p50)")" \
+        "$(ratio "$(added gpt-api slow 1 p50)" "$(added nginx slow 1 p50)")"
+    row "gpt-api added p99 / nginx added p99 (1 conn)" \
+        "$(ratio "$(added gpt-api fast 1 p99)" "$(added nginx fast 1 p99)")" \
+        "$(ratio "$(added gpt-api slow 1 p99)" "$(added nginx slow 1 p99)")"
+    row "gpt-api req/s / nginx req/s ($CONNS conns)" \
+        "$(ratio "${R[gpt-api$f$cn,rps]}" "${R[nginx$f$cn,rps]}")" "$(ratio "${R[gpt-api$s$cn,rps]}" "${R[nginx$s$cn,rps]}")"
+    row "gpt-api req/s / direct req/s ($CONNS conns)" \
+        "$(ratio "${R[gpt-api$f$cn,rps]}" "${R[direct$f$cn,rps]}")" "$(ratio "${R[gpt-api$s$cn,rps]}" "${R[direct$s$cn,rps]}")"
+    row "nginx req/s / direct req/s ($CONNS conns)" \
+        "$(ratio "${R[nginx$f$cn,rps]}" "${R[direct$f$cn,rps]}")" "$(ratio "${R[nginx$s$cn,rps]}" "${R[direct$s$cn,rps]}")"
+    row "gpt-api CPU/req / nginx CPU/req ($CONNS conns)" \
+        "$(ratio "${R[gpt-api$f$cn,cpu]}" "${R[nginx$f$cn,cpu]}")" "$(ratio "${R[gpt-api$s$cn,cpu]}" "${R[nginx$s$cn,cpu]}")"
+    row "gpt-api CPU/req / nginx CPU/req (1 conn)" \
+        "$(ratio "${R[gpt-api$f$c1,cpu]}" "${R[nginx$f$c1,cpu]}")" "$(ratio "${R[gpt-api$s$c1,cpu]}" "${R[nginx$s$c1,cpu]}")"
+    row "gpt-api / nginx first SSE event p50" "$(ratio "${R[gpt-api,ttfe50]}" "${R[nginx,ttfe50]}")" "-"
+    if [[ -n $USAGE_LINE ]]; then
+        echo
+        echo "$USAGE_LINE"
+    else
+        echo
+        echo "Usage recording off (this gpt-api build does not accept a \`usage:\` section)."
+    fi
+}
+
+mkdir -p "$ROOT/bench/out"
+OUT=$ROOT/bench/out/results-$(date -u +%Y-%m-%d-%H%M%S).md
+report >"$OUT"
+cat "$OUT"
+log "saved $OUT"

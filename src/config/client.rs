@@ -1,0 +1,321 @@
+//! Validation of one `openai_clients` entry into a [`Client`], with every problem reported at its field path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+use super::compile::{Errors, Section, MISSING};
+use super::failover::{health_policy, retry_on, ClientDefaults};
+use super::file::{self, index_path, key_path, ClientFile, FallbackFile, OneOrMany};
+use super::{BaseUrl, Client, ConfigError, MatchKind, ModelMatch};
+use super::{DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_READ_TIMEOUT_MS};
+use crate::secret::Secret;
+
+/// Headers the proxy sets itself or that only mean something on one hop; a configured value would break framing.
+const MANAGED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub(super) fn compile_clients(
+    list: Option<Vec<Option<ClientFile>>>,
+    defaults: &ClientDefaults,
+    errors: &mut Errors,
+) -> Vec<Arc<Client>> {
+    let Some(list) = list else {
+        errors.push(ConfigError::new("openai_clients", MISSING));
+        return Vec::new();
+    };
+    check_unique_names(&list, errors);
+    let mut clients = Vec::with_capacity(list.len());
+    for (i, entry) in list.into_iter().enumerate() {
+        let path = index_path("openai_clients", i);
+        match entry {
+            Some(client) => {
+                clients.extend(compile_client(client, defaults, path, errors).map(Arc::new))
+            }
+            None => errors.push(ConfigError::new(path, "expected a mapping")),
+        }
+    }
+    clients
+}
+
+fn check_unique_names(list: &[Option<ClientFile>], errors: &mut Errors) {
+    let mut first_index: HashMap<&str, usize> = HashMap::new();
+    for (i, client) in list.iter().enumerate() {
+        let name = client.as_ref().and_then(|c| c.name.as_deref());
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        if let Some(first) = first_index.get(name) {
+            let path = key_path(&index_path("openai_clients", i), "name");
+            let message =
+                format!("duplicate client name {name:?} (also used by openai_clients[{first}])");
+            errors.push(ConfigError::new(path, message));
+        } else {
+            first_index.insert(name, i);
+        }
+    }
+}
+
+/// Validates one client; `None` (with its errors pushed) when anything is wrong.
+fn compile_client(
+    c: ClientFile,
+    defaults: &ClientDefaults,
+    path: String,
+    errors: &mut Errors,
+) -> Option<Client> {
+    let s = &mut Section::new(path, errors);
+    let name = s
+        .required("name", c.name)
+        .filter(|n| s.non_empty("name", n));
+    let api_key = api_key(c.api_key.unwrap_or_default(), s);
+    let base_url = s.required("base_url", c.base_url);
+    let base_url = base_url.and_then(|url| s.ok("base_url", BaseUrl::parse(&url)));
+    let model_match = s.required("model_match", c.model_match);
+    let model_match = model_match.and_then(|m| compile_match(m, s));
+    let weight = s.positive("weight", c.weight, 1);
+    let weight = u32::try_from(weight).map_err(|_| format!("must be at most {}", u32::MAX));
+    let weight = s.ok("weight", weight);
+    let stop = c.stop.map(|stop| strings(stop, "stop", true, s));
+    let max_tokens = c.max_tokens.map(|n| s.positive("max_tokens", Some(n), 0));
+    let headers = compile_headers(c.headers.unwrap_or_default(), s);
+    let connect_ms = s.positive(
+        "connect_timeout_ms",
+        c.connect_timeout_ms,
+        DEFAULT_CONNECT_TIMEOUT_MS,
+    );
+    let read_ms = s.positive(
+        "read_timeout_ms",
+        c.read_timeout_ms,
+        DEFAULT_READ_TIMEOUT_MS,
+    );
+    let retry_on = retry_on(s, c.retry_on, &defaults.retry_on);
+    let health_policy = health_policy(s, c.failure_threshold, c.cooldown_seconds, defaults.policy);
+    if s.failed {
+        return None;
+    }
+    Some(Client {
+        name: name?,
+        api_key,
+        base_url: base_url?,
+        priority: c.priority.unwrap_or(0),
+        weight: weight?,
+        model_match: model_match?,
+        fallback: compile_fallback(c.fallback),
+        special_prefix: c.special_prefix.filter(|p| !p.is_empty()),
+        stop: stop.unwrap_or_default(),
+        max_tokens,
+        extra_body: c.extra_body.unwrap_or_default(),
+        model: c.model.filter(|m| !m.is_empty()),
+        headers,
+        connect_timeout: Duration::from_millis(connect_ms),
+        read_timeout: Duration::from_millis(read_ms),
+        retry_on,
+        health_policy,
+    })
+}
+
+/// Checked here so a stray newline from an env file is a config error, not a failed request later.
+fn api_key(key: String, s: &mut Section) -> Secret {
+    if HeaderValue::from_str(&key).is_err() {
+        s.report(
+            "api_key",
+            "contains characters not allowed in an HTTP header",
+        );
+    }
+    Secret::new(key)
+}
+
+fn compile_match(model_match: file::ModelMatchFile, s: &mut Section) -> Option<ModelMatch> {
+    let kind = s.required("model_match.type", model_match.kind);
+    let kind = kind.and_then(|kind| match_kind(&kind, s));
+    let values = s.required("model_match.value", model_match.value);
+    let values = values.map(|values| strings(values, "model_match.value", false, s));
+    Some(ModelMatch {
+        kind: kind?,
+        values: values?,
+    })
+}
+
+fn match_kind(kind: &str, s: &mut Section) -> Option<MatchKind> {
+    match kind {
+        "exact" => Some(MatchKind::Exact),
+        "keyword" => Some(MatchKind::Keyword),
+        _ => {
+            s.report("model_match.type", r#"expected "exact" or "keyword""#);
+            None
+        }
+    }
+}
+
+/// A string or list of strings as a list; empty strings are always errors, an empty list only when allowed.
+fn strings(value: OneOrMany, field: &str, allow_empty_list: bool, s: &mut Section) -> Vec<String> {
+    match value {
+        OneOrMany::One(one) => {
+            s.non_empty(field, &one);
+            vec![one]
+        }
+        OneOrMany::Many(list) => {
+            if list.is_empty() && !allow_empty_list {
+                s.report(field, "must not be an empty list");
+            }
+            for (i, item) in list.iter().enumerate() {
+                s.non_empty(&index_path(field, i), item);
+            }
+            list
+        }
+    }
+}
+
+/// `false`, null and "" (e.g. an unset `${FALLBACK:-}`) all mean no fallback; `true` never gets here.
+fn compile_fallback(fallback: Option<FallbackFile>) -> Option<String> {
+    match fallback {
+        Some(FallbackFile::Model(model)) if !model.is_empty() => Some(model),
+        _ => None,
+    }
+}
+
+fn compile_headers(
+    headers: BTreeMap<String, String>,
+    s: &mut Section,
+) -> Vec<(HeaderName, Secret)> {
+    let mut compiled: Vec<(HeaderName, Secret)> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let field = key_path("headers", &name);
+        let Some(header) = s.ok(&field, header(&name, value)) else {
+            continue;
+        };
+        if compiled.iter().any(|(seen, _)| *seen == header.0) {
+            s.report(&field, "duplicate header (names are case-insensitive)");
+        } else {
+            compiled.push(header);
+        }
+    }
+    compiled
+}
+
+/// The value is never echoed in an error: it may be a key.
+fn header(name: &str, value: String) -> Result<(HeaderName, Secret), &'static str> {
+    match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+        Err(_) => Err("invalid HTTP header name"),
+        Ok(name) if MANAGED_HEADERS.contains(&name.as_str()) => {
+            Err("is managed by the gateway and cannot be set")
+        }
+        Ok(_) if HeaderValue::from_str(&value).is_err() => {
+            Err("invalid HTTP header value (control characters?)")
+        }
+        Ok(name) => Ok((name, Secret::new(value))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::compile::compile;
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// A valid one-client file with `fields` added to (or overriding, via replace) the client.
+    fn client(fields: &str) -> String {
+        let base = "name: a, base_url: 'http://h', model_match: {type: exact, value: m}";
+        format!("openai_clients:\n  - {{{base}, {fields}}}\n")
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        let errors = compile(text, &no_env).unwrap_err().0;
+        errors.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn every_optional_field_compiles() {
+        let fields = "api_key: '', weight: 3, stop: '</s>', max_tokens: 100, extra_body: {top_k: 5}, \
+                      model: up, headers: {Api-Key: '${KEY:-secret}'}, connect_timeout_ms: 5, fallback: null";
+        let text = client(fields).replace("type: exact", "type: '${TYPE:-keyword}'")
+            + "server: {listen: '[::1]:9000', max_body_bytes: 1024}\n";
+        let config = compile(&text, &no_env).unwrap();
+        let c = &config.clients[0];
+        assert!(c.api_key.is_empty());
+        assert_eq!(c.model_match.kind, MatchKind::Keyword);
+        assert_eq!(c.model_match.values, ["m"], "a single string is one value");
+        assert_eq!((c.weight, c.max_tokens), (3, Some(100)));
+        assert_eq!(
+            (c.model.as_deref(), c.stop.as_slice()),
+            (Some("up"), &["</s>".into()][..])
+        );
+        assert_eq!(c.extra_body["top_k"], 5);
+        assert_eq!(c.headers[0].0.as_str(), "api-key");
+        assert_eq!(c.headers[0].1.expose(), "secret");
+        assert_eq!(c.connect_timeout, Duration::from_millis(5));
+        assert_eq!(config.server.listen, "[::1]:9000");
+        assert_eq!(config.server.max_body_bytes, 1024);
+    }
+
+    /// Each line: a client field to add (or "old=>new", a change to the base client) | the error it gives.
+    const BAD_VALUES: &str = r#"
+        type: exact=>type: regex | model_match.type: expected "exact" or "keyword"
+        value: m=>value: [] | model_match.value: must not be an empty list
+        value: m=>value: [''] | model_match.value[0]: must not be empty
+        value: m=>value: m, valu: m | model_match.valu: unknown field, expected one of type, value
+        model_matc: '${NOPE}' | model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms, failure_threshold, cooldown_seconds, retry_on
+        name: a=>name: '' | name: must not be empty
+        priority: high | priority: expected an integer
+        fallback: true | fallback: expected a model name or false
+        weight: 0 | weight: must be a positive integer
+        weight: 5000000000 | weight: must be at most 4294967295
+        max_tokens: 0 | max_tokens: must be a positive integer
+        read_timeout_ms: -1 | read_timeout_ms: must be a positive integer
+        stop: [a, ''] | stop[1]: must not be empty
+        api_key: "k\n" | api_key: contains characters not allowed in an HTTP header
+        headers: {Host: x} | headers.Host: is managed by the gateway and cannot be set
+        headers: {'a b': x} | headers.a b: invalid HTTP header name
+        headers: {x: "a\x01"} | headers.x: invalid HTTP header value (control characters?)
+        headers: {x: a, X: b} | headers.x: duplicate header (names are case-insensitive)
+        'http://h'=>'ftp://h' | base_url: scheme must be http or https, not "ftp"
+        'http://h'=>'https://h/v1?x=1' | base_url: URL must not contain a query (?...)
+        'http://h'=>'h.com' | base_url: invalid URL "h.com": relative URL without a base
+        'http://h'=>null | base_url: required field is missing
+    "#;
+
+    #[test]
+    fn bad_values_are_reported_with_their_paths() {
+        for line in BAD_VALUES.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (change, expected) = line.split_once(" | ").unwrap();
+            let text = match change.split_once("=>") {
+                Some((old, new)) => client("").replacen(old, new, 1),
+                None => client(change),
+            };
+            assert_eq!(
+                errors(&text),
+                [format!("openai_clients[0].{expected}")],
+                "{change}"
+            );
+        }
+    }
+
+    #[test]
+    fn anchors_and_merge_keys_share_settings() {
+        let text = "openai_clients:\n  - &base {name: a, base_url: 'http://h', model_match: {type: exact, value: m}}\n  \
+                    - {<<: *base, name: b, priority: 2}\n";
+        let config = compile(text, &no_env).unwrap();
+        assert_eq!(
+            (
+                config.clients[1].name.as_str(),
+                config.clients[1].base_url.host.as_str()
+            ),
+            ("b", "h")
+        );
+    }
+}

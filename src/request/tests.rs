@@ -1,0 +1,152 @@
+//! Unit tests of the request parse: errors, flags, and leniency about odd shapes.
+
+use super::*;
+
+fn info(body: &str) -> RequestInfo {
+    inspect(body.as_bytes()).unwrap()
+}
+
+#[test]
+fn reads_model_and_stream() {
+    let r = info(r#"{"messages":[{"role":"user","content":"x"}],"model":"gpt-4o","stream":true}"#);
+    assert_eq!(
+        r,
+        RequestInfo {
+            model: "gpt-4o".into(),
+            stream: true,
+            include_usage: false,
+            tool: false,
+            multimodal: false,
+        }
+    );
+    let r = info(r#" {"model":"a\u00e9"} "#);
+    assert_eq!(r.model, "a\u{e9}");
+    assert!(!r.stream);
+    assert!(!info(r#"{"model":"m","stream":"yes"}"#).stream);
+    // Repeated keys other than `model` are no error; the last `stream` counts.
+    let twice = r#"{"stream":true,"model":"m","stream":false,"messages":[],"messages":3}"#;
+    assert!(!info(twice).stream);
+    assert!(info(r#"{"stream":false,"model":"m","stream":true}"#).stream);
+}
+
+#[test]
+fn rejects_bad_shapes() {
+    assert_eq!(inspect(b"[1,2]"), Err(GatewayError::BodyNotObject));
+    assert_eq!(inspect(b"\"x\""), Err(GatewayError::BodyNotObject));
+    assert!(matches!(
+        inspect(b"{nope"),
+        Err(GatewayError::InvalidJson(_))
+    ));
+    assert!(matches!(inspect(b""), Err(GatewayError::InvalidJson(_))));
+    assert!(matches!(
+        inspect(b"nope"),
+        Err(GatewayError::InvalidJson(_))
+    ));
+    assert_eq!(inspect(b"{}"), Err(GatewayError::ModelMissing));
+    assert_eq!(
+        inspect(br#"{"model":null}"#),
+        Err(GatewayError::ModelMissing)
+    );
+    assert_eq!(
+        inspect(br#"{"model":3}"#),
+        Err(GatewayError::ModelNotString)
+    );
+    assert_eq!(
+        inspect(br#"{"model":["a"]}"#),
+        Err(GatewayError::ModelNotString)
+    );
+    assert!(matches!(
+        inspect(br#"{"model":"a","model":"b"}"#),
+        Err(GatewayError::InvalidJson(_))
+    ));
+    // Invalid JSON inside a leniently read field is still invalid JSON.
+    assert!(matches!(
+        inspect(br#"{"model":"m","messages":[{"content":[}]}"#),
+        Err(GatewayError::InvalidJson(_))
+    ));
+}
+
+#[test]
+fn include_usage() {
+    let on = r#"{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":true,"include_usage":true}}"#;
+    assert!(info(on).include_usage);
+    for off in [
+        r#"{"model":"m","stream":true}"#,
+        r#"{"model":"m","stream_options":null}"#,
+        r#"{"model":"m","stream_options":{"include_usage":false}}"#,
+        r#"{"model":"m","stream_options":{"include_usage":"true"}}"#,
+        r#"{"model":"m","stream_options":[true]}"#,
+    ] {
+        assert!(!info(off).include_usage, "{off}");
+    }
+}
+
+#[test]
+fn tools() {
+    let t = r#"{"model":"m","tools":[{"type":"function","function":{"name":"f"}}]}"#;
+    assert!(info(t).tool);
+    assert!(info(r#"{"model":"m","functions":[{"name":"f"}]}"#).tool);
+    for no in [
+        r#"{"model":"m"}"#,
+        r#"{"model":"m","tools":null,"functions":null}"#,
+        r#"{"model":"m","tools":[]}"#,
+        r#"{"model":"m","tools":"x"}"#,
+    ] {
+        assert!(!info(no).tool, "{no}");
+    }
+}
+
+#[test]
+fn multimodal_chat() {
+    let image = r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[
+        {"type":"text","text":"what?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}"#;
+    assert!(info(image).multimodal);
+    let audio =
+        r#"{"model":"m","messages":[{"content":[{"type":"input_audio","input_audio":{}}]}]}"#;
+    assert!(info(audio).multimodal);
+    let escaped_key = r#"{"model":"m","messages":[{"\u0063ontent":[{"type":"file"}]}]}"#;
+    assert!(info(escaped_key).multimodal);
+    for text in [
+        r#"{"model":"m","messages":[{"role":"user","content":"just text"}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
+        r#"{"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"type":"function"}]}]}"#,
+        r#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"refusal","refusal":"no"}]}]}"#,
+    ] {
+        assert!(!info(text).multimodal, "{text}");
+    }
+}
+
+#[test]
+fn malformed_messages_are_not_errors() {
+    for odd in [
+        r#"{"model":"m","messages":3}"#,
+        r#"{"model":"m","messages":{"content":[{"type":"image_url"}]}}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":42}]}"#,
+        r#"{"model":"m","messages":[1,"x",null,[{"type":"image_url"}]]}"#,
+        r#"{"model":"m","messages":[{"content":[7,"x",{"type":5},{"text":"no type"}]}]}"#,
+        r#"{"model":"m","messages":[{"content":{"type":"image_url"}}]}"#,
+        r#"{"model":"m","input":{"content":[{"type":"input_image"}]}}"#,
+    ] {
+        let r = inspect(odd.as_bytes()).unwrap_or_else(|e| panic!("{odd}: {e}"));
+        assert!(!r.multimodal, "{odd}");
+    }
+}
+
+#[test]
+fn multimodal_responses_input() {
+    let image = r#"{"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"what?"},
+        {"type":"input_image","image_url":"data:image/png;base64,AAAA"}]}]}"#;
+    assert!(info(image).multimodal);
+    for text in [
+        r#"{"model":"m","input":"plain string"}"#,
+        r#"{"model":"m","input":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"a"}]},
+            {"type":"message","role":"assistant","content":[{"type":"output_text","text":"b"}]},
+            {"type":"function_call_output","call_id":"c","output":"{}"}]}"#,
+    ] {
+        assert!(!info(text).multimodal, "{text}");
+    }
+    // Responses part names are not chat ones.
+    let chat = r#"{"model":"m","messages":[{"content":[{"type":"input_text","text":"a"}]}]}"#;
+    assert!(info(chat).multimodal);
+}

@@ -1,0 +1,110 @@
+//! The whole-body side of the tap: passes a body on (or holds it for the prefix) and reads it at its end.
+
+use super::wire::Envelope;
+use super::{concat, prefix, ResponseTap};
+use crate::endpoints::ApiKind;
+use bytes::Bytes;
+
+impl ResponseTap {
+    pub(super) fn feed_body(&mut self, chunk: Bytes) -> Bytes {
+        self.first_token |= !chunk.is_empty();
+        if !self.sniffed {
+            if let Some(held) = self.sniff(&chunk) {
+                self.keep(&chunk);
+                return concat(held, chunk);
+            }
+        }
+        if !self.holding {
+            self.keep(&chunk);
+            return chunk;
+        }
+        self.body.extend_from_slice(&chunk);
+        if self.body.len() <= self.body_cap {
+            return Bytes::new();
+        }
+        log::warn!(
+            "response body over {} bytes: special prefix not applied",
+            self.body_cap
+        );
+        self.stop_reading();
+        let held = self.body.split().freeze();
+        self.keep(&held);
+        held
+    }
+
+    pub(super) fn finish_body(&mut self) -> Bytes {
+        if self.body_full {
+            return Bytes::new();
+        }
+        let body = std::mem::take(&mut self.body);
+        let at = self.read_body(&body);
+        if !std::mem::take(&mut self.holding) {
+            self.body = body;
+            return Bytes::new();
+        }
+        let out = match (&self.prefix_json, at.is_empty()) {
+            (Some(p), false) => Bytes::from(prefix::splice(&body, &at, p.as_bytes())),
+            _ => body.freeze(),
+        };
+        self.stop_reading();
+        self.keep(&out);
+        out
+    }
+
+    /// Looks at the first byte that is not white space: a body that is not a JSON object (audio, an HTML
+    /// error page) has no usage to read nor prefix to take, so only the record's bytes are kept from now on.
+    /// Returns what was held for the prefix, to be sent.
+    fn sniff(&mut self, chunk: &[u8]) -> Option<Bytes> {
+        let first = chunk.iter().find(|b| !b.is_ascii_whitespace())?;
+        self.sniffed = true;
+        if *first == b'{' {
+            return None;
+        }
+        let held = self.holding;
+        self.stop_reading();
+        let seen = self.body.split().freeze();
+        self.keep(&seen);
+        held.then_some(seen)
+    }
+
+    /// From now on the body is only kept for the record, not read nor held.
+    fn stop_reading(&mut self) {
+        self.holding = false;
+        self.body_full = true;
+        self.body_cap = self.opts.keep_body.unwrap_or(0);
+    }
+
+    /// Reads usage and model from a whole body; returns where the prefix goes when it is held for one.
+    fn read_body(&mut self, body: &[u8]) -> Vec<usize> {
+        let Ok(text) = std::str::from_utf8(body) else {
+            return Vec::new();
+        };
+        let Ok(env) = serde_json::from_str::<Envelope>(text) else {
+            return Vec::new();
+        };
+        self.observe(&env, None);
+        if !self.holding {
+            return Vec::new();
+        }
+        let completions = self.opts.kind == ApiKind::Completions;
+        let strings = env.choices.iter().flatten().filter_map(|c| {
+            if completions {
+                c.text
+            } else {
+                c.message.as_ref().and_then(|m| m.content)
+            }
+        });
+        strings
+            .filter_map(|raw| prefix::string_start(text, raw))
+            .collect()
+    }
+
+    /// Keeps the body's first bytes, up to the cap (more than that cannot be read at the end).
+    pub(super) fn keep(&mut self, chunk: &[u8]) {
+        let room = self.body_cap.saturating_sub(self.body.len());
+        if chunk.len() > room {
+            self.body_full = true;
+        }
+        self.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+}

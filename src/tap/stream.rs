@@ -1,0 +1,151 @@
+//! The SSE side of the tap: holds a partial event, reads each complete one once, splices the prefix, hides usage.
+
+use super::{concat, prefix, sse, wire, ResponseTap};
+use crate::endpoints::ApiKind;
+use bytes::{Bytes, BytesMut};
+use wire::Envelope;
+
+/// An event held longer than this is passed on unread, so a stream without blank lines cannot grow memory.
+pub(super) const EVENT_CAP: usize = 16 << 20;
+
+/// What becomes of one complete event.
+enum Action {
+    Keep,
+    Drop,
+    Replace(Vec<u8>),
+}
+
+impl ResponseTap {
+    pub(super) fn feed_sse(&mut self, chunk: Bytes) -> Bytes {
+        if self.recon.is_none() {
+            self.keep(&chunk);
+        }
+        self.ends.clear();
+        let held = self.pending.len();
+        self.scanner.scan(&chunk, held, &mut self.ends);
+        let complete = self.ends.last().copied().unwrap_or(0);
+        let head = if held > 0 {
+            self.pending.extend_from_slice(&chunk);
+            self.pending.split_to(complete).freeze()
+        } else if complete == chunk.len() {
+            chunk
+        } else {
+            self.pending.extend_from_slice(&chunk[complete..]);
+            chunk.slice(..complete)
+        };
+        let out = self.transform(head);
+        if !self.skipping && self.pending.len() <= EVENT_CAP {
+            return out;
+        }
+        if !self.skipping {
+            log::warn!("SSE event over {EVENT_CAP} bytes: passed on unread");
+        }
+        self.skipping = true;
+        concat(out, self.pending.split().freeze())
+    }
+
+    pub(super) fn finish_sse(&mut self) -> Bytes {
+        let tail = self.pending.split().freeze();
+        if !self.skipping && !tail.is_empty() {
+            // A last event without its blank line: read for usage, sent as it came.
+            self.on_event(&tail, false);
+        }
+        tail
+    }
+
+    /// `head` (complete events, ending at `self.ends`) as the caller gets it; the same bytes when unchanged.
+    fn transform(&mut self, head: Bytes) -> Bytes {
+        let ends = std::mem::take(&mut self.ends);
+        let mut out: Option<BytesMut> = None;
+        let mut start = 0;
+        for &end in &ends {
+            let event = &head[start..end];
+            let action = if std::mem::take(&mut self.skipping) {
+                Action::Keep
+            } else {
+                self.on_event(event, true)
+            };
+            match (action, &mut out) {
+                (Action::Keep, None) => {}
+                (Action::Keep, Some(out)) => out.extend_from_slice(event),
+                (action, out) => {
+                    let out = out.get_or_insert_with(|| start_copy(&head, start));
+                    if let Action::Replace(bytes) = action {
+                        out.extend_from_slice(&bytes);
+                    }
+                }
+            }
+            start = end;
+        }
+        self.ends = ends;
+        out.map_or(head, BytesMut::freeze)
+    }
+
+    /// Reads one event; `live` when its bytes are still to be sent (and so may change).
+    fn on_event(&mut self, event: &[u8], live: bool) -> Action {
+        let fields = sse::Fields::parse(event);
+        let data = fields.data();
+        if data.is_empty() || *data == *b"[DONE]" {
+            return Action::Keep;
+        }
+        let Ok(text) = std::str::from_utf8(&data) else {
+            return Action::Keep;
+        };
+        let Ok(env) = serde_json::from_str::<Envelope>(text) else {
+            return Action::Keep;
+        };
+        let at = if live {
+            self.prefix_offsets(&env, text)
+        } else {
+            Vec::new()
+        };
+        self.observe(&env, fields.name);
+        if live && self.opts.hide_usage_chunk && env.usage_only() {
+            return Action::Drop;
+        }
+        let Some(prefix) = self.prefix_json.as_ref().filter(|_| !at.is_empty()) else {
+            return Action::Keep;
+        };
+        let at: Vec<usize> = at.iter().filter_map(|&o| fields.event_offset(o)).collect();
+        Action::Replace(prefix::splice(event, &at, prefix.as_bytes()))
+    }
+
+    /// Where in the event's data the prefix goes: the first non-empty content (chat) or text (completions)
+    /// of each choice not prefixed yet.
+    fn prefix_offsets(&mut self, env: &Envelope, text: &str) -> Vec<usize> {
+        let mut at = Vec::new();
+        let (Some(prefix), Some(choices)) = (&self.opts.prefix, &env.choices) else {
+            return at;
+        };
+        if self.prefix_json.is_none() {
+            return at;
+        }
+        for (position, choice) in choices.iter().enumerate() {
+            let target = match self.opts.kind {
+                ApiKind::Chat => choice.delta.as_ref().and_then(|d| d.content),
+                ApiKind::Completions => choice.text,
+                _ => None,
+            };
+            let index = choice.index_or(position);
+            if self.prefixed.contains(&index) || !target.is_some_and(wire::nonempty_str) {
+                continue;
+            }
+            let Some(offset) = target.and_then(|raw| prefix::string_start(text, raw)) else {
+                continue;
+            };
+            self.prefixed.push(index);
+            at.push(offset);
+            if let Some(recon) = &mut self.recon {
+                recon.push_content(index, prefix);
+            }
+        }
+        at
+    }
+}
+
+/// A buffer for the changed output, starting with the unchanged events before `start`.
+fn start_copy(head: &Bytes, start: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(head.len() + 64);
+    out.extend_from_slice(&head[..start]);
+    out
+}

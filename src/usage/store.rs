@@ -1,0 +1,293 @@
+//! Monthly SQLite files of usage records (`<dir>/record_YYYYMM.db`): schema, and batched inserts.
+
+use std::collections::btree_map::{BTreeMap, Entry};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat};
+use rusqlite::{params, Connection};
+
+use super::record::UsageRecord;
+
+/// The columns of `records` after `id`, in table order, with their types. The insert is built from this list
+/// and so is the upgrade of files written by older versions, so the three cannot drift apart.
+const COLUMNS: &[(&str, &str)] = &[
+    ("Time", "TEXT"),
+    ("IP", "TEXT"),
+    ("Model", "TEXT"),
+    ("Type", "TEXT"),
+    ("CompletionTokens", "INTEGER"),
+    ("PromptTokens", "INTEGER"),
+    ("TotalTokens", "INTEGER"),
+    ("Tool", "INTEGER"),
+    ("Multimodal", "INTEGER"),
+    ("Headers", "TEXT"),
+    ("Request", "TEXT"),
+    ("Response", "TEXT"),
+    ("Backend", "TEXT"),
+    ("UpstreamModel", "TEXT"),
+    ("Stream", "INTEGER"),
+    ("Status", "INTEGER"),
+    ("LatencyMs", "INTEGER"),
+    ("FirstTokenMs", "INTEGER"),
+    ("Attempts", "INTEGER"),
+    ("CachedTokens", "INTEGER"),
+    ("ReasoningTokens", "INTEGER"),
+    ("Error", "TEXT"),
+];
+
+/// WAL with `synchronous=NORMAL`: a commit is an append to the log, not an fsync, which is what makes
+/// tens of thousands of rows a second possible; a power cut can lose the last commits, never corrupt the file.
+/// WAL also lets anyone read the file while the gateway writes it.
+const PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;";
+
+const INDEXES: &str = "CREATE INDEX IF NOT EXISTS idx_records_time ON records(Time);
+CREATE INDEX IF NOT EXISTS idx_records_model ON records(Model);";
+
+/// A calendar month; decides which file a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Month {
+    pub year: i32,
+    /// 1-12.
+    pub month: u32,
+}
+
+impl Month {
+    /// The month of `time` in its own offset: the proxy stamps records in the server's local time.
+    pub fn of(time: &DateTime<FixedOffset>) -> Month {
+        Month {
+            year: time.year(),
+            month: time.month(),
+        }
+    }
+
+    pub fn previous(self) -> Month {
+        match self.month {
+            1 => Month {
+                year: self.year - 1,
+                month: 12,
+            },
+            m => Month {
+                year: self.year,
+                month: m - 1,
+            },
+        }
+    }
+
+    /// `record_YYYYMM.db`.
+    pub fn file_name(self) -> String {
+        format!("record_{self}.db")
+    }
+}
+
+impl fmt::Display for Month {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}{:02}", self.year, self.month)
+    }
+}
+
+/// Why a batch (or part of it) was not written. Messages name files, never record contents.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the usage directory {}: {source}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        month: Month,
+        source: std::io::Error,
+    },
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        month: Month,
+        source: rusqlite::Error,
+    },
+    #[error("cannot write to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        month: Month,
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// The month whose file failed. [`Store::write`] handles months in order and stops at the first failure:
+    /// a batch's records of earlier months were committed, those of this month and later ones were not.
+    pub fn month(&self) -> Month {
+        match self {
+            StoreError::CreateDir { month, .. }
+            | StoreError::Open { month, .. }
+            | StoreError::Write { month, .. } => *month,
+        }
+    }
+}
+
+/// The monthly files of one directory, with a connection kept open for each month recently written.
+pub struct Store {
+    dir: PathBuf,
+    files: BTreeMap<Month, Connection>,
+    insert: String,
+}
+
+impl Store {
+    /// Touches nothing on disk: the directory and files are created by the first write that needs them.
+    pub fn new(dir: impl Into<PathBuf>) -> Store {
+        let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+        let slots: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("?{i}")).collect();
+        let insert = format!(
+            "INSERT INTO records ({}) VALUES ({})",
+            names.join(", "),
+            slots.join(", ")
+        );
+        Store {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            insert,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the records of `month` are kept.
+    pub fn path(&self, month: Month) -> PathBuf {
+        self.dir.join(month.file_name())
+    }
+
+    /// Writes `batch` with one transaction per monthly file, months in order, stopping at the first failure
+    /// (see [`StoreError::month`] for what was committed then).
+    pub fn write(&mut self, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        let Some(first) = batch.first().map(|r| Month::of(&r.time)) else {
+            return Ok(());
+        };
+        let result = if batch.iter().all(|r| Month::of(&r.time) == first) {
+            self.write_month(first, batch.iter())
+        } else {
+            let mut months: BTreeMap<Month, Vec<&UsageRecord>> = BTreeMap::new();
+            for record in batch {
+                months
+                    .entry(Month::of(&record.time))
+                    .or_default()
+                    .push(record);
+            }
+            months
+                .into_iter()
+                .try_for_each(|(month, records)| self.write_month(month, records.into_iter()))
+        };
+        self.close_old();
+        result
+    }
+
+    fn write_month<'r>(
+        &mut self,
+        month: Month,
+        records: impl Iterator<Item = &'r UsageRecord>,
+    ) -> Result<(), StoreError> {
+        let path = self.path(month);
+        let connection = match self.files.entry(month) {
+            Entry::Occupied(open) => open.into_mut(),
+            Entry::Vacant(closed) => closed.insert(open(&self.dir, &path, month)?),
+        };
+        insert_all(connection, &self.insert, records).map_err(|source| {
+            // Reopened on the next attempt, in case the file was replaced or the handle went bad.
+            self.files.remove(&month);
+            StoreError::Write {
+                path,
+                month,
+                source,
+            }
+        })
+    }
+
+    /// Keeps the newest month and the one before it open (records near midnight on the 1st still arrive for
+    /// the old month); older files are closed so a long-running process does not hold every month open.
+    fn close_old(&mut self) {
+        if let Some(newest) = self.files.keys().next_back().copied() {
+            self.files = self.files.split_off(&newest.previous());
+        }
+    }
+}
+
+fn open(dir: &Path, path: &Path, month: Month) -> Result<Connection, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        dir: dir.to_path_buf(),
+        month,
+        source,
+    })?;
+    let opened = Connection::open(path).and_then(|connection| {
+        create_schema(&connection)?;
+        Ok(connection)
+    });
+    opened.map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        month,
+        source,
+    })
+}
+
+/// Creates the table if needed, and adds the columns that files written by older versions lack.
+fn create_schema(connection: &Connection) -> rusqlite::Result<()> {
+    connection.execute_batch(PRAGMAS)?;
+    let columns: Vec<String> = COLUMNS.iter().map(|(n, t)| format!("{n} {t}")).collect();
+    connection.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY AUTOINCREMENT, {});",
+        columns.join(", ")
+    ))?;
+    let mut existing = Vec::new();
+    connection.pragma(None, "table_info", "records", |row| {
+        existing.push(row.get::<_, String>("name")?.to_ascii_lowercase());
+        Ok(())
+    })?;
+    for (name, kind) in COLUMNS {
+        if !existing.contains(&name.to_ascii_lowercase()) {
+            connection.execute_batch(&format!("ALTER TABLE records ADD COLUMN {name} {kind};"))?;
+        }
+    }
+    connection.execute_batch(INDEXES)
+}
+
+fn insert_all<'r>(
+    connection: &mut Connection,
+    sql: &str,
+    records: impl Iterator<Item = &'r UsageRecord>,
+) -> rusqlite::Result<()> {
+    let transaction = connection.transaction()?;
+    {
+        let mut insert = transaction.prepare_cached(sql)?;
+        for r in records {
+            insert.execute(params![
+                r.time.to_rfc3339_opts(SecondsFormat::Millis, false),
+                r.ip,
+                r.model,
+                r.kind,
+                r.tokens.completion,
+                r.tokens.prompt,
+                r.tokens.total,
+                r.tool,
+                r.multimodal,
+                r.headers,
+                r.request,
+                r.response,
+                r.backend,
+                r.upstream_model,
+                r.stream,
+                r.status,
+                sql_int(r.latency_ms),
+                r.first_token_ms.map(sql_int),
+                r.attempts,
+                r.tokens.cached,
+                r.tokens.reasoning,
+                r.error,
+            ])?;
+        }
+    }
+    transaction.commit()
+}
+
+/// SQLite integers are signed 64-bit.
+fn sql_int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+pub(super) mod tests;

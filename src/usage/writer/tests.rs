@@ -1,0 +1,201 @@
+//! Tests of the usage queue and writer: batching, shutdown, drops, failing stores, final drain.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use super::*;
+use crate::usage::store::tests::{count, record, TIME};
+
+const FILE: &str = "record_202611.db";
+
+fn settings(dir: &Path) -> UsageSettings {
+    UsageSettings {
+        dir: dir.to_path_buf(),
+        ..UsageSettings::default()
+    }
+}
+
+/// Waits (up to 10 s) for `condition`, which a test states about the writer's progress.
+async fn until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn spawn_writer(mut writer: Writer) -> (watch::Sender<bool>, tokio::task::JoinHandle<Writer>) {
+    let (stop, shutdown) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        writer.run(shutdown).await;
+        writer
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_sent_is_written_before_run_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, writer) = channel(&settings(dir.path()));
+    let stats = writer.stats();
+    let (_stop, task) = spawn_writer(writer);
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    queue.send(record(TIME));
+                    if i % 50 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(queue);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    task.await.unwrap();
+    assert_eq!(count(&dir.path().join(FILE)), 2000);
+    assert_eq!(stats.written.load(Relaxed), 2000);
+    assert_eq!(stats.queued.load(Relaxed), 0);
+    assert_eq!(stats.dropped.load(Relaxed), 0);
+}
+
+#[tokio::test]
+async fn shutdown_flushes_at_once_and_the_writer_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.flush_interval = Duration::from_secs(3600);
+    let (queue, writer) = channel(&settings);
+    let stats = writer.stats();
+    let (stop, task) = spawn_writer(writer);
+    for _ in 0..10 {
+        queue.send(record(TIME));
+    }
+    until("the writer has the records", || {
+        stats.queued.load(Relaxed) == 0
+    })
+    .await;
+    assert_eq!(
+        stats.written.load(Relaxed),
+        0,
+        "no flush before the interval"
+    );
+    stop.send(true).unwrap();
+    until("the shutdown flush", || stats.written.load(Relaxed) == 10).await;
+    assert!(!task.is_finished());
+    queue.send(record(TIME));
+    drop(queue);
+    task.await.unwrap();
+    assert_eq!(count(&dir.path().join(FILE)), 11);
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_and_drain_now_writes_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.queue_capacity = 4;
+    let (queue, mut writer) = channel(&settings);
+    for _ in 0..10 {
+        queue.send(record(TIME));
+    }
+    let stats = queue.stats();
+    assert_eq!(stats.dropped.load(Relaxed), 6);
+    assert_eq!(stats.queued.load(Relaxed), 4);
+    writer.drain_now();
+    assert_eq!(count(&dir.path().join(FILE)), 4);
+    assert_eq!(stats.written.load(Relaxed), 4);
+    assert_eq!(stats.queued.load(Relaxed), 0);
+    drop(writer);
+    queue.send(record(TIME));
+    assert_eq!(
+        stats.dropped.load(Relaxed),
+        7,
+        "a record sent after the writer is gone"
+    );
+}
+
+#[tokio::test]
+async fn an_unwritable_directory_is_retried_until_it_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "a file where a directory should be").unwrap();
+    let mut settings = settings(&blocker.join("db"));
+    (settings.queue_capacity, settings.flush_interval) = (4, Duration::from_millis(10));
+    let (queue, writer) = channel(&settings);
+    let stats = writer.stats();
+    let (_stop, task) = spawn_writer(writer);
+    for _ in 0..4 {
+        queue.send(record(TIME));
+    }
+    until("retries fail", || stats.write_errors.load(Relaxed) >= 3).await;
+    // Four are pending: the next four are received and dropped, the writer's memory stays bounded.
+    for _ in 0..4 {
+        queue.send(record(TIME));
+    }
+    until("the writer has the records", || {
+        stats.queued.load(Relaxed) == 0
+    })
+    .await;
+    assert_eq!(stats.dropped.load(Relaxed), 4);
+    assert!(!task.is_finished());
+    std::fs::remove_file(&blocker).unwrap();
+    until("the records land", || stats.written.load(Relaxed) == 4).await;
+    queue.send(record(TIME));
+    drop(queue);
+    task.await.unwrap();
+    assert_eq!(count(&blocker.join("db").join(FILE)), 5);
+    assert_eq!(stats.dropped.load(Relaxed), 4);
+}
+
+#[test]
+fn a_batch_split_by_a_failing_month_is_not_written_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, mut writer) = channel(&settings(dir.path()));
+    let february = writer.store.path(Month {
+        year: 2026,
+        month: 2,
+    });
+    std::fs::create_dir(&february).unwrap();
+    for time in ["2026-01-31T23:59:59+08:00", "2026-02-01T00:00:00+08:00"] {
+        queue.send(record(time));
+    }
+    let mut received = Vec::new();
+    while let Ok(record) = writer.receiver.try_recv() {
+        received.push(record);
+    }
+    writer.accept(&mut received);
+    writer.flush();
+    assert_eq!((writer.pending.len(), writer.failing), (1, true));
+    std::fs::remove_dir(&february).unwrap();
+    writer.drain_now();
+    assert_eq!(count(&dir.path().join("record_202601.db")), 1);
+    assert_eq!(count(&february), 1);
+    assert_eq!(writer.stats.written.load(Relaxed), 2);
+}
+
+#[test]
+fn drain_now_gives_up_after_a_few_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "").unwrap();
+    let (queue, mut writer) = channel(&settings(&blocker.join("db")));
+    queue.send(record(TIME));
+    queue.send(record(TIME));
+    writer.drain_now();
+    let stats = writer.stats();
+    assert_eq!(stats.write_errors.load(Relaxed), u64::from(FINAL_ATTEMPTS));
+    assert_eq!(stats.dropped.load(Relaxed), 2);
+    assert!(writer.pending.is_empty());
+}
+
+#[test]
+fn the_throttle_allows_one_per_period() {
+    let throttle = Throttle::new(Duration::from_secs(3600));
+    assert!(throttle.ready());
+    assert!(!throttle.ready());
+    let always = Throttle::new(Duration::ZERO);
+    assert!(always.ready() && always.ready());
+}
