@@ -73,6 +73,7 @@ fn main() -> ExitCode {
     );
     let args = ServerArgs {
         listen: cli.listen.unwrap_or_else(|| config.server.listen.clone()),
+        config_path: cli.config.clone(),
         conf: cli.conf,
         daemon: cli.daemon,
         upgrade: cli.upgrade,

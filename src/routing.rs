@@ -153,17 +153,9 @@ impl Router {
         best
     }
 
-    /// Every model named by an `exact` rule, with the name of the client that serves it first.
-    pub fn exact_models(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.clients
-            .iter()
-            .filter(|c| c.model_match.kind == MatchKind::Exact)
-            .flat_map(|c| {
-                c.model_match
-                    .values
-                    .iter()
-                    .map(move |m| (m.as_str(), c.name.as_str()))
-            })
+    /// Every client, sorted by priority (file order among equals).
+    pub fn clients(&self) -> &[Arc<Client>] {
+        &self.clients
     }
 }
 
@@ -198,8 +190,6 @@ mod tests {
         assert_eq!(names(&r, "gpt-4-turbo"), ["kw", "low"]);
         assert_eq!(names(&r, "gpt-j"), ["low"]);
         assert!(names(&r, "claude").is_empty());
-        let models: Vec<_> = r.exact_models().collect();
-        assert_eq!(models, [("gpt-4o", "ex")]);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use super::client::compile_clients;
 use super::failover::{check_fallbacks, compile_failover};
 use super::file::{self, key_path, FileConfig};
 use super::{env, Config, ConfigError, ConfigErrors, ServerSettings, UsageSettings};
-use super::{DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES};
+use super::{
+    DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MODELS_CACHE_SECONDS, DEFAULT_MODELS_TIMEOUT_MS,
+};
 
 pub(super) const MISSING: &str = "required field is missing";
 
@@ -158,6 +160,16 @@ fn compile_server(server: file::ServerFile, errors: &mut Errors) -> ServerSettin
         listen,
         max_body_bytes: usize::try_from(max).unwrap_or(usize::MAX),
         expose_backend_header: server.expose_backend_header.unwrap_or(true),
+        models_timeout: Duration::from_millis(s.positive(
+            "models_timeout_ms",
+            server.models_timeout_ms,
+            DEFAULT_MODELS_TIMEOUT_MS,
+        )),
+        models_cache: Duration::from_secs(s.positive(
+            "models_cache_seconds",
+            server.models_cache_seconds,
+            DEFAULT_MODELS_CACHE_SECONDS,
+        )),
     }
 }
 
@@ -325,7 +337,7 @@ openai_clients:
     fn bad_server_and_usage_values_are_reported_with_their_paths() {
         let text = "server: {listen: 'localhost', lisen: 1}\nopenai_clients: []\nx: 1";
         let expected = [
-            "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header",
+            "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds",
             "x: unknown field, expected one of openai_clients, server, usage, failover",
             "server.listen: expected an address such as 0.0.0.0:8000, not \"localhost\"",
         ];

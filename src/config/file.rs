@@ -25,6 +25,8 @@ pub(super) struct ServerFile {
     pub listen: Option<String>,
     pub max_body_bytes: Option<i64>,
     pub expose_backend_header: Option<bool>,
+    pub models_timeout_ms: Option<i64>,
+    pub models_cache_seconds: Option<i64>,
 }
 
 /// `failover:`: the chain length, and the defaults of the per-client health and retry keys.
@@ -115,6 +117,8 @@ const SERVER: Shape = Shape::Section(&[
     ("listen", Shape::Str),
     ("max_body_bytes", Shape::Int),
     ("expose_backend_header", Shape::Bool),
+    ("models_timeout_ms", Shape::Int),
+    ("models_cache_seconds", Shape::Int),
 ]);
 
 const FAILOVER: Shape = Shape::Section(&[
@@ -378,7 +382,7 @@ openai_clients:
     failure_threshold: 8
     cooldown_seconds: 9
     retry_on: [500]
-server: {listen: "127.0.0.1:1", max_body_bytes: 3, expose_backend_header: false}
+server: {listen: "127.0.0.1:1", max_body_bytes: 3, expose_backend_header: false, models_timeout_ms: 4, models_cache_seconds: 5}
 failover: {max_fallback_hops: 1, failure_threshold: 2, cooldown_seconds: 3, retry_on: [429]}
 usage:
   dir: db
@@ -413,14 +417,23 @@ usage:
         assert_eq!(server.max_body_bytes, Some(3));
         assert_eq!(
             section_fields(&SERVER),
-            ["listen", "max_body_bytes", "expose_backend_header"]
+            [
+                "listen",
+                "max_body_bytes",
+                "expose_backend_header",
+                "models_timeout_ms",
+                "models_cache_seconds"
+            ]
         );
         assert_eq!(server.expose_backend_header, Some(false));
         let usage = format!("{:?}", file.usage.unwrap());
         assert!(!usage.contains("None"), "every usage field: {usage}");
         assert_eq!(section_fields(&USAGE).len(), 6);
         let failover = format!("{:?}", file.failover.unwrap());
-        assert!(!failover.contains("None"), "every failover field: {failover}");
+        assert!(
+            !failover.contains("None"),
+            "every failover field: {failover}"
+        );
         assert_eq!(section_fields(&FAILOVER).len(), 4);
         assert_eq!(section_fields(&CLIENT).len(), 18);
     }
@@ -438,7 +451,7 @@ usage:
                 "openai_clients[0].model_match.type: expected a string",
                 "openai_clients[0].model_match.valu: unknown field, expected one of type, value",
                 "openai_clients[1]: expected a mapping",
-                "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header",
+                "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds",
                 "extra: unknown field, expected one of openai_clients, server, usage, failover",
                 "usage.record_bodies: expected true or false",
                 "usage.batch: unknown field, expected one of dir, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity",

@@ -54,7 +54,14 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Name the answering client in an `x-gpt-api-backend` response header.
     pub expose_backend_header: bool,
+    /// How long `/v1/models` waits for each backend's own list.
+    pub models_timeout: Duration,
+    /// How long a merged `/v1/models` answer is reused.
+    pub models_cache: Duration,
 }
+
+pub const DEFAULT_MODELS_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_MODELS_CACHE_SECONDS: u64 = 60;
 
 /// The `usage:` section: where and how usage records are stored. Every field has a default.
 #[derive(Debug, Clone, PartialEq, Eq)]

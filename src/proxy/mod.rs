@@ -6,12 +6,17 @@
 
 mod body;
 mod ctx;
+mod models;
+pub mod reload;
 mod replay;
 mod respond;
 pub mod server;
 mod upstream;
 
 use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +24,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -33,9 +40,11 @@ use crate::health::parse_retry_after;
 use crate::routing::Router;
 use crate::tap::{ResponseTap, TapOptions};
 use crate::usage::{record, UsageQueue};
-use crate::{models, request, rewrite};
+use crate::{request, rewrite};
 use ctx::PendingRecord;
 pub use ctx::RequestCtx;
+use models::ModelsCache;
+use reload::ReloadStats;
 
 /// Idle time a caller's HTTP/1 connection is kept open between requests.
 const CLIENT_KEEPALIVE_SECS: u64 = 75;
@@ -63,22 +72,53 @@ impl Runtime {
     }
 }
 
-/// The gateway service: the current runtime behind an atomic pointer, the DNS cache and the usage queue.
+/// The gateway's shared state: the current runtime behind an atomic pointer, the DNS cache, the usage
+/// queue, and what reloads and `/v1/models` need.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     dns: DnsCache,
     started_unix: i64,
     usage: UsageQueue,
+    config_path: PathBuf,
+    /// Fingerprint of the config file contents last read.
+    fingerprint: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+    pub reload_stats: ReloadStats,
+    models_cache: ArcSwap<ModelsCache>,
+    /// Pingora's client, for asking backends for their model lists.
+    connector: Connector,
+}
+
+/// What the gateway needs beyond its config.
+pub struct GatewayParts {
+    pub usage: UsageQueue,
+    /// The config file, re-read on reload.
+    pub config_path: PathBuf,
+    /// Fingerprint of the file contents the config was loaded from.
+    pub fingerprint: u64,
+    /// Upstream TLS settings (the server conf's `ca_file`).
+    pub connector: ConnectorOptions,
 }
 
 impl Gateway {
-    pub fn new(config: Config, usage: UsageQueue) -> Self {
+    pub fn new(config: Config, parts: GatewayParts) -> Self {
         Gateway {
             runtime: ArcSwap::from_pointee(Runtime::new(config, None)),
             dns: DnsCache::new(DNS_TTL),
             started_unix: chrono::Utc::now().timestamp(),
-            usage,
+            usage: parts.usage,
+            config_path: parts.config_path,
+            fingerprint: AtomicU64::new(parts.fingerprint),
+            reload_lock: tokio::sync::Mutex::new(()),
+            reload_stats: ReloadStats::default(),
+            models_cache: ArcSwap::default(),
+            connector: Connector::new(Some(parts.connector)),
         }
+    }
+
+    /// The config in force now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
     }
 
     /// Answers locally with `err` and records it on the request.
@@ -195,8 +235,19 @@ fn error_kind(message: &str) -> Box<Error> {
     Error::explain(ErrorType::InternalError, message.to_owned())
 }
 
+/// The `ProxyHttp` service: a handle on the shared [`Gateway`] (the reload service holds another).
+pub struct Proxy(pub Arc<Gateway>);
+
+impl Deref for Proxy {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.0
+    }
+}
+
 #[async_trait]
-impl ProxyHttp for Gateway {
+impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
@@ -212,7 +263,18 @@ impl ProxyHttp for Gateway {
         match classify(&method, &path) {
             Endpoint::Health => respond::json(session, 200, br#"{"status":"ok"}"#.to_vec()).await?,
             Endpoint::Models => {
-                respond::json(session, 200, models::list(&rt.router, self.started_unix)).await?
+                // The Python gateway's users reload by listing models: honour that, then answer on the result.
+                self.reload(false, "GET /v1/models").await;
+                let rt = self.runtime();
+                ctx.runtime = Some(rt.clone());
+                let auth = session
+                    .req_header()
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = self.models_body(&rt, auth.as_deref()).await;
+                respond::json(session, 200, body.to_vec()).await?
             }
             Endpoint::NotFound => {
                 return self

@@ -10,9 +10,11 @@ use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use tokio::sync::Mutex;
 
-use super::Gateway;
+use super::reload::{fingerprint, ReloadService};
+use super::{Gateway, GatewayParts, Proxy};
 use crate::config::Config;
 use crate::usage::{self, Writer};
+use pingora::connectors::ConnectorOptions;
 
 /// Runs the usage writer's batching loop on its own Pingora runtime.
 struct UsageWriterService(Arc<Mutex<Writer>>);
@@ -35,6 +37,8 @@ pub struct ServerArgs {
     pub test: bool,
     /// Address to listen on (already resolved from `--listen` or `server.listen`).
     pub listen: String,
+    /// The gateway config file, re-read on reload.
+    pub config_path: std::path::PathBuf,
 }
 
 /// The server conf used without `-c`: one worker thread per core, files named after the gateway.
@@ -71,7 +75,20 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         "usage writer",
         UsageWriterService(writer.clone()),
     ));
-    let mut service = http_proxy_service(&server.configuration, Gateway::new(config, queue));
+    let bytes = std::fs::read(&args.config_path)
+        .map_err(|e| format!("cannot read {}: {e}", args.config_path.display()))?;
+    let parts = GatewayParts {
+        usage: queue,
+        config_path: args.config_path.clone(),
+        fingerprint: fingerprint(&bytes),
+        connector: ConnectorOptions::from_server_conf(&server.configuration),
+    };
+    let gateway = Arc::new(Gateway::new(config, parts));
+    server.add_service(background_service(
+        "config reload",
+        ReloadService(gateway.clone()),
+    ));
+    let mut service = http_proxy_service(&server.configuration, Proxy(gateway));
     service.add_tcp(&args.listen);
     server.add_service(service);
     server.run(RunArgs::default());
