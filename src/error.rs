@@ -25,6 +25,13 @@ pub enum GatewayError {
     NotFound(String),
     #[error("Method {method} is not allowed for {path}.")]
     MethodNotAllowed { method: String, path: String },
+    #[error("Incorrect or missing API key. Pass a gateway key as `Authorization: Bearer <key>`.")]
+    InvalidApiKey,
+    #[error("This API key may not use the model `{0}`.")]
+    ModelNotAllowed(String),
+    /// Over a key's rpm or tpm; the message says which and when to retry.
+    #[error("{0}")]
+    RateLimited(String),
     /// Every attempt failed; `tried` lists each client and why (`name for `model`: reason; ...`).
     #[error("No backend could serve model `{model}`. Tried: {tried}")]
     UpstreamUnreachable { model: String, tried: String },
@@ -43,6 +50,9 @@ impl GatewayError {
             | Self::ModelMissing
             | Self::ModelNotString
             | Self::BodyRead(_) => 400,
+            Self::InvalidApiKey => 401,
+            Self::ModelNotAllowed(_) => 403,
+            Self::RateLimited(_) => 429,
             Self::ModelNotFound(_) | Self::NotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::LengthRequired => 411,
@@ -56,13 +66,19 @@ impl GatewayError {
     fn kind(&self) -> &'static str {
         match self.status() {
             500..=599 => "api_error",
+            // OpenAI's names for these two.
+            429 => "requests",
+            403 => "permission_error",
             _ => "invalid_request_error",
         }
     }
 
     fn param(&self) -> Option<&'static str> {
         match self {
-            Self::ModelMissing | Self::ModelNotString | Self::ModelNotFound(_) => Some("model"),
+            Self::ModelMissing
+            | Self::ModelNotString
+            | Self::ModelNotFound(_)
+            | Self::ModelNotAllowed(_) => Some("model"),
             _ => None,
         }
     }
@@ -72,6 +88,9 @@ impl GatewayError {
             Self::InvalidJson(_) | Self::BodyNotObject => "invalid_json",
             Self::ModelMissing | Self::ModelNotString => "invalid_model",
             Self::ModelNotFound(_) => "model_not_found",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::RateLimited(_) => "rate_limit_exceeded",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::BodyRead(_) => "invalid_body",
             Self::LengthRequired => "length_required",

@@ -28,6 +28,17 @@ impl fmt::Display for Failure {
     }
 }
 
+impl Failure {
+    /// The failover reason as a metrics label: connect, timeout, or the status code.
+    pub fn reason(&self) -> String {
+        match self {
+            Failure::Connect(_) => "connect".into(),
+            Failure::Timeout(_) => "timeout".into(),
+            Failure::Status(code) => code.to_string(),
+        }
+    }
+}
+
 /// One failed attempt, for the final error and the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tried {

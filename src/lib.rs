@@ -14,16 +14,26 @@
 //! - `rewrite`   per-backend request rewriting (stop, caps, extra fields, model alias, stream usage);
 //! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
 //! - `usage`     usage records and their batching writer into monthly SQLite files;
-//! - `secret`    a string type that never prints itself.
+//! - `secret`    a string type that never prints itself;
+//! - `logging`   the logger: stderr, or rotated info and error files (the `logging:` section);
+//! - `metrics`   Prometheus metrics, and their scrape service on `server.metrics_listen` (a small Pingora app);
+//! - `report`    the `gpt-api usage` report: sums and latency percentiles read from the monthly usage files;
+//! - `auth`      gateway keys: finding the caller's key in its headers, each key's model allow-list;
+//! - `ratelimit` per-key requests/tokens-per-minute limits over a sliding window, and their headers.
 
+pub mod auth;
 pub mod config;
 pub mod dns;
 pub mod endpoints;
 pub mod error;
 pub mod failover;
 pub mod health;
+pub mod logging;
+pub mod metrics;
 pub mod models;
 pub mod proxy;
+pub mod ratelimit;
+pub mod report;
 pub mod request;
 pub mod rewrite;
 pub mod routing;

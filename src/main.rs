@@ -1,9 +1,10 @@
-//! The `gpt-api` command: parse flags, load and check the gateway config, then run the Pingora server.
+//! The `gpt-api` command: parse flags, load and check the gateway config, then run the Pingora server
+//! (or, with the `usage` subcommand, print a usage report).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use gpt_api::config::Config;
 use gpt_api::proxy::server::{self, ServerArgs};
@@ -13,6 +14,10 @@ use gpt_api::proxy::server::{self, ServerArgs};
 /// Two files configure it: the gateway config (`--config`, the `openai_clients:` YAML: backends,
 /// keys, routing) and, optionally, Pingora's server conf (`-c`: threads, pid_file, upgrade_sock,
 /// grace periods). Without `-c`, one worker thread per core is used.
+///
+/// Without a subcommand it runs the gateway with the options below. `gpt-api usage ...` instead
+/// prints requests, tokens, errors and latency from the recorded usage files and exits (see
+/// `gpt-api usage --help`).
 #[derive(Debug, Parser)]
 #[command(name = "gpt-api", version)]
 struct Cli {
@@ -43,10 +48,40 @@ struct Cli {
     /// Test the Pingora server conf and exit.
     #[arg(short, long)]
     test: bool,
+
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    Usage(gpt_api::report::UsageArgs),
+}
+
+/// `gpt-api usage`: the report on stdout, or the error on stderr and exit 1.
+fn usage_report(args: &gpt_api::report::UsageArgs, default_config: &std::path::Path) -> ExitCode {
+    let today = chrono::Local::now().date_naive();
+    match gpt_api::report::run(args, default_config, today) {
+        // Written, not `print!`ed: a closed pipe (`| head`) is an exit 1, not a panic.
+        Ok(report) => match std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        },
+        Err(e) => {
+            eprintln!("gpt-api usage: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Cmd::Usage(args)) = &cli.cmd {
+        return usage_report(args, &cli.config);
+    }
+    if !cli.check {
+        server::catch_sighup_early();
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(errors) => {
@@ -65,7 +100,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Kept to the end of `main`: dropping it closes the log files.
+    let _logging = match gpt_api::logging::init(&config.logging) {
+        Ok(logging) => logging,
+        Err(e) => {
+            eprintln!("gpt-api: {e}");
+            return ExitCode::from(1);
+        }
+    };
     log::info!(
         "gpt-api {} starting: {}",
         env!("CARGO_PKG_VERSION"),

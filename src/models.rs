@@ -60,6 +60,17 @@ pub fn merge(clients: &[Arc<Client>], fetched: &[Option<Fetched>], created: i64)
         .into_bytes()
 }
 
+/// The same list with only the entries whose id `keep` accepts (a caller's key may use a subset).
+pub fn retain(body: &[u8], keep: impl Fn(&str) -> bool) -> Vec<u8> {
+    let Ok(mut list) = serde_json::from_slice::<Value>(body) else {
+        return body.to_vec();
+    };
+    if let Some(data) = list.get_mut("data").and_then(Value::as_array_mut) {
+        data.retain(|m| m.get("id").and_then(Value::as_str).is_some_and(&keep));
+    }
+    list.to_string().into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +138,13 @@ mod tests {
                 ("gpt-4o".into(), "openai".into()),
             ]
         );
+    }
+
+    #[test]
+    fn retain_keeps_allowed_ids() {
+        let body = merge(&clients(), &[None, None, None], 7);
+        let kept = retain(&body, |id| id == "m1");
+        assert_eq!(ids(&kept), [("m1".into(), "a".into())]);
     }
 
     #[test]

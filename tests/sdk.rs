@@ -52,13 +52,24 @@ async fn openai_python_sdk_works_against_gateway() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let requests = mock.requests();
+    let chats: Vec<_> = requests.iter().filter(|r| r.method == "POST").collect();
     assert_eq!(
-        mock.count(),
+        chats.len(),
         2,
         "one plain and one streaming chat completion"
     );
-    for r in mock.requests() {
+    for r in &chats {
         assert_eq!(r.uri, "/v1/chat/completions");
+    }
+    // models.list() makes the gateway ask the backend for its list, with the caller's key (no api_key).
+    for r in &requests {
+        assert!(
+            r.method == "POST" || r.uri == "/v1/models",
+            "{} {}",
+            r.method,
+            r.uri
+        );
         assert_eq!(r.header("authorization"), Some("Bearer sk-sdk-caller"));
     }
 }

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use serde_yaml::{Mapping, Value};
 
+use super::auth::{compile_auth, keyless_clients, report_keyless};
 use super::client::compile_clients;
 use super::failover::{check_fallbacks, compile_failover};
 use super::file::{self, key_path, FileConfig};
-use super::{env, Config, ConfigError, ConfigErrors, ServerSettings, UsageSettings};
+use super::logging::{compile_logging, metrics_listen};
+use super::{env, Config, ConfigError, ConfigErrors, ServerSettings, TlsPaths, UsageSettings};
 use super::{
     DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MODELS_CACHE_SECONDS, DEFAULT_MODELS_TIMEOUT_MS,
 };
@@ -35,7 +37,13 @@ pub(super) fn compile(
     let server = compile_server(file.server.unwrap_or_default(), &mut errors);
     let usage = compile_usage(file.usage.unwrap_or_default(), &mut errors);
     let (failover, defaults) = compile_failover(file.failover.unwrap_or_default(), &mut errors);
+    let auth = file.auth.and_then(|auth| compile_auth(auth, &mut errors));
+    let logging = compile_logging(file.logging.unwrap_or_default(), &mut errors);
+    let keyless = keyless_clients(file.openai_clients.as_deref());
     let clients = compile_clients(file.openai_clients, &defaults, &mut errors);
+    if auth.is_some() {
+        report_keyless(&keyless, &mut errors);
+    }
     if errors.is_empty() {
         // Client indices in paths are only right when every client compiled.
         check_fallbacks(&clients, &mut errors);
@@ -48,6 +56,8 @@ pub(super) fn compile(
         clients,
         usage,
         failover,
+        auth,
+        logging,
     })
 }
 
@@ -156,6 +166,8 @@ fn compile_server(server: file::ServerFile, errors: &mut Errors) -> ServerSettin
         server.max_body_bytes,
         DEFAULT_MAX_BODY_BYTES as u64,
     );
+    let tls = server.tls.and_then(|tls| compile_tls(tls, &mut s));
+    let metrics_listen = metrics_listen(&mut s, server.metrics_listen, &listen);
     ServerSettings {
         listen,
         max_body_bytes: usize::try_from(max).unwrap_or(usize::MAX),
@@ -170,7 +182,24 @@ fn compile_server(server: file::ServerFile, errors: &mut Errors) -> ServerSettin
             server.models_cache_seconds,
             DEFAULT_MODELS_CACHE_SECONDS,
         )),
+        tls,
+        metrics_listen,
     }
+}
+
+/// Both paths are required; the files themselves are read when the listener starts (and on reload).
+fn compile_tls(tls: file::TlsFile, s: &mut Section) -> Option<TlsPaths> {
+    let mut path = |field: &str, value: Option<String>| {
+        let value = s.required(&format!("tls.{field}"), value)?;
+        s.non_empty(&format!("tls.{field}"), &value)
+            .then(|| PathBuf::from(value))
+    };
+    let cert_path = path("cert_path", tls.cert_path);
+    let key_path = path("key_path", tls.key_path);
+    Some(TlsPaths {
+        cert_path: cert_path?,
+        key_path: key_path?,
+    })
 }
 
 fn compile_usage(usage: file::UsageFile, errors: &mut Errors) -> UsageSettings {
@@ -337,8 +366,8 @@ openai_clients:
     fn bad_server_and_usage_values_are_reported_with_their_paths() {
         let text = "server: {listen: 'localhost', lisen: 1}\nopenai_clients: []\nx: 1";
         let expected = [
-            "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds",
-            "x: unknown field, expected one of openai_clients, server, usage, failover",
+            "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen",
+            "x: unknown field, expected one of openai_clients, server, usage, failover, auth, logging",
             "server.listen: expected an address such as 0.0.0.0:8000, not \"localhost\"",
         ];
         assert_eq!(errors(text), expected);
@@ -358,6 +387,32 @@ openai_clients:
         assert_eq!(
             errors("openai_clients: []\nusage: [db]\n"),
             ["usage: expected a mapping"]
+        );
+    }
+
+    #[test]
+    fn server_tls_needs_both_paths() {
+        let text = "openai_clients: []\nserver: {tls: {cert_path: '${CERTS:-/etc/gpt-api}/cert.pem', key_path: k.pem}}\n";
+        let tls = compile(text, &no_env).unwrap().server.tls;
+        let expected = TlsPaths {
+            cert_path: PathBuf::from("/etc/gpt-api/cert.pem"),
+            key_path: PathBuf::from("k.pem"),
+        };
+        assert_eq!(tls, Some(expected));
+        assert_eq!(
+            compile("openai_clients: []\n", &no_env).unwrap().server.tls,
+            None
+        );
+        let text = "openai_clients: []\nserver: {tls: {cert_path: '', pem: x}}\n";
+        let expected = [
+            "server.tls.pem: unknown field, expected one of cert_path, key_path",
+            "server.tls.cert_path: must not be empty",
+            "server.tls.key_path: required field is missing",
+        ];
+        assert_eq!(errors(text), expected);
+        assert_eq!(
+            errors("openai_clients: []\nserver: {tls: cert.pem}\n"),
+            ["server.tls: expected a mapping"]
         );
     }
 

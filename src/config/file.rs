@@ -17,6 +17,39 @@ pub(super) struct FileConfig {
     pub server: Option<ServerFile>,
     pub usage: Option<UsageFile>,
     pub failover: Option<FailoverFile>,
+    pub auth: Option<AuthFile>,
+    pub logging: Option<LoggingFile>,
+}
+
+/// `logging:`: level, and the log files' directory, rotation and retention.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LoggingFile {
+    pub level: Option<String>,
+    pub dir: Option<String>,
+    pub info_max_mb: Option<i64>,
+    pub info_keep_files: Option<i64>,
+    pub error_max_mb: Option<i64>,
+    pub error_keep_files: Option<i64>,
+}
+
+/// `auth:`: the gateway keys callers must present.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuthFile {
+    /// `None` entries were not mappings (already reported); kept so later indices stay right.
+    pub keys: Option<Vec<Option<KeyFile>>>,
+}
+
+/// `auth.keys[i]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeyFile {
+    pub name: Option<String>,
+    pub key: Option<String>,
+    pub models: Option<OneOrMany>,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -27,6 +60,16 @@ pub(super) struct ServerFile {
     pub expose_backend_header: Option<bool>,
     pub models_timeout_ms: Option<i64>,
     pub models_cache_seconds: Option<i64>,
+    pub tls: Option<TlsFile>,
+    pub metrics_listen: Option<String>,
+}
+
+/// `server.tls`: serve HTTPS (HTTP/2 and HTTP/1.1 through ALPN) with this PEM certificate chain and key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsFile {
+    pub cert_path: Option<String>,
+    pub key_path: Option<String>,
 }
 
 /// `failover:`: the chain length, and the defaults of the per-client health and retry keys.
@@ -119,7 +162,11 @@ const SERVER: Shape = Shape::Section(&[
     ("expose_backend_header", Shape::Bool),
     ("models_timeout_ms", Shape::Int),
     ("models_cache_seconds", Shape::Int),
+    ("tls", TLS),
+    ("metrics_listen", Shape::Str),
 ]);
+
+const TLS: Shape = Shape::Section(&[("cert_path", Shape::Str), ("key_path", Shape::Str)]);
 
 const FAILOVER: Shape = Shape::Section(&[
     ("max_fallback_hops", Shape::Int),
@@ -160,12 +207,33 @@ const CLIENT: Shape = Shape::Section(&[
     ("retry_on", Shape::ListOf(&Shape::Int)),
 ]);
 
+const AUTH_KEY: Shape = Shape::Section(&[
+    ("name", Shape::Str),
+    ("key", Shape::Str),
+    ("models", Shape::StrOrList),
+    ("rpm", Shape::Int),
+    ("tpm", Shape::Int),
+]);
+
+const AUTH: Shape = Shape::Section(&[("keys", Shape::ListOf(&AUTH_KEY))]);
+
+const LOGGING: Shape = Shape::Section(&[
+    ("level", Shape::Str),
+    ("dir", Shape::Str),
+    ("info_max_mb", Shape::Int),
+    ("info_keep_files", Shape::Int),
+    ("error_max_mb", Shape::Int),
+    ("error_keep_files", Shape::Int),
+]);
+
 /// The whole file; mirrors [`FileConfig`] field for field (a test keeps them in step).
 pub(super) const ROOT: Shape = Shape::Section(&[
     ("openai_clients", Shape::ListOf(&CLIENT)),
     ("server", SERVER),
     ("usage", USAGE),
     ("failover", FAILOVER),
+    ("auth", AUTH),
+    ("logging", LOGGING),
 ]);
 
 impl Shape {
@@ -382,7 +450,7 @@ openai_clients:
     failure_threshold: 8
     cooldown_seconds: 9
     retry_on: [500]
-server: {listen: "127.0.0.1:1", max_body_bytes: 3, expose_backend_header: false, models_timeout_ms: 4, models_cache_seconds: 5}
+server: {listen: "127.0.0.1:1", max_body_bytes: 3, expose_backend_header: false, models_timeout_ms: 4, models_cache_seconds: 5, tls: {cert_path: c.pem, key_path: k.pem}, metrics_listen: "127.0.0.1:2"}
 failover: {max_fallback_hops: 1, failure_threshold: 2, cooldown_seconds: 3, retry_on: [429]}
 usage:
   dir: db
@@ -391,6 +459,10 @@ usage:
   batch_size: 5
   flush_interval_ms: 6
   queue_capacity: 7
+auth:
+  keys:
+    - {name: team, key: sk-team, models: ["gpt-4*"], rpm: 1, tpm: 2}
+logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_mb: 3, error_keep_files: 4}
 "#;
 
     /// Catches the schema and the structs drifting apart: a field missing from the schema would be dropped as
@@ -422,10 +494,15 @@ usage:
                 "max_body_bytes",
                 "expose_backend_header",
                 "models_timeout_ms",
-                "models_cache_seconds"
+                "models_cache_seconds",
+                "tls",
+                "metrics_listen"
             ]
         );
         assert_eq!(server.expose_backend_header, Some(false));
+        let tls = format!("{:?}", server.tls.as_ref().unwrap());
+        assert!(!tls.contains("None"), "every tls field: {tls}");
+        assert_eq!(section_fields(&TLS), ["cert_path", "key_path"]);
         let usage = format!("{:?}", file.usage.unwrap());
         assert!(!usage.contains("None"), "every usage field: {usage}");
         assert_eq!(section_fields(&USAGE).len(), 6);
@@ -436,6 +513,13 @@ usage:
         );
         assert_eq!(section_fields(&FAILOVER).len(), 4);
         assert_eq!(section_fields(&CLIENT).len(), 18);
+        let auth = file.auth.unwrap().keys.unwrap();
+        let key = format!("{:?}", auth[0].as_ref().unwrap());
+        assert!(!key.contains("None"), "every auth key field: {key}");
+        assert_eq!(section_fields(&AUTH_KEY).len(), 5);
+        let logging = format!("{:?}", file.logging.unwrap());
+        assert!(!logging.contains("None"), "every logging field: {logging}");
+        assert_eq!(section_fields(&LOGGING).len(), 6);
     }
 
     #[test]
@@ -451,8 +535,8 @@ usage:
                 "openai_clients[0].model_match.type: expected a string",
                 "openai_clients[0].model_match.valu: unknown field, expected one of type, value",
                 "openai_clients[1]: expected a mapping",
-                "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds",
-                "extra: unknown field, expected one of openai_clients, server, usage, failover",
+                "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen",
+                "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging",
                 "usage.record_bodies: expected true or false",
                 "usage.batch: unknown field, expected one of dir, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity",
             ]

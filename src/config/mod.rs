@@ -2,20 +2,25 @@
 //!
 //! Layout: `file.rs` (serde structs, strict: unknown keys are errors), `env.rs` (`${VAR}` / `${VAR:-default}`
 //! expansion), `base_url.rs` (parsing `base_url` and joining request paths onto it), `compile.rs` (validation
-//! with field paths, producing the runtime types below; `client.rs` validates each `openai_clients` entry).
+//! with field paths, producing the runtime types below; `client.rs` validates each `openai_clients` entry;
+//! `auth.rs` the `auth:` gateway keys; `logging.rs` the `logging:` section and `server.metrics_listen`).
 
+mod auth;
 mod base_url;
 mod client;
 mod compile;
 mod env;
 mod failover;
 mod file;
+mod logging;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use auth::{AuthSettings, KeySettings};
 pub use base_url::{BaseUrl, BaseUrlError};
+pub use logging::{LoggingSettings, DEFAULT_LOG_LEVEL};
 
 use crate::secret::Secret;
 
@@ -34,6 +39,10 @@ pub struct Config {
     pub clients: Vec<Arc<Client>>,
     pub usage: UsageSettings,
     pub failover: FailoverSettings,
+    /// `None`: no `auth:` section, the gateway is open to every caller.
+    pub auth: Option<AuthSettings>,
+    /// Read at startup (the logger is set up once).
+    pub logging: LoggingSettings,
 }
 
 /// The `failover:` section, as far as it is not folded into each client.
@@ -58,6 +67,20 @@ pub struct ServerSettings {
     pub models_timeout: Duration,
     /// How long a merged `/v1/models` answer is reused.
     pub models_cache: Duration,
+    /// `server.tls`: serve HTTPS with this certificate; `None` for plain HTTP.
+    pub tls: Option<TlsPaths>,
+    /// `server.metrics_listen`: where Prometheus metrics are served (`GET /metrics`); `None`: not served.
+    /// Read at startup only.
+    pub metrics_listen: Option<String>,
+}
+
+/// The PEM files of `server.tls` (relative paths are relative to the working directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// Certificate chain, leaf first.
+    pub cert_path: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
 }
 
 pub const DEFAULT_MODELS_TIMEOUT_MS: u64 = 5_000;

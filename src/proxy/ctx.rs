@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 
-use crate::config::Client;
+use crate::auth::KeyInfo;
+use crate::config::{Client, MatchKind};
 use crate::endpoints::ApiKind;
 use crate::failover::{Attempts, Failure};
+use crate::metrics::Metrics;
 use crate::request::RequestInfo;
 use crate::tap::ResponseTap;
 use crate::usage::{UsageQueue, UsageRecord};
@@ -31,8 +33,9 @@ pub struct RequestCtx {
     pub attempts: Option<Attempts>,
     /// The current attempt failed; `upstream_peer` moves on before connecting again.
     pub advance: bool,
-    /// The current attempt is being abandoned for its status (failover decided in the response filter).
-    pub failed_on_status: bool,
+    /// The current attempt failed on its status (decided in the response filter); `Some(true)` when
+    /// another attempt follows.
+    pub failed_on_status: Option<bool>,
     /// A stale pooled connection was already retried for the current attempt.
     pub reconnected: bool,
     /// The next `upstream_peer` repeats the current attempt (after a stale pooled connection).
@@ -46,6 +49,12 @@ pub struct RequestCtx {
     pub error: Option<String>,
     /// Set once the request reached routing; taken when its record is sent.
     pub record: Option<PendingRecord>,
+    /// The caller's gateway key, when auth is on.
+    pub key: Option<Arc<KeyInfo>>,
+    /// `x-ratelimit-*` headers for the answer.
+    pub ratelimit_headers: Vec<(&'static str, String)>,
+    /// Counted as in flight in the metrics; the logging phase counts it out.
+    pub metered: bool,
 }
 
 /// What is known of a record before the request ends.
@@ -70,7 +79,7 @@ impl RequestCtx {
             kind: ApiKind::Other,
             attempts: None,
             advance: false,
-            failed_on_status: false,
+            failed_on_status: None,
             reconnected: false,
             retry_same: false,
             sse: false,
@@ -79,6 +88,9 @@ impl RequestCtx {
             first_token: None,
             error: None,
             record: None,
+            key: None,
+            ratelimit_headers: Vec::new(),
+            metered: false,
         }
     }
 
@@ -93,30 +105,50 @@ impl RequestCtx {
 
     /// Records the current attempt's failure: health, the attempt list, the log line, and whether another
     /// attempt may follow.
-    pub fn fail_attempt(&mut self, failure: Failure, retry_after: Option<Duration>) -> bool {
+    pub fn fail_attempt(
+        &mut self,
+        failure: Failure,
+        retry_after: Option<Duration>,
+        metrics: &Metrics,
+    ) -> bool {
         let Some(attempts) = self.attempts.as_mut() else {
             return false;
         };
         if let Some(c) = attempts.current() {
-            let policy = c.client.health_policy;
-            if c.health.record_failure(policy, retry_after) {
+            let name = c.client.name.as_str();
+            if c.health.record_failure(c.client.health_policy, retry_after) {
                 log::warn!(
-                    "backend {} cooling down after {} failure(s)",
-                    c.client.name,
+                    "backend {name} cooling down after {} failure(s)",
                     c.health.failures()
                 );
             }
+            metrics.backend_health(name, c.health.failures(), c.health.is_cooling());
+            metrics.failover(name, &failure.reason());
             log::warn!(
-                "attempt {} of model `{}` at {} failed: {failure}",
+                "attempt {} of model `{}` at {name} failed: {failure}",
                 attempts.count(),
-                attempts.model(),
-                c.client.name
+                attempts.model()
             );
         }
         attempts.fail(failure);
         self.advance = true;
         self.error = Some(attempts.summary());
         attempts.has_next()
+    }
+
+    /// The model as a metrics label: the requested name when a rule names it, else the keyword that
+    /// routed it (label values stay bounded by the config).
+    pub fn model_label(&self) -> &str {
+        let model = self.model();
+        match self.client() {
+            Some(c) if c.model_match.kind == MatchKind::Keyword => c
+                .model_match
+                .values
+                .iter()
+                .find(|v| model.contains(v.as_str()))
+                .map_or(model, String::as_str),
+            _ => model,
+        }
     }
 
     /// Notes the first token's arrival time once the tap has seen it.
@@ -151,6 +183,7 @@ impl RequestCtx {
             first_token_ms: self.first_token.map(millis),
             attempts: self.attempts.as_ref().map_or(0, |a| a.count()),
             error: self.error.take(),
+            key_name: self.key.as_ref().map(|k| k.name().to_owned()),
         };
         p.queue.send(record);
     }

@@ -18,7 +18,7 @@ use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -28,15 +28,18 @@ use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::auth::Auth;
 use crate::config::{Config, UsageSettings};
 use crate::dns::DnsCache;
 use crate::endpoints::{classify, ApiKind, Endpoint};
 use crate::error::GatewayError;
 use crate::failover::{Attempts, Failure};
 use crate::health::parse_retry_after;
+use crate::metrics::Metrics;
+use crate::ratelimit::{self, Limiter};
 use crate::routing::Router;
 use crate::tap::{ResponseTap, TapOptions};
 use crate::usage::{record, UsageQueue};
@@ -44,7 +47,6 @@ use crate::{request, rewrite};
 use ctx::PendingRecord;
 pub use ctx::RequestCtx;
 use models::ModelsCache;
-use reload::ReloadStats;
 
 /// Idle time a caller's HTTP/1 connection is kept open between requests.
 const CLIENT_KEEPALIVE_SECS: u64 = 75;
@@ -59,15 +61,23 @@ const CLIENT_CLOSED: u16 = 499;
 pub struct Runtime {
     pub config: Arc<Config>,
     pub router: Router,
+    /// Gateway keys; `None` when the config has no `auth` section (the gateway is open).
+    pub auth: Option<Arc<Auth>>,
+    /// `/v1/models` answers made with this config; a reload starts with an empty cache, and a slow
+    /// answer from before it can only land in the old one.
+    models_cache: ArcSwap<ModelsCache>,
 }
 
 impl Runtime {
     /// Builds the routing table; health state carries over by client name from `previous`.
     pub fn new(config: Config, previous: Option<&Runtime>) -> Self {
         let router = Router::new(&config, previous.map(|p| &p.router));
+        let auth = config.auth.as_ref().map(|a| Arc::new(Auth::from_config(a)));
         Runtime {
             config: Arc::new(config),
             router,
+            auth,
+            models_cache: ArcSwap::default(),
         }
     }
 }
@@ -83,10 +93,11 @@ pub struct Gateway {
     /// Fingerprint of the config file contents last read.
     fingerprint: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
-    pub reload_stats: ReloadStats,
-    models_cache: ArcSwap<ModelsCache>,
+    pub metrics: Arc<Metrics>,
     /// Pingora's client, for asking backends for their model lists.
     connector: Connector,
+    /// Per-key request and token windows; kept across reloads by key name.
+    limiter: Limiter,
 }
 
 /// What the gateway needs beyond its config.
@@ -98,21 +109,28 @@ pub struct GatewayParts {
     pub fingerprint: u64,
     /// Upstream TLS settings (the server conf's `ca_file`).
     pub connector: ConnectorOptions,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Gateway {
     pub fn new(config: Config, parts: GatewayParts) -> Self {
+        let runtime = Runtime::new(config, None);
+        let limiter = Limiter::new();
+        note_auth(&runtime, &limiter);
+        parts
+            .metrics
+            .set_known_models(crate::metrics::known_models(&runtime.config));
         Gateway {
-            runtime: ArcSwap::from_pointee(Runtime::new(config, None)),
+            runtime: ArcSwap::from_pointee(runtime),
             dns: DnsCache::new(DNS_TTL),
             started_unix: chrono::Utc::now().timestamp(),
             usage: parts.usage,
             config_path: parts.config_path,
             fingerprint: AtomicU64::new(parts.fingerprint),
             reload_lock: tokio::sync::Mutex::new(()),
-            reload_stats: ReloadStats::default(),
-            models_cache: ArcSwap::default(),
+            metrics: parts.metrics,
             connector: Connector::new(Some(parts.connector)),
+            limiter,
         }
     }
 
@@ -128,13 +146,45 @@ impl Gateway {
         ctx: &mut RequestCtx,
         err: GatewayError,
     ) -> Result<bool> {
+        self.reject_with(session, ctx, err, &[]).await
+    }
+
+    async fn reject_with(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        err: GatewayError,
+        headers: &[(&'static str, String)],
+    ) -> Result<bool> {
         if !session.is_body_done() {
             // Unread body bytes would be taken for the next request: close the connection afterwards.
             session.set_keepalive(None);
         }
-        respond::error(session, &err).await?;
+        respond::error_with(session, &err, headers).await?;
         ctx.error = Some(err.to_string());
         Ok(true)
+    }
+
+    /// `/v1/models`, after a reload check (the Python gateway's users reload by listing models), limited
+    /// to the models the caller's key may use.
+    async fn answer_models(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        self.reload(false, "GET /v1/models").await;
+        let rt = self.runtime();
+        ctx.runtime = Some(rt.clone());
+        let caller_auth = session
+            .req_header()
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        // With auth on, the caller's key is the gateway's, never a backend's.
+        let pass_through = caller_auth.as_deref().filter(|_| rt.auth.is_none());
+        let body = self.models_body(&rt, pass_through).await;
+        let body = match &ctx.key {
+            Some(key) => crate::models::retain(&body, |id| key.allows(id)),
+            None => body.to_vec(),
+        };
+        respond::json(session, 200, body).await
     }
 
     /// Reads the body, opens the request's usage record and finds the clients for its model.
@@ -151,10 +201,13 @@ impl Gateway {
         ctx.kind = ApiKind::from_path(path);
         ctx.record =
             Some(self.pending_record(session, &rt.config.usage, &body, ctx.kind.record_type(path)));
-        let candidates = rt.router.candidates(&info.model);
         let model = info.model.clone();
         ctx.body = body;
         ctx.info = Some(info);
+        if ctx.key.as_ref().is_some_and(|k| !k.allows(&model)) {
+            return Err(GatewayError::ModelNotAllowed(model));
+        }
+        let candidates = rt.router.candidates(&model);
         if candidates.is_empty() {
             return Err(GatewayError::ModelNotFound(model));
         }
@@ -200,6 +253,16 @@ fn caller_ip(session: &Session) -> Option<String> {
     match forwarded {
         Some(ip) => Some(ip.to_owned()),
         None => socket_ip(session),
+    }
+}
+
+/// Points the limiter at the runtime's keys; an open gateway is worth a warning at start and on reload.
+fn note_auth(runtime: &Runtime, limiter: &Limiter) {
+    match &runtime.auth {
+        Some(auth) => limiter.update(auth),
+        None => {
+            log::warn!("no auth section: anyone who can reach the gateway can use its backends")
+        }
     }
 }
 
@@ -255,26 +318,18 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.metrics.request_started();
+        ctx.metered = true;
         let rt = self.runtime.load_full();
         ctx.runtime = Some(rt.clone());
         session.set_keepalive(Some(CLIENT_KEEPALIVE_SECS));
         let req = session.req_header();
         let (method, path) = (req.method.as_str().to_owned(), req.uri.path().to_owned());
-        match classify(&method, &path) {
-            Endpoint::Health => respond::json(session, 200, br#"{"status":"ok"}"#.to_vec()).await?,
-            Endpoint::Models => {
-                // The Python gateway's users reload by listing models: honour that, then answer on the result.
-                self.reload(false, "GET /v1/models").await;
-                let rt = self.runtime();
-                ctx.runtime = Some(rt.clone());
-                let auth = session
-                    .req_header()
-                    .headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let body = self.models_body(&rt, auth.as_deref()).await;
-                respond::json(session, 200, body.to_vec()).await?
+        let endpoint = classify(&method, &path);
+        match endpoint {
+            Endpoint::Health => {
+                respond::json(session, 200, br#"{"status":"ok"}"#.to_vec()).await?;
+                return Ok(true);
             }
             Endpoint::NotFound => {
                 return self
@@ -282,22 +337,34 @@ impl ProxyHttp for Proxy {
                     .await
             }
             Endpoint::MethodNotAllowed => {
-                return self
-                    .reject(
-                        session,
-                        ctx,
-                        GatewayError::MethodNotAllowed { method, path },
-                    )
-                    .await
+                let err = GatewayError::MethodNotAllowed { method, path };
+                return self.reject(session, ctx, err).await;
             }
-            Endpoint::Route => {
-                return match self.route(session, ctx, &rt).await {
-                    Ok(()) => Ok(false),
-                    Err(e) => self.reject(session, ctx, e).await,
-                }
+            Endpoint::Models | Endpoint::Route => {}
+        }
+        if let Some(auth) = rt.auth.as_ref() {
+            match auth.authenticate(&session.req_header().headers) {
+                Some(key) => ctx.key = Some(key),
+                None => return self.reject(session, ctx, GatewayError::InvalidApiKey).await,
             }
         }
-        Ok(true)
+        if endpoint == Endpoint::Models {
+            self.answer_models(session, ctx).await?;
+            return Ok(true);
+        }
+        if let Some(key) = ctx.key.clone() {
+            let decision = self.limiter.check(&key, Instant::now());
+            let headers = ratelimit::headers(&decision);
+            if !decision.is_allowed() {
+                let err = GatewayError::RateLimited(decision.message().unwrap_or_default());
+                return self.reject_with(session, ctx, err, &headers).await;
+            }
+            ctx.ratelimit_headers = headers;
+        }
+        match self.route(session, ctx, &rt).await {
+            Ok(()) => Ok(false),
+            Err(e) => self.reject(session, ctx, e).await,
+        }
     }
 
     async fn upstream_peer(
@@ -338,7 +405,7 @@ impl ProxyHttp for Proxy {
         ctx.upstream_model =
             Some(rewrite::upstream_model(info, &cand.client, fallback.as_deref()).to_owned());
         ctx.body_pending = true;
-        ctx.failed_on_status = false;
+        ctx.failed_on_status = None;
         ctx.tap = None;
         let url = &cand.client.base_url;
         let addr = match url.ip {
@@ -350,7 +417,7 @@ impl ProxyHttp for Proxy {
             {
                 Ok(addr) => addr,
                 Err(why) => {
-                    let more = ctx.fail_attempt(Failure::Connect(why.clone()), None);
+                    let more = ctx.fail_attempt(Failure::Connect(why.clone()), None, &self.metrics);
                     let mut e = upstream::resolve_error(why);
                     e.set_retry(more);
                     return Err(e);
@@ -373,7 +440,7 @@ impl ProxyHttp for Proxy {
         } else {
             Failure::Connect(describe(&e))
         };
-        let more = ctx.fail_attempt(failure, None);
+        let more = ctx.fail_attempt(failure, None, &self.metrics);
         e.set_retry(more);
         e
     }
@@ -392,6 +459,7 @@ impl ProxyHttp for Proxy {
             client,
             ctx.send_body.len(),
             socket_ip(session).as_deref(),
+            ctx.key.is_some(),
         )
     }
 
@@ -432,18 +500,17 @@ impl ProxyHttp for Proxy {
                     .and_then(|v| parse_retry_after(v.as_bytes())),
                 _ => None,
             };
-            if ctx.fail_attempt(Failure::Status(status), retry_after) {
-                ctx.failed_on_status = true;
-                let mut e = Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    "backend failed; trying the next one",
-                );
-                e.set_retry(true);
-                return Err(e);
-            }
-            // The last candidate: its answer goes to the caller as it is.
+            // Even the last candidate's failure becomes the gateway's 502 listing every attempt.
+            let more = ctx.fail_attempt(Failure::Status(status), retry_after, &self.metrics);
+            ctx.failed_on_status = Some(more);
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "backend failed");
+            e.set_retry(more);
+            return Err(e);
         } else {
-            cand.health.record_success();
+            if cand.health.failures() != 0 {
+                cand.health.record_success();
+                self.metrics.backend_health(&cand.client.name, 0, false);
+            }
         }
         let Some(rt) = ctx.runtime.clone() else {
             return Ok(());
@@ -473,6 +540,9 @@ impl ProxyHttp for Proxy {
         }
         ctx.sse = sse;
         ctx.tap = Some(tap);
+        for (name, value) in &ctx.ratelimit_headers {
+            resp.insert_header(*name, value.as_str())?;
+        }
         if rt.config.server.expose_backend_header {
             resp.insert_header("x-gpt-api-backend", cand.client.name.as_str())?;
         }
@@ -520,9 +590,9 @@ impl ProxyHttp for Proxy {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let untouched =
             session.response_written().is_none() && !session.as_ref().retry_buffer_truncated();
-        if ctx.failed_on_status {
+        if let Some(more) = ctx.failed_on_status {
             // Failover was decided from the status; the failure is already counted.
-            e.set_retry(untouched);
+            e.set_retry(untouched && more);
             return e;
         }
         if !untouched || e.esource() == &ErrorSource::Downstream {
@@ -549,7 +619,7 @@ impl ProxyHttp for Proxy {
         } else {
             Failure::Connect(describe(&e))
         };
-        let more = ctx.fail_attempt(failure, None);
+        let more = ctx.fail_attempt(failure, None, &self.metrics);
         e.set_retry(more);
         e
     }
@@ -613,6 +683,17 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // Each failed attempt already has its own line (RequestCtx::fail_attempt).
+        true
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
         // fail_to_proxy and the access line already say what happened, without Pingora's request dump.
         true
@@ -647,6 +728,27 @@ impl ProxyHttp for Proxy {
                 .completion
                 .map_or_else(|| "-".to_owned(), |n| n.to_string()),
         );
+        if let Some(key) = &ctx.key {
+            let total = tokens
+                .total
+                .or_else(|| Some(tokens.prompt? + tokens.completion.unwrap_or(0)));
+            if let Some(total) = total.and_then(|t| u64::try_from(t).ok()).filter(|&t| t > 0) {
+                self.limiter.add_tokens(key, total, Instant::now());
+            }
+        }
+        if std::mem::take(&mut ctx.metered) {
+            let backend = ctx.client().map(|c| c.name.as_str());
+            let label = ctx.model_label();
+            let latency = ctx.started.elapsed();
+            self.metrics.request_finished(
+                label,
+                backend,
+                status,
+                latency,
+                ctx.first_token,
+                &tokens,
+            );
+        }
         ctx.send_record(status);
     }
 }

@@ -21,6 +21,7 @@ const MAX_LIST_BYTES: usize = 8 * 1024 * 1024;
 const MAX_CACHED: usize = 1024;
 
 /// A merged answer and when it was made.
+#[derive(Debug)]
 pub(super) struct CachedList {
     made: Instant,
     body: Bytes,
@@ -38,7 +39,7 @@ impl Gateway {
         } else {
             0
         };
-        if let Some(hit) = self.models_cache.load().get(&key) {
+        if let Some(hit) = rt.models_cache.load().get(&key) {
             if hit.made.elapsed() < rt.config.server.models_cache {
                 return hit.body.clone();
             }
@@ -57,7 +58,7 @@ impl Gateway {
             made: Instant::now(),
             body: body.clone(),
         });
-        self.models_cache.rcu(|old| {
+        rt.models_cache.rcu(|old| {
             let mut map = if old.len() >= MAX_CACHED {
                 ModelsCache::new()
             } else {

@@ -67,7 +67,7 @@ impl Gateway {
                 Reload::Rejected
             }
         };
-        self.reload_stats.count(outcome);
+        self.metrics.reload(outcome == Reload::Applied);
         outcome
     }
 
@@ -85,25 +85,7 @@ impl Gateway {
         let summary = config.summary();
         self.runtime
             .store(Arc::new(Runtime::new(config, Some(&old))));
-        self.models_cache.store(Arc::default());
         log::info!("config reloaded ({why}): {summary}");
-    }
-}
-
-/// Counts reloads by outcome (read by the metrics endpoint).
-#[derive(Debug, Default)]
-pub struct ReloadStats {
-    pub applied: std::sync::atomic::AtomicU64,
-    pub rejected: std::sync::atomic::AtomicU64,
-}
-
-impl ReloadStats {
-    fn count(&self, outcome: Reload) {
-        match outcome {
-            Reload::Applied => self.applied.fetch_add(1, Ordering::Relaxed),
-            Reload::Rejected => self.rejected.fetch_add(1, Ordering::Relaxed),
-            Reload::Unchanged => 0,
-        };
     }
 }
 

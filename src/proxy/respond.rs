@@ -9,7 +9,20 @@ use crate::error::GatewayError;
 
 /// Writes a complete JSON response (status, content-type, content-length, body).
 pub async fn json(session: &mut Session, status: u16, body: Vec<u8>) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+    json_with(session, status, body, &[]).await
+}
+
+/// Like [`json`], with extra headers (rate-limit headers, Retry-After).
+pub async fn json_with(
+    session: &mut Session,
+    status: u16,
+    body: Vec<u8>,
+    headers: &[(&'static str, String)],
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3 + headers.len()))?;
+    for (name, value) in headers {
+        resp.insert_header(*name, value.as_str())?;
+    }
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     session.write_response_header(Box::new(resp), false).await?;
@@ -21,4 +34,13 @@ pub async fn json(session: &mut Session, status: u16, body: Vec<u8>) -> Result<(
 /// Writes `err` as an OpenAI-shaped error response.
 pub async fn error(session: &mut Session, err: &GatewayError) -> Result<()> {
     json(session, err.status(), err.to_json()).await
+}
+
+/// Writes `err` with extra headers.
+pub async fn error_with(
+    session: &mut Session,
+    err: &GatewayError,
+    headers: &[(&'static str, String)],
+) -> Result<()> {
+    json_with(session, err.status(), err.to_json(), headers).await
 }

@@ -13,8 +13,11 @@ use tokio::sync::Mutex;
 use super::reload::{fingerprint, ReloadService};
 use super::{Gateway, GatewayParts, Proxy};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::usage::{self, Writer};
 use pingora::connectors::ConnectorOptions;
+
+pub mod tls;
 
 /// Runs the usage writer's batching loop on its own Pingora runtime.
 struct UsageWriterService(Arc<Mutex<Writer>>);
@@ -67,6 +70,13 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         test: args.test,
         conf: None,
     };
+    // Read before taking over the sockets (-u), so a bad certificate stops an upgrade while the old process serves.
+    let certs = match &config.server.tls {
+        Some(paths) => Some(Arc::new(
+            tls::CertStore::load(paths).map_err(|e| format!("server.tls: {e}"))?,
+        )),
+        None => None,
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let (queue, writer) = usage::channel(&config.usage);
@@ -77,23 +87,55 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
     ));
     let bytes = std::fs::read(&args.config_path)
         .map_err(|e| format!("cannot read {}: {e}", args.config_path.display()))?;
+    let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+    metrics.watch_usage(queue.stats());
+    if let Some(addr) = &config.server.metrics_listen {
+        server.add_service(crate::metrics::service(metrics.clone(), addr));
+    }
     let parts = GatewayParts {
         usage: queue,
         config_path: args.config_path.clone(),
         fingerprint: fingerprint(&bytes),
         connector: ConnectorOptions::from_server_conf(&server.configuration),
+        metrics,
     };
     let gateway = Arc::new(Gateway::new(config, parts));
     server.add_service(background_service(
         "config reload",
         ReloadService(gateway.clone()),
     ));
-    let mut service = http_proxy_service(&server.configuration, Proxy(gateway));
-    service.add_tcp(&args.listen);
+    let mut service = http_proxy_service(&server.configuration, Proxy(gateway.clone()));
+    match certs {
+        Some(store) => {
+            service.add_tls_with_settings(&args.listen, None, store.settings()?);
+            server.add_service(background_service(
+                "certificate reload",
+                tls::CertWatcher { store, gateway },
+            ));
+        }
+        None => service.add_tcp(&args.listen),
+    }
     server.add_service(service);
     server.run(RunArgs::default());
     // Every request has ended (or was dropped with its runtime, leaving its record): write what is queued.
     writer.blocking_lock().drain_now();
     log::info!("usage records written; exiting");
     Ok(())
+}
+
+/// SIGHUP means "reload", but its default action ends the process: take it over before the server
+/// starts, so one sent before the reload service runs is not fatal. Tokio keeps a registered handler for
+/// the life of the process (across Pingora's daemon fork too).
+pub fn catch_sighup_early() {
+    let registered = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| {
+            rt.block_on(async {
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map(drop)
+            })
+        });
+    if !matches!(registered, Ok(Ok(()))) {
+        eprintln!("gpt-api: could not take over SIGHUP early; one sent during start-up may stop the process");
+    }
 }

@@ -40,11 +40,13 @@ pub fn peer(client: &Client, addr: SocketAddr) -> HttpPeer {
 }
 
 /// Rewrites the caller's request head for `client`: path, Host, key, extra headers, framing, forwarding.
+/// `strip_caller_keys`: the caller's key is a gateway key (auth on) and must never reach a backend.
 pub fn rewrite(
     req: &mut RequestHeader,
     client: &Client,
     body_len: usize,
     caller_ip: Option<&str>,
+    strip_caller_keys: bool,
 ) -> Result<()> {
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = client
@@ -54,6 +56,11 @@ pub fn rewrite(
         .or_err(ErrorType::InternalError, "building upstream URI")?;
     req.set_uri(uri);
     strip_hop_by_hop(req);
+    if strip_caller_keys {
+        for name in ["authorization", "api-key", "x-api-key"] {
+            req.remove_header(name);
+        }
+    }
     req.remove_header(&header::EXPECT);
     req.insert_header(header::HOST, client.base_url.host_header.as_str())?;
     req.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
@@ -146,7 +153,7 @@ mod tests {
     fn rewrites_path_host_key_and_framing() {
         let c = client(", api_key: sk-1, headers: {api-key: az}");
         let mut req = request();
-        rewrite(&mut req, &c, 42, Some("127.0.0.1")).unwrap();
+        rewrite(&mut req, &c, 42, Some("127.0.0.1"), false).unwrap();
         let h = |n: &str| req.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(req.uri.to_string(), "/v1/chat/completions?a=1");
         assert_eq!(h("host").as_deref(), Some("api.example.com:8443"));
@@ -164,7 +171,21 @@ mod tests {
     fn empty_key_passes_callers_authorization() {
         let c = client("");
         let mut req = request();
-        rewrite(&mut req, &c, 0, None).unwrap();
+        rewrite(&mut req, &c, 0, None, false).unwrap();
         assert_eq!(req.headers.get("authorization").unwrap(), "Bearer caller");
+    }
+
+    #[test]
+    fn gateway_keys_never_reach_the_backend() {
+        let c = client(", api_key: sk-backend");
+        let mut req = request();
+        req.insert_header("api-key", "gw-key").unwrap();
+        req.insert_header("x-api-key", "gw-key").unwrap();
+        rewrite(&mut req, &c, 0, None, true).unwrap();
+        assert_eq!(
+            req.headers.get("authorization").unwrap(),
+            "Bearer sk-backend"
+        );
+        assert!(req.headers.get("api-key").is_none() && req.headers.get("x-api-key").is_none());
     }
 }

@@ -43,6 +43,8 @@ pub struct UsageRecord {
     pub first_token_ms: Option<u64>,
     pub attempts: u32,
     pub error: Option<String>,
+    /// Name of the gateway key the caller authenticated with (`auth.keys[i].name`); `None` with auth off.
+    pub key_name: Option<String>,
 }
 
 /// Request headers whose values are credentials: recorded as `***`.

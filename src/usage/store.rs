@@ -34,12 +34,15 @@ const COLUMNS: &[(&str, &str)] = &[
     ("CachedTokens", "INTEGER"),
     ("ReasoningTokens", "INTEGER"),
     ("Error", "TEXT"),
+    ("KeyName", "TEXT"),
 ];
 
 /// WAL with `synchronous=NORMAL`: a commit is an append to the log, not an fsync, which is what makes
 /// tens of thousands of rows a second possible; a power cut can lose the last commits, never corrupt the file.
 /// WAL also lets anyone read the file while the gateway writes it.
-const PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;";
+// busy_timeout: during a graceful upgrade two gateway processes write the same monthly file.
+const PRAGMAS: &str =
+    "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;";
 
 const INDEXES: &str = "CREATE INDEX IF NOT EXISTS idx_records_time ON records(Time);
 CREATE INDEX IF NOT EXISTS idx_records_model ON records(Model);";
@@ -278,6 +281,7 @@ fn insert_all<'r>(
                 r.tokens.cached,
                 r.tokens.reasoning,
                 r.error,
+                r.key_name,
             ])?;
         }
     }

@@ -4,6 +4,9 @@
 
 pub mod http;
 pub mod mock;
+pub mod process;
+pub mod records;
+pub mod reload;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -360,5 +363,46 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
             return false;
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Stopping the gateway
+// ---------------------------------------------------------------------------------------------------------------
+
+impl Gateway {
+    /// The gateway's process id, while the harness still owns the process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM (`kill -TERM <pid>`) and waits up to `timeout` for the process to exit by itself.
+    /// Returns its exit status, or None when it is still running at the deadline (it is then killed on drop).
+    pub async fn terminate_and_wait(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let pid = self.pid().expect("the gateway process is not running");
+        let out = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .output()
+            .expect("run kill");
+        assert!(
+            out.status.success(),
+            "kill -TERM {pid} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().expect("wait for the gateway") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 }

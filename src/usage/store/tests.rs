@@ -37,6 +37,7 @@ pub(crate) fn record(time: &str) -> UsageRecord {
         first_token_ms: Some(45),
         attempts: 1,
         error: None,
+        key_name: Some("team".into()),
     }
 }
 
@@ -82,7 +83,7 @@ fn the_table_has_the_documented_columns_and_indexes() {
         PromptTokens INTEGER, TotalTokens INTEGER, Tool INTEGER, Multimodal INTEGER, Headers TEXT, \
         Request TEXT, Response TEXT, Backend TEXT, UpstreamModel TEXT, Stream INTEGER, Status INTEGER, \
         LatencyMs INTEGER, FirstTokenMs INTEGER, Attempts INTEGER, CachedTokens INTEGER, \
-        ReasoningTokens INTEGER, Error TEXT";
+        ReasoningTokens INTEGER, Error TEXT, KeyName TEXT";
     assert_eq!(columns.join(", "), expected);
     let sql = "SELECT sql FROM sqlite_master WHERE tbl_name = 'records' ORDER BY name";
     let mut select = connection.prepare(sql).unwrap();
@@ -143,6 +144,7 @@ fn a_record_is_stored_column_by_column() {
         int(0),
         Value::Null,
         Value::Null,
+        text("team"),
     ];
     assert_eq!(row[..], expected);
 }
@@ -155,10 +157,11 @@ fn unknown_counts_are_null_and_flags_are_zero_or_one() {
     (r.tool, r.multimodal, r.stream) = (false, true, true);
     (r.request, r.response, r.first_token_ms) = (None, None, None);
     r.error = Some("upstream timed out".into());
+    r.key_name = None;
     Store::new(dir.path()).write(&[r]).unwrap();
     let row = &rows(&dir.path().join("record_202611.db"))[0];
     assert_eq!(row[1], text("2026-11-26T13:05:09.000+00:00"));
-    for column in [5, 6, 7, 11, 12, 18, 20, 21] {
+    for column in [5, 6, 7, 11, 12, 18, 20, 21, 23] {
         assert_eq!(row[column], Value::Null, "column {column}");
     }
     let flags = [&row[8], &row[9], &row[15]];
@@ -213,7 +216,8 @@ fn files_of_older_versions_gain_the_new_columns() {
     Store::new(dir.path()).write(&[record(TIME)]).unwrap();
     let rows = rows(&path);
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].len(), &rows[0][3]), (23, &text("old")));
+    assert_eq!((rows[0].len(), &rows[0][3]), (24, &text("old")));
+    assert_eq!((&rows[0][23], &rows[1][23]), (&Value::Null, &text("team")));
     assert_eq!(
         (&rows[1][3], &rows[1][13]),
         (&text("gpt-4o"), &text("openai"))

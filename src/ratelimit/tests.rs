@@ -1,0 +1,277 @@
+//! Tests of the sliding-window limits (time injected), their carry-over across reloads, and the headers.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::config::{AuthSettings, KeySettings};
+use crate::secret::Secret;
+
+fn settings(name: &str, rpm: Option<u32>, tpm: Option<u64>) -> KeySettings {
+    KeySettings {
+        name: name.into(),
+        key: Secret::new(format!("sk-{name}")),
+        models: None,
+        rpm,
+        tpm,
+    }
+}
+
+fn key(rpm: Option<u32>, tpm: Option<u64>) -> KeyInfo {
+    KeyInfo::new(&settings("team", rpm, tpm))
+}
+
+/// A limiter and a clock reading `secs` after its origin.
+fn clock() -> (Limiter, impl Fn(f64) -> Instant) {
+    let limiter = Limiter::new();
+    let origin = limiter.origin;
+    (limiter, move |secs| origin + Duration::from_secs_f64(secs))
+}
+
+fn remaining_requests(decision: &Decision) -> Option<u32> {
+    decision.quota().remaining_requests
+}
+
+fn retry_after(decision: &Decision) -> Duration {
+    match decision {
+        Decision::Deny { retry_after, .. } => *retry_after,
+        Decision::Allow(_) => panic!("expected Deny, got {decision:?}"),
+    }
+}
+
+#[test]
+fn rpm_allows_up_to_the_limit_then_denies_until_the_window_slides() {
+    let (limiter, at) = clock();
+    let key = key(Some(3), None);
+    for (i, t) in [0.5, 1.5, 2.5].into_iter().enumerate() {
+        let decision = limiter.check(&key, at(t));
+        assert!(decision.is_allowed(), "request {i}: {decision:?}");
+        assert_eq!(remaining_requests(&decision), Some(2 - i as u32));
+    }
+    let denied = limiter.check(&key, at(10.5));
+    assert_eq!(retry_after(&denied), Duration::from_secs_f64(49.5));
+    assert_eq!(remaining_requests(&denied), Some(0));
+    let again = limiter.check(&key, at(59.9));
+    assert!(
+        !again.is_allowed(),
+        "a denied request is not counted, nor freed"
+    );
+    // Second 0 has left the window: one slot again.
+    let slid = limiter.check(&key, at(60.0));
+    assert!(slid.is_allowed(), "{slid:?}");
+    assert_eq!(remaining_requests(&slid), Some(0));
+    let next = limiter.check(&key, at(60.5));
+    assert_eq!(
+        retry_after(&next),
+        Duration::from_secs(1),
+        "0.5 s until second 1 leaves, at least 1 s"
+    );
+    assert!(limiter.check(&key, at(62.0)).is_allowed());
+    assert!(
+        limiter.check(&key, at(200.0)).is_allowed(),
+        "an old window is empty"
+    );
+}
+
+#[test]
+fn retry_after_waits_for_enough_requests_to_leave() {
+    let (limiter, at) = clock();
+    let key = key(Some(4), None);
+    for t in [0.1, 0.2, 5.0, 5.1] {
+        assert!(limiter.check(&key, at(t)).is_allowed());
+    }
+    // A lower limit after a reload: 4 counted, limit 2, so 3 must leave (the ones at 0 s and one at 5 s).
+    let lower = KeyInfo::new(&settings("team", Some(2), None));
+    let denied = limiter.check(&lower, at(30.0));
+    assert_eq!(retry_after(&denied), Duration::from_secs(35));
+    let quota = denied.quota();
+    assert_eq!(
+        (quota.limit_requests, quota.remaining_requests),
+        (Some(2), Some(0))
+    );
+    assert_eq!(quota.reset_requests, Some(Duration::from_secs(35)));
+}
+
+#[test]
+fn tpm_counts_tokens_and_refuses_after_the_request_that_crosses() {
+    let (limiter, at) = clock();
+    let key = key(None, Some(100));
+    let first = limiter.check(&key, at(0.0));
+    assert!(first.is_allowed());
+    assert_eq!(first.quota().remaining_tokens, Some(100));
+    assert_eq!(first.quota().reset_tokens, Some(Duration::ZERO));
+    assert_eq!(first.quota().limit_requests, None);
+    limiter.add_tokens(&key, 60, at(2.0));
+    let second = limiter.check(&key, at(3.0));
+    assert_eq!(second.quota().remaining_tokens, Some(40));
+    assert_eq!(second.quota().reset_tokens, Some(Duration::from_secs(59)));
+    limiter.add_tokens(&key, 70, at(4.0));
+    let refused = limiter.check(&key, at(5.0));
+    assert_eq!(refused.quota().remaining_tokens, Some(0));
+    assert_eq!(
+        retry_after(&refused),
+        Duration::from_secs(57),
+        "the 60 tokens of second 2 leave at 62 s"
+    );
+    assert!(!limiter.check(&key, at(61.9)).is_allowed());
+    let slid = limiter.check(&key, at(62.0));
+    assert!(slid.is_allowed());
+    assert_eq!(slid.quota().remaining_tokens, Some(30));
+}
+
+#[test]
+fn both_limits_apply_and_the_later_retry_wins() {
+    let (limiter, at) = clock();
+    let key = key(Some(1), Some(10));
+    assert!(limiter.check(&key, at(0.0)).is_allowed());
+    limiter.add_tokens(&key, 50, at(20.0));
+    let denied = limiter.check(&key, at(30.0));
+    assert_eq!(retry_after(&denied), Duration::from_secs(50));
+    assert_eq!(
+        denied.message().unwrap(),
+        "Rate limit reached for this API key on requests per minute (limit 1) and tokens per minute \
+         (limit 10). Please try again in 50s."
+    );
+    // The request has left the window, the tokens not yet.
+    let tokens = limiter.check(&key, at(60.0));
+    assert_eq!(tokens.quota().remaining_requests, Some(1));
+    assert_eq!(
+        tokens.message().unwrap(),
+        "Rate limit reached for this API key on tokens per minute (limit 10). Please try again in 20s."
+    );
+    assert_eq!(limiter.check(&key, at(80.0)).message(), None);
+}
+
+#[test]
+fn unlimited_keys_are_always_allowed_and_get_no_headers() {
+    let (limiter, at) = clock();
+    let key = key(None, None);
+    for _ in 0..1000 {
+        assert_eq!(
+            limiter.check(&key, at(1.0)),
+            Decision::Allow(Quota::default())
+        );
+    }
+    limiter.add_tokens(&key, 1_000_000, at(1.0));
+    assert!(headers(&limiter.check(&key, at(1.0))).is_empty());
+    assert!(
+        limiter.windows.load().is_empty(),
+        "no state for unlimited keys"
+    );
+}
+
+#[test]
+fn counts_survive_a_reload_that_keeps_the_key() {
+    let (limiter, at) = clock();
+    let auth = |keys: Vec<KeySettings>| Auth::from_config(&AuthSettings { keys });
+    let first = auth(vec![
+        settings("team", Some(2), None),
+        settings("ci", Some(1), None),
+    ]);
+    limiter.update(&first);
+    let team = first.keys().next().unwrap();
+    assert!(limiter.check(team, at(1.0)).is_allowed());
+    assert!(limiter.check(team, at(1.0)).is_allowed());
+    assert!(!limiter.check(team, at(1.0)).is_allowed());
+    // The reload raises team's limit and drops ci: team's two requests still count.
+    let second = auth(vec![settings("team", Some(3), None)]);
+    limiter.update(&second);
+    let team = second.keys().next().unwrap();
+    assert!(limiter.check(team, at(2.0)).is_allowed());
+    assert!(!limiter.check(team, at(2.0)).is_allowed());
+    let names: Vec<String> = limiter.windows.load().keys().cloned().collect();
+    assert_eq!(names, ["team"]);
+}
+
+#[test]
+fn a_key_unknown_to_the_limiter_is_still_limited() {
+    let (limiter, at) = clock();
+    let key = key(Some(1), None);
+    assert!(limiter.check(&key, at(0.0)).is_allowed());
+    assert!(!limiter.check(&key, at(0.0)).is_allowed());
+}
+
+#[test]
+fn concurrent_checks_allow_exactly_the_limit() {
+    let (limiter, at) = clock();
+    let key = key(Some(50), None);
+    let now = at(1.0);
+    let allowed: usize = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..100)
+                        .filter(|_| limiter.check(&key, now).is_allowed())
+                        .count()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).sum()
+    });
+    assert_eq!(allowed, 50);
+}
+
+#[test]
+fn headers_follow_openai() {
+    let allow = Decision::Allow(Quota {
+        limit_requests: Some(60),
+        remaining_requests: Some(59),
+        reset_requests: Some(Duration::from_millis(59_500)),
+        limit_tokens: Some(150_000),
+        remaining_tokens: Some(149_990),
+        reset_tokens: Some(Duration::from_secs(360)),
+    });
+    let expected = [
+        ("x-ratelimit-limit-requests", "60"),
+        ("x-ratelimit-remaining-requests", "59"),
+        ("x-ratelimit-reset-requests", "59.5s"),
+        ("x-ratelimit-limit-tokens", "150000"),
+        ("x-ratelimit-remaining-tokens", "149990"),
+        ("x-ratelimit-reset-tokens", "6m0s"),
+    ];
+    let owned = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        pairs.iter().map(|(n, v)| (*n, v.to_string())).collect()
+    };
+    assert_eq!(headers(&allow), owned(&expected));
+    let deny = Decision::Deny {
+        retry_after: Duration::from_millis(49_200),
+        quota: Quota {
+            limit_requests: Some(3),
+            remaining_requests: Some(0),
+            reset_requests: Some(Duration::from_millis(1)),
+            ..Quota::default()
+        },
+    };
+    let expected = [
+        ("x-ratelimit-limit-requests", "3"),
+        ("x-ratelimit-remaining-requests", "0"),
+        ("x-ratelimit-reset-requests", "1ms"),
+        ("retry-after", "50"),
+    ];
+    assert_eq!(headers(&deny), owned(&expected));
+    let exact = Decision::Deny {
+        retry_after: Duration::from_secs(2),
+        quota: Quota::default(),
+    };
+    assert_eq!(headers(&exact), owned(&[("retry-after", "2")]));
+}
+
+#[test]
+fn durations_format_like_go() {
+    let cases = [
+        (Duration::ZERO, "0s"),
+        (Duration::from_nanos(1), "1ms"),
+        (Duration::from_micros(999_500), "1s"),
+        (Duration::from_millis(250), "250ms"),
+        (Duration::from_secs(1), "1s"),
+        (Duration::from_millis(1500), "1.5s"),
+        (Duration::from_millis(1001), "1.001s"),
+        (Duration::from_millis(59_990), "59.99s"),
+        (Duration::from_secs(60), "1m0s"),
+        (Duration::from_secs(360), "6m0s"),
+        (Duration::from_millis(90_500), "1m30.5s"),
+        (Duration::from_secs(3723), "1h2m3s"),
+        (Duration::from_secs(7200), "2h0m0s"),
+    ];
+    for (duration, expected) in cases {
+        assert_eq!(format_duration(duration), expected, "{duration:?}");
+    }
+}

@@ -1,0 +1,445 @@
+//! `gpt-api usage`: requests, tokens, errors and latency percentiles read (read-only) from the monthly usage files.
+
+mod range;
+mod render;
+
+pub use range::Range;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use clap::{Args, ValueEnum};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, Row};
+
+use crate::config::Config;
+
+/// How long a read waits when the gateway holds a lock on the file (a WAL checkpoint or recovery).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Print requests, tokens, errors and p50/p99 latency from the usage records.
+#[derive(Debug, Clone, Args)]
+#[command(long_about = "\
+Print requests, tokens, errors and p50/p99 latency from the usage records (the monthly
+<dir>/record_YYYYMM.db files the gateway writes).
+
+The files are opened read-only (safe while a gateway writes them); no record file or directory is
+created (SQLite may leave the empty -wal/-shm companions it needs to read a WAL file).
+Only the files of the months the range touches are read; a month without a file has no records.
+Several --dir add up, e.g. the directories of the gateways behind one load balancer.
+
+Dates: a record's date is the YYYY-MM-DD written at the start of its Time, i.e. the local date of
+the gateway that served it, in the UTC offset it had then; records are not converted to one time
+zone. --from and --to are inclusive. Default range: the current month (this machine's local date).
+
+Columns: requests; prompt_tokens, completion_tokens, total_tokens (sums of the recorded counts, a
+missing count adds 0); no_usage (records without any token count, errors included); errors
+(Status >= 400 or an Error recorded); p50_ms, p99_ms (nearest-rank percentiles of LatencyMs over
+the group's records that have one, errors included). Grouped by key, a record without a key name
+(or from a file written before the KeyName column existed) is in the group \"-\" (null in JSON,
+empty in CSV); likewise a record without a backend. Rows are sorted by their group values; table
+and JSON add a total.")]
+pub struct UsageArgs {
+    /// Read the `usage.dir` of this gateway config (default: the top-level --config, config/config.yaml).
+    ///
+    /// The whole config is loaded and must be valid (every `${VAR}` set); --dir needs no config.
+    /// A relative usage.dir is taken from the current directory, as the gateway does.
+    #[arg(long, value_name = "PATH", conflicts_with = "dir")]
+    pub config: Option<PathBuf>,
+
+    /// A directory of record_YYYYMM.db files; repeat to add several gateways' records up.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Vec<PathBuf>,
+
+    /// One calendar month, YYYY-MM (default: the current month).
+    #[arg(long, value_name = "YYYY-MM", conflicts_with_all = ["from", "to"])]
+    pub month: Option<String>,
+
+    /// First date of the range, YYYY-MM-DD, inclusive.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub from: Option<String>,
+
+    /// Last date of the range, YYYY-MM-DD, inclusive (default: today).
+    #[arg(long, value_name = "YYYY-MM-DD", requires = "from")]
+    pub to: Option<String>,
+
+    /// Group by these, comma-separated, in this order (default: no grouping, one total row).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "FIELD,...")]
+    pub by: Vec<Dim>,
+
+    /// Output: an aligned table, CSV (header line, RFC 4180 quoting) or one JSON object.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// What rows can be grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dim {
+    /// The record's date, YYYY-MM-DD.
+    Day,
+    /// The model as requested.
+    Model,
+    /// The client that answered (or was tried last).
+    Backend,
+    /// The name of the gateway key the caller used.
+    Key,
+}
+
+impl Dim {
+    /// The column name in every output format.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dim::Day => "day",
+            Dim::Model => "model",
+            Dim::Backend => "backend",
+            Dim::Key => "key",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// Why no report was printed. Every message names the flag, file or directory at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("--month {0:?}: expected a month YYYY-MM, e.g. 2026-11")]
+    BadMonth(String),
+    #[error("--{flag} {value:?}: expected a date YYYY-MM-DD, e.g. 2026-11-01")]
+    BadDate { flag: &'static str, value: String },
+    #[error("--from {from} is after --to {to}")]
+    Reversed { from: NaiveDate, to: NaiveDate },
+    #[error("cannot load the config {} (--dir DIR reads the records without a config):\n{errors}", path.display())]
+    Config { path: PathBuf, errors: String },
+    #[error("usage directory {} does not exist", .0.display())]
+    NoDir(PathBuf),
+    #[error("usage directory {} is not a directory", .0.display())]
+    NotADir(PathBuf),
+    #[error("cannot access {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+/// The figures of one group (or of everything).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests: u64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    /// Records without any token count.
+    pub no_usage: u64,
+    pub errors: u64,
+    pub p50_ms: Option<u32>,
+    pub p99_ms: Option<u32>,
+}
+
+/// One output row: the group's values in `--by` order (`None`: not recorded) and its figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    pub key: Vec<Option<String>>,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub range: Range,
+    pub by: Vec<Dim>,
+    /// The files read, in reading order.
+    pub files: Vec<PathBuf>,
+    /// Sorted by key. Without grouping, exactly one row (with an empty key), even with no records.
+    pub rows: Vec<GroupRow>,
+    pub total: Stats,
+}
+
+/// The columns of one record that the report needs, as read.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fields {
+    prompt: Option<i64>,
+    completion: Option<i64>,
+    total: Option<i64>,
+    status: Option<i64>,
+    has_error: bool,
+    latency_ms: Option<i64>,
+}
+
+/// Running sums of a group. Latencies are kept (as u32: 4 bytes a record) for the exact percentiles.
+#[derive(Debug, Clone, Default)]
+struct Acc {
+    stats: Stats,
+    latencies: Vec<u32>,
+}
+
+impl Acc {
+    fn add(&mut self, f: Fields) {
+        let s = &mut self.stats;
+        s.requests += 1;
+        s.prompt_tokens = s.prompt_tokens.saturating_add(f.prompt.unwrap_or(0));
+        s.completion_tokens = s
+            .completion_tokens
+            .saturating_add(f.completion.unwrap_or(0));
+        s.total_tokens = s.total_tokens.saturating_add(f.total.unwrap_or(0));
+        if f.prompt.is_none() && f.completion.is_none() && f.total.is_none() {
+            s.no_usage += 1;
+        }
+        if f.status.is_some_and(|status| status >= 400) || f.has_error {
+            s.errors += 1;
+        }
+        if let Some(ms) = f.latency_ms {
+            self.latencies
+                .push(u32::try_from(ms.max(0)).unwrap_or(u32::MAX));
+        }
+    }
+
+    fn merge(&mut self, other: &Acc) {
+        let (s, o) = (&mut self.stats, &other.stats);
+        s.requests += o.requests;
+        s.prompt_tokens = s.prompt_tokens.saturating_add(o.prompt_tokens);
+        s.completion_tokens = s.completion_tokens.saturating_add(o.completion_tokens);
+        s.total_tokens = s.total_tokens.saturating_add(o.total_tokens);
+        s.no_usage += o.no_usage;
+        s.errors += o.errors;
+        self.latencies.extend_from_slice(&other.latencies);
+    }
+
+    fn finish(mut self) -> Stats {
+        self.latencies.sort_unstable();
+        self.stats.p50_ms = nearest_rank(&self.latencies, 50);
+        self.stats.p99_ms = nearest_rank(&self.latencies, 99);
+        self.stats
+    }
+}
+
+/// The nearest-rank `p`th percentile of `sorted`: the smallest value with at least p% of the values at or below it.
+pub fn nearest_rank(sorted: &[u32], p: usize) -> Option<u32> {
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+/// Runs the subcommand: the rendered report, or why there is none. `default_config` is the top-level
+/// `--config`; `today` decides the default range.
+pub fn run(
+    args: &UsageArgs,
+    default_config: &Path,
+    today: NaiveDate,
+) -> Result<String, ReportError> {
+    let range = Range::from_args(
+        args.month.as_deref(),
+        args.from.as_deref(),
+        args.to.as_deref(),
+        today,
+    )?;
+    let dirs = if args.dir.is_empty() {
+        let path = args.config.as_deref().unwrap_or(default_config);
+        let config = Config::load(path).map_err(|errors| ReportError::Config {
+            path: path.to_path_buf(),
+            errors: errors.to_string(),
+        })?;
+        vec![config.usage.dir]
+    } else {
+        args.dir.clone()
+    };
+    let mut by = Vec::new();
+    for dim in &args.by {
+        if !by.contains(dim) {
+            by.push(*dim);
+        }
+    }
+    let report = collect(&dirs, range, &by)?;
+    Ok(match args.format {
+        Format::Table => render::table(&report),
+        Format::Csv => render::csv(&report),
+        Format::Json => render::json(&report),
+    })
+}
+
+/// Reads the records of `range` from the month files in `dirs` and groups them by `by`.
+pub fn collect(dirs: &[PathBuf], range: Range, by: &[Dim]) -> Result<Report, ReportError> {
+    let mut groups: BTreeMap<Vec<Option<String>>, Acc> = BTreeMap::new();
+    if by.is_empty() {
+        groups.insert(Vec::new(), Acc::default());
+    }
+    let mut files = Vec::new();
+    for dir in distinct_dirs(dirs)? {
+        for month in range.months() {
+            let path = dir.join(month.file_name());
+            if path.is_file() {
+                read_file(&path, range, by, &mut groups)?;
+                files.push(path);
+            }
+        }
+    }
+    let mut total = Acc::default();
+    for acc in groups.values() {
+        total.merge(acc);
+    }
+    let rows = groups
+        .into_iter()
+        .map(|(key, acc)| GroupRow {
+            key,
+            stats: acc.finish(),
+        })
+        .collect();
+    Ok(Report {
+        range,
+        by: by.to_vec(),
+        files,
+        rows,
+        total: total.finish(),
+    })
+}
+
+/// The directories, each checked to exist, and each read once even when named twice (its records would count twice).
+fn distinct_dirs(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
+    let mut seen = Vec::new();
+    let mut distinct = Vec::new();
+    for dir in dirs {
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(ReportError::NotADir(dir.clone())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ReportError::NoDir(dir.clone()))
+            }
+            Err(source) => {
+                return Err(ReportError::Io {
+                    path: dir.clone(),
+                    source,
+                })
+            }
+        }
+        let canonical = dir.canonicalize().map_err(|source| ReportError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        if !seen.contains(&canonical) {
+            seen.push(canonical);
+            distinct.push(dir.clone());
+        }
+    }
+    Ok(distinct)
+}
+
+/// Adds the records of `range` in one month file to `groups`, in one read transaction.
+fn read_file(
+    path: &Path,
+    range: Range,
+    by: &[Dim],
+    groups: &mut BTreeMap<Vec<Option<String>>, Acc>,
+) -> Result<(), ReportError> {
+    let fail = |source| ReportError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags).map_err(fail)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    let columns = column_names(&connection).map_err(fail)?;
+    if columns.is_empty() {
+        // No `records` table: a file created but never written to.
+        return Ok(());
+    }
+    let mut select = connection
+        .prepare(&select_sql(by, &columns))
+        .map_err(fail)?;
+    let (lower, upper) = range.bounds();
+    let mut rows = select.query([lower, upper]).map_err(fail)?;
+    while let Some(row) = rows.next().map_err(fail)? {
+        let key = (0..by.len())
+            .map(|i| text(row, i))
+            .collect::<Result<_, _>>()
+            .map_err(fail)?;
+        let fields = fields(row, by.len()).map_err(fail)?;
+        groups.entry(key).or_default().add(fields);
+    }
+    Ok(())
+}
+
+/// The columns of `records`, lower-case; empty when there is no such table.
+fn column_names(connection: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut names = Vec::new();
+    connection.pragma(None, "table_info", "records", |row| {
+        names.push(row.get::<_, String>("name")?.to_ascii_lowercase());
+        Ok(())
+    })?;
+    Ok(names)
+}
+
+/// Only the columns the report needs (never the bodies); a column an older file lacks reads as NULL.
+fn select_sql(by: &[Dim], columns: &[String]) -> String {
+    let column = |name: &str| {
+        if columns.contains(&name.to_ascii_lowercase()) {
+            name.to_string()
+        } else {
+            "NULL".to_string()
+        }
+    };
+    let mut select: Vec<String> = by
+        .iter()
+        .map(|dim| match dim {
+            Dim::Day => format!("substr({}, 1, 10)", column("Time")),
+            Dim::Model => column("Model"),
+            Dim::Backend => column("Backend"),
+            Dim::Key => column("KeyName"),
+        })
+        .collect();
+    for name in ["PromptTokens", "CompletionTokens", "TotalTokens", "Status"] {
+        select.push(column(name));
+    }
+    select.push(format!("{} IS NOT NULL", column("Error")));
+    select.push(column("LatencyMs"));
+    format!(
+        "SELECT {} FROM records WHERE {time} >= ?1 AND {time} < ?2",
+        select.join(", "),
+        time = column("Time")
+    )
+}
+
+/// The figures after the `keys` group columns of a row of [`select_sql`].
+fn fields(row: &Row<'_>, keys: usize) -> rusqlite::Result<Fields> {
+    Ok(Fields {
+        prompt: int(row, keys)?,
+        completion: int(row, keys + 1)?,
+        total: int(row, keys + 2)?,
+        status: int(row, keys + 3)?,
+        has_error: int(row, keys + 4)?.is_some_and(|n| n != 0),
+        latency_ms: int(row, keys + 5)?,
+    })
+}
+
+/// An integer whatever type an older writer stored it as (SQLite columns are not strictly typed).
+fn int(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<i64>> {
+    Ok(match row.get_ref(i)? {
+        ValueRef::Integer(n) => Some(n),
+        ValueRef::Real(x) => Some(x as i64),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|t| t.trim().parse().ok()),
+        ValueRef::Null | ValueRef::Blob(_) => None,
+    })
+}
+
+/// A group value as text; NULL (or empty) is `None`.
+fn text(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<String>> {
+    Ok(match row.get_ref(i)? {
+        ValueRef::Text(t) if !t.is_empty() => Some(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Integer(n) => Some(n.to_string()),
+        ValueRef::Real(x) => Some(x.to_string()),
+        ValueRef::Text(_) | ValueRef::Null | ValueRef::Blob(_) => None,
+    })
+}
+
+#[cfg(test)]
+mod tests;
