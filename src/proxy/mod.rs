@@ -326,11 +326,18 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         let (method, path) = (req.method.as_str().to_owned(), req.uri.path().to_owned());
         let endpoint = classify(&method, &path);
-        match endpoint {
-            Endpoint::Health => {
-                respond::json(session, 200, br#"{"status":"ok"}"#.to_vec()).await?;
-                return Ok(true);
+        if endpoint == Endpoint::Health {
+            respond::json(session, 200, br#"{"status":"ok"}"#.to_vec()).await?;
+            return Ok(true);
+        }
+        // With keys configured, everything but /health needs one, unknown paths included.
+        if let Some(auth) = rt.auth.as_ref() {
+            match auth.authenticate(&session.req_header().headers) {
+                Some(key) => ctx.key = Some(key),
+                None => return self.reject(session, ctx, GatewayError::InvalidApiKey).await,
             }
+        }
+        match endpoint {
             Endpoint::NotFound => {
                 return self
                     .reject(session, ctx, GatewayError::NotFound(path))
@@ -340,13 +347,7 @@ impl ProxyHttp for Proxy {
                 let err = GatewayError::MethodNotAllowed { method, path };
                 return self.reject(session, ctx, err).await;
             }
-            Endpoint::Models | Endpoint::Route => {}
-        }
-        if let Some(auth) = rt.auth.as_ref() {
-            match auth.authenticate(&session.req_header().headers) {
-                Some(key) => ctx.key = Some(key),
-                None => return self.reject(session, ctx, GatewayError::InvalidApiKey).await,
-            }
+            Endpoint::Health | Endpoint::Models | Endpoint::Route => {}
         }
         if endpoint == Endpoint::Models {
             self.answer_models(session, ctx).await?;
@@ -459,7 +460,9 @@ impl ProxyHttp for Proxy {
             client,
             ctx.send_body.len(),
             socket_ip(session).as_deref(),
-            ctx.key.is_some(),
+            // A gateway key (auth on) never reaches a backend; nor does a caller's key where the client
+            // sends its own.
+            ctx.key.is_some() || !client.api_key.is_empty(),
         )
     }
 
@@ -710,13 +713,14 @@ impl ProxyHttp for Proxy {
         let tokens = ctx.tap.as_ref().and_then(|t| t.usage()).unwrap_or_default();
         let req = session.req_header();
         log::info!(
-            "{} {} {} {} model={} backend={} attempts={} ms={} ttfb_ms={} prompt={} completion={}",
+            "{} {} {} {} model={} backend={} key={} attempts={} ms={} ttfb_ms={} prompt={} completion={}",
             caller_ip(session).as_deref().unwrap_or("-"),
             req.method,
             req.uri.path(),
             status,
             ctx.model(),
             ctx.client().map_or("-", |c| c.name.as_str()),
+            ctx.key.as_ref().map_or("-", |k| k.name()),
             ctx.attempts.as_ref().map_or(0, |a| a.count()),
             ctx.started.elapsed().as_millis(),
             ctx.first_token

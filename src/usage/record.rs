@@ -34,7 +34,7 @@ pub struct UsageRecord {
     pub response: Option<String>,
     /// Name of the client that answered (or was tried last).
     pub backend: Option<String>,
-    /// The model name sent upstream.
+    /// The model the backend says answered (its `model` field), else the name sent upstream.
     pub upstream_model: Option<String>,
     pub stream: bool,
     /// Status sent to the caller; 499 when the caller went away first.

@@ -4,8 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
 use super::record::UsageRecord;
@@ -15,14 +16,14 @@ use crate::config::UsageSettings;
 /// Attempts at the very end (channel closed, or `drain_now`) before what is left is given up on.
 const FINAL_ATTEMPTS: u32 = 3;
 const FINAL_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// How often the writer looks at the queue once the server is shutting down.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 /// Drops are warned about at most this often, with the running count.
 const DROP_WARNING_EVERY: Duration = Duration::from_secs(1);
 /// A failing store is retried every flush interval, but logged at most this often (and at least once).
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// tokio's channel panics above `usize::MAX >> 3` records; no memory holds this many anyway.
 const MAX_QUEUE: usize = 1 << 30;
-/// The receive buffer is allocated up front only up to this many records.
-const MAX_PREALLOCATED: usize = 4096;
 
 /// Counters shared by the queue and the writer, for logs and metrics.
 #[derive(Debug, Default)]
@@ -51,14 +52,21 @@ pub struct UsageQueue {
     sender: mpsc::Sender<UsageRecord>,
     stats: Arc<UsageStats>,
     warnings: Arc<Throttle>,
+    /// Wakes the writer early once a full batch is waiting; otherwise it wakes once per flush interval,
+    /// not once per record (a wake-up per request would cost a context switch per request).
+    wake: Arc<Notify>,
+    batch: u64,
 }
 
 impl UsageQueue {
     /// Queues `record` for writing, or drops and counts it when the queue is full or the writer is gone.
     pub fn send(&self, record: UsageRecord) {
         // Counted before sending, so the writer's decrement can never come first and wrap around.
-        self.stats.queued.fetch_add(1, Relaxed);
+        let depth = self.stats.queued.fetch_add(1, Relaxed) + 1;
         let Err(failed) = self.sender.try_send(record) else {
+            if depth >= self.batch {
+                self.wake.notify_one();
+            }
             return;
         };
         self.stats.queued.fetch_sub(1, Relaxed);
@@ -86,13 +94,17 @@ impl UsageQueue {
 pub fn channel(settings: &UsageSettings) -> (UsageQueue, Writer) {
     let (sender, receiver) = mpsc::channel(settings.queue_capacity.clamp(1, MAX_QUEUE));
     let stats = Arc::new(UsageStats::default());
+    let wake = Arc::new(Notify::new());
     let queue = UsageQueue {
         sender,
         stats: Arc::clone(&stats),
         warnings: Arc::new(Throttle::new(DROP_WARNING_EVERY)),
+        wake: Arc::clone(&wake),
+        batch: count(settings.batch_size.max(1)),
     };
     let writer = Writer {
         receiver,
+        wake,
         store: Store::new(settings.dir.clone()),
         pending: Vec::new(),
         settings: settings.clone(),
@@ -108,6 +120,7 @@ pub fn channel(settings: &UsageSettings) -> (UsageQueue, Writer) {
 /// The receiving side: owns the store and the records received but not yet written.
 pub struct Writer {
     receiver: mpsc::Receiver<UsageRecord>,
+    wake: Arc<Notify>,
     store: Store,
     /// Received, not yet written; at most `queue_capacity` records.
     pending: Vec<UsageRecord>,
@@ -134,32 +147,41 @@ impl Writer {
     pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
         // A zero period would make tokio panic; the config never gives one, a hand-made setting might.
         let period = self.settings.flush_interval.max(Duration::from_millis(1));
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut watching = !*shutdown.borrow();
-        let capacity = self.settings.batch_size.min(MAX_PREALLOCATED);
-        let mut received = Vec::with_capacity(capacity);
+        let mut ticks = if watching {
+            tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+        } else {
+            // Started after the shutdown began: see the comment at the shutdown branch below.
+            tokio::time::interval(period.min(SHUTDOWN_POLL))
+        };
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                n = self.receiver.recv_many(&mut received, self.room_in_batch()) => {
-                    if n == 0 {
-                        break;
-                    }
-                    self.accept(&mut received);
-                    if self.pending.len() >= self.settings.batch_size && !self.failing {
-                        self.flush();
-                    }
-                }
-                _ = ticks.tick() => self.flush(),
+            let timed = tokio::select! {
+                _ = ticks.tick() => true,
+                _ = self.wake.notified() => false,
                 changed = shutdown.changed(), if watching => match changed {
                     Ok(()) if *shutdown.borrow_and_update() => {
                         watching = false;
-                        self.flush();
+                        // The end is near: write what the last requests leave promptly, and notice
+                        // soon when the queues are gone.
+                        ticks = tokio::time::interval(period.min(SHUTDOWN_POLL));
+                        true
                     }
-                    Ok(()) => {}
+                    Ok(()) => false,
                     // The sender is gone: no signal can come any more.
-                    Err(_) => watching = false,
+                    Err(_) => {
+                        watching = false;
+                        false
+                    }
                 },
+            };
+            let open = self.take_queued();
+            // A failing store is retried at the flush interval, not at every full batch.
+            if timed || (!self.failing && self.pending.len() >= self.settings.batch_size) {
+                self.flush();
+            }
+            if !open {
+                break;
             }
         }
         for attempt in 1..=FINAL_ATTEMPTS {
@@ -173,11 +195,7 @@ impl Writer {
     /// Synchronous final drain, for after the runtimes have stopped: takes everything still queued, writes it
     /// with the pending records (retrying a failing write a few times), and gives up on what still fails.
     pub fn drain_now(&mut self) {
-        let mut received = Vec::new();
-        while let Ok(record) = self.receiver.try_recv() {
-            received.push(record);
-        }
-        self.accept(&mut received);
+        self.take_queued();
         for attempt in 1..=FINAL_ATTEMPTS {
             if self.final_attempt(attempt) {
                 return;
@@ -204,10 +222,18 @@ impl Writer {
         true
     }
 
-    /// How many records to take next: what completes the current batch, so a full batch is one transaction.
-    fn room_in_batch(&self) -> usize {
-        let batch = self.settings.batch_size.max(1);
-        batch - self.pending.len() % batch
+    /// Moves everything queued into `pending`; false once every queue is gone and nothing is left.
+    fn take_queued(&mut self) -> bool {
+        let mut received = Vec::new();
+        let open = loop {
+            match self.receiver.try_recv() {
+                Ok(record) => received.push(record),
+                Err(TryRecvError::Empty) => break true,
+                Err(TryRecvError::Disconnected) => break false,
+            }
+        };
+        self.accept(&mut received);
+        open
     }
 
     /// Moves `received` into `pending`, dropping (and counting) what exceeds `queue_capacity`: while writes

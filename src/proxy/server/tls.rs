@@ -232,6 +232,58 @@ mod tests {
         }
     }
 
+    /// A self-signed certificate and key written by the `openssl` CLI (CI installs it).
+    fn self_signed(dir: &Path, name: &str) -> TlsPaths {
+        let p = TlsPaths {
+            cert_path: dir.join(format!("{name}.crt")),
+            key_path: dir.join(format!("{name}.key")),
+        };
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+            .arg(&p.key_path)
+            .arg("-out")
+            .arg(&p.cert_path)
+            .output()
+            .expect("the openssl CLI");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        p
+    }
+
+    #[test]
+    fn reload_swaps_on_change_and_reports_a_broken_pair_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = self_signed(dir.path(), "live");
+        let other = self_signed(dir.path(), "other");
+        let store = CertStore::load(&live).unwrap();
+        assert!(!store.reload(&live, false).unwrap(), "unchanged files");
+        assert!(store.reload(&live, true).unwrap(), "forced");
+        // A new certificate with the old key: refused once, then ignored until the files change again.
+        std::fs::copy(&other.cert_path, &live.cert_path).unwrap();
+        let err = store.reload(&live, false).unwrap_err().to_string();
+        assert!(err.contains("KeyMismatch"), "{err}");
+        assert!(!store.reload(&live, false).unwrap(), "reported once");
+        std::fs::copy(&other.key_path, &live.key_path).unwrap();
+        assert!(
+            store.reload(&live, false).unwrap(),
+            "the matching key completes the pair"
+        );
+        // Other paths (a config reload) are read even when their contents equal the current ones.
+        assert!(store.reload(&other, false).unwrap());
+        assert_eq!(store.current.load().paths, other);
+    }
+
     #[test]
     fn missing_and_invalid_files_are_reported_by_field() {
         let dir = tempfile::tempdir().unwrap();

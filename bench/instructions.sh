@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Instructions per request under valgrind's callgrind: a figure that does not depend on machine noise.
+# Counts gpt-api (usage recording on and off) and nginx, each proxying N and 3N sequential non-streaming
+# requests to bench-backend; the difference divided by 2N is the cost of one request, start-up excluded.
+#
+# Usage: bench/instructions.sh     (after bench/run.sh has built the release binaries; needs valgrind, nginx, wrk)
+# Env:   BENCH_N=300                requests of the short run (the long one sends 3N)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+N=${BENCH_N:-300}
+[[ $N =~ ^[0-9]+$ ]] && (( N >= 10 && N <= 100000 )) || { echo "BENCH_N must be 10..100000" >&2; exit 1; }
+for tool in valgrind callgrind_annotate nginx wrk curl; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx wrk curl)" >&2; exit 1; }
+done
+GPT_API=$ROOT/target/release/gpt-api
+BACKEND=$ROOT/target/release/examples/bench-backend
+[[ -x $GPT_API && -x $BACKEND ]] || { echo "build first: cargo build --release --bin gpt-api --example bench-backend" >&2; exit 1; }
+
+TMP=$(mktemp -d -t gpt-api-instr.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BODY='{"model":"fast","messages":[{"role":"user","content":"Hello! Say something short."}]}'
+cat >"$TMP/count.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$BODY'
+wrk.headers["Content-Type"] = "application/json"
+local n, limit = 0, tonumber(os.getenv("COUNT"))
+response = function() n = n + 1; if n >= limit then wrk.thread:stop() end end
+LUA
+
+"$BACKEND" --listen 127.0.0.1:0 >"$TMP/backend.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do BPORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/backend.log"); [[ -n $BPORT ]] && break; sleep 0.1; done
+[[ -n ${BPORT:-} ]] || { echo "backend did not start" >&2; exit 1; }
+
+wait_up() { for _ in $(seq 600); do curl -fsS -m 2 -o /dev/null -H 'Content-Type: application/json' -d "$BODY" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "$1 did not answer" >&2; exit 1; }
+
+# Total instructions of one process run under callgrind that served COUNT requests (plus start-up).
+measure() {
+    local name=$1 count=$2; shift 2
+    local p; p=$(port)
+    local out="$TMP/$name-$count.cg"
+    "$@" "$p" "$out" &
+    local pid=$!
+    wait_up "http://127.0.0.1:$p/v1/chat/completions"
+    COUNT=$count wrk -t1 -c1 -d600s -s "$TMP/count.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null
+    kill -INT "$pid" 2>/dev/null || true
+    # nginx under valgrind exits on SIGINT via its master; give callgrind time to write its file.
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    awk '/^summary:/ { s = $2 } /^totals:/ { t = $2 } END { print (s ? s : t) }' "$out"
+}
+
+run_gpt_api() { # $1 usage on|off, then port, outfile
+    local usage=$1 p=$2 out=$3 cfg="$TMP/gw-$usage.yaml"
+    printf 'openai_clients:\n  - {name: bench, base_url: "http://127.0.0.1:%s/v1", model_match: {type: exact, value: [fast]}}\n' "$BPORT" >"$cfg"
+    [[ $usage == on ]] && printf 'usage: {dir: "%s/db"}\n' "$TMP" >>"$cfg"
+    [[ $usage == off ]] && printf 'usage: {dir: "%s/db-off", record_bodies: false}\n' "$TMP" >>"$cfg"
+    printf -- '---\nversion: 1\nthreads: 1\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\npid_file: %s/pid\nupgrade_sock: %s/sock\n' "$TMP" "$TMP" >"$TMP/server.yaml"
+    RUST_LOG=warn exec valgrind --tool=callgrind --trace-children=no --callgrind-out-file="$out" \
+        "$GPT_API" --config "$cfg" -c "$TMP/server.yaml" --listen "127.0.0.1:$p" 2>"$TMP/gw.log"
+}
+run_gpt_api_on() { run_gpt_api on "$@"; }
+run_gpt_api_off() { run_gpt_api off "$@"; }
+
+run_nginx() { # port, outfile
+    local p=$1 out=$2 prefix="$TMP/nginx-$1"
+    mkdir -p "$prefix/logs"
+    cat >"$prefix/nginx.conf" <<CONF
+daemon off; master_process off; worker_processes 1; error_log $prefix/logs/error.log; pid $prefix/nginx.pid;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $prefix; proxy_temp_path $prefix;
+  upstream b { server 127.0.0.1:$BPORT; keepalive 64; }
+  server { listen 127.0.0.1:$p; location / { proxy_pass http://b; proxy_http_version 1.1;
+    proxy_set_header Connection ""; proxy_buffering off; } } }
+CONF
+    exec valgrind --tool=callgrind --callgrind-out-file="$out" nginx -p "$prefix" -c "$prefix/nginx.conf" 2>"$TMP/nginx.log"
+}
+
+echo "| target | instructions per request |"
+echo "|---|--:|"
+for target in nginx gpt_api_off gpt_api_on; do
+    short=$(measure "$target" "$N" "run_$target")
+    long=$(measure "$target" $((3 * N)) "run_$target")
+    echo "| $target | $(( (long - short) / (2 * N) )) |"
+done
