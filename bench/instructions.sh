@@ -3,15 +3,15 @@
 # Counts gpt-api (usage recording on and off) and nginx, each proxying N and 3N sequential non-streaming
 # requests to bench-backend; the difference divided by 2N is the cost of one request, start-up excluded.
 #
-# Usage: bench/instructions.sh     (after bench/run.sh has built the release binaries; needs valgrind, nginx, wrk)
+# Usage: bench/instructions.sh     (after bench/run.sh has built the release binaries; needs valgrind, nginx, python3)
 # Env:   BENCH_N=300                requests of the short run (the long one sends 3N)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 N=${BENCH_N:-300}
 [[ $N =~ ^[0-9]+$ ]] && (( N >= 10 && N <= 100000 )) || { echo "BENCH_N must be 10..100000" >&2; exit 1; }
-for tool in valgrind callgrind_annotate nginx wrk curl; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx wrk curl)" >&2; exit 1; }
+for tool in valgrind nginx curl python3; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx curl)" >&2; exit 1; }
 done
 GPT_API=$ROOT/target/release/gpt-api
 BACKEND=$ROOT/target/release/examples/bench-backend
@@ -24,13 +24,20 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BODY='{"model":"fast","messages":[{"role":"user","content":"Hello! Say something short."}]}'
-cat >"$TMP/count.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '$BODY'
-wrk.headers["Content-Type"] = "application/json"
-local n, limit = 0, tonumber(os.getenv("COUNT"))
-response = function() n = n + 1; if n >= limit then wrk.thread:stop() end end
-LUA
+# A fixed number of sequential requests over one kept-alive connection.
+send() { # url-port, count
+    python3 - "$1" "$2" "$BODY" <<'PY'
+import http.client, sys
+port, count, body = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+for _ in range(count):
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    resp.read()
+    if resp.status != 200:
+        sys.exit(f"status {resp.status}")
+PY
+}
 
 "$BACKEND" --listen 127.0.0.1:0 >"$TMP/backend.log" 2>&1 &
 PIDS+=($!)
@@ -47,7 +54,7 @@ measure() {
     "$@" "$p" "$out" &
     local pid=$!
     wait_up "http://127.0.0.1:$p/v1/chat/completions"
-    COUNT=$count wrk -t1 -c1 -d600s -s "$TMP/count.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null
+    send "$p" "$count"
     kill -INT "$pid" 2>/dev/null || true
     # nginx under valgrind exits on SIGINT via its master; give callgrind time to write its file.
     for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -56,7 +63,8 @@ measure() {
 }
 
 run_gpt_api() { # $1 usage on|off, then port, outfile
-    local usage=$1 p=$2 out=$3 cfg="$TMP/gw-$usage.yaml"
+    local usage=$1 p=$2 out=$3
+    local cfg="$TMP/gw-$usage.yaml"
     printf 'openai_clients:\n  - {name: bench, base_url: "http://127.0.0.1:%s/v1", model_match: {type: exact, value: [fast]}}\n' "$BPORT" >"$cfg"
     [[ $usage == on ]] && printf 'usage: {dir: "%s/db"}\n' "$TMP" >>"$cfg"
     [[ $usage == off ]] && printf 'usage: {dir: "%s/db-off", record_bodies: false}\n' "$TMP" >>"$cfg"
@@ -68,7 +76,8 @@ run_gpt_api_on() { run_gpt_api on "$@"; }
 run_gpt_api_off() { run_gpt_api off "$@"; }
 
 run_nginx() { # port, outfile
-    local p=$1 out=$2 prefix="$TMP/nginx-$1"
+    local p=$1 out=$2
+    local prefix="$TMP/nginx-$p"
     mkdir -p "$prefix/logs"
     cat >"$prefix/nginx.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $prefix/logs/error.log; pid $prefix/nginx.pid;

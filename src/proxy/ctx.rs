@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub ratelimit_headers: Vec<(&'static str, String)>,
     /// Counted as in flight in the metrics; the logging phase counts it out.
     pub metered: bool,
+    /// The socket peer's address, formatted once routing starts.
+    pub socket_ip: Option<String>,
 }
 
 /// What is known of a record before the request ends.
@@ -91,6 +93,7 @@ impl RequestCtx {
             key: None,
             ratelimit_headers: Vec::new(),
             metered: false,
+            socket_ip: None,
         }
     }
 

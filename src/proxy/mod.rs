@@ -197,10 +197,13 @@ impl Gateway {
         session.set_read_timeout(Some(CLIENT_BODY_TIMEOUT));
         let body = body::read_full(session, rt.config.server.max_body_bytes).await?;
         let info = request::inspect(&body)?;
+        // Formatted once: the record, the forwarded-for header of every attempt and the log use it.
+        ctx.socket_ip = socket_ip(session);
+        let ip = caller_ip(session, ctx.socket_ip.as_deref());
         let path = session.req_header().uri.path();
         ctx.kind = ApiKind::from_path(path);
-        ctx.record =
-            Some(self.pending_record(session, &rt.config.usage, &body, ctx.kind.record_type(path)));
+        let kind = ctx.kind.record_type(path);
+        ctx.record = Some(self.pending_record(session, &rt.config.usage, &body, kind, ip));
         let model = info.model.clone();
         ctx.body = body;
         ctx.info = Some(info);
@@ -225,12 +228,13 @@ impl Gateway {
         usage: &UsageSettings,
         body: &[u8],
         kind: String,
+        ip: Option<String>,
     ) -> PendingRecord {
         let headers = &session.req_header().headers;
         PendingRecord {
             queue: self.usage.clone(),
             time: chrono::Local::now().fixed_offset(),
-            ip: caller_ip(session).unwrap_or_default(),
+            ip: ip.unwrap_or_default(),
             kind,
             headers: record::headers_json(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))),
             request: usage
@@ -241,7 +245,7 @@ impl Gateway {
 }
 
 /// First `X-Forwarded-For` entry, else `X-Real-IP`, else the socket peer.
-fn caller_ip(session: &Session) -> Option<String> {
+fn caller_ip(session: &Session, socket: Option<&str>) -> Option<String> {
     let headers = &session.req_header().headers;
     let forwarded = headers
         .get("x-forwarded-for")
@@ -250,9 +254,10 @@ fn caller_ip(session: &Session) -> Option<String> {
         .or_else(|| headers.get("x-real-ip").and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|v| !v.is_empty());
-    match forwarded {
-        Some(ip) => Some(ip.to_owned()),
-        None => socket_ip(session),
+    match (forwarded, socket) {
+        (Some(ip), _) => Some(ip.to_owned()),
+        (None, Some(ip)) => Some(ip.to_owned()),
+        (None, None) => socket_ip(session),
     }
 }
 
@@ -448,7 +453,7 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -459,7 +464,7 @@ impl ProxyHttp for Proxy {
             upstream_request,
             client,
             ctx.send_body.len(),
-            socket_ip(session).as_deref(),
+            ctx.socket_ip.as_deref(),
             // A gateway key (auth on) never reaches a backend; nor does a caller's key where the client
             // sends its own.
             ctx.key.is_some() || !client.api_key.is_empty(),
@@ -714,7 +719,9 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         log::info!(
             "{} {} {} {} model={} backend={} key={} attempts={} ms={} ttfb_ms={} prompt={} completion={}",
-            caller_ip(session).as_deref().unwrap_or("-"),
+            caller_ip(session, ctx.socket_ip.as_deref())
+                .as_deref()
+                .unwrap_or("-"),
             req.method,
             req.uri.path(),
             status,

@@ -59,7 +59,8 @@ const REDACTED_HEADERS: &[&str] = &[
 /// The request headers as a JSON object for the `Headers` column: names lower-case, values lossy UTF-8,
 /// a repeated header's values joined with ", ", and credentials replaced by `***`.
 pub fn headers_json<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
-    let mut map = serde_json::Map::new();
+    // Written straight into the string (no JSON tree): this runs for every request.
+    let mut merged: Vec<(String, String)> = Vec::with_capacity(16);
     for (name, value) in headers {
         let name = name.to_ascii_lowercase();
         let redacted = REDACTED_HEADERS.contains(&name.as_str());
@@ -68,19 +69,51 @@ pub fn headers_json<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) 
         } else {
             String::from_utf8_lossy(value)
         };
-        match map.get_mut(&name) {
+        match merged.iter_mut().find(|(seen, _)| *seen == name) {
             // A redacted header stays a single `***` however often it is repeated.
-            Some(serde_json::Value::String(seen)) if !redacted => {
+            Some((_, seen)) if !redacted => {
                 seen.push_str(", ");
                 seen.push_str(&value);
             }
             Some(_) => {}
-            None => {
-                map.insert(name, serde_json::Value::String(value.into_owned()));
-            }
+            None => merged.push((name, value.into_owned())),
         }
     }
-    serde_json::Value::Object(map).to_string()
+    let mut out = String::with_capacity(
+        merged
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 6)
+            .sum::<usize>()
+            + 2,
+    );
+    out.push('{');
+    for (i, (name, value)) in merged.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, name);
+        out.push(':');
+        push_json_string(&mut out, value);
+    }
+    out.push('}');
+    out
+}
+
+/// Appends `text` as a JSON string literal.
+fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// `body` as lossy UTF-8, cut to at most `max` bytes at a character boundary.
@@ -103,6 +136,14 @@ pub fn cut(body: &[u8], max: usize) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn header_values_are_escaped_into_valid_json() {
+        let tricky = "a\"b\\c\nd\te\u{1}f\u{e9}";
+        let json = headers_json([("X-Odd", tricky.as_bytes()), ("x-odd", b"2".as_slice())]);
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["x-odd"], format!("{tricky}, 2"));
+    }
 
     fn json(headers: &[(&'static str, &'static str)]) -> serde_json::Value {
         let pairs = headers.iter().map(|(n, v)| (*n, v.as_bytes()));
