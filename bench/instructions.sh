@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions per request under valgrind's callgrind: a figure that does not depend on machine noise.
-# Counts gpt-api (usage recording on and off) and nginx, each proxying N and 3N sequential non-streaming
+# Counts gpt-api (usage recording on, and off with usage.enabled: false) and nginx, each proxying N and 3N sequential non-streaming
 # requests to bench-backend; the difference divided by 2N is the cost of one request, start-up excluded.
 #
 # Usage: bench/instructions.sh     (after bench/run.sh has built the release binaries; needs valgrind, nginx, python3)
@@ -67,7 +67,7 @@ run_gpt_api() { # $1 usage on|off, then port, outfile
     local cfg="$TMP/gw-$usage.yaml"
     printf 'openai_clients:\n  - {name: bench, base_url: "http://127.0.0.1:%s/v1", model_match: {type: exact, value: [fast]}}\n' "$BPORT" >"$cfg"
     [[ $usage == on ]] && printf 'usage: {dir: "%s/db"}\n' "$TMP" >>"$cfg"
-    [[ $usage == off ]] && printf 'usage: {dir: "%s/db-off", record_bodies: false}\n' "$TMP" >>"$cfg"
+    [[ $usage == off ]] && printf 'usage: {enabled: false}\n' >>"$cfg"
     printf -- '---\nversion: 1\nthreads: 1\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\npid_file: %s/pid\nupgrade_sock: %s/sock\n' "$TMP" "$TMP" >"$TMP/server.yaml"
     RUST_LOG=warn exec valgrind --tool=callgrind --trace-children=no --callgrind-out-file="$out" \
         "$GPT_API" --config "$cfg" -c "$TMP/server.yaml" --listen "127.0.0.1:$p" 2>"$TMP/gw.log"

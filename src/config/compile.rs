@@ -209,6 +209,7 @@ fn compile_usage(usage: file::UsageFile, errors: &mut Errors) -> UsageSettings {
     // Field order, so errors come out in the order the fields are documented.
     UsageSettings {
         dir: dir.map_or(defaults.dir, PathBuf::from),
+        enabled: usage.enabled.unwrap_or(defaults.enabled),
         record_bodies: usage.record_bodies.unwrap_or(defaults.record_bodies),
         max_body_bytes: size(
             s,
@@ -343,6 +344,7 @@ openai_clients:
         let usage = compile(text, &no_env).unwrap().usage;
         let expected = UsageSettings {
             dir: PathBuf::from("/var/lib/gpt-api/db"),
+            enabled: true,
             record_bodies: false,
             max_body_bytes: 10,
             batch_size: 20,
@@ -376,7 +378,7 @@ openai_clients:
                     batch_size: -1, flush_interval_ms: 0, queue_capacity: 0, batch: 5}\n";
         let expected = [
             "usage.record_bodies: expected true or false",
-            "usage.batch: unknown field, expected one of dir, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity",
+            "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity",
             "usage.dir: must not be empty",
             "usage.max_body_bytes: must be a positive integer",
             "usage.batch_size: must be a positive integer",

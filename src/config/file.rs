@@ -86,6 +86,7 @@ pub(super) struct FailoverFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct UsageFile {
     pub dir: Option<String>,
+    pub enabled: Option<bool>,
     pub record_bodies: Option<bool>,
     pub max_body_bytes: Option<i64>,
     pub batch_size: Option<i64>,
@@ -177,6 +178,7 @@ const FAILOVER: Shape = Shape::Section(&[
 
 const USAGE: Shape = Shape::Section(&[
     ("dir", Shape::Str),
+    ("enabled", Shape::Bool),
     ("record_bodies", Shape::Bool),
     ("max_body_bytes", Shape::Int),
     ("batch_size", Shape::Int),
@@ -454,6 +456,7 @@ server: {listen: "127.0.0.1:1", max_body_bytes: 3, expose_backend_header: false,
 failover: {max_fallback_hops: 1, failure_threshold: 2, cooldown_seconds: 3, retry_on: [429]}
 usage:
   dir: db
+  enabled: true
   record_bodies: false
   max_body_bytes: 4
   batch_size: 5
@@ -505,7 +508,7 @@ logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_
         assert_eq!(section_fields(&TLS), ["cert_path", "key_path"]);
         let usage = format!("{:?}", file.usage.unwrap());
         assert!(!usage.contains("None"), "every usage field: {usage}");
-        assert_eq!(section_fields(&USAGE).len(), 6);
+        assert_eq!(section_fields(&USAGE).len(), 7);
         let failover = format!("{:?}", file.failover.unwrap());
         assert!(
             !failover.contains("None"),
@@ -538,7 +541,7 @@ logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_
                 "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen",
                 "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging",
                 "usage.record_bodies: expected true or false",
-                "usage.batch: unknown field, expected one of dir, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity",
+                "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity",
             ]
         );
         let file: FileConfig = serde_yaml::from_value(tree).unwrap();

@@ -92,6 +92,8 @@ pub struct UsageSettings {
     /// Directory of the monthly `record_YYYYMM.db` files (created on demand).
     pub dir: PathBuf,
     /// Whether request and response bodies go into the record.
+    /// Off: no records at all (no queue, no files).
+    pub enabled: bool,
     pub record_bodies: bool,
     /// A recorded body longer than this is cut (at a character boundary).
     pub max_body_bytes: usize,
@@ -107,6 +109,7 @@ impl Default for UsageSettings {
     fn default() -> Self {
         UsageSettings {
             dir: PathBuf::from("database"),
+            enabled: true,
             record_bodies: true,
             max_body_bytes: 1024 * 1024,
             batch_size: 512,

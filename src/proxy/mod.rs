@@ -203,7 +203,9 @@ impl Gateway {
         let path = session.req_header().uri.path();
         ctx.kind = ApiKind::from_path(path);
         let kind = ctx.kind.record_type(path);
-        ctx.record = Some(self.pending_record(session, &rt.config.usage, &body, kind, ip));
+        if rt.config.usage.enabled {
+            ctx.record = Some(self.pending_record(session, &rt.config.usage, &body, kind, ip));
+        }
         let model = info.model.clone();
         ctx.body = body;
         ctx.info = Some(info);
