@@ -5,7 +5,6 @@
 mod common;
 
 use std::fmt;
-use std::path::Path;
 use std::process::Command;
 
 use common::mock::{
@@ -645,27 +644,13 @@ async fn openai_python_sdk_streams_through_prefix_and_hidden_usage() {
     mock.set_sse(5, std::time::Duration::ZERO);
     let gw = start(&mock, &["sdk-model"], json!({ "special_prefix": PREFIX })).await;
 
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_sdk_stream_rewrite.py");
     let base_url = gw.url("/v1");
     let expected = format!("{PREFIX}{}", Mock::sse_text(5));
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .args([base_url.as_str(), "sdk-model", expected.as_str()])
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .output()
-            .expect("run python3")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "SDK stream failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_python_client(
+        "test_sdk_stream_rewrite.py",
+        vec![base_url.into(), "sdk-model".into(), expected.into()],
+    )
+    .await;
     let up = mock.single().json();
     assert_eq!(up["stream_options"], json!({ "include_usage": true }));
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::{client, config, Gateway, Mock};
@@ -32,26 +31,13 @@ async fn openai_python_sdk_works_against_gateway() {
     )]))
     .await;
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_sdk.py");
     let base_url = gw.url("/v1");
     let expected = Mock::sse_text(5);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .args([base_url.as_str(), "sdk-model", expected.as_str()])
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .output()
-            .expect("run python3")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "SDK test failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_python_client(
+        "test_sdk.py",
+        vec![base_url.into(), "sdk-model".into(), expected.into()],
+    )
+    .await;
     let requests = mock.requests();
     let chats: Vec<_> = requests.iter().filter(|r| r.method == "POST").collect();
     assert_eq!(

@@ -104,30 +104,13 @@ async fn openai_python_sdk_over_https() {
     mock.set_sse(5, Duration::ZERO);
     let (_gw, port, _dir) = https_gateway(&mock, &cert).await;
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_sdk_https.py");
     let args: Vec<OsString> = vec![
-        script.into(),
         url(port, "/v1").into(),
         cert.cert.clone().into(),
         "m1".into(),
         Mock::sse_text(5).into(),
     ];
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args(&args)
-            .env("NO_PROXY", "*")
-            .env("no_proxy", "*")
-            .output()
-            .expect("run python3")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "SDK over HTTPS failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_python_client("test_sdk_https.py", args).await;
     assert_eq!(
         mock.count(),
         2,

@@ -165,6 +165,18 @@ impl Gateway {
         Ok(true)
     }
 
+    /// Counts a connection-level failure of the current attempt; retries when another candidate is left.
+    fn fail_on_error(&self, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        let failure = if is_timeout(&e) {
+            Failure::Timeout(describe(&e))
+        } else {
+            Failure::Connect(describe(&e))
+        };
+        let more = ctx.fail_attempt(failure, None, &self.metrics);
+        e.set_retry(more);
+        e
+    }
+
     /// `/v1/models`, after a reload check (the Python gateway's users reload by listing models), limited
     /// to the models the caller's key may use.
     async fn answer_models(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
@@ -440,17 +452,10 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
         // Nothing reached the backend yet: always safe to try the next candidate.
-        let failure = if is_timeout(&e) {
-            Failure::Timeout(describe(&e))
-        } else {
-            Failure::Connect(describe(&e))
-        };
-        let more = ctx.fail_attempt(failure, None, &self.metrics);
-        e.set_retry(more);
-        e
+        self.fail_on_error(ctx, e)
     }
 
     async fn upstream_request_filter(
@@ -624,14 +629,7 @@ impl ProxyHttp for Proxy {
             e.set_retry(true);
             return e;
         }
-        let failure = if is_timeout(&e) {
-            Failure::Timeout(describe(&e))
-        } else {
-            Failure::Connect(describe(&e))
-        };
-        let more = ctx.fail_attempt(failure, None, &self.metrics);
-        e.set_retry(more);
-        e
+        self.fail_on_error(ctx, e)
     }
 
     async fn fail_to_proxy(

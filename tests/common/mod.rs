@@ -406,3 +406,28 @@ impl Gateway {
         }
     }
 }
+
+/// Runs `tests/python/<script>` with `args` (the official OpenAI SDK as a real client, loopback only) and
+/// fails the test with its output when it does not exit 0.
+pub async fn run_python_client(script: &str, args: Vec<std::ffi::OsString>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(path)
+            .args(&args)
+            .env("NO_PROXY", "*")
+            .env("no_proxy", "*")
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
