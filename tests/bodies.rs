@@ -32,37 +32,7 @@ async fn post_chunked(gw: &Gateway, body: Vec<u8>, piece: usize) -> common::Resp
 
 /// Sends a file with curl and `Transfer-Encoding: chunked`; returns (status, body).
 async fn curl_chunked(gw: &Gateway, body: &[u8]) -> (u16, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("body.json");
-    std::fs::write(&file, body).unwrap();
-    let out_file = dir.path().join("out");
-    let url = gw.url("/v1/chat/completions");
-    let out = tokio::task::spawn_blocking({
-        let out_file = out_file.clone();
-        move || {
-            Command::new("curl")
-                .args(["-sS", "--noproxy", "*", "--max-time", "60", "-o"])
-                .arg(&out_file)
-                .args(["-w", "%{http_code}", "-H", "Transfer-Encoding: chunked"])
-                .args(["-H", "Content-Type: application/json", "--data-binary"])
-                .arg(format!("@{}", file.display()))
-                .arg(&url)
-                .output()
-                .expect("run curl")
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    (
-        status,
-        std::fs::read_to_string(&out_file).unwrap_or_default(),
-    )
+    common::http::curl_chunked(&gw.url("/v1/chat/completions"), body, false).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -215,3 +215,42 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// POSTs `body` with curl and `Transfer-Encoding: chunked` (a real client's chunked upload); returns the status
+/// and what curl wrote: the body, preceded by the response headers with `include_headers`.
+pub async fn curl_chunked(url: &str, body: &[u8], include_headers: bool) -> (u16, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body.json");
+    std::fs::write(&file, body).unwrap();
+    let out_file = dir.path().join("out");
+    let url = url.to_owned();
+    let out = tokio::task::spawn_blocking({
+        let out_file = out_file.clone();
+        move || {
+            let mut cmd = std::process::Command::new("curl");
+            if include_headers {
+                cmd.arg("-i");
+            }
+            cmd.args(["-sS", "--noproxy", "*", "--max-time", "60", "-o"])
+                .arg(&out_file)
+                .args(["-w", "%{http_code}", "-H", "Transfer-Encoding: chunked"])
+                .args(["-H", "Content-Type: application/json", "--data-binary"])
+                .arg(format!("@{}", file.display()))
+                .arg(&url)
+                .output()
+                .expect("run curl")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (
+        status,
+        std::fs::read_to_string(&out_file).unwrap_or_default(),
+    )
+}
