@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Instructions per request under valgrind's callgrind: a figure that does not depend on machine noise.
-# Counts gpt-api (usage recording on, and off with usage.enabled: false) and nginx, each proxying N and 3N sequential non-streaming
-# requests to bench-backend; the difference divided by 2N is the cost of one request, start-up excluded.
+# Counts gpt-api (usage recording on, and off with usage.enabled: false), a bare Pingora proxy (bench/floor.rs, the
+# floor under gpt-api) and nginx, each proxying N and 3N sequential non-streaming requests to bench-backend; the
+# difference divided by 2N is the cost of one request, start-up excluded.
 #
 # Usage: bench/instructions.sh     (after bench/run.sh has built the release binaries; needs valgrind, nginx, python3)
 # Env:   BENCH_N=300                requests of the short run (the long one sends 3N)
+#        BENCH_TARGETS="nginx floor gpt_api_off gpt_api_on"   what to count
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,7 +17,9 @@ for tool in valgrind nginx curl python3; do
 done
 GPT_API=$ROOT/target/release/gpt-api
 BACKEND=$ROOT/target/release/examples/bench-backend
-[[ -x $GPT_API && -x $BACKEND ]] || { echo "build first: cargo build --release --bin gpt-api --example bench-backend" >&2; exit 1; }
+FLOOR=$ROOT/target/release/examples/bench-floor
+[[ -x $GPT_API && -x $BACKEND && -x $FLOOR ]] || {
+    echo "build first: cargo build --release --bin gpt-api --example bench-backend --example bench-floor" >&2; exit 1; }
 
 TMP=$(mktemp -d -t gpt-api-instr.XXXXXX)
 PIDS=()
@@ -68,12 +72,16 @@ run_gpt_api() { # $1 usage on|off, then port, outfile
     printf 'openai_clients:\n  - {name: bench, base_url: "http://127.0.0.1:%s/v1", model_match: {type: exact, value: [fast]}}\n' "$BPORT" >"$cfg"
     [[ $usage == on ]] && printf 'usage: {dir: "%s/db"}\n' "$TMP" >>"$cfg"
     [[ $usage == off ]] && printf 'usage: {enabled: false}\n' >>"$cfg"
-    printf -- '---\nversion: 1\nthreads: 1\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\npid_file: %s/pid\nupgrade_sock: %s/sock\n' "$TMP" "$TMP" >"$TMP/server.yaml"
+    printf -- '---\nversion: 1\nthreads: 1\nwork_stealing: false\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\npid_file: %s/pid\nupgrade_sock: %s/sock\n' "$TMP" "$TMP" >"$TMP/server.yaml"
     RUST_LOG=warn exec valgrind --tool=callgrind --trace-children=no --callgrind-out-file="$out" \
         "$GPT_API" --config "$cfg" -c "$TMP/server.yaml" --listen "127.0.0.1:$p" 2>"$TMP/gw.log"
 }
 run_gpt_api_on() { run_gpt_api on "$@"; }
 run_gpt_api_off() { run_gpt_api off "$@"; }
+
+run_floor() { # port, outfile
+    exec valgrind --tool=callgrind --callgrind-out-file="$2" "$FLOOR" "127.0.0.1:$1" "127.0.0.1:$BPORT" 2>"$TMP/floor.log"
+}
 
 run_nginx() { # port, outfile
     local p=$1 out=$2
@@ -92,7 +100,8 @@ CONF
 
 echo "| target | instructions per request |"
 echo "|---|--:|"
-for target in nginx gpt_api_off gpt_api_on; do
+for target in ${BENCH_TARGETS:-nginx floor gpt_api_off gpt_api_on}; do
+    [[ $(type -t "run_$target") == function ]] || { echo "unknown target $target" >&2; exit 1; }
     short=$(measure "$target" "$N" "run_$target")
     long=$(measure "$target" $((3 * N)) "run_$target")
     echo "| $target | $(( (long - short) / (2 * N) )) |"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: gpt-api against nginx (plain keep-alive reverse proxy) and against no proxy at all, in front of a fake
-# OpenAI backend answering in 0 ms and 20 ms. Prints a markdown table and saves it to bench/out/results-<date>.md.
+# OpenAI backend answering in 0 ms and 20 ms. Also measured: gpt-api with usage recording off, and a bare Pingora
+# proxy (bench/floor.rs: the floor any Pingora-based gateway stands on).
+# Prints a markdown table and saves it to bench/out/results-<date>.md.
 #
 # Usage: bench/run.sh            (from anywhere; needs 2+ cores, nginx, wrk, curl, taskset; sqlite3 for usage rows)
 # Env:   BENCH_SECONDS=5         length of each measured wrk run
@@ -8,6 +10,7 @@
 #        BENCH_TTFE_REQUESTS=200 streaming requests per target for the time to first SSE event
 #        BENCH_CONNECTIONS=64    connections of the throughput runs
 #        BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   cores for the proxy under test / for wrk, ttfe and the backend
+#        BENCH_WRITER_CPU=       core of gpt-api's usage-writer thread (default: the proxy's, BENCH_PROXY_CPU)
 #        BENCH_GPT_API_LOG=warn  RUST_LOG for gpt-api (warn: no per-request log line, like nginx's access_log off)
 #        BENCH_NO_BUILD=1        use the binaries already in target/release
 #        BENCH_KEEP_TMP=1        keep the temp dir (configs, logs, raw wrk output)
@@ -26,7 +29,8 @@ SLOW_MS=20
 die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
 
-for v in SECS WARMUP TTFE_N CONNS PROXY_CPU LOAD_CPU; do
+WRITER_CPU=${BENCH_WRITER_CPU:-$PROXY_CPU}
+for v in SECS WARMUP TTFE_N CONNS PROXY_CPU LOAD_CPU WRITER_CPU; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 (( SECS >= 1 && SECS <= 60 )) || die "BENCH_SECONDS must be 1..60 (the whole run stays bounded)"
@@ -52,7 +56,7 @@ fi
 NGINX=$(command -v nginx)
 
 CORES=$(nproc)
-(( PROXY_CPU < CORES && LOAD_CPU < CORES )) || die "cores $PROXY_CPU/$LOAD_CPU not available (nproc=$CORES)"
+(( PROXY_CPU < CORES && LOAD_CPU < CORES && WRITER_CPU < CORES )) || die "cores $PROXY_CPU/$LOAD_CPU not available (nproc=$CORES)"
 if (( PROXY_CPU == LOAD_CPU )); then
     log "warning: proxy and load generator share core $PROXY_CPU; figures will mix both"
 fi
@@ -61,14 +65,15 @@ fi
 
 cd "$ROOT"
 if [[ -z ${BENCH_NO_BUILD:-} ]]; then
-    log "building (release): gpt-api, bench-backend, bench-ttfe"
-    cargo build --release --quiet --bin gpt-api --example bench-backend --example bench-ttfe \
+    log "building (release): gpt-api, bench-backend, bench-ttfe, bench-floor"
+    cargo build --release --quiet --bin gpt-api --example bench-backend --example bench-ttfe --example bench-floor \
         || die "cargo build --release failed"
 fi
 GPT_API=$ROOT/target/release/gpt-api
 BACKEND_BIN=$ROOT/target/release/examples/bench-backend
 TTFE_BIN=$ROOT/target/release/examples/bench-ttfe
-for bin in "$GPT_API" "$BACKEND_BIN" "$TTFE_BIN"; do
+FLOOR_BIN=$ROOT/target/release/examples/bench-floor
+for bin in "$GPT_API" "$BACKEND_BIN" "$TTFE_BIN" "$FLOOR_BIN"; do
     [[ -x $bin ]] || die "$bin not built (run without BENCH_NO_BUILD)"
 done
 
@@ -255,31 +260,65 @@ else
         || fail_with_log "gpt-api rejects the bench config" "$TMP/check.log"
 fi
 log "usage recording: $USAGE"
-cat >"$TMP/server.yaml" <<EOF
+# One gpt-api process on the proxy's core: name, config, port, a directory of its own. Sets STARTED_PID.
+start_gpt_api() {
+    local name=$1 config=$2 port=$3 dir=$4
+    mkdir -p "$dir"
+    cat >"$dir/server.yaml" <<EOF
 ---
 version: 1
 threads: 1
-pid_file: $TMP/gpt-api.pid
-upgrade_sock: $TMP/gpt-api_upgrade.sock
+work_stealing: false
+pid_file: $dir/gpt-api.pid
+upgrade_sock: $dir/gpt-api_upgrade.sock
 grace_period_seconds: 0
 graceful_shutdown_timeout_seconds: 5
 EOF
-RUST_LOG=$GPT_API_LOG taskset -c "$PROXY_CPU" "$GPT_API" --config "$GPT_CONFIG" --listen "127.0.0.1:$GPT_PORT" \
-    -c "$TMP/server.yaml" >"$TMP/gpt-api.log" 2>&1 &
-GPT_PID=$!
-PIDS+=("$GPT_PID")
+    RUST_LOG=$GPT_API_LOG taskset -c "$PROXY_CPU" "$GPT_API" --config "$config" --listen "127.0.0.1:$port" \
+        -c "$dir/server.yaml" >"$dir/gpt-api.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    wait_ready "$name" "$STARTED_PID" "http://127.0.0.1:$port/v1/chat/completions" "$dir/gpt-api.log"
+}
+
+start_gpt_api gpt-api "$GPT_CONFIG" "$GPT_PORT" "$TMP/gpt"
+GPT_PID=$STARTED_PID
 GPT_URL=http://127.0.0.1:$GPT_PORT/v1/chat/completions
-wait_ready gpt-api "$GPT_PID" "$GPT_URL" "$TMP/gpt-api.log"
 GPT_READY_REQUESTS=1 # wait_ready's request: the usage store should hold it too
+# The usage writer is one thread ("BG usage writer"); it shares the proxy's core unless BENCH_WRITER_CPU says otherwise.
+WRITER_TID=$(grep -l '^BG usage writer$' /proc/"$GPT_PID"/task/*/comm 2>/dev/null | head -n1 | cut -d/ -f5 || true)
+if [[ $WRITER_CPU != "$PROXY_CPU" ]]; then
+    [[ -n $WRITER_TID ]] || die "gpt-api's usage writer thread not found"
+    taskset -pc "$WRITER_CPU" "$WRITER_TID" >/dev/null || die "cannot move the usage writer to core $WRITER_CPU"
+    log "usage writer thread $WRITER_TID on core $WRITER_CPU"
+fi
+
+# The same gateway with recording off (usage.enabled: false): what recording costs.
+NOREC_PORT=$(free_port)
+cp "$TMP/gpt-api.yaml" "$TMP/gpt-api-norec.yaml"
+printf 'usage:\n  enabled: false\n' >>"$TMP/gpt-api-norec.yaml"
+start_gpt_api gpt-api-norec "$TMP/gpt-api-norec.yaml" "$NOREC_PORT" "$TMP/norec"
+NOREC_PID=$STARTED_PID
+
+# ---------------------------------------------------------------- bare Pingora
+
+FLOOR_PORT=$(free_port)
+taskset -c "$PROXY_CPU" "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$BACKEND_PORT" >"$TMP/floor.log" 2>&1 &
+FLOOR_PID=$!
+PIDS+=("$FLOOR_PID")
+wait_ready pingora "$FLOOR_PID" "http://127.0.0.1:$FLOOR_PORT/v1/chat/completions" "$TMP/floor.log"
 
 # ---------------------------------------------------------------- measuring
 
 declare -A R=()  # R[target,model,conns,metric]
-TARGETS=(direct nginx gpt-api)
-declare -A URL=([direct]=$DIRECT_URL [nginx]=$NGINX_URL [gpt-api]=$GPT_URL)
-declare -A ADDR=([direct]=127.0.0.1:$BACKEND_PORT [nginx]=127.0.0.1:$NGINX_PORT [gpt-api]=127.0.0.1:$GPT_PORT)
-declare -A PROC=([direct]="" [nginx]="${NGINX_PIDS[*]}" [gpt-api]=$GPT_PID)
-declare -A LOGF=([direct]=$TMP/backend.log [nginx]=$TMP/nginx/logs/error.log [gpt-api]=$TMP/gpt-api.log)
+TARGETS=(direct nginx pingora gpt-api gpt-api-norec)
+declare -A ADDR=([direct]=127.0.0.1:$BACKEND_PORT [nginx]=127.0.0.1:$NGINX_PORT [pingora]=127.0.0.1:$FLOOR_PORT
+    [gpt-api]=127.0.0.1:$GPT_PORT [gpt-api-norec]=127.0.0.1:$NOREC_PORT)
+declare -A URL=()
+for t in "${TARGETS[@]}"; do URL[$t]=http://${ADDR[$t]}/v1/chat/completions; done
+declare -A PROC=([direct]="" [nginx]="${NGINX_PIDS[*]}" [pingora]=$FLOOR_PID [gpt-api]=$GPT_PID [gpt-api-norec]=$NOREC_PID)
+declare -A LOGF=([direct]=$TMP/backend.log [nginx]=$TMP/nginx/logs/error.log [pingora]=$TMP/floor.log
+    [gpt-api]=$TMP/gpt/gpt-api.log [gpt-api-norec]=$TMP/norec/gpt-api.log)
 
 for model in fast slow; do
     # shellcheck disable=SC2059
@@ -291,7 +330,7 @@ wrk.headers["Content-Type"] = "application/json"
 EOF
 done
 
-for t in nginx gpt-api; do
+for t in "${TARGETS[@]:1}"; do
     # shellcheck disable=SC2086
     R[$t,rss_idle]=$(rss_kb ${PROC[$t]})
 done
@@ -361,7 +400,7 @@ for model in fast slow; do
     done
 done
 
-for t in nginx gpt-api; do
+for t in "${TARGETS[@]:1}"; do
     # shellcheck disable=SC2086
     R[$t,rss_load]=$(rss_kb ${PROC[$t]})
 done
@@ -384,7 +423,7 @@ if [[ $USAGE == on ]]; then
     # Requests gpt-api answered, as its clients counted them (wrk leaves up to one in-flight request per
     # connection uncounted at the end of each run, so the store may hold a few more).
     sent=$((GPT_READY_REQUESTS + (TTFE_N + 10)))
-    for f in "$TMP"/warmup-gpt-api.txt "$TMP"/wrk-gpt-api-*.txt; do
+    for f in "$TMP"/warmup-gpt-api.txt "$TMP"/wrk-gpt-api-fast-*.txt "$TMP"/wrk-gpt-api-slow-*.txt; do
         [[ -f $f ]] && sent=$((sent + $(awk '/ requests in / { print $1 }' "$f")))
     done
     # Stop gpt-api first so that its record writer drains.
@@ -449,8 +488,9 @@ report() {
     echo "# gpt-api benchmark, $DATE"
     echo
     echo "Machine: $CORES cores ($CPU_MODEL), Linux $(uname -r). gpt-api $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?') (binary of $(date -u -r "$GPT_API" +%Y-%m-%dT%H:%MZ)), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')."
-    echo "Proxy under test on core $PROXY_CPU (gpt-api: 1 worker thread; nginx: 1 worker); wrk, bench-ttfe and the"
-    echo "fake backend on core $LOAD_CPU. Each run: ${SECS} s of POST /v1/chat/completions (JSON answer with usage),"
+    echo "Proxy under test on core $PROXY_CPU (gpt-api and pingora: 1 worker thread; nginx: 1 worker); wrk, bench-ttfe"
+    echo "and the fake backend on core $LOAD_CPU; gpt-api's usage-writer thread on core $WRITER_CPU. pingora: a bare"
+    echo "Pingora proxy (bench/floor.rs); gpt-api-norec: gpt-api with \`usage: {enabled: false}\`. Each run: ${SECS} s of POST /v1/chat/completions (JSON answer with usage),"
     echo "after ${WARMUP} s of warm-up per target. gpt-api RUST_LOG=$GPT_API_LOG; nginx access_log off."
     echo "CPU µs/req: utime+stime of the proxy's processes over the run / requests (clock tick $(getconf CLK_TCK) Hz,"
     echo "so coarse for the slow single-connection runs). Added = target minus direct in the same case; direct has wrk"
@@ -505,6 +545,15 @@ report() {
     row "gpt-api CPU/req / nginx CPU/req (1 conn)" \
         "$(ratio "${R[gpt-api$f$c1,cpu]}" "${R[nginx$f$c1,cpu]}")" "$(ratio "${R[gpt-api$s$c1,cpu]}" "${R[nginx$s$c1,cpu]}")"
     row "gpt-api / nginx first SSE event p50" "$(ratio "${R[gpt-api,ttfe50]}" "${R[nginx,ttfe50]}")" "-"
+    row "gpt-api req/s / pingora req/s ($CONNS conns)" \
+        "$(ratio "${R[gpt-api$f$cn,rps]}" "${R[pingora$f$cn,rps]}")" "$(ratio "${R[gpt-api$s$cn,rps]}" "${R[pingora$s$cn,rps]}")"
+    row "pingora req/s / nginx req/s ($CONNS conns)" \
+        "$(ratio "${R[pingora$f$cn,rps]}" "${R[nginx$f$cn,rps]}")" "$(ratio "${R[pingora$s$cn,rps]}" "${R[nginx$s$cn,rps]}")"
+    row "pingora CPU/req / nginx CPU/req ($CONNS conns)" \
+        "$(ratio "${R[pingora$f$cn,cpu]}" "${R[nginx$f$cn,cpu]}")" "$(ratio "${R[pingora$s$cn,cpu]}" "${R[nginx$s$cn,cpu]}")"
+    row "recording on / off: gpt-api req/s / gpt-api-norec req/s ($CONNS conns)" \
+        "$(ratio "${R[gpt-api$f$cn,rps]}" "${R[gpt-api-norec$f$cn,rps]}")" \
+        "$(ratio "${R[gpt-api$s$cn,rps]}" "${R[gpt-api-norec$s$cn,rps]}")"
     if [[ -n $USAGE_LINE ]]; then
         echo
         echo "$USAGE_LINE"

@@ -104,10 +104,12 @@ fn compile_client(
     if s.failed {
         return None;
     }
+    let base_url = base_url?;
+    let fixed_headers = fixed_headers(&base_url, &api_key, &headers)?;
     Some(Client {
         name: name?,
         api_key,
-        base_url: base_url?,
+        base_url,
         priority: c.priority.unwrap_or(0),
         weight: weight?,
         model_match: model_match?,
@@ -118,6 +120,7 @@ fn compile_client(
         extra_body: c.extra_body.unwrap_or_default(),
         model: c.model.filter(|m| !m.is_empty()),
         headers,
+        fixed_headers,
         connect_timeout: Duration::from_millis(connect_ms),
         read_timeout: Duration::from_millis(read_ms),
         retry_on,
@@ -202,6 +205,32 @@ fn compile_headers(
         }
     }
     compiled
+}
+
+/// The header values every upstream request of a client gets, in the order they are set. All were
+/// validated above (`None` cannot happen for a client without errors).
+pub(crate) fn fixed_headers(
+    base_url: &BaseUrl,
+    api_key: &Secret,
+    headers: &[(HeaderName, Secret)],
+) -> Option<Vec<(HeaderName, HeaderValue)>> {
+    let sensitive = |text: &str| {
+        let mut value = HeaderValue::from_str(text).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    };
+    let mut fixed = vec![(
+        http::header::HOST,
+        HeaderValue::from_str(&base_url.host_header).ok()?,
+    )];
+    if !api_key.is_empty() {
+        let bearer = sensitive(&format!("Bearer {}", api_key.expose()))?;
+        fixed.push((http::header::AUTHORIZATION, bearer));
+    }
+    for (name, value) in headers {
+        fixed.push((name.clone(), sensitive(value.expose())?));
+    }
+    Some(fixed)
 }
 
 /// The value is never echoed in an error: it may be a key.

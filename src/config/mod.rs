@@ -169,6 +169,9 @@ pub struct Client {
     pub model: Option<String>,
     /// Extra upstream request headers, names lower-cased; values may be secrets (e.g. Azure `api-key`).
     pub headers: Vec<(http::HeaderName, Secret)>,
+    /// What every upstream request gets, built once: `Host`, `Authorization: Bearer <api_key>` (when a key
+    /// is set) and `headers`; values marked sensitive so that Debug never prints them.
+    pub fixed_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// Backend statuses that move a request on to the next candidate (client's, else global, else default).

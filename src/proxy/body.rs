@@ -38,13 +38,22 @@ pub async fn read_full(session: &mut Session, limit: usize) -> Result<Bytes, Gat
     if buffering {
         session.enable_retry_buffering();
     }
-    while let Some(chunk) = session
-        .read_request_body()
-        .await
-        .map_err(|e| GatewayError::BodyRead(e.to_string()))?
-    {
+    // Stops as soon as Pingora says the body is complete: one more read would only return None, at the
+    // cost of arming a read timer.
+    while !session.is_body_done() {
+        let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|e| GatewayError::BodyRead(e.to_string()))?
+        else {
+            break;
+        };
         if body.len() + chunk.len() > limit {
             return Err(GatewayError::BodyTooLarge { limit });
+        }
+        if body.is_empty() && session.is_body_done() {
+            // The whole body in one piece (a small request): no copy.
+            return finish(session, chunk).await;
         }
         body.extend_from_slice(&chunk);
         if let (false, Some(n)) = (buffering, declared) {
@@ -54,7 +63,11 @@ pub async fn read_full(session: &mut Session, limit: usize) -> Result<Bytes, Gat
             }
         }
     }
-    let body = body.freeze();
+    finish(session, body.freeze()).await
+}
+
+/// Arranges for the complete `body` to be sent upstream (see the module notes) and returns it.
+async fn finish(session: &mut Session, body: Bytes) -> Result<Bytes, GatewayError> {
     if !body.is_empty() && session.get_retry_buffer().is_none() {
         replace_with_replay(session).await?;
     }

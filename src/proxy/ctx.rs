@@ -43,12 +43,13 @@ pub struct RequestCtx {
     /// The response is an SSE stream.
     pub sse: bool,
     pub upstream_model: Option<String>,
-    pub tap: Option<ResponseTap>,
+    /// Boxed, like the record: the ctx is moved with Pingora's per-request future, so it is kept small.
+    pub tap: Option<Box<ResponseTap>>,
     pub first_token: Option<Duration>,
     /// What went wrong, for the record and the log (never a key).
     pub error: Option<String>,
     /// Set once the request reached routing; taken when its record is sent.
-    pub record: Option<PendingRecord>,
+    pub record: Option<Box<PendingRecord>>,
     /// The caller's gateway key, when auth is on.
     pub key: Option<Arc<KeyInfo>>,
     /// `x-ratelimit-*` headers for the answer.
@@ -164,6 +165,7 @@ impl RequestCtx {
     /// Sends this request's record (once): `status` as the caller saw it.
     pub fn send_record(&mut self, status: u16) {
         let Some(p) = self.record.take() else { return };
+        let p = *p;
         let tap = self.tap.as_ref();
         let record = UsageRecord {
             time: p.time,

@@ -216,7 +216,13 @@ impl Gateway {
         ctx.kind = ApiKind::from_path(path);
         let kind = ctx.kind.record_type(path);
         if rt.config.usage.enabled {
-            ctx.record = Some(self.pending_record(session, &rt.config.usage, &body, kind, ip));
+            ctx.record = Some(Box::new(self.pending_record(
+                session,
+                &rt.config.usage,
+                &body,
+                kind,
+                ip,
+            )));
         }
         let model = info.model.clone();
         ctx.body = body;
@@ -258,14 +264,18 @@ impl Gateway {
     }
 }
 
+const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: header::HeaderName = header::HeaderName::from_static("x-real-ip");
+const X_GPT_API_BACKEND: header::HeaderName = header::HeaderName::from_static("x-gpt-api-backend");
+
 /// First `X-Forwarded-For` entry, else `X-Real-IP`, else the socket peer.
 fn caller_ip(session: &Session, socket: Option<&str>) -> Option<String> {
     let headers = &session.req_header().headers;
     let forwarded = headers
-        .get("x-forwarded-for")
+        .get(X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
-        .or_else(|| headers.get("x-real-ip").and_then(|v| v.to_str().ok()))
+        .or_else(|| headers.get(X_REAL_IP).and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|v| !v.is_empty());
     match (forwarded, socket) {
@@ -289,7 +299,28 @@ fn socket_ip(session: &Session) -> Option<String> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
+        .map(|a| ip_text(a.ip()))
+}
+
+/// An address as text; IPv4 by hand, as `Display` costs about a thousand instructions on every request.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 fn is_timeout(e: &Error) -> bool {
@@ -343,8 +374,7 @@ impl ProxyHttp for Proxy {
         ctx.runtime = Some(rt.clone());
         session.set_keepalive(Some(CLIENT_KEEPALIVE_SECS));
         let req = session.req_header();
-        let (method, path) = (req.method.as_str().to_owned(), req.uri.path().to_owned());
-        let endpoint = classify(&method, &path);
+        let endpoint = classify(req.method.as_str(), req.uri.path());
         if endpoint == Endpoint::Health {
             respond::json(session, 200, br#"{"status":"ok"}"#.to_vec()).await?;
             return Ok(true);
@@ -356,17 +386,18 @@ impl ProxyHttp for Proxy {
                 None => return self.reject(session, ctx, GatewayError::InvalidApiKey).await,
             }
         }
-        match endpoint {
-            Endpoint::NotFound => {
-                return self
-                    .reject(session, ctx, GatewayError::NotFound(path))
-                    .await
-            }
-            Endpoint::MethodNotAllowed => {
-                let err = GatewayError::MethodNotAllowed { method, path };
-                return self.reject(session, ctx, err).await;
-            }
-            Endpoint::Health | Endpoint::Models | Endpoint::Route => {}
+        let req = session.req_header();
+        let path = || req.uri.path().to_owned();
+        let err = match endpoint {
+            Endpoint::NotFound => Some(GatewayError::NotFound(path())),
+            Endpoint::MethodNotAllowed => Some(GatewayError::MethodNotAllowed {
+                method: req.method.as_str().to_owned(),
+                path: path(),
+            }),
+            Endpoint::Health | Endpoint::Models | Endpoint::Route => None,
+        };
+        if let Some(err) = err {
+            return self.reject(session, ctx, err).await;
         }
         if endpoint == Endpoint::Models {
             self.answer_models(session, ctx).await?;
@@ -545,7 +576,7 @@ impl ProxyHttp for Proxy {
                 .flatten(),
             hide_usage_chunk: info.is_some_and(|i| i.stream && !i.include_usage)
                 && ctx.kind.streams_usage_option(),
-            keep_body: usage.record_bodies.then_some(usage.max_body_bytes),
+            keep_body: (usage.enabled && usage.record_bodies).then_some(usage.max_body_bytes),
         };
         let rewrites = opts.prefix.is_some() || (sse && opts.hide_usage_chunk);
         let tap = ResponseTap::new(opts);
@@ -554,12 +585,12 @@ impl ProxyHttp for Proxy {
             resp.remove_header(&header::CONTENT_LENGTH);
         }
         ctx.sse = sse;
-        ctx.tap = Some(tap);
+        ctx.tap = Some(Box::new(tap));
         for (name, value) in &ctx.ratelimit_headers {
             resp.insert_header(*name, value.as_str())?;
         }
         if rt.config.server.expose_backend_header {
-            resp.insert_header("x-gpt-api-backend", cand.client.name.as_str())?;
+            resp.insert_header(X_GPT_API_BACKEND, cand.client.name.as_str())?;
         }
         Ok(())
     }
@@ -761,5 +792,26 @@ impl ProxyHttp for Proxy {
             );
         }
         ctx.send_record(status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ip_text;
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.2.3.4",
+            "::1",
+            "fe80::1",
+        ] {
+            let addr: std::net::IpAddr = ip.parse().expect("address");
+            assert_eq!(ip_text(addr), addr.to_string());
+        }
     }
 }

@@ -44,10 +44,13 @@ pub struct ServerArgs {
     pub config_path: std::path::PathBuf,
 }
 
-/// The server conf used without `-c`: one worker thread per core, files named after the gateway.
+/// The server conf used without `-c`: one worker thread per core without work stealing, files named after
+/// the gateway.
 fn default_conf() -> Result<ServerConf, String> {
     let mut conf = ServerConf::new().ok_or("cannot build the default server conf")?;
     conf.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One runtime per worker thread (see conf/gpt-api.yaml): cheaper per request than work stealing.
+    conf.work_stealing = false;
     conf.pid_file = "/tmp/gpt-api.pid".into();
     conf.upgrade_sock = "/tmp/gpt-api_upgrade.sock".into();
     conf.grace_period_seconds = Some(5);

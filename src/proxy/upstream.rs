@@ -13,18 +13,28 @@ use crate::config::Client;
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-/// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1), plus body framing we redo.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Whether a caller's header is never forwarded: it describes one connection (RFC 9110 section 7.6.1) or
+/// the body's framing, which the gateway redoes.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "expect"
+    )
+}
+
+/// The caller's key headers, removed when the caller's key must not reach a backend.
+fn caller_key(name: &HeaderName) -> bool {
+    matches!(name.as_str(), "authorization" | "api-key" | "x-api-key")
+}
 
 /// A peer for `client` at an already resolved address, with its timeouts and TLS settings.
 pub fn peer(client: &Client, addr: SocketAddr) -> HttpPeer {
@@ -41,6 +51,7 @@ pub fn peer(client: &Client, addr: SocketAddr) -> HttpPeer {
 
 /// Rewrites the caller's request head for `client`: path, Host, key, extra headers, framing, forwarding.
 /// `strip_caller_keys`: the caller's key is a gateway key (auth on) and must never reach a backend.
+/// Per request; it only touches what must change (a header lookup or insert costs a hash or two).
 pub fn rewrite(
     req: &mut RequestHeader,
     client: &Client,
@@ -49,65 +60,66 @@ pub fn rewrite(
     strip_caller_keys: bool,
 ) -> Result<()> {
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = client
-        .base_url
-        .join(path)
-        .parse::<http::Uri>()
-        .or_err(ErrorType::InternalError, "building upstream URI")?;
-    req.set_uri(uri);
-    strip_hop_by_hop(req);
-    if strip_caller_keys {
-        for name in ["authorization", "api-key", "x-api-key"] {
-            req.remove_header(name);
-        }
+    let joined = client.base_url.join(path);
+    if joined != path {
+        let uri = joined
+            .parse::<http::Uri>()
+            .or_err(ErrorType::InternalError, "building upstream URI")?;
+        req.set_uri(uri);
     }
-    req.remove_header(&header::EXPECT);
-    req.insert_header(header::HOST, client.base_url.host_header.as_str())?;
-    req.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
-    if !client.api_key.is_empty() {
-        let value = HeaderValue::from_str(&format!("Bearer {}", client.api_key.expose())).or_err(
-            ErrorType::InternalError,
-            "api_key is not a valid header value",
-        )?;
-        req.insert_header(header::AUTHORIZATION, value)?;
+    let unwanted = unwanted_headers(req, strip_caller_keys);
+    for name in &unwanted {
+        req.remove_header(name);
     }
-    for (name, value) in &client.headers {
-        let value = HeaderValue::from_str(value.expose()).or_err(
-            ErrorType::InternalError,
-            "configured header value is invalid",
-        )?;
-        req.insert_header(name.clone(), value)?;
+    for (name, value) in &client.fixed_headers {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    let length = HeaderValue::from(body_len);
+    if req.headers.get(header::CONTENT_LENGTH) != Some(&length) {
+        req.insert_header(header::CONTENT_LENGTH, length)?;
     }
     if let Some(ip) = caller_ip {
         let xff = match req
             .headers
-            .get("x-forwarded-for")
+            .get(X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
         {
             Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
             _ => ip.to_owned(),
         };
-        req.insert_header("x-forwarded-for", xff)?;
+        req.insert_header(X_FORWARDED_FOR, xff)?;
     }
     Ok(())
 }
 
-/// Removes the fixed hop-by-hop headers and any that the caller's `Connection` header names.
-fn strip_hop_by_hop(req: &mut RequestHeader) {
-    let named: Vec<HeaderName> = req
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The caller's headers that must go, found in one pass over the few there are: hop-by-hop ones, those
+/// its `Connection` header names, and its keys when they must not reach a backend.
+fn unwanted_headers(req: &RequestHeader, strip_caller_keys: bool) -> Vec<HeaderName> {
+    let mut unwanted: Vec<HeaderName> = Vec::new();
+    for name in req.headers.keys() {
+        let drop = hop_by_hop(name) || (strip_caller_keys && caller_key(name));
+        if drop && !unwanted.contains(name) {
+            unwanted.push(name.clone());
+        }
+    }
+    if !unwanted.contains(&header::CONNECTION) {
+        return unwanted;
+    }
+    let named = req
         .headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok());
     for name in named {
-        req.remove_header(&name);
+        if req.headers.contains_key(&name) && !unwanted.contains(&name) {
+            unwanted.push(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        req.remove_header(name);
-    }
+    unwanted
 }
 
 /// A connect-phase error (resolution failed) that Pingora reports like a refused connection.

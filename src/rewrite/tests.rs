@@ -27,6 +27,7 @@ fn client() -> Client {
         extra_body: Map::new(),
         model: None,
         headers: Vec::new(),
+        fixed_headers: Vec::new(),
         connect_timeout: Duration::from_secs(1),
         read_timeout: Duration::from_secs(1),
         retry_on: Vec::new(),

@@ -1,5 +1,6 @@
 //! The whole-body side of the tap: passes a body on (or holds it for the prefix) and reads it at its end.
 
+use super::keys;
 use super::wire::Envelope;
 use super::{concat, prefix, ResponseTap};
 use crate::endpoints::ApiKind;
@@ -79,6 +80,13 @@ impl ResponseTap {
         let Ok(text) = std::str::from_utf8(body) else {
             return Vec::new();
         };
+        if !self.holding {
+            // Only usage and model are wanted: found without parsing the content between them.
+            let model = keys::top_level(text, "model", keys::SearchFrom::Start);
+            let usage = keys::top_level(text, "usage", keys::SearchFrom::End);
+            self.note(usage, model);
+            return Vec::new();
+        }
         let Ok(env) = serde_json::from_str::<Envelope>(text) else {
             return Vec::new();
         };

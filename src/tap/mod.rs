@@ -1,6 +1,7 @@
 //! The response tap: watches the bytes going back to the caller (SSE or JSON) for usage, prefix and body.
 
 mod body;
+mod keys;
 mod prefix;
 mod reconstruct;
 mod sse;

@@ -1,5 +1,7 @@
 //! One usage record (a row of `records`) and the token counts a backend reports.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, FixedOffset};
 
 /// Token counts from a backend's `usage` object; a count the backend did not report stays `None`.
@@ -59,60 +61,80 @@ const REDACTED_HEADERS: &[&str] = &[
 /// The request headers as a JSON object for the `Headers` column: names lower-case, values lossy UTF-8,
 /// a repeated header's values joined with ", ", and credentials replaced by `***`.
 pub fn headers_json<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
-    // Written straight into the string (no JSON tree): this runs for every request.
-    let mut merged: Vec<(String, String)> = Vec::with_capacity(16);
-    for (name, value) in headers {
-        let name = name.to_ascii_lowercase();
-        let redacted = REDACTED_HEADERS.contains(&name.as_str());
-        let value = if redacted {
-            "***".into()
-        } else {
-            String::from_utf8_lossy(value)
-        };
-        match merged.iter_mut().find(|(seen, _)| *seen == name) {
-            // A redacted header stays a single `***` however often it is repeated.
-            Some((_, seen)) if !redacted => {
-                seen.push_str(", ");
-                seen.push_str(&value);
-            }
-            Some(_) => {}
-            None => merged.push((name, value.into_owned())),
-        }
-    }
+    // Written straight into the string, borrowing names and values where it can: this runs for every
+    // request, and a request has a handful of headers (so the quadratic grouping below costs nothing).
+    let pairs: Vec<(Cow<'a, str>, &'a [u8])> = headers
+        .into_iter()
+        .map(|(name, value)| (lower(name), value))
+        .collect();
     let mut out = String::with_capacity(
-        merged
+        pairs
             .iter()
-            .map(|(n, v)| n.len() + v.len() + 6)
+            .map(|(n, v)| n.len() + v.len() + 8)
             .sum::<usize>()
             + 2,
     );
     out.push('{');
-    for (i, (name, value)) in merged.iter().enumerate() {
-        if i > 0 {
+    for (i, (name, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(seen, _)| seen == name) {
+            continue;
+        }
+        if out.len() > 1 {
             out.push(',');
         }
         push_json_string(&mut out, name);
         out.push(':');
-        push_json_string(&mut out, value);
+        if REDACTED_HEADERS.contains(&name.as_ref()) {
+            // A redacted header stays a single `***` however often it is repeated.
+            out.push_str("\"***\"");
+            continue;
+        }
+        let mut values = pairs[i..]
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v));
+        let mut joined = values.next().unwrap_or_default();
+        for value in values {
+            let joined = joined.to_mut();
+            joined.push_str(", ");
+            joined.push_str(&value);
+        }
+        push_json_string(&mut out, &joined);
     }
     out.push('}');
     out
 }
 
-/// Appends `text` as a JSON string literal.
+fn lower(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// Appends `text` as a JSON string literal, copying the runs that need no escape whole.
 fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    let mut run = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[run..at]);
+        match escaped {
+            "" => out.push_str(&format!("\\u{byte:04x}")),
+            e => out.push_str(e),
         }
+        run = at + 1;
     }
+    out.push_str(&text[run..]);
     out.push('"');
 }
 

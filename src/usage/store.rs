@@ -1,15 +1,19 @@
 //! Monthly SQLite files of usage records (`<dir>/record_YYYYMM.db`): schema, and batched inserts.
 
+use std::borrow::Borrow;
 use std::collections::btree_map::{BTreeMap, Entry};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat};
-use rusqlite::{params, Connection};
+use chrono::{DateTime, Datelike, FixedOffset};
+use rusqlite::Connection;
 
 use super::record::UsageRecord;
+use insert::Inserts;
 
-/// The columns of `records` after `id`, in table order, with their types. The insert is built from this list
+mod insert;
+
+/// The columns of `records` after `id`, in table order, with their types. The inserts are built from this list
 /// and so is the upgrade of files written by older versions, so the three cannot drift apart.
 const COLUMNS: &[(&str, &str)] = &[
     ("Time", "TEXT"),
@@ -41,8 +45,11 @@ const COLUMNS: &[(&str, &str)] = &[
 /// tens of thousands of rows a second possible; a power cut can lose the last commits, never corrupt the file.
 /// WAL also lets anyone read the file while the gateway writes it.
 // busy_timeout: during a graceful upgrade two gateway processes write the same monthly file.
-const PRAGMAS: &str =
-    "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;";
+// page_size: 8 KiB pages, for new files only (it must come before WAL; an existing file keeps its own). A row
+// is ~1 KB, and the larger page means fewer page splits and WAL frames per row: ~2% fewer instructions per
+// record than 4 KiB; 16 KiB gained little more and rewrites twice the bytes for each small commit.
+const PRAGMAS: &str = "PRAGMA busy_timeout=5000; PRAGMA page_size=8192; PRAGMA journal_mode=WAL; \
+                       PRAGMA synchronous=NORMAL;";
 
 const INDEXES: &str = "CREATE INDEX IF NOT EXISTS idx_records_time ON records(Time);
 CREATE INDEX IF NOT EXISTS idx_records_model ON records(Model);";
@@ -128,23 +135,16 @@ impl StoreError {
 pub struct Store {
     dir: PathBuf,
     files: BTreeMap<Month, Connection>,
-    insert: String,
+    inserts: Inserts,
 }
 
 impl Store {
     /// Touches nothing on disk: the directory and files are created by the first write that needs them.
     pub fn new(dir: impl Into<PathBuf>) -> Store {
-        let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
-        let slots: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("?{i}")).collect();
-        let insert = format!(
-            "INSERT INTO records ({}) VALUES ({})",
-            names.join(", "),
-            slots.join(", ")
-        );
         Store {
             dir: dir.into(),
             files: BTreeMap::new(),
-            insert,
+            inserts: Inserts::new(),
         }
     }
 
@@ -164,7 +164,7 @@ impl Store {
             return Ok(());
         };
         let result = if batch.iter().all(|r| Month::of(&r.time) == first) {
-            self.write_month(first, batch.iter())
+            self.write_month(first, batch)
         } else {
             let mut months: BTreeMap<Month, Vec<&UsageRecord>> = BTreeMap::new();
             for record in batch {
@@ -175,23 +175,23 @@ impl Store {
             }
             months
                 .into_iter()
-                .try_for_each(|(month, records)| self.write_month(month, records.into_iter()))
+                .try_for_each(|(month, records)| self.write_month(month, &records))
         };
         self.close_old();
         result
     }
 
-    fn write_month<'r>(
+    fn write_month<R: Borrow<UsageRecord>>(
         &mut self,
         month: Month,
-        records: impl Iterator<Item = &'r UsageRecord>,
+        records: &[R],
     ) -> Result<(), StoreError> {
         let path = self.path(month);
         let connection = match self.files.entry(month) {
             Entry::Occupied(open) => open.into_mut(),
             Entry::Vacant(closed) => closed.insert(open(&self.dir, &path, month)?),
         };
-        insert_all(connection, &self.insert, records).map_err(|source| {
+        self.inserts.write(connection, records).map_err(|source| {
             // Reopened on the next attempt, in case the file was replaced or the handle went bad.
             self.files.remove(&month);
             StoreError::Write {
@@ -247,50 +247,6 @@ fn create_schema(connection: &Connection) -> rusqlite::Result<()> {
         }
     }
     connection.execute_batch(INDEXES)
-}
-
-fn insert_all<'r>(
-    connection: &mut Connection,
-    sql: &str,
-    records: impl Iterator<Item = &'r UsageRecord>,
-) -> rusqlite::Result<()> {
-    let transaction = connection.transaction()?;
-    {
-        let mut insert = transaction.prepare_cached(sql)?;
-        for r in records {
-            insert.execute(params![
-                r.time.to_rfc3339_opts(SecondsFormat::Millis, false),
-                r.ip,
-                r.model,
-                r.kind,
-                r.tokens.completion,
-                r.tokens.prompt,
-                r.tokens.total,
-                r.tool,
-                r.multimodal,
-                r.headers,
-                r.request,
-                r.response,
-                r.backend,
-                r.upstream_model,
-                r.stream,
-                r.status,
-                sql_int(r.latency_ms),
-                r.first_token_ms.map(sql_int),
-                r.attempts,
-                r.tokens.cached,
-                r.tokens.reasoning,
-                r.error,
-                r.key_name,
-            ])?;
-        }
-    }
-    transaction.commit()
-}
-
-/// SQLite integers are signed 64-bit.
-fn sql_int(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -224,7 +224,10 @@ impl Writer {
 
     /// Moves everything queued into `pending`; false once every queue is gone and nothing is left.
     fn take_queued(&mut self) -> bool {
-        let mut received = Vec::new();
+        // Sized from the queue's count, so that a full batch is not received into a vector grown (and copied)
+        // again and again; the count is approximate, which only matters to the first allocation's size.
+        let queued = usize::try_from(self.stats.queued.load(Relaxed)).unwrap_or(usize::MAX);
+        let mut received = Vec::with_capacity(queued.min(self.settings.queue_capacity));
         let open = loop {
             match self.receiver.try_recv() {
                 Ok(record) => received.push(record),

@@ -1,7 +1,5 @@
-//! Tests of the monthly SQLite files: schema, column values, months, old files, failures, throughput.
+//! Tests of the monthly SQLite files: schema, column values, months, old files, failures.
 #![allow(clippy::unwrap_used)]
-
-use std::time::Instant;
 
 use rusqlite::types::Value;
 
@@ -110,6 +108,32 @@ fn files_are_in_wal_mode_with_normal_sync() {
     assert_eq!(query(ours, "synchronous"), Value::Integer(1), "NORMAL");
     let other = Connection::open(store.path(month(2026, 11))).unwrap();
     assert_eq!(query(&other, "journal_mode"), text("wal"));
+}
+
+#[test]
+fn new_files_have_8_kib_pages_and_old_files_keep_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("record_202610.db");
+    let connection = Connection::open(&old).unwrap();
+    connection
+        .execute_batch(
+            "PRAGMA page_size=4096; CREATE TABLE records (id INTEGER PRIMARY KEY AUTOINCREMENT);",
+        )
+        .unwrap();
+    drop(connection);
+    let mut store = Store::new(dir.path());
+    store
+        .write(&[record("2026-10-31T12:00:00+08:00"), record(TIME)])
+        .unwrap();
+    let page_size = |month| {
+        let connection = Connection::open(store.path(month)).unwrap();
+        connection
+            .pragma_query_value(None, "page_size", |row| row.get::<_, i64>(0))
+            .unwrap()
+    };
+    assert_eq!(page_size(month(2026, 10)), 4096);
+    assert_eq!(page_size(month(2026, 11)), 8192);
+    assert_eq!(count(&old), 1);
 }
 
 #[test]
@@ -258,25 +282,4 @@ fn an_unusable_directory_is_an_error_until_it_is_fixed() {
     std::fs::remove_file(&blocker).unwrap();
     store.write(&[record(TIME)]).unwrap();
     assert_eq!(count(&blocker.join("db/record_202611.db")), 1);
-}
-
-/// `cargo test --release --lib usage::store -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn throughput() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::new(dir.path());
-    let batch: Vec<UsageRecord> = (0..512).map(|_| record(TIME)).collect();
-    let batches = 400;
-    let start = Instant::now();
-    for _ in 0..batches {
-        store.write(&batch).unwrap();
-    }
-    let rate = (batches * batch.len()) as f64 / start.elapsed().as_secs_f64();
-    println!(
-        "usage store: {rate:.0} records/s in batches of {}",
-        batch.len()
-    );
-    assert_eq!(count(&store.path(month(2026, 11))), 400 * 512);
-    assert!(rate >= 50_000.0, "{rate:.0} records/s");
 }
