@@ -13,7 +13,7 @@ use crate::failover::{Attempts, Failure};
 use crate::metrics::Metrics;
 use crate::request::RequestInfo;
 use crate::tap::ResponseTap;
-use crate::usage::{UsageQueue, UsageRecord};
+use crate::usage::{CapturedHeaders, CapturedRecord, RawTexts, UsageQueue, UsageRecord};
 
 use super::Runtime;
 
@@ -66,8 +66,11 @@ pub struct PendingRecord {
     pub time: DateTime<FixedOffset>,
     pub ip: String,
     pub kind: String,
-    pub headers: String,
-    pub request: Option<String>,
+    /// The request's headers, credentials left out (rendered as JSON by the usage writer).
+    pub headers: CapturedHeaders,
+    /// The request body's first bytes (as many as the record keeps), or None when bodies are not recorded.
+    pub request: Option<Bytes>,
+    pub max_body: usize,
 }
 
 impl RequestCtx {
@@ -166,8 +169,9 @@ impl RequestCtx {
     pub fn send_record(&mut self, status: u16) {
         let Some(p) = self.record.take() else { return };
         let p = *p;
+        let response = self.tap.as_mut().and_then(|t| t.take_record_bytes());
         let tap = self.tap.as_ref();
-        let record = UsageRecord {
+        let row = UsageRecord {
             time: p.time,
             ip: p.ip,
             model: self.model().to_owned(),
@@ -175,9 +179,10 @@ impl RequestCtx {
             tokens: tap.and_then(|t| t.usage()).unwrap_or_default(),
             tool: self.info.as_ref().is_some_and(|i| i.tool),
             multimodal: self.info.as_ref().is_some_and(|i| i.multimodal),
-            headers: p.headers,
-            request: p.request,
-            response: tap.and_then(|t| t.record_body()),
+            // Rendered by the writer from `raw`.
+            headers: String::new(),
+            request: None,
+            response: None,
             backend: self.client().map(|c| c.name.clone()),
             upstream_model: tap
                 .and_then(|t| t.upstream_model().map(str::to_owned))
@@ -190,7 +195,16 @@ impl RequestCtx {
             error: self.error.take(),
             key_name: self.key.as_ref().map(|k| k.name().to_owned()),
         };
-        p.queue.send(record);
+        let raw = RawTexts {
+            headers: p.headers,
+            request: p.request,
+            response,
+            max_body: p.max_body,
+        };
+        p.queue.send(CapturedRecord {
+            row,
+            raw: Some(Box::new(raw)),
+        });
     }
 }
 

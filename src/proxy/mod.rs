@@ -256,10 +256,11 @@ impl Gateway {
             time: chrono::Local::now().fixed_offset(),
             ip: ip.unwrap_or_default(),
             kind,
-            headers: record::headers_json(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))),
+            headers: record::capture_headers(headers),
             request: usage
                 .record_bodies
-                .then(|| record::cut(body, usage.max_body_bytes)),
+                .then(|| record::window(body, usage.max_body_bytes)),
+            max_body: usage.max_body_bytes,
         }
     }
 }

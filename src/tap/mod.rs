@@ -160,14 +160,26 @@ impl ResponseTap {
     /// object of a Responses API stream; any other stream as received.
     pub fn record_body(&self) -> Option<String> {
         let limit = self.opts.keep_body?;
-        let text = match &self.recon {
-            Some(recon) => recon.render(self.opts.kind),
-            None => {
-                let kept = &self.body[..self.body.len().min(limit)];
-                String::from_utf8_lossy(kept).into_owned()
-            }
-        };
-        Some(cut(text, limit))
+        Some(match &self.recon {
+            Some(recon) => cut(recon.render(self.opts.kind), limit),
+            None => crate::usage::cut(&self.body, limit),
+        })
+    }
+
+    /// What [`ResponseTap::record_body`] gives, before decoding: a non-stream body's bytes are handed over
+    /// as they are (no copy unless longer than the record keeps), for [`crate::usage::cut`] to decode off the
+    /// request path. Takes the kept body: call once, at the end.
+    pub fn take_record_bytes(&mut self) -> Option<Bytes> {
+        let limit = self.opts.keep_body?;
+        if let Some(recon) = &self.recon {
+            return Some(Bytes::from(cut(recon.render(self.opts.kind), limit)));
+        }
+        let body = std::mem::take(&mut self.body);
+        // The tap's own buffer: handed over as is, unless it holds more than the record keeps.
+        Some(match body.len() > limit.saturating_add(4) {
+            true => crate::usage::record::window(&body, limit),
+            false => body.freeze(),
+        })
     }
 
     /// An SSE error event `data: {"error":{"message":..,"type":"api_error","param":null,"code":..}}\n\n` that

@@ -4,6 +4,9 @@ pub mod record;
 pub mod store;
 pub mod writer;
 
-pub use record::{cut, headers_json, TokenUsage, UsageRecord};
+pub use record::{
+    capture_headers, cut, headers_json, CapturedHeaders, CapturedRecord, RawTexts, TokenUsage,
+    UsageRecord,
+};
 pub use store::{Month, Store, StoreError};
 pub use writer::{channel, UsageQueue, UsageStats, Writer};

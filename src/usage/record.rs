@@ -1,8 +1,11 @@
-//! One usage record (a row of `records`) and the token counts a backend reports.
+//! One usage record (a row of `records`), the form a request hands it over in, and the token counts a backend
+//! reports.
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
+use http::HeaderMap;
 
 /// Token counts from a backend's `usage` object; a count the backend did not report stays `None`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,6 +50,90 @@ pub struct UsageRecord {
     pub error: Option<String>,
     /// Name of the gateway key the caller authenticated with (`auth.keys[i].name`); `None` with auth off.
     pub key_name: Option<String>,
+}
+
+/// A record as a request hands it over: the row, and the texts that take time to render (the headers as
+/// JSON, the bodies as lossy UTF-8) still raw, so that the writer renders them off the request path.
+#[derive(Debug)]
+pub struct CapturedRecord {
+    /// The row; its `headers`, `request` and `response` are filled in from `raw` by [`CapturedRecord::render`].
+    pub row: UsageRecord,
+    pub raw: Option<Box<RawTexts>>,
+}
+
+/// The raw texts of a [`CapturedRecord`].
+#[derive(Debug, Default)]
+pub struct RawTexts {
+    /// The request headers, credentials' values already left out: see [`capture_headers`].
+    pub headers: CapturedHeaders,
+    pub request: Option<Bytes>,
+    pub response: Option<Bytes>,
+    /// Bodies are cut at this many bytes.
+    pub max_body: usize,
+}
+
+impl CapturedRecord {
+    /// The finished row.
+    pub fn render(self) -> UsageRecord {
+        let mut row = self.row;
+        if let Some(raw) = self.raw {
+            row.headers = headers_json(raw.headers.iter());
+            row.request = raw.request.map(|b| cut(&b, raw.max_body));
+            row.response = raw.response.map(|b| cut(&b, raw.max_body));
+        }
+        row
+    }
+}
+
+impl From<UsageRecord> for CapturedRecord {
+    /// A row whose texts are already rendered.
+    fn from(row: UsageRecord) -> Self {
+        CapturedRecord { row, raw: None }
+    }
+}
+
+/// Request headers copied into one buffer, `name:value\n` each (a name holds no `:`, a value no `\n`).
+/// Copied, not shared: Pingora's header values are slices of the connection's read buffer, which a record
+/// waiting in the queue would otherwise keep alive (and the next request would allocate afresh).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CapturedHeaders(Vec<u8>);
+
+impl CapturedHeaders {
+    /// Each header as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.0
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .filter_map(|line| {
+                let at = line.iter().position(|&b| b == b':')?;
+                let name = std::str::from_utf8(&line[..at]).ok()?;
+                Some((name, &line[at + 1..]))
+            })
+    }
+}
+
+/// The request headers for a record, in one allocation; the values of credentials are left out here already.
+pub fn capture_headers(headers: &HeaderMap) -> CapturedHeaders {
+    let size = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 2)
+        .sum();
+    let mut flat = Vec::with_capacity(size);
+    for (name, value) in headers {
+        flat.extend_from_slice(name.as_str().as_bytes());
+        flat.push(b':');
+        if !REDACTED_HEADERS.contains(&name.as_str()) {
+            flat.extend_from_slice(value.as_bytes());
+        }
+        flat.push(b'\n');
+    }
+    CapturedHeaders(flat)
+}
+
+/// A copy of the part of `body` that [`cut`] reads for a record cut at `max` bytes. A copy: `body` may be a
+/// slice of a larger buffer (Pingora's reads) that the queue would otherwise keep alive.
+pub fn window(body: &[u8], max: usize) -> Bytes {
+    Bytes::copy_from_slice(&body[..body.len().min(max.saturating_add(4))])
 }
 
 /// Request headers whose values are credentials: recorded as `***`.
@@ -213,6 +300,51 @@ mod tests {
         });
         assert_eq!(headers, expected);
         assert_eq!(headers_json([]), "{}");
+    }
+
+    use http::HeaderValue;
+
+    #[test]
+    fn a_captured_record_renders_like_one_built_at_once() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer sk-secret"),
+        );
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        let captured = capture_headers(&headers);
+        assert!(
+            !format!("{captured:?}").contains("sk-secret"),
+            "a credential is never held"
+        );
+        let row = crate::usage::store::tests::record("2026-11-26T10:00:00+01:00");
+        let raw = RawTexts {
+            headers: captured,
+            request: Some(Bytes::from_static(b"{\"model\":\"m\"}")),
+            response: Some(Bytes::from_static(b"abc\xffdef")),
+            max_body: 5,
+        };
+        let rendered = CapturedRecord {
+            row: row.clone(),
+            raw: Some(Box::new(raw)),
+        }
+        .render();
+        let parsed: serde_json::Value = serde_json::from_str(&rendered.headers).unwrap();
+        let expected = serde_json::json!({
+            "authorization": "***",
+            "content-type": "application/json",
+            "x-multi": "a, b",
+        });
+        assert_eq!(parsed, expected);
+        assert_eq!(rendered.request.as_deref(), Some("{\"mod"));
+        assert_eq!(
+            rendered.response.as_deref(),
+            Some("abc"),
+            "cut on a character boundary"
+        );
+        assert_eq!(CapturedRecord::from(row.clone()).render(), row);
     }
 
     #[test]

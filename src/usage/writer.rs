@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
-use super::record::UsageRecord;
+use super::record::{CapturedRecord, UsageRecord};
 use super::store::{Month, Store, StoreError};
 use crate::config::UsageSettings;
 
@@ -49,7 +49,7 @@ impl UsageStats {
 /// The sending side, held by every request. Cloning it is cheap; sending never waits.
 #[derive(Clone, Debug)]
 pub struct UsageQueue {
-    sender: mpsc::Sender<UsageRecord>,
+    sender: mpsc::Sender<CapturedRecord>,
     stats: Arc<UsageStats>,
     warnings: Arc<Throttle>,
     /// Wakes the writer early once a full batch is waiting; otherwise it wakes once per flush interval,
@@ -60,7 +60,8 @@ pub struct UsageQueue {
 
 impl UsageQueue {
     /// Queues `record` for writing, or drops and counts it when the queue is full or the writer is gone.
-    pub fn send(&self, record: UsageRecord) {
+    pub fn send(&self, record: impl Into<CapturedRecord>) {
+        let record = record.into();
         // Counted before sending, so the writer's decrement can never come first and wrap around.
         let depth = self.stats.queued.fetch_add(1, Relaxed) + 1;
         let Err(failed) = self.sender.try_send(record) else {
@@ -119,7 +120,7 @@ pub fn channel(settings: &UsageSettings) -> (UsageQueue, Writer) {
 
 /// The receiving side: owns the store and the records received but not yet written.
 pub struct Writer {
-    receiver: mpsc::Receiver<UsageRecord>,
+    receiver: mpsc::Receiver<CapturedRecord>,
     wake: Arc<Notify>,
     store: Store,
     /// Received, not yet written; at most `queue_capacity` records.
@@ -230,7 +231,8 @@ impl Writer {
         let mut received = Vec::with_capacity(queued.min(self.settings.queue_capacity));
         let open = loop {
             match self.receiver.try_recv() {
-                Ok(record) => received.push(record),
+                // Rendered here, on the writer's thread, not on the request's.
+                Ok(record) => received.push(record.render()),
                 Err(TryRecvError::Empty) => break true,
                 Err(TryRecvError::Disconnected) => break false,
             }

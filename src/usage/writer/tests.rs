@@ -161,7 +161,7 @@ fn a_batch_split_by_a_failing_month_is_not_written_twice() {
     }
     let mut received = Vec::new();
     while let Ok(record) = writer.receiver.try_recv() {
-        received.push(record);
+        received.push(record.render());
     }
     writer.accept(&mut received);
     writer.flush();
