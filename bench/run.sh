@@ -9,6 +9,7 @@
 #        BENCH_WARMUP_SECONDS=1  wrk warm-up per target before measuring
 #        BENCH_TTFE_REQUESTS=200 streaming requests per target for the time to first SSE event
 #        BENCH_CONNECTIONS=64    connections of the throughput runs
+#        BENCH_REC_ROUNDS=5      alternating runs of gpt-api with recording on and off (0 ms backend), for their ratio
 #        BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   cores for the proxy under test / for wrk, ttfe and the backend
 #        BENCH_WRITER_CPU=       core of gpt-api's usage-writer thread (default: the proxy's, BENCH_PROXY_CPU)
 #        BENCH_GPT_API_LOG=warn  RUST_LOG for gpt-api (warn: no per-request log line, like nginx's access_log off)
@@ -20,6 +21,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECS=${BENCH_SECONDS:-5}
 WARMUP=${BENCH_WARMUP_SECONDS:-1}
 TTFE_N=${BENCH_TTFE_REQUESTS:-200}
+REC_ROUNDS=${BENCH_REC_ROUNDS:-5}
 CONNS=${BENCH_CONNECTIONS:-64}
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
 LOAD_CPU=${BENCH_LOAD_CPU:-1}
@@ -30,13 +32,14 @@ die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
 
 WRITER_CPU=${BENCH_WRITER_CPU:-$PROXY_CPU}
-for v in SECS WARMUP TTFE_N CONNS PROXY_CPU LOAD_CPU WRITER_CPU; do
+for v in SECS WARMUP TTFE_N CONNS PROXY_CPU LOAD_CPU WRITER_CPU REC_ROUNDS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
 (( SECS >= 1 && SECS <= 60 )) || die "BENCH_SECONDS must be 1..60 (the whole run stays bounded)"
 (( WARMUP <= 10 )) || die "BENCH_WARMUP_SECONDS must be 0..10"
 (( TTFE_N >= 1 && TTFE_N <= 10000 )) || die "BENCH_TTFE_REQUESTS must be 1..10000"
 (( CONNS >= 1 && CONNS <= 1000 )) || die "BENCH_CONNECTIONS must be 1..1000"
+(( REC_ROUNDS <= 20 )) || die "BENCH_REC_ROUNDS must be 0..20"
 
 # ---------------------------------------------------------------- tools
 
@@ -400,6 +403,22 @@ for model in fast slow; do
     done
 done
 
+# Recording on against off: single runs swing by more than the 5% in question on a shared machine, so the two
+# alternate for a few rounds and the medians are compared.
+REC_ON=() REC_OFF=()
+for round in $(seq 1 "$REC_ROUNDS"); do
+    for t in gpt-api gpt-api-norec; do
+        out=$TMP/rec-$t-$round.txt
+        timeout $((SECS + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$TMP/fast.lua" \
+            "${URL[$t]}" >"$out" 2>&1 || fail_with_log "wrk failed against $t" "$out"
+        rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+        [[ -n $rps ]] || fail_with_log "cannot read wrk's output for $t" "$out"
+        if [[ $t == gpt-api ]]; then REC_ON+=("$rps"); else REC_OFF+=("$rps"); fi
+    done
+    log "recording round $round: on ${REC_ON[-1]} req/s, off ${REC_OFF[-1]} req/s"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
 for t in "${TARGETS[@]:1}"; do
     # shellcheck disable=SC2086
     R[$t,rss_load]=$(rss_kb ${PROC[$t]})
@@ -423,7 +442,8 @@ if [[ $USAGE == on ]]; then
     # Requests gpt-api answered, as its clients counted them (wrk leaves up to one in-flight request per
     # connection uncounted at the end of each run, so the store may hold a few more).
     sent=$((GPT_READY_REQUESTS + (TTFE_N + 10)))
-    for f in "$TMP"/warmup-gpt-api.txt "$TMP"/wrk-gpt-api-fast-*.txt "$TMP"/wrk-gpt-api-slow-*.txt; do
+    for f in "$TMP"/warmup-gpt-api.txt "$TMP"/wrk-gpt-api-fast-*.txt "$TMP"/wrk-gpt-api-slow-*.txt \
+        "$TMP"/rec-gpt-api-[0-9]*.txt; do
         [[ -f $f ]] && sent=$((sent + $(awk '/ requests in / { print $1 }' "$f")))
     done
     # Stop gpt-api first so that its record writer drains.
@@ -554,6 +574,22 @@ report() {
     row "recording on / off: gpt-api req/s / gpt-api-norec req/s ($CONNS conns)" \
         "$(ratio "${R[gpt-api$f$cn,rps]}" "${R[gpt-api-norec$f$cn,rps]}")" \
         "$(ratio "${R[gpt-api$s$cn,rps]}" "${R[gpt-api-norec$s$cn,rps]}")"
+    if ((REC_ROUNDS > 0)); then
+        local on off
+        on=$(median "${REC_ON[@]}") off=$(median "${REC_OFF[@]}")
+        echo
+        echo "## Recording on against off"
+        echo
+        echo "$REC_ROUNDS alternating ${SECS} s runs of \`wrk -t1 -c$CONNS\` on the 0 ms backend; usage writer thread on"
+        echo "core $WRITER_CPU (the proxy's worker thread on core $PROXY_CPU)."
+        echo
+        echo "| usage | req/s per run | median |"
+        echo "| --- | --- | ---: |"
+        echo "| on | ${REC_ON[*]} | $(int "$on") |"
+        echo "| off (\`enabled: false\`) | ${REC_OFF[*]} | $(int "$off") |"
+        echo
+        echo "Median on / median off: $(ratio "$on" "$off")."
+    fi
     if [[ -n $USAGE_LINE ]]; then
         echo
         echo "$USAGE_LINE"

@@ -3,8 +3,9 @@
 //! `cargo build --release --example bench-writer && taskset -c 0 target/release/examples/bench-writer
 //! [--records N]` (default 200000) prints records/s, wall-clock µs per record and the thread's CPU µs per
 //! record (steadier on a shared machine). The records (a small chat completion: ~330-byte headers, ~90-byte
-//! request, ~410-byte response) are built before the clock starts, so the figures are the writer's alone: queue
-//! hand-off, batching (512 per transaction), SQLite insert into a monthly file, and freeing the record.
+//! request, ~410-byte response) are built before the clock starts, in the form requests hand them over (raw
+//! headers and bodies), so the figures are the writer's alone: queue hand-off, rendering the Headers JSON and the
+//! bodies, batching (512 per transaction), SQLite insert into a monthly file, and freeing the record.
 //!
 //! Instructions per record, free of machine noise: run it under `valgrind --tool=callgrind` with two counts
 //! (e.g. 20000 and 60000) and divide the difference of the totals by 40000; that figure also counts building
@@ -15,9 +16,14 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 use gpt_api::config::UsageSettings;
-use gpt_api::usage::{self, headers_json, Month, TokenUsage, UsageRecord};
+use gpt_api::usage::{
+    self, capture_headers, CapturedHeaders, CapturedRecord, Month, RawTexts, TokenUsage,
+    UsageRecord,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::watch;
 
 /// The gateway's allocator (src/main.rs), so records are allocated and freed as they are there.
@@ -52,23 +58,23 @@ fn parse_records() -> Result<usize, String> {
 /// The bodies and headers records are made of, each built once and copied into the records: making them is
 /// the proxy's work, not the writer's, and would weigh on the callgrind difference of two runs.
 struct Texts {
-    headers: Vec<String>,
-    requests: Vec<String>,
-    responses: Vec<String>,
+    headers: Vec<CapturedHeaders>,
+    requests: Vec<Bytes>,
+    responses: Vec<Bytes>,
 }
 
 impl Texts {
     fn new() -> Texts {
         Texts {
             headers: (0..DISTINCT).map(headers).collect(),
-            requests: (0..DISTINCT).map(request).collect(),
-            responses: (0..DISTINCT).map(response).collect(),
+            requests: (0..DISTINCT).map(|i| Bytes::from(request(i))).collect(),
+            responses: (0..DISTINCT).map(|i| Bytes::from(response(i))).collect(),
         }
     }
 }
 
-/// The headers an OpenAI Python SDK sends, as the proxy records them (~330 bytes of JSON).
-fn headers(i: usize) -> String {
+/// The headers an OpenAI Python SDK sends, as the proxy captures them (~330 bytes of JSON once rendered).
+fn headers(i: usize) -> CapturedHeaders {
     let forwarded = format!("203.0.113.{i}");
     let pairs: [(&str, &str); 11] = [
         ("host", "gateway.internal:8080"),
@@ -83,7 +89,16 @@ fn headers(i: usize) -> String {
         ("content-length", "88"),
         ("x-forwarded-for", &forwarded),
     ];
-    headers_json(pairs.iter().map(|(n, v)| (*n, v.as_bytes())))
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    capture_headers(&map)
 }
 
 /// A small chat completion request (~90 bytes).
@@ -100,10 +115,10 @@ fn response(i: usize) -> String {
     )
 }
 
-fn record(start: DateTime<FixedOffset>, texts: &Texts, i: usize) -> UsageRecord {
+fn record(start: DateTime<FixedOffset>, texts: &Texts, i: usize) -> CapturedRecord {
     let n = i64::try_from(i).unwrap_or(i64::MAX);
     let u = u64::try_from(i).unwrap_or(u64::MAX);
-    UsageRecord {
+    let row = UsageRecord {
         // A few records a millisecond, as from a busy gateway.
         time: start + chrono::Duration::microseconds(n * 300),
         ip: format!("10.0.{}.{}", i / 256 % 256, i % 256),
@@ -118,9 +133,10 @@ fn record(start: DateTime<FixedOffset>, texts: &Texts, i: usize) -> UsageRecord 
         },
         tool: i.is_multiple_of(7),
         multimodal: false,
-        headers: texts.headers[i % DISTINCT].clone(),
-        request: Some(texts.requests[i % DISTINCT].clone()),
-        response: Some(texts.responses[i % DISTINCT].clone()),
+        // Rendered by the writer from the raw texts below.
+        headers: String::new(),
+        request: None,
+        response: None,
         backend: Some("openai".to_string()),
         upstream_model: Some("gpt-4o-2024-08-06".to_string()),
         stream: false,
@@ -130,6 +146,17 @@ fn record(start: DateTime<FixedOffset>, texts: &Texts, i: usize) -> UsageRecord 
         attempts: 1,
         error: None,
         key_name: Some("team-a".to_string()),
+    };
+    // Copies, as the proxy hands over copies of the request's headers and body and the tap's own buffer.
+    let raw = RawTexts {
+        headers: texts.headers[i % DISTINCT].clone(),
+        request: Some(Bytes::copy_from_slice(&texts.requests[i % DISTINCT])),
+        response: Some(Bytes::copy_from_slice(&texts.responses[i % DISTINCT])),
+        max_body: 1 << 20,
+    };
+    CapturedRecord {
+        row,
+        raw: Some(Box::new(raw)),
     }
 }
 
@@ -150,7 +177,7 @@ fn thread_cpu() -> Option<Duration> {
 
 /// Sends every record through the queue to a running writer, as requests do, and returns when the writer has
 /// written them all and stopped. Everything runs on this thread (the runtime has no other, nor has SQLite).
-fn write_all(settings: &UsageSettings, records: Vec<UsageRecord>) -> Result<Took, String> {
+fn write_all(settings: &UsageSettings, records: Vec<CapturedRecord>) -> Result<Took, String> {
     let n = records.len();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -200,11 +227,15 @@ fn run() -> Result<(), String> {
     let n = parse_records()?;
     let start = DateTime::parse_from_rfc3339(START).map_err(|e| format!("{START}: {e}"))?;
     let texts = Texts::new();
-    let records: Vec<UsageRecord> = (0..n).map(|i| record(start, &texts, i)).collect();
-    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    let records: Vec<CapturedRecord> = (0..n).map(|i| record(start, &texts, i)).collect();
+    let text = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
     let bytes: usize = records
         .iter()
-        .map(|r| r.headers.len() + text(&r.request) + text(&r.response))
+        .filter_map(|r| r.raw.as_deref())
+        .map(|raw| {
+            let headers: usize = raw.headers.iter().map(|(n, v)| n.len() + v.len() + 6).sum();
+            headers + text(&raw.request) + text(&raw.response)
+        })
         .sum();
     let temp = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let settings = UsageSettings {
