@@ -77,7 +77,7 @@ impl CapturedRecord {
     pub fn render(self) -> UsageRecord {
         let mut row = self.row;
         if let Some(raw) = self.raw {
-            row.headers = headers_json(raw.headers.iter());
+            row.headers = raw.headers.to_json();
             row.request = raw.request.map(|b| cut(&b, raw.max_body));
             row.response = raw.response.map(|b| cut(&b, raw.max_body));
         }
@@ -99,6 +99,20 @@ impl From<UsageRecord> for CapturedRecord {
 pub struct CapturedHeaders(Vec<u8>);
 
 impl CapturedHeaders {
+    /// The `Headers` column's JSON ([`headers_json`]). The buffer is checked as UTF-8 once, so that valid
+    /// headers (almost always) need no check of their own.
+    pub fn to_json(&self) -> String {
+        let Ok(text) = std::str::from_utf8(&self.0) else {
+            return headers_json(self.iter());
+        };
+        let pairs = text
+            .split('\n')
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (Cow::Borrowed(name), Cow::Borrowed(value)))
+            .collect();
+        json_object(pairs)
+    }
+
     /// Each header as (name, value).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
         self.0
@@ -148,12 +162,17 @@ const REDACTED_HEADERS: &[&str] = &[
 /// The request headers as a JSON object for the `Headers` column: names lower-case, values lossy UTF-8,
 /// a repeated header's values joined with ", ", and credentials replaced by `***`.
 pub fn headers_json<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
-    // Written straight into the string, borrowing names and values where it can: this runs for every
-    // request, and a request has a handful of headers (so the quadratic grouping below costs nothing).
-    let pairs: Vec<(Cow<'a, str>, &'a [u8])> = headers
+    let pairs = headers
         .into_iter()
-        .map(|(name, value)| (lower(name), value))
+        .map(|(name, value)| (lower(name), lossy(value)))
         .collect();
+    json_object(pairs)
+}
+
+/// The object of [`headers_json`] from decoded, lower-case pairs.
+fn json_object(pairs: Vec<(Cow<'_, str>, Cow<'_, str>)>) -> String {
+    // Written straight into the string, borrowing names and values where it can: this runs for every
+    // record, and a request has a handful of headers (so the quadratic grouping below costs nothing).
     let mut out = String::with_capacity(
         pairs
             .iter()
@@ -176,15 +195,12 @@ pub fn headers_json<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) 
             out.push_str("\"***\"");
             continue;
         }
-        let mut values = pairs[i..]
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v));
-        let mut joined = values.next().unwrap_or_default();
+        let mut values = pairs[i..].iter().filter(|(n, _)| n == name).map(|(_, v)| v);
+        let mut joined = values.next().cloned().unwrap_or_default();
         for value in values {
             let joined = joined.to_mut();
             joined.push_str(", ");
-            joined.push_str(&value);
+            joined.push_str(value);
         }
         push_json_string(&mut out, &joined);
     }
@@ -200,24 +216,37 @@ fn lower(name: &str) -> Cow<'_, str> {
     }
 }
 
+/// Bytes that a JSON string cannot hold as they are: `"`, `\\` and the control characters.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Appends `text` as a JSON string literal, copying the runs that need no escape whole.
 fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
+    let bytes = text.as_bytes();
     let mut run = 0;
-    for (at, byte) in text.bytes().enumerate() {
-        let escaped = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
+    while let Some(offset) = bytes[run..]
+        .iter()
+        .position(|&b| NEEDS_ESCAPE[usize::from(b)])
+    {
+        let at = run + offset;
         out.push_str(&text[run..at]);
-        match escaped {
-            "" => out.push_str(&format!("\\u{byte:04x}")),
-            e => out.push_str(e),
+        match bytes[at] {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            control => out.push_str(&format!("\\u{control:04x}")),
         }
         run = at + 1;
     }
@@ -225,12 +254,21 @@ fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
 }
 
+/// `bytes` as text, replacing invalid UTF-8; the strict check first, as it is much faster on valid text
+/// (almost always the case) than the lossy decoder.
+fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// `body` as lossy UTF-8, cut to at most `max` bytes at a character boundary.
 pub fn cut(body: &[u8], max: usize) -> String {
     // Decoding never shortens the input, and a character needs at most 4 bytes to be told apart from
     // garbage, so the first `max + 4` bytes decode to the same first `max` bytes as the whole body would.
     let window = &body[..body.len().min(max.saturating_add(4))];
-    let mut text = String::from_utf8_lossy(window).into_owned();
+    let mut text = lossy(window).into_owned();
     if text.len() > max {
         let mut end = max;
         while !text.is_char_boundary(end) {
@@ -345,6 +383,21 @@ mod tests {
             "cut on a character boundary"
         );
         assert_eq!(CapturedRecord::from(row.clone()).render(), row);
+    }
+
+    #[test]
+    fn captured_headers_render_like_headers_json_valid_or_not() {
+        for odd in [&b"plain"[..], b"caf\xe9 (latin-1)"] {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-odd", HeaderValue::from_bytes(odd).unwrap());
+            headers.append("accept", HeaderValue::from_static("a/b"));
+            headers.append("accept", HeaderValue::from_static("c/d"));
+            headers.insert("cookie", HeaderValue::from_static("secret=1"));
+            let captured = capture_headers(&headers);
+            let direct = headers_json(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+            assert_eq!(captured.to_json(), direct);
+            assert!(!direct.contains("secret"));
+        }
     }
 
     #[test]
