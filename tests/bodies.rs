@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use bytes::Bytes;
 use common::{
     chat_body, chat_body_exact_len, client, config, config_with_max_body, http_client, post_bytes,
@@ -263,37 +261,10 @@ async fn five_mb_body_via_curl_with_expect_100_continue() {
     )]))
     .await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("body.json");
     let body = chat_body_exact_len("big", 5 * 1024 * 1024);
-    std::fs::write(&file, &body).unwrap();
     let url = gw.url("/v1/chat/completions");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("curl")
-            .args([
-                "-sS",
-                "--noproxy",
-                "*",
-                "--max-time",
-                "60",
-                "-o",
-                "/dev/null",
-            ])
-            .args(["-w", "%{http_code}", "-H", "Expect: 100-continue"])
-            .args(["-H", "Content-Type: application/json", "--data-binary"])
-            .arg(format!("@{}", file.display()))
-            .arg(&url)
-            .output()
-            .expect("run curl")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
+    let (status, _) = common::http::curl_upload(&url, &body, "Expect: 100-continue", false).await;
+    assert_eq!(status, 200);
     let got = mock.single();
     assert!(got.body == body, "body changed on the way");
     assert!(

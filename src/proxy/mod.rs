@@ -265,7 +265,6 @@ impl Gateway {
     }
 }
 
-const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: header::HeaderName = header::HeaderName::from_static("x-real-ip");
 const X_GPT_API_BACKEND: header::HeaderName = header::HeaderName::from_static("x-gpt-api-backend");
 
@@ -273,7 +272,7 @@ const X_GPT_API_BACKEND: header::HeaderName = header::HeaderName::from_static("x
 fn caller_ip(session: &Session, socket: Option<&str>) -> Option<String> {
     let headers = &session.req_header().headers;
     let forwarded = headers
-        .get(X_FORWARDED_FOR)
+        .get(upstream::X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .or_else(|| headers.get(X_REAL_IP).and_then(|v| v.to_str().ok()))

@@ -92,7 +92,7 @@ pub fn rewrite(
     Ok(())
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The caller's headers that must go, found in one pass over the few there are: hop-by-hop ones, those
 /// its `Connection` header names, and its keys when they must not reach a backend.

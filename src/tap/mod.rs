@@ -161,7 +161,7 @@ impl ResponseTap {
     pub fn record_body(&self) -> Option<String> {
         let limit = self.opts.keep_body?;
         Some(match &self.recon {
-            Some(recon) => cut(recon.render(self.opts.kind), limit),
+            Some(recon) => crate::usage::record::truncate(recon.render(self.opts.kind), limit),
             None => crate::usage::cut(&self.body, limit),
         })
     }
@@ -170,10 +170,10 @@ impl ResponseTap {
     /// as they are (no copy unless longer than the record keeps), for [`crate::usage::cut`] to decode off the
     /// request path. Takes the kept body: call once, at the end.
     pub fn take_record_bytes(&mut self) -> Option<Bytes> {
-        let limit = self.opts.keep_body?;
-        if let Some(recon) = &self.recon {
-            return Some(Bytes::from(cut(recon.render(self.opts.kind), limit)));
+        if self.recon.is_some() {
+            return self.record_body().map(Bytes::from);
         }
+        let limit = self.opts.keep_body?;
         let body = std::mem::take(&mut self.body);
         // The tap's own buffer: handed over as is, unless it holds more than the record keeps.
         Some(match body.len() > limit.saturating_add(4) {
@@ -236,16 +236,4 @@ fn concat(a: Bytes, b: Bytes) -> Bytes {
     out.extend_from_slice(&a);
     out.extend_from_slice(&b);
     out.freeze()
-}
-
-/// `text` cut to at most `limit` bytes, on a character boundary.
-fn cut(mut text: String, limit: usize) -> String {
-    if text.len() > limit {
-        let mut end = limit;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }

@@ -268,7 +268,11 @@ pub fn cut(body: &[u8], max: usize) -> String {
     // Decoding never shortens the input, and a character needs at most 4 bytes to be told apart from
     // garbage, so the first `max + 4` bytes decode to the same first `max` bytes as the whole body would.
     let window = &body[..body.len().min(max.saturating_add(4))];
-    let mut text = lossy(window).into_owned();
+    truncate(lossy(window).into_owned(), max)
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub fn truncate(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut end = max;
         while !text.is_char_boundary(end) {

@@ -219,6 +219,18 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 /// POSTs `body` with curl and `Transfer-Encoding: chunked` (a real client's chunked upload); returns the status
 /// and what curl wrote: the body, preceded by the response headers with `include_headers`.
 pub async fn curl_chunked(url: &str, body: &[u8], include_headers: bool) -> (u16, String) {
+    curl_upload(url, body, "Transfer-Encoding: chunked", include_headers).await
+}
+
+/// POSTs the JSON `body` with curl and one extra request `header` (which changes how curl sends it, e.g.
+/// chunked or with `Expect: 100-continue`); returns the status and what curl wrote, as [`curl_chunked`].
+pub async fn curl_upload(
+    url: &str,
+    body: &[u8],
+    header: &str,
+    include_headers: bool,
+) -> (u16, String) {
+    let header = header.to_owned();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("body.json");
     std::fs::write(&file, body).unwrap();
@@ -233,7 +245,7 @@ pub async fn curl_chunked(url: &str, body: &[u8], include_headers: bool) -> (u16
             }
             cmd.args(["-sS", "--noproxy", "*", "--max-time", "60", "-o"])
                 .arg(&out_file)
-                .args(["-w", "%{http_code}", "-H", "Transfer-Encoding: chunked"])
+                .args(["-w", "%{http_code}", "-H", &header])
                 .args(["-H", "Content-Type: application/json", "--data-binary"])
                 .arg(format!("@{}", file.display()))
                 .arg(&url)

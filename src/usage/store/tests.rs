@@ -45,7 +45,7 @@ pub(crate) fn count(path: &Path) -> i64 {
     connection.query_row(sql, [], |row| row.get(0)).unwrap()
 }
 
-fn rows(path: &Path) -> Vec<Vec<Value>> {
+pub(super) fn rows(path: &Path) -> Vec<Vec<Value>> {
     let connection = Connection::open(path).unwrap();
     let mut select = connection
         .prepare("SELECT * FROM records ORDER BY id")

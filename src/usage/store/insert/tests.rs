@@ -7,7 +7,7 @@ use chrono::{Duration, TimeZone};
 use rusqlite::types::Value;
 
 use super::*;
-use crate::usage::store::tests::{record, TIME};
+use crate::usage::store::tests::{self as store_tests, record, TIME};
 use crate::usage::store::{Month, Store};
 
 /// Record `i` of a sequence whose columns change at different paces: some every record, some in runs longer
@@ -79,13 +79,7 @@ fn expected(r: &UsageRecord) -> Vec<Value> {
 
 /// Every row of `path` without its id, in id order, after checking the ids run 1, 2, 3...
 fn rows(path: &Path) -> Vec<Vec<Value>> {
-    let connection = Connection::open(path).unwrap();
-    let mut select = connection
-        .prepare("SELECT * FROM records ORDER BY id")
-        .unwrap();
-    let n = select.column_count();
-    let rows = select.query_map([], |row| (0..n).map(|i| row.get(i)).collect());
-    let rows: Vec<Vec<Value>> = rows.unwrap().map(Result::unwrap).collect();
+    let rows = store_tests::rows(path);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row[0], Value::Integer(i64::try_from(i).unwrap() + 1));
     }
