@@ -20,7 +20,7 @@ use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 use gpt_api::config::UsageSettings;
 use gpt_api::usage::{
-    self, capture_headers, CapturedHeaders, CapturedRecord, Month, RawTexts, TokenUsage,
+    self, capture_headers, CapturedHeaders, CapturedRecord, Month, RawBody, RawTexts, TokenUsage,
     UsageRecord,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -151,7 +151,9 @@ fn record(start: DateTime<FixedOffset>, texts: &Texts, i: usize) -> CapturedReco
     let raw = RawTexts {
         headers: texts.headers[i % DISTINCT].clone(),
         request: Some(Bytes::copy_from_slice(&texts.requests[i % DISTINCT])),
-        response: Some(Bytes::copy_from_slice(&texts.responses[i % DISTINCT])),
+        response: Some(RawBody::Bytes(Bytes::copy_from_slice(
+            &texts.responses[i % DISTINCT],
+        ))),
         max_body: 1 << 20,
     };
     CapturedRecord {
@@ -229,12 +231,16 @@ fn run() -> Result<(), String> {
     let texts = Texts::new();
     let records: Vec<CapturedRecord> = (0..n).map(|i| record(start, &texts, i)).collect();
     let text = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+    let body = |b: &Option<RawBody>| match b {
+        Some(RawBody::Bytes(b)) => b.len(),
+        _ => 0,
+    };
     let bytes: usize = records
         .iter()
         .filter_map(|r| r.raw.as_deref())
         .map(|raw| {
             let headers: usize = raw.headers.iter().map(|(n, v)| n.len() + v.len() + 6).sum();
-            headers + text(&raw.request) + text(&raw.response)
+            headers + text(&raw.request) + body(&raw.response)
         })
         .sum();
     let temp = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;

@@ -169,7 +169,7 @@ impl RequestCtx {
     pub fn send_record(&mut self, status: u16) {
         let Some(p) = self.record.take() else { return };
         let p = *p;
-        let response = self.tap.as_mut().and_then(|t| t.take_record_bytes());
+        let response = self.tap.as_mut().and_then(|t| t.take_record_body());
         let tap = self.tap.as_ref();
         let row = UsageRecord {
             time: p.time,

@@ -13,7 +13,7 @@ mod wire;
 mod tests;
 
 use crate::endpoints::ApiKind;
-use crate::usage::TokenUsage;
+use crate::usage::{RawBody, TokenUsage};
 use bytes::{Bytes, BytesMut};
 use reconstruct::Reconstruction;
 use serde_json::value::RawValue;
@@ -166,20 +166,21 @@ impl ResponseTap {
         })
     }
 
-    /// What [`ResponseTap::record_body`] gives, before decoding: a non-stream body's bytes are handed over
-    /// as they are (no copy unless longer than the record keeps), for [`crate::usage::cut`] to decode off the
-    /// request path. Takes the kept body: call once, at the end.
-    pub fn take_record_bytes(&mut self) -> Option<Bytes> {
-        if self.recon.is_some() {
-            return self.record_body().map(Bytes::from);
-        }
+    /// What [`ResponseTap::record_body`] gives, before rendering, for the usage writer to finish off the
+    /// request path: a non-stream body's bytes as they are (no copy unless longer than the record keeps), or
+    /// a stream's rebuilt message, rendered to JSON by the writer. Takes the kept body: call once, at the end.
+    pub fn take_record_body(&mut self) -> Option<RawBody> {
         let limit = self.opts.keep_body?;
+        if let Some(recon) = self.recon.take() {
+            let kind = self.opts.kind;
+            return Some(RawBody::Later(Box::new(move || recon.render(kind))));
+        }
         let body = std::mem::take(&mut self.body);
         // The tap's own buffer: handed over as is, unless it holds more than the record keeps.
-        Some(match body.len() > limit.saturating_add(4) {
+        Some(RawBody::Bytes(match body.len() > limit.saturating_add(4) {
             true => crate::usage::record::window(&body, limit),
             false => body.freeze(),
-        })
+        }))
     }
 
     /// An SSE error event `data: {"error":{"message":..,"type":"api_error","param":null,"code":..}}\n\n` that

@@ -116,6 +116,11 @@ pub fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     if !v.starts_with('"') {
         return None;
     }
+    // A RawValue is valid JSON: a string without a backslash has no escapes, and its text is what lies
+    // between the quotes. Token deltas almost always are such strings.
+    if let Some(inner) = v.get(1..v.len() - 1).filter(|inner| !inner.contains('\\')) {
+        return Some(Cow::Borrowed(inner));
+    }
     match serde_json::from_str::<&str>(v) {
         Ok(s) => Some(Cow::Borrowed(s)),
         Err(_) => serde_json::from_str::<String>(v).ok().map(Cow::Owned),
@@ -142,6 +147,24 @@ mod tests {
         assert_eq!(as_str(content).unwrap(), "a\"b");
         assert!(env.usage.is_none() && choices[0].finish_reason.is_none());
         assert!(env.has_token() && !env.usage_only());
+    }
+
+    #[test]
+    fn strings_are_read_like_serde_reads_them() {
+        for text in [
+            r#""plain""#,
+            r#""""#,
+            r#""caf\u00e9 \"q\" \\ \n""#,
+            r#""日本""#,
+        ] {
+            let raw: &RawValue = serde_json::from_str(text).unwrap();
+            let expected: String = serde_json::from_str(text).unwrap();
+            assert_eq!(as_str(raw).unwrap(), expected, "{text}");
+        }
+        for text in ["null", "1", "[\"a\"]", "{}"] {
+            let raw: &RawValue = serde_json::from_str(text).unwrap();
+            assert!(as_str(raw).is_none(), "{text}");
+        }
     }
 
     #[test]

@@ -5,8 +5,8 @@ pub mod store;
 pub mod writer;
 
 pub use record::{
-    capture_headers, cut, headers_json, CapturedHeaders, CapturedRecord, RawTexts, TokenUsage,
-    UsageRecord,
+    capture_headers, cut, headers_json, CapturedHeaders, CapturedRecord, RawBody, RawTexts,
+    TokenUsage, UsageRecord,
 };
 pub use store::{Month, Store, StoreError};
 pub use writer::{channel, UsageQueue, UsageStats, Writer};

@@ -67,9 +67,35 @@ pub struct RawTexts {
     /// The request headers, credentials' values already left out: see [`capture_headers`].
     pub headers: CapturedHeaders,
     pub request: Option<Bytes>,
-    pub response: Option<Bytes>,
+    pub response: Option<RawBody>,
     /// Bodies are cut at this many bytes.
     pub max_body: usize,
+}
+
+/// A response body as a request hands it over.
+pub enum RawBody {
+    /// As received: the writer decodes it (lossy UTF-8) and cuts it.
+    Bytes(Bytes),
+    /// Made by the writer, then cut: a stream's rebuilt message, rendered to JSON off the request path.
+    Later(Box<dyn FnOnce() -> String + Send>),
+}
+
+impl RawBody {
+    fn render(self, max: usize) -> String {
+        match self {
+            RawBody::Bytes(bytes) => cut(&bytes, max),
+            RawBody::Later(make) => truncate(make(), max),
+        }
+    }
+}
+
+impl std::fmt::Debug for RawBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawBody::Bytes(bytes) => f.debug_tuple("Bytes").field(bytes).finish(),
+            RawBody::Later(_) => f.write_str("Later(..)"),
+        }
+    }
 }
 
 impl CapturedRecord {
@@ -79,7 +105,7 @@ impl CapturedRecord {
         if let Some(raw) = self.raw {
             row.headers = raw.headers.to_json();
             row.request = raw.request.map(|b| cut(&b, raw.max_body));
-            row.response = raw.response.map(|b| cut(&b, raw.max_body));
+            row.response = raw.response.map(|b| b.render(raw.max_body));
         }
         row
     }
@@ -105,12 +131,53 @@ impl CapturedHeaders {
         let Ok(text) = std::str::from_utf8(&self.0) else {
             return headers_json(self.iter());
         };
-        let pairs = text
-            .split('\n')
-            .filter_map(|line| line.split_once(':'))
-            .map(|(name, value)| (Cow::Borrowed(name), Cow::Borrowed(value)))
-            .collect();
-        json_object(pairs)
+        // Header values rarely hold a byte that JSON must escape: one pass over the whole buffer tells,
+        // and then every name and value is copied whole.
+        let escape = any_escape(text);
+        let put = |out: &mut String, piece: &str| {
+            if escape {
+                push_escaped(out, piece);
+            } else {
+                out.push_str(piece);
+            }
+        };
+        let mut out = String::with_capacity(text.len() + text.len() / 4 + 2);
+        out.push('{');
+        // [`capture_headers`] reads a `HeaderMap`, whose names are lower case and which yields a repeated
+        // header's values one after another: a repetition only ever follows its own name.
+        let mut previous = None;
+        for (name, value) in text
+            .split_terminator('\n')
+            .filter_map(|l| l.split_once(':'))
+        {
+            let redacted = REDACTED_HEADERS.contains(&name);
+            if previous == Some(name) {
+                if !redacted {
+                    // Reopens the previous value's string and joins this one to it.
+                    out.pop();
+                    out.push_str(", ");
+                    put(&mut out, value);
+                    out.push('"');
+                }
+                continue;
+            }
+            previous = Some(name);
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push('"');
+            put(&mut out, name);
+            out.push_str("\":");
+            if redacted {
+                out.push_str("\"***\"");
+            } else {
+                out.push('"');
+                put(&mut out, value);
+                out.push('"');
+            }
+        }
+        out.push('}');
+        out
     }
 
     /// Each header as (name, value).
@@ -229,9 +296,15 @@ const NEEDS_ESCAPE: [bool; 256] = {
     table
 };
 
-/// Appends `text` as a JSON string literal, copying the runs that need no escape whole.
+/// Appends `text` as a JSON string literal.
 fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
+    push_escaped(out, text);
+    out.push('"');
+}
+
+/// Appends `text` escaped for a JSON string, copying the runs that need no escape whole.
+fn push_escaped(out: &mut String, text: &str) {
     let bytes = text.as_bytes();
     let mut run = 0;
     while let Some(offset) = bytes[run..]
@@ -251,7 +324,14 @@ fn push_json_string(out: &mut String, text: &str) {
         run = at + 1;
     }
     out.push_str(&text[run..]);
-    out.push('"');
+}
+
+/// Whether `text` holds a byte that JSON escapes, other than the line ends of a [`CapturedHeaders`] buffer.
+/// Without an early exit, so that the compiler can check many bytes at once.
+fn any_escape(text: &str) -> bool {
+    text.bytes().fold(false, |any, b| {
+        any | (b < 0x20 && b != b'\n') | (b == b'"') | (b == b'\\')
+    })
 }
 
 /// `bytes` as text, replacing invalid UTF-8; the strict check first, as it is much faster on valid text
@@ -365,7 +445,7 @@ mod tests {
         let raw = RawTexts {
             headers: captured,
             request: Some(Bytes::from_static(b"{\"model\":\"m\"}")),
-            response: Some(Bytes::from_static(b"abc\xffdef")),
+            response: Some(RawBody::Bytes(Bytes::from_static(b"abc\xffdef"))),
             max_body: 5,
         };
         let rendered = CapturedRecord {
@@ -387,20 +467,43 @@ mod tests {
             "cut on a character boundary"
         );
         assert_eq!(CapturedRecord::from(row.clone()).render(), row);
+        // A body made by the writer (a stream's rebuilt message) is cut the same way.
+        let raw = RawTexts {
+            response: Some(RawBody::Later(Box::new(|| "h\u{e9}llo".to_string()))),
+            max_body: 2,
+            ..RawTexts::default()
+        };
+        let rendered = CapturedRecord {
+            row,
+            raw: Some(Box::new(raw)),
+        }
+        .render();
+        assert_eq!(rendered.response.as_deref(), Some("h"));
     }
 
     #[test]
     fn captured_headers_render_like_headers_json_valid_or_not() {
-        for odd in [&b"plain"[..], b"caf\xe9 (latin-1)"] {
+        // Plain text (copied whole), invalid UTF-8 (the lossy path), and bytes JSON escapes: a quote, a
+        // backslash and a tab, in a repeated header and alone.
+        for odd in [&b"plain"[..], b"caf\xe9 (latin-1)", b"say \"hi\"\t\\o/"] {
             let mut headers = HeaderMap::new();
             headers.insert("x-odd", HeaderValue::from_bytes(odd).unwrap());
             headers.append("accept", HeaderValue::from_static("a/b"));
+            headers.append("accept", HeaderValue::from_bytes(odd).unwrap());
             headers.append("accept", HeaderValue::from_static("c/d"));
             headers.insert("cookie", HeaderValue::from_static("secret=1"));
+            headers.append("cookie", HeaderValue::from_static("secret=2"));
+            headers.insert("host", HeaderValue::from_static("h"));
             let captured = capture_headers(&headers);
             let direct = headers_json(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
             assert_eq!(captured.to_json(), direct);
             assert!(!direct.contains("secret"));
+            let value: serde_json::Value = serde_json::from_str(&direct).unwrap();
+            assert_eq!(value["cookie"], "***");
+            assert_eq!(value["host"], "h");
+            let odd = String::from_utf8_lossy(odd);
+            assert_eq!(value["accept"], format!("a/b, {odd}, c/d"));
+            assert_eq!(value["x-odd"], *odd);
         }
     }
 
