@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Instructions per request under valgrind's callgrind: a figure that does not depend on machine noise.
 # Counts gpt-api (usage recording on, and off with usage.enabled: false), a bare Pingora proxy (bench/floor.rs, the
-# floor under gpt-api) and nginx, each proxying N and 3N sequential non-streaming requests to bench-backend; the
+# floor under gpt-api) and nginx, each proxying N and 3N sequential requests (BENCH_BODY) to bench-backend; the
 # difference divided by 2N is the cost of one request, start-up excluded.
 #
 # Usage: bench/instructions.sh     (after bench/run.sh has built the release binaries; needs valgrind, nginx, python3)
 # Env:   BENCH_N=300                requests of the short run (the long one sends 3N)
 #        BENCH_TARGETS="nginx floor gpt_api_off gpt_api_on"   what to count
+#        BENCH_BODY='{"model":"fast",...}'   the request (model fast; "stream":true for 20 SSE events)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,7 +28,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BODY='{"model":"fast","messages":[{"role":"user","content":"Hello! Say something short."}]}'
+BODY=${BENCH_BODY:-'{"model":"fast","messages":[{"role":"user","content":"Hello! Say something short."}]}'}
 # A fixed number of sequential requests over one kept-alive connection.
 send() { # url-port, count
     python3 - "$1" "$2" "$BODY" <<'PY'
@@ -98,11 +99,22 @@ CONF
     exec valgrind --tool=callgrind --callgrind-out-file="$out" nginx -p "$prefix" -c "$prefix/nginx.conf" 2>"$TMP/nginx.log"
 }
 
-echo "| target | instructions per request |"
-echo "|---|--:|"
+# Instructions of gpt-api's usage writer thread in a callgrind file: its entry point's inclusive cost (0 if absent).
+writer_instructions() {
+    callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null |
+        awk '/UsageWriterService as pingora_core::services::background::BackgroundService>::start/ {
+                 gsub(",", "", $1); if ($1 + 0 > n) n = $1 + 0 } END { print n + 0 }'
+}
+
+echo "| target | instructions per request | of which the usage writer's thread |"
+echo "|---|--:|--:|"
 for target in ${BENCH_TARGETS:-nginx floor gpt_api_off gpt_api_on}; do
     [[ $(type -t "run_$target") == function ]] || { echo "unknown target $target" >&2; exit 1; }
     short=$(measure "$target" "$N" "run_$target")
     long=$(measure "$target" $((3 * N)) "run_$target")
-    echo "| $target | $(( (long - short) / (2 * N) )) |"
+    writer=-
+    if [[ $target == gpt_api_on ]]; then
+        writer=$(( ($(writer_instructions "$TMP/$target-$((3 * N)).cg") - $(writer_instructions "$TMP/$target-$N.cg")) / (2 * N) ))
+    fi
+    echo "| $target | $(( (long - short) / (2 * N) )) | $writer |"
 done

@@ -9,7 +9,8 @@
 #        BENCH_WARMUP_SECONDS=1  wrk warm-up per target before measuring
 #        BENCH_TTFE_REQUESTS=200 streaming requests per target for the time to first SSE event
 #        BENCH_CONNECTIONS=64    connections of the throughput runs
-#        BENCH_REC_ROUNDS=5      alternating runs of gpt-api with recording on and off (0 ms backend), for their ratio
+#        BENCH_REC_ROUNDS=5      alternating runs of gpt-api with recording on and off (0 ms backend, small and
+#                                streamed answers), for their ratios
 #        BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   cores for the proxy under test / for wrk, ttfe and the backend
 #        BENCH_WRITER_CPU=       core of gpt-api's usage-writer thread (default: the proxy's, BENCH_PROXY_CPU)
 #        BENCH_GPT_API_LOG=warn  RUST_LOG for gpt-api (warn: no per-request log line, like nginx's access_log off)
@@ -404,18 +405,43 @@ for model in fast slow; do
 done
 
 # Recording on against off: single runs swing by more than the 5% in question on a shared machine, so the two
-# alternate for a few rounds and the medians are compared.
-REC_ON=() REC_OFF=()
+# alternate for a few rounds and the medians are compared, for small chat answers (`fast`) and for streamed ones
+# (`stream`, 20 SSE events). Besides requests/s, each run's CPU per request is split into the usage writer's
+# thread and the rest (the proxy's worker thread): the proxy's share is what recording costs a gateway whose
+# writer has CPU of its own, the total what it costs when the writer shares the proxy's only core.
+# shellcheck disable=SC2059
+cat >"$TMP/stream.lua" <<EOF
+wrk.method = "POST"
+wrk.body = '$(printf "$CHAT_BODY" fast | sed 's/^{/{"stream":true,/')'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+# utime+stime (clock ticks) of one thread.
+thread_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/task/$2/stat" || die "thread $2 is gone"; }
+HZ=$(getconf CLK_TCK)
+declare -A REC=()
 for round in $(seq 1 "$REC_ROUNDS"); do
-    for t in gpt-api gpt-api-norec; do
-        out=$TMP/rec-$t-$round.txt
-        timeout $((SECS + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$TMP/fast.lua" \
-            "${URL[$t]}" >"$out" 2>&1 || fail_with_log "wrk failed against $t" "$out"
-        rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-        [[ -n $rps ]] || fail_with_log "cannot read wrk's output for $t" "$out"
-        if [[ $t == gpt-api ]]; then REC_ON+=("$rps"); else REC_OFF+=("$rps"); fi
+    for work in fast stream; do
+        for t in gpt-api gpt-api-norec; do
+            out=$TMP/rec-$t-$work-$round.txt
+            before=$(cpu_ticks "${PROC[$t]}")
+            [[ $t == gpt-api && -n $WRITER_TID ]] && wbefore=$(thread_ticks "$GPT_PID" "$WRITER_TID")
+            timeout $((SECS + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$TMP/$work.lua" \
+                "${URL[$t]}" >"$out" 2>&1 || fail_with_log "wrk failed against $t" "$out"
+            after=$(cpu_ticks "${PROC[$t]}")
+            read -r reqs rps < <(awk '/ requests in / { n = $1 } /^Requests\/sec:/ { r = $2 } END { print n + 0, r }' "$out")
+            [[ -n $rps ]] && ((reqs > 0)) || fail_with_log "cannot read wrk's output for $t" "$out"
+            ! grep -q 'Non-2xx' "$out" || fail_with_log "$t answered errors" "$out"
+            REC[$t,$work,rps]+=" $rps"
+            REC[$t,$work,cpu]+=" $(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
+            if [[ $t == gpt-api && -n $WRITER_TID ]]; then
+                w=$(($(thread_ticks "$GPT_PID" "$WRITER_TID") - wbefore))
+                REC[$t,$work,proxy]+=" $(awk -v d=$((after - before - w)) -v hz="$HZ" -v n="$reqs" \
+                    'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
+            fi
+        done
+        log "recording round $round $work: on $(awk '{ print $NF }' <<<"${REC[gpt-api,$work,rps]}") req/s," \
+            "off $(awk '{ print $NF }' <<<"${REC[gpt-api-norec,$work,rps]}") req/s"
     done
-    log "recording round $round: on ${REC_ON[-1]} req/s, off ${REC_OFF[-1]} req/s"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
@@ -443,7 +469,7 @@ if [[ $USAGE == on ]]; then
     # connection uncounted at the end of each run, so the store may hold a few more).
     sent=$((GPT_READY_REQUESTS + (TTFE_N + 10)))
     for f in "$TMP"/warmup-gpt-api.txt "$TMP"/wrk-gpt-api-fast-*.txt "$TMP"/wrk-gpt-api-slow-*.txt \
-        "$TMP"/rec-gpt-api-[0-9]*.txt; do
+        "$TMP"/rec-gpt-api-fast-*.txt "$TMP"/rec-gpt-api-stream-*.txt; do
         [[ -f $f ]] && sent=$((sent + $(awk '/ requests in / { print $1 }' "$f")))
     done
     # Stop gpt-api first so that its record writer drains.
@@ -575,20 +601,36 @@ report() {
         "$(ratio "${R[gpt-api$f$cn,rps]}" "${R[gpt-api-norec$f$cn,rps]}")" \
         "$(ratio "${R[gpt-api$s$cn,rps]}" "${R[gpt-api-norec$s$cn,rps]}")"
     if ((REC_ROUNDS > 0)); then
-        local on off
-        on=$(median "${REC_ON[@]}") off=$(median "${REC_OFF[@]}")
         echo
         echo "## Recording on against off"
         echo
-        echo "$REC_ROUNDS alternating ${SECS} s runs of \`wrk -t1 -c$CONNS\` on the 0 ms backend; usage writer thread on"
-        echo "core $WRITER_CPU (the proxy's worker thread on core $PROXY_CPU)."
+        echo "$REC_ROUNDS alternating ${SECS} s runs of \`wrk -t1 -c$CONNS\` per answer, 0 ms backend: \`fast\` a small chat"
+        echo "completion, \`stream\` the same streamed (20 SSE events). Usage writer thread on core $WRITER_CPU, the"
+        echo "proxy's worker thread on core $PROXY_CPU. CPU in µs per request (clock ticks of $((1000 / HZ)) ms); \"proxy\": gpt-api's"
+        echo "CPU without its usage writer thread."
         echo
-        echo "| usage | req/s per run | median |"
-        echo "| --- | --- | ---: |"
-        echo "| on | ${REC_ON[*]} | $(int "$on") |"
-        echo "| off (\`enabled: false\`) | ${REC_OFF[*]} | $(int "$off") |"
+        echo "| answer | usage | req/s per run | median req/s | median CPU µs/req | median proxy CPU µs/req |"
+        echo "| --- | --- | --- | ---: | ---: | ---: |"
+        local work r=() c=() p=()
+        for work in fast stream; do
+            local on_rps off_rps on_cpu off_cpu on_proxy=-
+            # shellcheck disable=SC2086
+            on_rps=$(median ${REC[gpt-api,$work,rps]}) off_rps=$(median ${REC[gpt-api-norec,$work,rps]})
+            # shellcheck disable=SC2086
+            on_cpu=$(median ${REC[gpt-api,$work,cpu]}) off_cpu=$(median ${REC[gpt-api-norec,$work,cpu]})
+            # shellcheck disable=SC2086
+            [[ -n ${REC[gpt-api,$work,proxy]:-} ]] && on_proxy=$(median ${REC[gpt-api,$work,proxy]})
+            echo "| $work | on |${REC[gpt-api,$work,rps]} | $(int "$on_rps") | $on_cpu | $on_proxy |"
+            echo "| $work | off (\`enabled: false\`) |${REC[gpt-api-norec,$work,rps]} | $(int "$off_rps") | $off_cpu | - |"
+            r+=("$(ratio "$on_rps" "$off_rps")") c+=("$(ratio "$off_cpu" "$on_cpu")")
+            if [[ $on_proxy == - ]]; then p+=(-); else p+=("$(ratio "$off_cpu" "$on_proxy")"); fi
+        done
         echo
-        echo "Median on / median off: $(ratio "$on" "$off")."
+        echo "| recording on / off | fast | stream |"
+        echo "| --- | ---: | ---: |"
+        echo "| req/s (medians) | ${r[0]} | ${r[1]} |"
+        echo "| requests per CPU second, writer sharing the proxy's core (CPU/req off / on) | ${c[0]} | ${c[1]} |"
+        echo "| requests per CPU second of the proxy, writer on CPU of its own (off / proxy's on) | ${p[0]} | ${p[1]} |"
     fi
     if [[ -n $USAGE_LINE ]]; then
         echo
