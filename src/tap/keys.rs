@@ -28,8 +28,8 @@ pub fn top_level<'a>(text: &'a str, key: &str, from: SearchFrom) -> Option<&'a R
     let (mut start, mut end) = (0, bytes.len());
     loop {
         let at = match from {
-            SearchFrom::Start => start + bytes[start..].iter().position(|&b| b == b'"')?,
-            SearchFrom::End => bytes[..end].iter().rposition(|&b| b == b'"')?,
+            SearchFrom::Start => start + memchr::memchr(b'"', &bytes[start..])?,
+            SearchFrom::End => memchr::memrchr(b'"', &bytes[..end])?,
         };
         if quoted_name_at(at) {
             if let Some(value) = value_if_top_level(text, at, name.len() + 2, from) {

@@ -24,7 +24,7 @@ impl Scanner {
     /// just past each blank line (the end of an event).
     pub fn scan(&mut self, buf: &[u8], base: usize, ends: &mut Vec<usize>) {
         let mut pos = 0;
-        while let Some(n) = buf[pos..].iter().position(|&b| b == b'\n') {
+        while let Some(n) = memchr::memchr(b'\n', &buf[pos..]) {
             let line = &buf[pos..pos + n];
             let blank = match self.line {
                 Line::Empty => line.is_empty() || line == b"\r",
@@ -66,7 +66,7 @@ impl<'a> Fields<'a> {
         };
         let mut pos = 0;
         while pos < event.len() {
-            let nl = event[pos..].iter().position(|&b| b == b'\n');
+            let nl = memchr::memchr(b'\n', &event[pos..]);
             let end = nl.map_or(event.len(), |n| pos + n);
             let line_end = if end > pos && event[end - 1] == b'\r' {
                 end - 1
@@ -84,7 +84,7 @@ impl<'a> Fields<'a> {
 
     fn field(&mut self, start: usize, end: usize) {
         let line = &self.event[start..end];
-        let (name, mut value) = match line.iter().position(|&b| b == b':') {
+        let (name, mut value) = match memchr::memchr(b':', line) {
             Some(0) => return, // a comment
             Some(c) => (&line[..c], start + c + 1),
             None => (line, end),
