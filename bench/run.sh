@@ -12,7 +12,8 @@
 #        BENCH_REC_ROUNDS=5      alternating runs of gpt-api with recording on and off (0 ms backend, small and
 #                                streamed answers), for their ratios
 #        BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   cores for the proxy under test / for wrk, ttfe and the backend
-#        BENCH_WRITER_CPU=       core of gpt-api's usage-writer thread (default: the proxy's, BENCH_PROXY_CPU)
+#        BENCH_WRITER_CPU=       core of gpt-api's usage-writer thread (default: the proxy's, BENCH_PROXY_CPU);
+#                                elsewhere it runs at SCHED_IDLE, on that core's spare time
 #        BENCH_GPT_API_LOG=warn  RUST_LOG for gpt-api (warn: no per-request log line, like nginx's access_log off)
 #        BENCH_NO_BUILD=1        use the binaries already in target/release
 #        BENCH_KEEP_TMP=1        keep the temp dir (configs, logs, raw wrk output)
@@ -45,7 +46,7 @@ done
 # ---------------------------------------------------------------- tools
 
 missing=()
-for tool in nginx wrk curl taskset sqlite3 ss; do
+for tool in nginx wrk curl taskset chrt sqlite3 ss; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -290,11 +291,16 @@ GPT_PID=$STARTED_PID
 GPT_URL=http://127.0.0.1:$GPT_PORT/v1/chat/completions
 GPT_READY_REQUESTS=1 # wait_ready's request: the usage store should hold it too
 # The usage writer is one thread ("BG usage writer"); it shares the proxy's core unless BENCH_WRITER_CPU says otherwise.
+WRITER_POLICY=
 WRITER_TID=$(grep -l '^BG usage writer$' /proc/"$GPT_PID"/task/*/comm 2>/dev/null | head -n1 | cut -d/ -f5 || true)
 if [[ $WRITER_CPU != "$PROXY_CPU" ]]; then
     [[ -n $WRITER_TID ]] || die "gpt-api's usage writer thread not found"
     taskset -pc "$WRITER_CPU" "$WRITER_TID" >/dev/null || die "cannot move the usage writer to core $WRITER_CPU"
-    log "usage writer thread $WRITER_TID on core $WRITER_CPU"
+    # At idle priority there: it takes that core's spare time and yields it at once when wrk or the backend
+    # wake, instead of delaying them for a slice (which would slow the whole closed loop, proxy included).
+    chrt --idle -p 0 "$WRITER_TID" || die "cannot set the usage writer's scheduling policy"
+    WRITER_POLICY=" (SCHED_IDLE)"
+    log "usage writer thread $WRITER_TID on core $WRITER_CPU$WRITER_POLICY"
 fi
 
 # The same gateway with recording off (usage.enabled: false): what recording costs.
@@ -535,7 +541,7 @@ report() {
     echo
     echo "Machine: $CORES cores ($CPU_MODEL), Linux $(uname -r). gpt-api $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?') (binary of $(date -u -r "$GPT_API" +%Y-%m-%dT%H:%MZ)), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')."
     echo "Proxy under test on core $PROXY_CPU (gpt-api and pingora: 1 worker thread; nginx: 1 worker); wrk, bench-ttfe"
-    echo "and the fake backend on core $LOAD_CPU; gpt-api's usage-writer thread on core $WRITER_CPU. pingora: a bare"
+    echo "and the fake backend on core $LOAD_CPU; gpt-api's usage-writer thread on core $WRITER_CPU$WRITER_POLICY. pingora: a bare"
     echo "Pingora proxy (bench/floor.rs); gpt-api-norec: gpt-api with \`usage: {enabled: false}\`. Each run: ${SECS} s of POST /v1/chat/completions (JSON answer with usage),"
     echo "after ${WARMUP} s of warm-up per target. gpt-api RUST_LOG=$GPT_API_LOG; nginx access_log off."
     echo "CPU µs/req: utime+stime of the proxy's processes over the run / requests (clock tick $(getconf CLK_TCK) Hz,"
@@ -605,7 +611,7 @@ report() {
         echo "## Recording on against off"
         echo
         echo "$REC_ROUNDS alternating ${SECS} s runs of \`wrk -t1 -c$CONNS\` per answer, 0 ms backend: \`fast\` a small chat"
-        echo "completion, \`stream\` the same streamed (20 SSE events). Usage writer thread on core $WRITER_CPU, the"
+        echo "completion, \`stream\` the same streamed (20 SSE events). Usage writer thread on core $WRITER_CPU$WRITER_POLICY, the"
         echo "proxy's worker thread on core $PROXY_CPU. CPU in µs per request (clock ticks of $((1000 / HZ)) ms); \"proxy\": gpt-api's"
         echo "CPU without its usage writer thread."
         echo
