@@ -225,7 +225,6 @@ impl Metrics {
         ttfb: Option<Duration>,
         tokens: &TokenUsage,
     ) {
-        self.in_flight.dec();
         let models = self.models.load();
         let model = models.get(model).unwrap_or(&self.other);
         let backend = backend.unwrap_or(NO_BACKEND);
@@ -236,6 +235,8 @@ impl Metrics {
                 .add(self, backend)
                 .record(self, status, latency, ttfb, tokens),
         }
+        // Last, so that a scrape that no longer sees the request in flight sees it counted.
+        self.in_flight.dec();
     }
 
     /// One attempt moved on from `backend`. `reason`: "connect", "timeout", a status class from
