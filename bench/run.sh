@@ -149,15 +149,22 @@ wait_ready() {
     fail_with_log "$name does not answer $url after 10 s" "$logfile"
 }
 
+# utime+stime (clock ticks) of a /proc stat file: a process's, or one thread's (/proc/PID/task/TID/stat).
+stat_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$1"; }
+
 # utime+stime (clock ticks) summed over the given processes.
 cpu_ticks() {
     local total=0 pid t
     for pid in "$@"; do
-        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat") || die "process $pid is gone"
+        t=$(stat_ticks "/proc/$pid/stat") || die "process $pid is gone"
         total=$((total + t))
     done
     echo "$total"
 }
+
+HZ=$(getconf CLK_TCK)
+# CPU µs per request from a number of clock ticks and of requests.
+us_per_request() { awk -v d="$1" -v hz="$HZ" -v n="$2" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }'; }
 
 # VmRSS (kB) summed over the given processes.
 rss_kb() {
@@ -385,8 +392,7 @@ measure() {
     local k=$t,$model,$conns
     R[$k,reqs]=$reqs R[$k,rps]=$rps R[$k,p50]=$p50 R[$k,p99]=$p99 R[$k,errs]=$errs
     if [[ -n ${PROC[$t]} ]] && ((reqs > 0)); then
-        R[$k,cpu]=$(awk -v d=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$reqs" \
-            'BEGIN { printf "%.1f", d * 1e6 / hz / n }')
+        R[$k,cpu]=$(us_per_request $((after - before)) "$reqs")
     else
         R[$k,cpu]=-
     fi
@@ -421,9 +427,7 @@ wrk.method = "POST"
 wrk.body = '$(printf "$CHAT_BODY" fast | sed 's/^{/{"stream":true,/')'
 wrk.headers["Content-Type"] = "application/json"
 EOF
-# utime+stime (clock ticks) of one thread.
-thread_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/task/$2/stat" || die "thread $2 is gone"; }
-HZ=$(getconf CLK_TCK)
+thread_ticks() { stat_ticks "/proc/$1/task/$2/stat" || die "thread $2 is gone"; }
 declare -A REC=()
 for round in $(seq 1 "$REC_ROUNDS"); do
     for work in fast stream; do
@@ -438,11 +442,10 @@ for round in $(seq 1 "$REC_ROUNDS"); do
             [[ -n $rps ]] && ((reqs > 0)) || fail_with_log "cannot read wrk's output for $t" "$out"
             ! grep -q 'Non-2xx' "$out" || fail_with_log "$t answered errors" "$out"
             REC[$t,$work,rps]+=" $rps"
-            REC[$t,$work,cpu]+=" $(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
+            REC[$t,$work,cpu]+=" $(us_per_request $((after - before)) "$reqs")"
             if [[ $t == gpt-api && -n $WRITER_TID ]]; then
                 w=$(($(thread_ticks "$GPT_PID" "$WRITER_TID") - wbefore))
-                REC[$t,$work,proxy]+=" $(awk -v d=$((after - before - w)) -v hz="$HZ" -v n="$reqs" \
-                    'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
+                REC[$t,$work,proxy]+=" $(us_per_request $((after - before - w)) "$reqs")"
             fi
         done
         log "recording round $round $work: on $(awk '{ print $NF }' <<<"${REC[gpt-api,$work,rps]}") req/s," \

@@ -155,20 +155,11 @@ impl ResponseTap {
         self.first_token
     }
 
-    /// The Response column, cut at `keep_body` (None when not kept): a non-stream body as the caller got it
-    /// (lossy UTF-8); a chat or completions stream rebuilt into one JSON body with its usage; the `response`
-    /// object of a Responses API stream; any other stream as received.
-    pub fn record_body(&self) -> Option<String> {
-        let limit = self.opts.keep_body?;
-        Some(match &self.recon {
-            Some(recon) => crate::usage::record::truncate(recon.render(self.opts.kind), limit),
-            None => crate::usage::cut(&self.body, limit),
-        })
-    }
-
-    /// What [`ResponseTap::record_body`] gives, before rendering, for the usage writer to finish off the
-    /// request path: a non-stream body's bytes as they are (no copy unless longer than the record keeps), or
-    /// a stream's rebuilt message, rendered to JSON by the writer. Takes the kept body: call once, at the end.
+    /// The Response column in the form the usage writer finishes it, off the request path (`None` when
+    /// bodies are not kept): a non-stream body's bytes as the caller got them (no copy unless longer than the
+    /// record keeps), decoded lossily by the writer; a chat or completions stream rebuilt into one JSON body with
+    /// its usage, or the `response` object of a Responses API stream, rendered by the writer; any other stream
+    /// as received. Either is cut at `keep_body`. Takes the kept body: call once, at the end.
     pub fn take_record_body(&mut self) -> Option<RawBody> {
         let limit = self.opts.keep_body?;
         if let Some(recon) = self.recon.take() {
@@ -181,6 +172,13 @@ impl ResponseTap {
             true => crate::usage::record::window(&body, limit),
             false => body.freeze(),
         }))
+    }
+
+    /// The Response column as the usage writer renders it from [`ResponseTap::take_record_body`].
+    #[cfg(test)]
+    pub fn record_body(&mut self) -> Option<String> {
+        let limit = self.opts.keep_body?;
+        self.take_record_body().map(|body| body.render(limit))
     }
 
     /// An SSE error event `data: {"error":{"message":..,"type":"api_error","param":null,"code":..}}\n\n` that

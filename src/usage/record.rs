@@ -81,7 +81,8 @@ pub enum RawBody {
 }
 
 impl RawBody {
-    fn render(self, max: usize) -> String {
+    /// The text for a record, cut at `max` bytes on a character boundary.
+    pub fn render(self, max: usize) -> String {
         match self {
             RawBody::Bytes(bytes) => cut(&bytes, max),
             RawBody::Later(make) => truncate(make(), max),
@@ -352,7 +353,7 @@ pub fn cut(body: &[u8], max: usize) -> String {
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.
-pub fn truncate(mut text: String, max: usize) -> String {
+fn truncate(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut end = max;
         while !text.is_char_boundary(end) {
