@@ -141,11 +141,14 @@ async fn the_info_log_has_one_access_line_per_request_and_the_error_log_the_erro
         (chat_body("m-dead"), 502),
         (chat_body("m-unknown"), 404),
     ];
-    for (body, status) in &requests {
+    // A request's access line is written after its answer has gone out, possibly by another worker thread
+    // than the next request's: each is awaited before the next request, so the lines come in request order.
+    for (i, (body, status)) in requests.iter().enumerate() {
         let r = post_json(&gw, "/v1/chat/completions", body).await;
         assert_eq!(r.status, *status, "{body}: {}", r.text());
+        wait_access_lines(&info, "POST /v1/chat/completions", i + 1, &gw).await;
     }
-    let text = wait_access_lines(&info, "POST /v1/chat/completions", requests.len(), &gw).await;
+    let text = read(&info);
     let lines = access_lines(&text, "POST /v1/chat/completions");
     assert_eq!(
         lines.len(),
