@@ -150,6 +150,21 @@ impl Auth {
         self.keys.get(index).map(|(_, info)| Arc::clone(info))
     }
 
+    /// `query` without the parameters whose value is a configured key (`?api_key=...`, `?key=...`): a key is
+    /// never taken from a URL, and one put there must not reach a backend. None when nothing is removed.
+    pub fn strip_query_keys(&self, query: &str) -> Option<String> {
+        let is_key = |pair: &str| {
+            url::form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .is_some_and(|(_, value)| self.lookup(value.as_bytes()).is_some())
+        };
+        if !query.split('&').any(is_key) {
+            return None;
+        }
+        let kept: Vec<&str> = query.split('&').filter(|p| !is_key(p)).collect();
+        Some(kept.join("&"))
+    }
+
     /// The configured keys, in file order.
     pub fn keys(&self) -> impl Iterator<Item = &Arc<KeyInfo>> {
         self.keys.iter().map(|(_, info)| info)
@@ -286,6 +301,18 @@ mod tests {
             Some("team".to_string()),
             "Authorization is tried first"
         );
+    }
+
+    #[test]
+    fn gateway_keys_are_cut_out_of_a_query() {
+        let a = auth();
+        assert_eq!(a.strip_query_keys("api-version=2024-06-01"), None);
+        assert_eq!(
+            a.strip_query_keys("api_key=sk-team-1234&api-version=1&key=sk%2Dci%2D5678"),
+            Some("api-version=1".into())
+        );
+        assert_eq!(a.strip_query_keys("key=sk-team-1234"), Some(String::new()));
+        assert_eq!(a.strip_query_keys("key=sk-team-123"), None, "not a key");
     }
 
     #[test]

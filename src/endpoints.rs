@@ -1,5 +1,7 @@
 //! Which requests the gateway answers itself, which it routes by model, and which are errors.
 
+use std::borrow::Cow;
+
 /// What to do with a request, decided from its method and path alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -70,6 +72,97 @@ pub fn strip_v1(path: &str) -> &str {
     }
 }
 
+/// A path the gateway refuses to normalise: an encoded `/`, `\\` or control byte, which a backend might
+/// decode into a different path than the one classified here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadPath;
+
+/// The one spelling of a request path that classification, routing, auth, records and the backend all see:
+/// repeated slashes merged, a trailing slash dropped, `.` and `..` segments resolved, percent-encoded
+/// unreserved characters decoded (`completion%73` is `completions` to most backends), and a first segment
+/// `v1` in any case written `/v1`. Borrowed when the path is already in that form (the usual case).
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    if is_normal(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(path)?;
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for (i, segment) in segments.iter().enumerate() {
+        out.push('/');
+        out.push_str(if i == 0 && segment.eq_ignore_ascii_case("v1") {
+            "v1"
+        } else {
+            segment
+        });
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(match out == path {
+        true => Cow::Borrowed(path),
+        false => Cow::Owned(out),
+    })
+}
+
+/// Already normal: starts with `/`, no empty, `.` or `..` segment, no trailing slash (but `/`), no `%`, and
+/// a first segment that is not `v1` in another case. One pass over the bytes, no allocation.
+fn is_normal(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') || bytes.contains(&b'%') {
+        return false;
+    }
+    if bytes.len() > 1 && bytes.ends_with(b"/") {
+        return false;
+    }
+    let first = path[1..].split('/').next().unwrap_or("");
+    if first.eq_ignore_ascii_case("v1") && first != "v1" {
+        return false;
+    }
+    path.len() == 1 || !path[1..].split('/').any(|s| matches!(s, "" | "." | ".."))
+}
+
+/// Decodes `%XX` where it stands for an unreserved character (RFC 3986 section 6.2.2.2); other escapes stay
+/// as they are, except an encoded `/`, `\\` or control byte, which is refused.
+fn decode_unreserved(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    if !path.contains('%') {
+        return Ok(Cow::Borrowed(path));
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
+                out.push(char::from(b));
+                i += 3;
+            }
+            Some(b) if b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f => return Err(BadPath),
+            _ => {
+                // Not an escape of anything decoded here: copied as is, up to the next `%`.
+                let next = path[i + 1..].find('%').map_or(path.len(), |at| i + 1 + at);
+                out.push_str(&path[i..next]);
+                i = next;
+            }
+        }
+    }
+    Ok(Cow::Owned(out))
+}
+
 pub fn classify(method: &str, path: &str) -> Endpoint {
     let local = match path {
         "/health" => Some(Endpoint::Health),
@@ -118,6 +211,44 @@ mod tests {
         ];
         for (m, p, want) in cases {
             assert_eq!(classify(m, p), want, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn paths_are_normalised_once() {
+        let cases = [
+            ("/v1/chat/completions", "/v1/chat/completions"),
+            ("/v1/chat/completions/", "/v1/chat/completions"),
+            ("//v1//chat///completions", "/v1/chat/completions"),
+            ("/V1/chat/completions", "/v1/chat/completions"),
+            ("/v1/./chat/x/../completions", "/v1/chat/completions"),
+            ("/v1/chat/completion%73", "/v1/chat/completions"),
+            ("/%76%31/chat/completions", "/v1/chat/completions"),
+            ("/../../v1/models", "/v1/models"),
+            ("/v1/files/a%20b", "/v1/files/a%20b"),
+            ("/v1/x%zz", "/v1/x%zz"),
+            ("/", "/"),
+            ("//", "/"),
+            ("/health", "/health"),
+            ("/v10/x", "/v10/x"),
+        ];
+        for (path, want) in cases {
+            let got = normalize_path(path).unwrap();
+            assert_eq!(got, want, "{path}");
+            assert_eq!(
+                matches!(got, Cow::Borrowed(_)),
+                path == want,
+                "{path}: borrowed only when unchanged"
+            );
+            assert_eq!(normalize_path(&got).unwrap(), got, "idempotent for {path}");
+        }
+        for bad in [
+            "/v1/chat%2Fcompletions",
+            "/v1/a%5Cb",
+            "/v1/a%00b",
+            "/v1/a%0ab",
+        ] {
+            assert_eq!(normalize_path(bad), Err(BadPath), "{bad}");
         }
     }
 

@@ -13,6 +13,16 @@ pub enum GatewayError {
     ModelMissing,
     #[error("The model parameter must be a string.")]
     ModelNotString,
+    /// OpenAI's wording for an over-long string parameter.
+    #[error("Invalid 'model': string too long. Expected a string with maximum length {max}, but got a string with length {len} instead.")]
+    ModelTooLong { len: usize, max: usize },
+    /// A field the gateway acts on (`stream`, `stream_options`) with the wrong JSON type; OpenAI's wording.
+    #[error("Invalid type for '{param}': expected {expected}, but got {got} instead.")]
+    InvalidType {
+        param: &'static str,
+        expected: &'static str,
+        got: &'static str,
+    },
     #[error("The model `{0}` does not exist.")]
     ModelNotFound(String),
     #[error("Request body too large: the limit is {limit} bytes.")]
@@ -29,6 +39,11 @@ pub enum GatewayError {
     InvalidApiKey,
     #[error("This API key may not use the model `{0}`.")]
     ModelNotAllowed(String),
+    /// The key may use the requested name, but every backend for it would send a model the key may not use.
+    #[error("This API key may not use the model `{model}` through any backend: {skipped}.")]
+    UpstreamModelNotAllowed { model: String, skipped: String },
+    #[error("The request path has an encoded `/`, `\\` or control character.")]
+    BadPath,
     /// Over a key's rpm or tpm; the message says which and when to retry.
     #[error("{0}")]
     RateLimited(String),
@@ -49,9 +64,12 @@ impl GatewayError {
             | Self::BodyNotObject
             | Self::ModelMissing
             | Self::ModelNotString
+            | Self::ModelTooLong { .. }
+            | Self::InvalidType { .. }
+            | Self::BadPath
             | Self::BodyRead(_) => 400,
             Self::InvalidApiKey => 401,
-            Self::ModelNotAllowed(_) => 403,
+            Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => 403,
             Self::RateLimited(_) => 429,
             Self::ModelNotFound(_) | Self::NotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
@@ -77,8 +95,11 @@ impl GatewayError {
         match self {
             Self::ModelMissing
             | Self::ModelNotString
+            | Self::ModelTooLong { .. }
             | Self::ModelNotFound(_)
-            | Self::ModelNotAllowed(_) => Some("model"),
+            | Self::ModelNotAllowed(_)
+            | Self::UpstreamModelNotAllowed { .. } => Some("model"),
+            Self::InvalidType { param, .. } => Some(param),
             _ => None,
         }
     }
@@ -87,9 +108,12 @@ impl GatewayError {
         Some(match self {
             Self::InvalidJson(_) | Self::BodyNotObject => "invalid_json",
             Self::ModelMissing | Self::ModelNotString => "invalid_model",
+            Self::ModelTooLong { .. } => "string_above_max_length",
+            Self::InvalidType { .. } => "invalid_type",
             Self::ModelNotFound(_) => "model_not_found",
             Self::InvalidApiKey => "invalid_api_key",
-            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => "model_not_allowed",
+            Self::BadPath => "invalid_path",
             Self::RateLimited(_) => "rate_limit_exceeded",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::BodyRead(_) => "invalid_body",

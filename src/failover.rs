@@ -1,7 +1,9 @@
 //! The order of attempts for one request: the model's candidates, then the fallback model's, hop by hop.
 
 use std::fmt;
+use std::sync::Arc;
 
+use crate::auth::KeyInfo;
 use crate::routing::{Candidate, Router};
 
 /// Statuses that move a request on to the next candidate unless the config says otherwise.
@@ -29,6 +31,16 @@ impl fmt::Display for Failure {
 }
 
 impl Failure {
+    /// What a caller is told: `connection failed`, `timed out` or `answered 500`; the details (host names,
+    /// resolver and TLS messages) go to the log and the record only.
+    pub fn class(&self) -> String {
+        match self {
+            Failure::Connect(_) => "connection failed".into(),
+            Failure::Timeout(_) => "timed out".into(),
+            Failure::Status(code) => format!("answered {code}"),
+        }
+    }
+
     /// The failover reason as a metrics label: connect, timeout, or the status code.
     pub fn reason(&self) -> String {
         match self {
@@ -47,6 +59,14 @@ pub struct Tried {
     pub failure: Failure,
 }
 
+/// A candidate left out because the caller's key may not use the model it would send upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub client: String,
+    /// The model it would have sent.
+    pub model: String,
+}
+
 /// Attempt state of one request. `current()` is the candidate being tried.
 #[derive(Debug)]
 pub struct Attempts {
@@ -63,21 +83,69 @@ pub struct Attempts {
     /// The fallback named by the first failed candidate of the current model.
     next_fallback: Option<String>,
     pub tried: Vec<Tried>,
+    /// The caller's key: a candidate whose outgoing model it may not use is never tried.
+    key: Option<Arc<KeyInfo>>,
+    pub skipped: Vec<Skipped>,
 }
 
 impl Attempts {
-    pub fn new(model: &str, candidates: Vec<Candidate>, max_hops: u32) -> Self {
-        Attempts {
+    pub fn new(
+        model: &str,
+        candidates: Vec<Candidate>,
+        max_hops: u32,
+        key: Option<Arc<KeyInfo>>,
+    ) -> Self {
+        let mut attempts = Attempts {
             model: model.to_owned(),
             fallback_model: None,
-            queue: candidates,
+            queue: Vec::new(),
             pos: 0,
             started: 0,
             hops: 0,
             max_hops,
             next_fallback: None,
             tried: Vec::new(),
-        }
+            key,
+            skipped: Vec::new(),
+        };
+        attempts.queue = attempts.admit(candidates);
+        attempts
+    }
+
+    /// The candidates whose outgoing model (alias, fallback or the requested name) the key may use; the
+    /// others are noted in `skipped`.
+    fn admit(&mut self, mut candidates: Vec<Candidate>) -> Vec<Candidate> {
+        let Some(key) = &self.key else {
+            return candidates;
+        };
+        let (model, fallback) = (&self.model, self.fallback_model.as_deref());
+        candidates.retain(|c| {
+            let outgoing = c.client.outgoing_model(model, fallback);
+            let allowed = key.allows(outgoing);
+            if !allowed {
+                self.skipped.push(Skipped {
+                    client: c.client.name.clone(),
+                    model: outgoing.to_owned(),
+                });
+            }
+            allowed
+        });
+        candidates
+    }
+
+    /// No candidate is left to try from the start (none matched, or the key may use none of them).
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// `client sends `model`; ...` for the candidates the key kept the request from.
+    pub fn skipped_summary(&self) -> String {
+        let parts: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|s| format!("{} would send `{}`", s.client, s.model))
+            .collect();
+        parts.join("; ")
     }
 
     /// The model being served now: the requested one, or the fallback the request moved on to.
@@ -147,9 +215,10 @@ impl Attempts {
                 return false;
             };
             self.hops += 1;
-            let queue = router.candidates(&model);
+            let found = router.candidates(&model);
             self.model = model.clone();
             self.fallback_model = Some(model);
+            let queue = self.admit(found);
             if !queue.is_empty() {
                 self.queue = queue;
                 self.pos = 0;
@@ -159,14 +228,26 @@ impl Attempts {
         false
     }
 
-    /// `name (why); name (why)` for the final error message.
+    /// `name for `model`: why; ...` for the log and the record, then the candidates the key ruled out.
     pub fn summary(&self) -> String {
-        let parts: Vec<String> = self
+        self.render(|f| f.to_string())
+    }
+
+    /// Like [`Attempts::summary`] with each failure's class only, for the caller's error body.
+    pub fn public_summary(&self) -> String {
+        self.render(Failure::class)
+    }
+
+    fn render(&self, failure: impl Fn(&Failure) -> String) -> String {
+        let tried = self
             .tried
             .iter()
-            .map(|t| format!("{} for `{}`: {}", t.client, t.model, t.failure))
-            .collect();
-        parts.join("; ")
+            .map(|t| format!("{} for `{}`: {}", t.client, t.model, failure(&t.failure)));
+        let skipped = self
+            .skipped
+            .iter()
+            .map(|s| format!("{} skipped: this key may not use `{}`", s.client, s.model));
+        tried.chain(skipped).collect::<Vec<_>>().join("; ")
     }
 }
 
@@ -193,7 +274,7 @@ mod tests {
     #[test]
     fn candidates_then_first_failed_fallback_then_chain() {
         let r = router(YAML);
-        let mut a = Attempts::new("m", r.candidates("m"), 3);
+        let mut a = Attempts::new("m", r.candidates("m"), 3, None);
         a.begin();
         assert_eq!(current(&a), "a");
         a.fail(Failure::Status(500));
@@ -223,9 +304,66 @@ mod tests {
     }
 
     #[test]
+    fn a_keys_model_list_holds_for_aliases_and_fallbacks() {
+        use crate::config::KeySettings;
+        let r = router(
+            "openai_clients:
+  - {name: cheap, base_url: 'http://h', priority: 5, fallback: forbidden, model_match: {type: keyword, value: cheap}}
+  - {name: premium, base_url: 'http://h', priority: 1, model: premium-upstream, model_match: {type: keyword, value: premium}}
+  - {name: f, base_url: 'http://h', model_match: {type: exact, value: forbidden}}",
+        );
+        let key = Arc::new(KeyInfo::new(&KeySettings {
+            name: "limited".into(),
+            key: crate::secret::Secret::new("sk"),
+            models: Some(vec!["cheap*".into()]),
+            rpm: None,
+            tpm: None,
+        }));
+        let mut a = Attempts::new(
+            "cheap-premium",
+            r.candidates("cheap-premium"),
+            3,
+            Some(key.clone()),
+        );
+        assert_eq!(current(&a), "cheap", "premium would send premium-upstream");
+        assert_eq!(a.skipped_summary(), "premium would send `premium-upstream`");
+        a.begin();
+        a.fail(Failure::Status(500));
+        assert!(
+            !a.advance(&r),
+            "the fallback `forbidden` is not on the key's list"
+        );
+        assert!(a
+            .summary()
+            .ends_with("f skipped: this key may not use `forbidden`"));
+        let only_premium = Attempts::new("cheap-premium", r.candidates("premium"), 3, Some(key));
+        assert!(only_premium.is_empty());
+        let open = Attempts::new("cheap-premium", r.candidates("cheap-premium"), 3, None);
+        assert_eq!(current(&open), "premium");
+    }
+
+    #[test]
+    fn callers_see_failure_classes_only() {
+        let r = router(YAML);
+        let mut a = Attempts::new("m", r.candidates("m"), 0, None);
+        a.begin();
+        a.fail(Failure::Connect(
+            "cannot resolve internal-llm.corp.invalid".into(),
+        ));
+        a.advance(&r);
+        a.begin();
+        a.fail(Failure::Status(503));
+        assert_eq!(
+            a.public_summary(),
+            "a for `m`: connection failed; b for `m`: answered 503"
+        );
+        assert!(a.summary().contains("internal-llm.corp.invalid"));
+    }
+
+    #[test]
     fn hops_are_bounded() {
         let r = router(YAML);
-        let mut a = Attempts::new("fb", r.candidates("fb"), 0);
+        let mut a = Attempts::new("fb", r.candidates("fb"), 0, None);
         a.fail(Failure::Status(500));
         assert!(!a.has_next() && !a.advance(&r));
     }

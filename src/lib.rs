@@ -5,6 +5,7 @@
 //! - `routing`   model -> ordered candidate clients (exact/keyword match, priority, weighted round robin);
 //! - `request`   the one parse of a request body (model, stream flag);
 //! - `error`     typed gateway errors and their one rendering into OpenAI-shaped JSON;
+//! - `escape`    caller-controlled text made safe for log lines (control characters escaped, length cut);
 //! - `dns`       asynchronous, cached resolution of backend host names;
 //! - `failover`  the order of attempts: candidates by priority, then fallback models, bounded hops;
 //! - `health`    passive health of each backend (failures in a row, cooldowns);
@@ -18,14 +19,17 @@
 //! - `logging`   the logger: stderr, or rotated info and error files (the `logging:` section);
 //! - `metrics`   Prometheus metrics, and their scrape service on `server.metrics_listen` (a small Pingora app);
 //! - `report`    the `gpt-api usage` report: sums and latency percentiles read from the monthly usage files;
+//! - `client_ip` the caller's address: the socket peer, or what a trusted proxy says it forwarded;
 //! - `auth`      gateway keys: finding the caller's key in its headers, each key's model allow-list;
 //! - `ratelimit` per-key requests/tokens-per-minute limits over a sliding window, and their headers.
 
 pub mod auth;
+pub mod client_ip;
 pub mod config;
 pub mod dns;
 pub mod endpoints;
 pub mod error;
+pub mod escape;
 pub mod failover;
 pub mod health;
 pub mod logging;

@@ -9,6 +9,10 @@ use serde_json::value::RawValue;
 
 use crate::error::GatewayError;
 
+/// Longest `model` accepted, in bytes (OpenAI's limit for the field): the name goes into logs, records,
+/// metrics labels and error bodies.
+pub const MAX_MODEL_BYTES: usize = 256;
+
 /// What routing, rewriting and usage records need from a JSON request body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestInfo {
@@ -33,6 +37,41 @@ struct Peek<'a> {
     include_usage: bool,
     tool: bool,
     multimodal: bool,
+    /// A field the gateway acts on had a type it must refuse (read as `false` would skip usage accounting).
+    wrong_type: Option<WrongType>,
+}
+
+/// `param` was expected to be `expected` (or null) but was `got`.
+#[derive(Debug, Clone, Copy)]
+struct WrongType {
+    param: &'static str,
+    expected: &'static str,
+    got: JsonType,
+}
+
+/// The JSON type of a value read by a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JsonType {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl JsonType {
+    /// As OpenAI's errors name it.
+    fn name(self) -> &'static str {
+        match self {
+            JsonType::Null => "null",
+            JsonType::Bool => "a boolean",
+            JsonType::Number => "a number",
+            JsonType::String => "a string",
+            JsonType::Array => "an array",
+            JsonType::Object => "an object",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -74,8 +113,18 @@ impl<'de> Visitor<'de> for PeekVisitor {
                     return Err(de::Error::duplicate_field("model"))
                 }
                 TopKey::Model => p.model = Some(map.next_value()?),
-                TopKey::Stream => p.stream = probe::<A, Flag>(&mut map)?,
-                TopKey::StreamOptions => p.include_usage = probe::<A, StreamOptions>(&mut map)?,
+                // A `stream` the gateway would read as false while a lenient backend streams (`1`, "true")
+                // would skip the usage it injects: both fields are typed strictly, as OpenAI does.
+                TopKey::Stream => {
+                    let v = map.next_value::<Lenient<Flag>>()?;
+                    p.stream = v.get();
+                    p.check(v.ty, JsonType::Bool, "stream");
+                }
+                TopKey::StreamOptions => {
+                    let v = map.next_value::<Lenient<StreamOptions>>()?;
+                    p.include_usage = v.get();
+                    p.check(v.ty, JsonType::Object, "stream_options");
+                }
                 TopKey::Tools | TopKey::Functions => p.tool |= probe::<A, NonEmpty>(&mut map)?,
                 TopKey::Messages => p.multimodal |= probe::<A, AnyItem<Message<false>>>(&mut map)?,
                 TopKey::Input => p.multimodal |= probe::<A, AnyItem<Message<true>>>(&mut map)?,
@@ -85,6 +134,19 @@ impl<'de> Visitor<'de> for PeekVisitor {
             }
         }
         Ok(p)
+    }
+}
+
+impl Peek<'_> {
+    /// Notes the first field whose type is neither `want` nor null.
+    fn check(&mut self, got: JsonType, want: JsonType, param: &'static str) {
+        if got != want && got != JsonType::Null && self.wrong_type.is_none() {
+            self.wrong_type = Some(WrongType {
+                param,
+                expected: want.name(),
+                got,
+            });
+        }
     }
 }
 
@@ -114,6 +176,19 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, GatewayError> {
         Ok(None) => return Err(GatewayError::ModelMissing),
         Err(_) => return Err(GatewayError::ModelNotString),
     };
+    if model.len() > MAX_MODEL_BYTES {
+        return Err(GatewayError::ModelTooLong {
+            len: model.len(),
+            max: MAX_MODEL_BYTES,
+        });
+    }
+    if let Some(w) = peek.wrong_type {
+        return Err(GatewayError::InvalidType {
+            param: w.param,
+            expected: w.expected,
+            got: w.got.name(),
+        });
+    }
     Ok(RequestInfo {
         model,
         stream: peek.stream,
@@ -142,59 +217,61 @@ trait Probe {
     }
 }
 
-/// The answer of probe `P` for one value; only invalid JSON is an error.
-struct Lenient<P>(bool, PhantomData<fn() -> P>);
+/// The answer of probe `P` for one value, and the value's type; only invalid JSON is an error.
+struct Lenient<P> {
+    answer: bool,
+    ty: JsonType,
+    probe: PhantomData<fn() -> P>,
+}
 
 impl<P> Lenient<P> {
     fn get(&self) -> bool {
-        self.0
-    }
-}
-
-impl<P> Default for Lenient<P> {
-    fn default() -> Self {
-        Lenient(false, PhantomData)
+        self.answer
     }
 }
 
 impl<'de, P: Probe> Deserialize<'de> for Lenient<P> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(LenientVisitor::<P>(PhantomData))
-            .map(|b| Lenient(b, PhantomData))
+            .map(|(answer, ty)| Lenient {
+                answer,
+                ty,
+                probe: PhantomData,
+            })
     }
 }
 
 struct LenientVisitor<P>(PhantomData<fn() -> P>);
 
 impl<'de, P: Probe> Visitor<'de> for LenientVisitor<P> {
-    type Value = bool;
+    type Value = (bool, JsonType);
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
-        Ok(P::on_bool(v))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok((P::on_bool(v), JsonType::Bool))
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<bool, E> {
-        Ok(false)
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok((false, JsonType::Number))
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<bool, E> {
-        Ok(false)
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok((false, JsonType::Number))
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
-        Ok(false)
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok((false, JsonType::Number))
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(P::on_str(v))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok((P::on_str(v), JsonType::String))
     }
-    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
-        Ok(false)
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok((false, JsonType::Null))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
-        P::on_seq(seq)
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        P::on_seq(seq).map(|answer| (answer, JsonType::Array))
     }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
-        P::on_map(map)
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        P::on_map(map).map(|answer| (answer, JsonType::Object))
     }
 }
 

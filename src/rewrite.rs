@@ -52,9 +52,7 @@ pub fn upstream_model<'a>(
     client: &'a Client,
     model_override: Option<&'a str>,
 ) -> &'a str {
-    model_override
-        .or(client.model.as_deref())
-        .unwrap_or(&info.model)
+    client.outgoing_model(&info.model, model_override)
 }
 
 /// The rules that apply to one request, decided without looking at the body.

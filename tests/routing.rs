@@ -335,13 +335,10 @@ fn xff_chain(r: &common::Recorded) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn x_forwarded_for_appends_caller() {
     let mock = Mock::start("m").await;
-    let gw = Gateway::start(&config(vec![client(
-        "h",
-        &mock.base_url("/v1"),
-        "exact",
-        &["m"],
-    )]))
-    .await;
+    // A trusted proxy's list is appended to; anyone else's is replaced (tests/security.rs).
+    let mut cfg = config(vec![client("h", &mock.base_url("/v1"), "exact", &["m"])]);
+    cfg["server"] = json!({ "trusted_proxies": ["127.0.0.1"] });
+    let gw = Gateway::start(&cfg).await;
 
     let resp = http_client()
         .post(gw.url("/v1/chat/completions"))

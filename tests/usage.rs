@@ -410,7 +410,10 @@ async fn ip_is_the_first_forwarded_for_else_real_ip_else_the_socket() {
     let mock = Mock::start("b").await;
     let db = tempfile::tempdir().unwrap();
     let c = client("a", &mock.base_url("/v1"), "keyword", &["m-"]);
-    let gw = Gateway::start(&usage_config(vec![c], db.path(), json!({}))).await;
+    // The test client is a trusted proxy: only then are its forwarding headers believed (tests/security.rs).
+    let mut cfg = usage_config(vec![c], db.path(), json!({}));
+    cfg["server"] = json!({ "trusted_proxies": ["127.0.0.1", "10.0.0.0/8"] });
+    let gw = Gateway::start(&cfg).await;
 
     let cases: [Case; 3] = [
         (

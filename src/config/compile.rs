@@ -184,7 +184,27 @@ fn compile_server(server: file::ServerFile, errors: &mut Errors) -> ServerSettin
         )),
         tls,
         metrics_listen,
+        trusted_proxies: trusted_proxies(&mut s, server.trusted_proxies.unwrap_or_default()),
     }
+}
+
+/// Each entry an address (`10.0.0.1`, one host) or a network in CIDR notation (`10.0.0.0/8`).
+fn trusted_proxies(s: &mut Section, entries: Vec<String>) -> Vec<ipnet::IpNet> {
+    let mut nets = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let text = entry.trim();
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => s.report(
+                &format!("trusted_proxies[{i}]"),
+                format!("expected an address or a network such as 10.0.0.0/8, not {entry:?}"),
+            ),
+        }
+    }
+    nets
 }
 
 /// Both paths are required; the files themselves are read when the listener starts (and on reload).
@@ -368,7 +388,7 @@ openai_clients:
     fn bad_server_and_usage_values_are_reported_with_their_paths() {
         let text = "server: {listen: 'localhost', lisen: 1}\nopenai_clients: []\nx: 1";
         let expected = [
-            "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen",
+            "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies",
             "x: unknown field, expected one of openai_clients, server, usage, failover, auth, logging",
             "server.listen: expected an address such as 0.0.0.0:8000, not \"localhost\"",
         ];

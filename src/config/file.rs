@@ -62,6 +62,7 @@ pub(super) struct ServerFile {
     pub models_cache_seconds: Option<i64>,
     pub tls: Option<TlsFile>,
     pub metrics_listen: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `server.tls`: serve HTTPS (HTTP/2 and HTTP/1.1 through ALPN) with this PEM certificate chain and key.
@@ -165,6 +166,7 @@ const SERVER: Shape = Shape::Section(&[
     ("models_cache_seconds", Shape::Int),
     ("tls", TLS),
     ("metrics_listen", Shape::Str),
+    ("trusted_proxies", Shape::ListOf(&Shape::Str)),
 ]);
 
 const TLS: Shape = Shape::Section(&[("cert_path", Shape::Str), ("key_path", Shape::Str)]);
@@ -499,7 +501,8 @@ logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_
                 "models_timeout_ms",
                 "models_cache_seconds",
                 "tls",
-                "metrics_listen"
+                "metrics_listen",
+                "trusted_proxies"
             ]
         );
         assert_eq!(server.expose_backend_header, Some(false));
@@ -538,7 +541,7 @@ logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_
                 "openai_clients[0].model_match.type: expected a string",
                 "openai_clients[0].model_match.valu: unknown field, expected one of type, value",
                 "openai_clients[1]: expected a mapping",
-                "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen",
+                "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies",
                 "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging",
                 "usage.record_bodies: expected true or false",
                 "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity",

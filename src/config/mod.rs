@@ -72,6 +72,9 @@ pub struct ServerSettings {
     /// `server.metrics_listen`: where Prometheus metrics are served (`GET /metrics`); `None`: not served.
     /// Read at startup only.
     pub metrics_listen: Option<String>,
+    /// `server.trusted_proxies`: peers whose `X-Forwarded-For` is believed (empty: none, the socket peer is
+    /// the caller).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The PEM files of `server.tls` (relative paths are relative to the working directory).
@@ -178,6 +181,14 @@ pub struct Client {
     pub retry_on: Vec<u16>,
     /// When consecutive failures put this client aside, and for how long.
     pub health_policy: crate::health::HealthPolicy,
+}
+
+impl Client {
+    /// The model name this client sends upstream for `requested`: a fallback model being served, else the
+    /// client's `model` alias, else the requested name. A key's model list is checked against this name.
+    pub fn outgoing_model<'a>(&'a self, requested: &'a str, fallback: Option<&'a str>) -> &'a str {
+        fallback.or(self.model.as_deref()).unwrap_or(requested)
+    }
 }
 
 /// One validation problem, with the path of the offending field (`openai_clients[2].model_match.type`).

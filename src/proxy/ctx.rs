@@ -58,6 +58,10 @@ pub struct RequestCtx {
     pub metered: bool,
     /// The socket peer's address, formatted once routing starts.
     pub socket_ip: Option<String>,
+    /// The caller's address for the log and the record (the peer, or what a trusted proxy forwarded).
+    pub caller_ip: Option<String>,
+    /// The peer is one of `server.trusted_proxies`: its `X-Forwarded-For` is passed on and appended to.
+    pub peer_trusted: bool,
 }
 
 /// What is known of a record before the request ends.
@@ -98,6 +102,8 @@ impl RequestCtx {
             ratelimit_headers: Vec::new(),
             metered: false,
             socket_ip: None,
+            caller_ip: None,
+            peer_trusted: false,
         }
     }
 
@@ -132,9 +138,10 @@ impl RequestCtx {
             metrics.backend_health(name, c.health.failures(), c.health.is_cooling());
             metrics.failover(name, &failure.reason());
             log::warn!(
-                "attempt {} of model `{}` at {name} failed: {failure}",
+                "attempt {} of model `{}` at {name} failed: {}",
                 attempts.count(),
-                attempts.model()
+                crate::escape::field(attempts.model()),
+                crate::escape::text(&failure.to_string())
             );
         }
         attempts.fail(failure);

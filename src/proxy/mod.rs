@@ -13,6 +13,7 @@ mod respond;
 pub mod server;
 mod upstream;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -34,8 +35,9 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::auth::Auth;
 use crate::config::{Config, UsageSettings};
 use crate::dns::DnsCache;
-use crate::endpoints::{classify, ApiKind, Endpoint};
+use crate::endpoints::{classify, normalize_path, ApiKind, Endpoint};
 use crate::error::GatewayError;
+use crate::escape;
 use crate::failover::{Attempts, Failure};
 use crate::health::parse_retry_after;
 use crate::metrics::Metrics;
@@ -211,7 +213,13 @@ impl Gateway {
         let info = request::inspect(&body)?;
         // Formatted once: the record, the forwarded-for header of every attempt and the log use it.
         ctx.socket_ip = socket_ip(session);
-        let ip = caller_ip(session, ctx.socket_ip.as_deref());
+        let (ip, peer_trusted) = caller_ip(
+            session,
+            &rt.config.server.trusted_proxies,
+            ctx.socket_ip.as_deref(),
+        );
+        ctx.peer_trusted = peer_trusted;
+        ctx.caller_ip = ip.clone();
         let path = session.req_header().uri.path();
         ctx.kind = ApiKind::from_path(path);
         let kind = ctx.kind.record_type(path);
@@ -234,11 +242,19 @@ impl Gateway {
         if candidates.is_empty() {
             return Err(GatewayError::ModelNotFound(model));
         }
-        ctx.attempts = Some(Attempts::new(
+        let attempts = Attempts::new(
             &model,
             candidates,
             rt.config.failover.max_fallback_hops,
-        ));
+            ctx.key.clone(),
+        );
+        if attempts.is_empty() {
+            return Err(GatewayError::UpstreamModelNotAllowed {
+                model,
+                skipped: attempts.skipped_summary(),
+            });
+        }
+        ctx.attempts = Some(attempts);
         Ok(())
     }
 
@@ -265,24 +281,60 @@ impl Gateway {
     }
 }
 
+/// Puts the request's one normal path in place, and takes gateway keys out of its query, before anything
+/// reads them: classification, auth, routing, the record and the backend all see the same request.
+fn normalize_uri(session: &mut Session, auth: Option<&Auth>) -> Result<(), GatewayError> {
+    let uri = &session.req_header().uri;
+    let path = normalize_path(uri.path()).map_err(|_| GatewayError::BadPath)?;
+    let query = uri.query();
+    let stripped = auth.zip(query).and_then(|(a, q)| a.strip_query_keys(q));
+    if matches!(path, Cow::Borrowed(_)) && stripped.is_none() {
+        return Ok(());
+    }
+    let query = stripped.as_deref().or(query).filter(|q| !q.is_empty());
+    let path_and_query = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| GatewayError::BadPath)?);
+    let uri = http::Uri::from_parts(parts).map_err(|_| GatewayError::BadPath)?;
+    session.req_header_mut().set_uri(uri);
+    Ok(())
+}
+
 const X_REAL_IP: header::HeaderName = header::HeaderName::from_static("x-real-ip");
 const X_GPT_API_BACKEND: header::HeaderName = header::HeaderName::from_static("x-gpt-api-backend");
 
-/// First `X-Forwarded-For` entry, else `X-Real-IP`, else the socket peer.
-fn caller_ip(session: &Session, socket: Option<&str>) -> Option<String> {
+/// The caller's address as the logs and records show it: the socket peer, or what a trusted proxy
+/// forwarded (see [`crate::client_ip`]); also whether the peer is such a proxy.
+/// `socket` is the peer already formatted, used as is when no proxy is trusted.
+fn caller_ip(
+    session: &Session,
+    trusted: &[ipnet::IpNet],
+    socket: Option<&str>,
+) -> (Option<String>, bool) {
+    if trusted.is_empty() {
+        return (socket.map(str::to_owned), false);
+    }
+    let Some(peer) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+    else {
+        return (None, false);
+    };
     let headers = &session.req_header().headers;
     let forwarded = headers
-        .get(upstream::X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .or_else(|| headers.get(X_REAL_IP).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
-    match (forwarded, socket) {
-        (Some(ip), _) => Some(ip.to_owned()),
-        (None, Some(ip)) => Some(ip.to_owned()),
-        (None, None) => socket_ip(session),
-    }
+        .get_all(upstream::X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.as_bytes());
+    let real = headers.get(X_REAL_IP).map(|v| v.as_bytes());
+    let ip = crate::client_ip::caller_ip(peer, trusted, forwarded, real);
+    (
+        Some(ip_text(ip)),
+        crate::client_ip::is_trusted(peer, trusted),
+    )
 }
 
 /// Points the limiter at the runtime's keys; an open gateway is worth a warning at start and on reload.
@@ -344,6 +396,32 @@ fn describe(e: &Error) -> String {
     }
 }
 
+/// The error a caller gets when no attempt succeeded, and the same with every attempt's details (host
+/// names, resolver and TLS messages) for the log and the record.
+fn final_error(ctx: &RequestCtx, e: &Error) -> (GatewayError, String) {
+    let model = ctx.model().to_owned();
+    let Some(a) = ctx.attempts.as_ref().filter(|a| !a.tried.is_empty()) else {
+        // Internal errors name no backend; the caller learns only that the gateway failed.
+        let detail = format!("Internal gateway error: {}", describe(e));
+        return (
+            GatewayError::Internal("the request could not be proxied".into()),
+            detail,
+        );
+    };
+    let timeout = a.last_was_timeout();
+    let make = |tried: String| match timeout {
+        true => GatewayError::UpstreamTimeout {
+            model: model.clone(),
+            tried,
+        },
+        false => GatewayError::UpstreamUnreachable {
+            model: model.clone(),
+            tried,
+        },
+    };
+    (make(a.public_summary()), make(a.summary()).to_string())
+}
+
 fn error_kind(message: &str) -> Box<Error> {
     Error::explain(ErrorType::InternalError, message.to_owned())
 }
@@ -373,6 +451,9 @@ impl ProxyHttp for Proxy {
         let rt = self.runtime.load_full();
         ctx.runtime = Some(rt.clone());
         session.set_keepalive(Some(CLIENT_KEEPALIVE_SECS));
+        if let Err(e) = normalize_uri(session, rt.auth.as_deref()) {
+            return self.reject(session, ctx, e).await;
+        }
         let req = session.req_header();
         let endpoint = classify(req.method.as_str(), req.uri.path());
         if endpoint == Endpoint::Health {
@@ -503,6 +584,7 @@ impl ProxyHttp for Proxy {
             client,
             ctx.send_body.len(),
             ctx.socket_ip.as_deref(),
+            ctx.peer_trusted,
             // A gateway key (auth on) never reaches a backend; nor does a caller's key where the client
             // sends its own.
             ctx.key.is_some() || !client.api_key.is_empty(),
@@ -676,7 +758,11 @@ impl ProxyHttp for Proxy {
             } else {
                 format!("backend failed mid-response: {}", describe(e))
             };
-            log::warn!("model `{}`: {why}", ctx.model());
+            log::warn!(
+                "model `{}`: {}",
+                escape::field(ctx.model()),
+                escape::text(&why)
+            );
             if ctx.sse && !caller_gone {
                 // The stream already started: end it with an error event the caller's SDK can surface.
                 let event = ResponseTap::error_event(&why, "upstream_error");
@@ -697,25 +783,12 @@ impl ProxyHttp for Proxy {
                 can_reuse_downstream: false,
             };
         }
-        let model = ctx.model().to_owned();
-        let err = match ctx.attempts.as_ref() {
-            Some(a) if !a.tried.is_empty() && a.last_was_timeout() => {
-                GatewayError::UpstreamTimeout {
-                    model,
-                    tried: a.summary(),
-                }
-            }
-            Some(a) if !a.tried.is_empty() => GatewayError::UpstreamUnreachable {
-                model,
-                tried: a.summary(),
-            },
-            _ => GatewayError::Internal(describe(e)),
-        };
-        log::warn!("{err}");
+        let (err, detail) = final_error(ctx, e);
+        log::warn!("{}", escape::text(&detail));
         if let Err(write) = respond::error(session, &err).await {
             log::debug!("could not send the error response: {write}");
         }
-        ctx.error = Some(err.to_string());
+        ctx.error = Some(detail);
         FailToProxy {
             error_code: err.status(),
             can_reuse_downstream: false,
@@ -745,18 +818,29 @@ impl ProxyHttp for Proxy {
             (_, Some(status)) => status,
             (_, None) => CLIENT_CLOSED,
         };
+        if let Some(tap) = ctx.tap.as_mut() {
+            // A stream cut short (the caller left, the backend broke) may hold a last event that carries the
+            // usage: read what arrived. A no-op for an answer that ended.
+            tap.finish();
+        }
         ctx.note_first_token();
         let tokens = ctx.tap.as_ref().and_then(|t| t.usage()).unwrap_or_default();
+        if ctx.caller_ip.is_none() {
+            let trusted = ctx
+                .runtime
+                .as_ref()
+                .map_or(&[][..], |rt| rt.config.server.trusted_proxies.as_slice());
+            ctx.caller_ip = caller_ip(session, trusted, socket_ip(session).as_deref()).0;
+        }
         let req = session.req_header();
+        // Caller-controlled values are escaped and cut: none can end the line or forge a field.
         log::info!(
             "{} {} {} {} model={} backend={} key={} attempts={} ms={} ttfb_ms={} prompt={} completion={}",
-            caller_ip(session, ctx.socket_ip.as_deref())
-                .as_deref()
-                .unwrap_or("-"),
-            req.method,
-            req.uri.path(),
+            ctx.caller_ip.as_deref().unwrap_or("-"),
+            escape::field(req.method.as_str()),
+            escape::field(req.uri.path()),
             status,
-            ctx.model(),
+            escape::field(ctx.model()),
             ctx.client().map_or("-", |c| c.name.as_str()),
             ctx.key.as_ref().map_or("-", |k| k.name()),
             ctx.attempts.as_ref().map_or(0, |a| a.count()),

@@ -50,7 +50,11 @@ impl Gateway {
         let fetched: Vec<Option<Fetched>> = join_all(fetches).await;
         for (client, result) in clients.iter().zip(&fetched) {
             if let Some(Err(why)) = result {
-                log::warn!("models of backend {} skipped: {why}", client.name);
+                log::warn!(
+                    "models of backend {} skipped: {}",
+                    client.name,
+                    crate::escape::text(&why.to_string())
+                );
             }
         }
         let body = Bytes::from(models::merge(clients, &fetched, self.started_unix));

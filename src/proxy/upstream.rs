@@ -50,6 +50,7 @@ pub fn peer(client: &Client, addr: SocketAddr) -> HttpPeer {
 }
 
 /// Rewrites the caller's request head for `client`: path, Host, key, extra headers, framing, forwarding.
+/// `keep_forwarded`: the caller is a trusted proxy, whose `X-Forwarded-For` is appended to (else replaced).
 /// `strip_caller_keys`: the caller's key is a gateway key (auth on) and must never reach a backend.
 /// Per request; it only touches what must change (a header lookup or insert costs a hash or two).
 pub fn rewrite(
@@ -57,6 +58,7 @@ pub fn rewrite(
     client: &Client,
     body_len: usize,
     caller_ip: Option<&str>,
+    keep_forwarded: bool,
     strip_caller_keys: bool,
 ) -> Result<()> {
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -79,13 +81,15 @@ pub fn rewrite(
         req.insert_header(header::CONTENT_LENGTH, length)?;
     }
     if let Some(ip) = caller_ip {
-        let xff = match req
+        // Only a trusted proxy's list is passed on; anyone else's could be forged.
+        let prev = req
             .headers
             .get(X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_owned(),
+            .filter(|prev| keep_forwarded && !prev.trim().is_empty());
+        let xff = match prev {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_owned(),
         };
         req.insert_header(X_FORWARDED_FOR, xff)?;
     }
@@ -165,7 +169,7 @@ mod tests {
     fn rewrites_path_host_key_and_framing() {
         let c = client(", api_key: sk-1, headers: {api-key: az}");
         let mut req = request();
-        rewrite(&mut req, &c, 42, Some("127.0.0.1"), false).unwrap();
+        rewrite(&mut req, &c, 42, Some("127.0.0.1"), true, false).unwrap();
         let h = |n: &str| req.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(req.uri.to_string(), "/v1/chat/completions?a=1");
         assert_eq!(h("host").as_deref(), Some("api.example.com:8443"));
@@ -183,7 +187,7 @@ mod tests {
     fn empty_key_passes_callers_authorization() {
         let c = client("");
         let mut req = request();
-        rewrite(&mut req, &c, 0, None, false).unwrap();
+        rewrite(&mut req, &c, 0, None, false, false).unwrap();
         assert_eq!(req.headers.get("authorization").unwrap(), "Bearer caller");
     }
 
@@ -193,7 +197,7 @@ mod tests {
         let mut req = request();
         req.insert_header("api-key", "gw-key").unwrap();
         req.insert_header("x-api-key", "gw-key").unwrap();
-        rewrite(&mut req, &c, 0, None, true).unwrap();
+        rewrite(&mut req, &c, 0, None, false, true).unwrap();
         assert_eq!(
             req.headers.get("authorization").unwrap(),
             "Bearer sk-backend"

@@ -22,7 +22,7 @@ fn reads_model_and_stream() {
     let r = info(r#" {"model":"a\u00e9"} "#);
     assert_eq!(r.model, "a\u{e9}");
     assert!(!r.stream);
-    assert!(!info(r#"{"model":"m","stream":"yes"}"#).stream);
+    assert!(!info(r#"{"model":"m","stream":null}"#).stream);
     // Repeated keys other than `model` are no error; the last `stream` counts.
     let twice = r#"{"stream":true,"model":"m","stream":false,"messages":[],"messages":3}"#;
     assert!(!info(twice).stream);
@@ -75,10 +75,51 @@ fn include_usage() {
         r#"{"model":"m","stream_options":null}"#,
         r#"{"model":"m","stream_options":{"include_usage":false}}"#,
         r#"{"model":"m","stream_options":{"include_usage":"true"}}"#,
-        r#"{"model":"m","stream_options":[true]}"#,
     ] {
         assert!(!info(off).include_usage, "{off}");
     }
+}
+
+/// A `stream` read as false while a lenient backend streams would skip the usage the gateway injects.
+#[test]
+fn stream_and_stream_options_are_typed_strictly() {
+    let cases = [
+        (r#"{"model":"m","stream":1}"#, "stream", "a number"),
+        (r#"{"model":"m","stream":"true"}"#, "stream", "a string"),
+        (r#"{"model":"m","stream":[true]}"#, "stream", "an array"),
+        (
+            r#"{"model":"m","stream":true,"stream_options":[true]}"#,
+            "stream_options",
+            "an array",
+        ),
+        (
+            r#"{"model":"m","stream_options":"include_usage"}"#,
+            "stream_options",
+            "a string",
+        ),
+    ];
+    for (body, param, got) in cases {
+        let err = inspect(body.as_bytes()).unwrap_err();
+        assert!(
+            matches!(err, GatewayError::InvalidType { param: p, got: g, .. } if p == param && g == got),
+            "{body}: {err:?}"
+        );
+        assert_eq!(err.status(), 400);
+    }
+}
+
+#[test]
+fn model_names_are_bounded() {
+    let ok = format!(r#"{{"model":"{}"}}"#, "m".repeat(MAX_MODEL_BYTES));
+    assert_eq!(info(&ok).model.len(), MAX_MODEL_BYTES);
+    let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(MAX_MODEL_BYTES + 1));
+    assert_eq!(
+        inspect(long.as_bytes()),
+        Err(GatewayError::ModelTooLong {
+            len: MAX_MODEL_BYTES + 1,
+            max: MAX_MODEL_BYTES
+        })
+    );
 }
 
 #[test]

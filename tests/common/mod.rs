@@ -5,6 +5,7 @@
 pub mod http;
 pub mod mock;
 pub mod process;
+pub mod python;
 pub mod records;
 pub mod reload;
 pub mod tls;
@@ -144,6 +145,10 @@ impl GatewayBuilder {
 
     fn spawn(&self, config_path: &Path, port: u16, log_path: &Path, out_path: &Path) -> Child {
         let mut cmd = Command::new(BIN);
+        // In the temp dir: relative paths (the default usage dir `database`) never land in the working tree.
+        if let Some(dir) = config_path.parent() {
+            cmd.current_dir(dir);
+        }
         cmd.arg("--config")
             .arg(config_path)
             .arg("--listen")
@@ -414,7 +419,7 @@ pub async fn run_python_client(script: &str, args: Vec<std::ffi::OsString>) {
         .join("tests/python")
         .join(script);
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(python::python())
             .arg(path)
             .args(&args)
             .env("NO_PROXY", "*")
