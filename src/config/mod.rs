@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use auth::{AuthSettings, KeySettings};
+pub use auth::{AuthSettings, KeyChanges, KeySettings};
 pub use base_url::{BaseUrl, BaseUrlError};
 pub use logging::{LoggingSettings, DEFAULT_LOG_LEVEL};
 
