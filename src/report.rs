@@ -40,7 +40,11 @@ missing count adds 0); no_usage (records without any token count, errors include
 the group's records that have one, errors included). Grouped by key, a record without a key name
 (or from a file written before the KeyName column existed) is in the group \"-\" (null in JSON,
 empty in CSV); likewise a record without a backend. Rows are sorted by their group values; table
-and JSON add a total.")]
+and JSON add a total.
+
+Stored values are shown safely: in the table a group value is cut to 64 characters (ending in …)
+and control characters are escaped (\\n, \\t, \\u001b, NUL as \\u0000); CSV has the whole value with
+the same escapes except line breaks, which it quotes; JSON has the whole value, escaped.")]
 pub struct UsageArgs {
     /// Read the `usage.dir` of this gateway config (default: the top-level --config, config/config.yaml).
     ///

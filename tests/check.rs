@@ -154,3 +154,41 @@ openai_clients:
     let out = check(&with_default, &[], &["GPT_API_TEST_CHECK_VAR_1"]);
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+/// A `base_url` carrying `user:s3cret@`: as a valid URL, with a bad port, a bad host, no host, a bad scheme,
+/// without a scheme, a password holding a `/`, and inside a bad `${...}`. Each is an error at its field path,
+/// and the password is printed nowhere.
+#[test]
+fn a_base_url_with_a_password_is_refused_without_echoing_it() {
+    for url in [
+        "https://user:s3cret@api.example.com/v1",
+        "https://user:s3cret@host:99999/v1",
+        "https://user:s3cret@ho st/v1",
+        "https://user:s3cret@/v1",
+        "ftp://user:s3cret@host/v1",
+        "//user:s3cret@host/v1",
+        "https://user:s3/cret@host/v1",
+        "${https://user:s3cret@host/v1}",
+    ] {
+        let yaml = format!(
+            "openai_clients:\n  - {{ name: a, api_key: k, base_url: {url:?}, model_match: {{ type: exact, value: m }} }}\n"
+        );
+        let out = check(&yaml, &[], &[]);
+        assert_ne!(out.code, 0, "{url}: {out:?}");
+        assert!(
+            out.stderr.contains("openai_clients[0].base_url"),
+            "{url}: the error names the field: {}",
+            out.stderr
+        );
+        for shown in [&out.stdout, &out.stderr] {
+            assert!(
+                !shown.contains("s3cret"),
+                "{url}: password printed: {shown}"
+            );
+            assert!(
+                !shown.contains("s3/cret"),
+                "{url}: password printed: {shown}"
+            );
+        }
+    }
+}

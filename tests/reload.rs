@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::reload::{rejected, reloaded};
-use common::{chat_body, client, error_object, get, http_client, post_json, Gateway, Mock, Resp};
+use common::{
+    chat_body, client, error_object, free_port, get, http_client, post_json, Gateway, Mock, Resp,
+};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -517,4 +519,125 @@ async fn changed_base_url_path_and_special_prefix_take_effect() {
     let reqs = mock.requests();
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[1].uri, "/alt/v1/chat/completions");
+}
+
+/// A chat request for `m1` with this gateway key (`None`: no key at all).
+async fn chat_keyed(gw: &Gateway, key: Option<&str>) -> Resp {
+    let mut req = http_client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    let resp = req
+        .body(serde_json::to_vec(&chat_body("m1")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    Resp::read(resp).await
+}
+
+/// A config whose one client has its own key, with these gateway keys (`None`: no `auth:` section).
+fn auth_config(mock: &Mock, metrics_port: u16, keys: Option<Value>) -> Value {
+    let mut config = clients(vec![keyed(
+        client("a", &mock.base_url("/v1"), "exact", &["m1"]),
+        "sk-backend-own",
+    )]);
+    config["server"] = json!({ "metrics_listen": format!("127.0.0.1:{metrics_port}") });
+    if let Some(keys) = keys {
+        config["auth"] = json!({ "keys": keys });
+    }
+    config
+}
+
+/// Polls `/metrics` until `gpt_api_config_reloads_total{outcome}` is `want`; panics with the scrape after `RELOAD_WAIT`.
+async fn wait_reload_count(port: u16, outcome: &str, want: u32) {
+    let series = format!("gpt_api_config_reloads_total{{outcome=\"{outcome}\"}} {want}");
+    let deadline = Instant::now() + RELOAD_WAIT;
+    loop {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        let text = match http_client().get(&url).send().await {
+            Ok(resp) => resp.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.lines().any(|l| l == series) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {series:?} in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_without_auth_is_rejected_and_the_keys_stay_required() {
+    let mock = Mock::start("mock").await;
+    let metrics_port = free_port();
+    let keys = json!([{ "name": "team", "key": "sk-gw-team-7001" }]);
+    let gw = start_info(&auth_config(&mock, metrics_port, Some(keys))).await;
+    assert_eq!(chat_keyed(&gw, None).await.status, 401);
+    assert_eq!(chat_keyed(&gw, Some("sk-gw-team-7001")).await.status, 200);
+
+    // A truncated write or a bad merge: the same config without its `auth:` section.
+    gw.rewrite_config(&auth_config(&mock, metrics_port, None));
+    gw.wait_log(&rejected("file changed"), 1, RELOAD_WAIT).await;
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&rejected("file changed")))
+        .unwrap();
+    assert!(line.contains(" ERROR "), "{log}");
+    assert!(
+        line.contains("would turn off gateway keys; opening the gateway takes a restart"),
+        "{log}"
+    );
+    assert_eq!(gw.log_count("config reloaded"), 0, "{log}");
+    let r = chat_keyed(&gw, None).await;
+    assert_eq!(r.status, 401, "still closed: {}", r.text());
+    let r = chat_keyed(&gw, Some("sk-gw-team-7001")).await;
+    assert_eq!(r.status, 200, "the key still works: {}", r.text());
+
+    // Forced by SIGHUP, the same file is refused again; each refusal is counted.
+    gw.signal("HUP");
+    gw.wait_log(&rejected("SIGHUP"), 1, RELOAD_WAIT).await;
+    assert_eq!(chat_keyed(&gw, None).await.status, 401);
+    wait_reload_count(metrics_port, "rejected", 2).await;
+    wait_reload_count(metrics_port, "applied", 0).await;
+    assert_eq!(
+        mock.count(),
+        2,
+        "only the two keyed requests reached the backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_changes_keys_logs_their_names_not_the_keys() {
+    let mock = Mock::start("mock").await;
+    let metrics_port = free_port();
+    let before = json!([
+        { "name": "a", "key": "sk-gw-a-7101" },
+        { "name": "c", "key": "sk-gw-c-7103" },
+    ]);
+    let gw = start_info(&auth_config(&mock, metrics_port, Some(before))).await;
+
+    let after = json!([
+        { "name": "c", "key": "sk-gw-c-7103" },
+        { "name": "b", "key": "sk-gw-b-7102" },
+    ]);
+    gw.rewrite_config(&auth_config(&mock, metrics_port, Some(after)));
+    gw.wait_log(&reloaded("file changed"), 1, RELOAD_WAIT).await;
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("gateway keys changed (file changed)"))
+        .unwrap_or_else(|| panic!("no key change logged:\n{log}"));
+    assert!(line.contains(" INFO "), "{log}");
+    assert!(
+        line.contains(r#"1 added ["b"], 1 removed ["a"], 0 replaced []"#),
+        "{log}"
+    );
+    for key in ["sk-gw-a-7101", "sk-gw-b-7102", "sk-gw-c-7103"] {
+        assert!(!log.contains(key), "{key} logged:\n{log}");
+    }
+    assert_eq!(chat_keyed(&gw, Some("sk-gw-a-7101")).await.status, 401);
+    assert_eq!(chat_keyed(&gw, Some("sk-gw-b-7102")).await.status, 200);
 }

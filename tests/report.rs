@@ -50,22 +50,40 @@ impl Gateway {
         self.dir.path()
     }
 
+    /// The open month file a record of this time goes to, created on first use.
+    fn db(&mut self, time: &str) -> &Connection {
+        let file = format!("record_{}{}.db", &time[..4], &time[5..7]);
+        let path = self.dir.path().join(&file);
+        let key_column = self.key_column;
+        self.open.entry(file).or_insert_with(|| {
+            let db = Connection::open(path).unwrap();
+            db.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+            let schema = if key_column {
+                SCHEMA.to_string()
+            } else {
+                SCHEMA.replace(", KeyName TEXT", "")
+            };
+            db.execute_batch(&schema).unwrap();
+            db
+        })
+    }
+
+    /// One successful record with these group values, stored byte for byte.
+    fn write_values(&mut self, time: &str, model: &str, key: &str, backend: &str) {
+        self.db(time)
+            .execute(
+                "INSERT INTO records (Time, Model, Type, PromptTokens, CompletionTokens, TotalTokens, Backend,
+                    Status, LatencyMs, KeyName)
+                 VALUES (?1, ?2, ?3, 1, 1, 2, ?4, 200, 10, ?5)",
+                params![time, model, backend, backend, key],
+            )
+            .unwrap();
+    }
+
     fn write(&mut self, records: &[Rec]) {
+        let key_column = self.key_column;
         for r in records {
-            let file = format!("record_{}{}.db", &r.time[..4], &r.time[5..7]);
-            let path = self.dir.path().join(&file);
-            let key_column = self.key_column;
-            let db = self.open.entry(file).or_insert_with(|| {
-                let db = Connection::open(path).unwrap();
-                db.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
-                let schema = if key_column {
-                    SCHEMA.to_string()
-                } else {
-                    SCHEMA.replace(", KeyName TEXT", "")
-                };
-                db.execute_batch(&schema).unwrap();
-                db
-            });
+            let db = self.db(&r.time);
             let total = match (r.prompt, r.completion) {
                 (None, None) => None,
                 (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
@@ -78,7 +96,7 @@ impl Gateway {
                 params![r.time, r.model, r.prompt, r.completion, total, r.status, r.latency_ms],
             )
             .unwrap();
-            if let (Some(key), true) = (r.key, self.key_column) {
+            if let (Some(key), true) = (r.key, key_column) {
                 db.execute(
                     "UPDATE records SET KeyName = ?1 WHERE id = last_insert_rowid()",
                     params![key],
@@ -329,4 +347,143 @@ fn the_config_names_the_directory_and_a_bad_config_points_to_dir() {
         stderr.contains("GPT_API_REPORT_TEST_KEY") && stderr.contains("--dir"),
         "{stderr}"
     );
+}
+
+/// Values a caller (the model is whatever the request said) or a config could have stored: a 70,000-character
+/// model, a line break, a terminal title sequence, NUL, a comma and a quote, a C1 CSI, a bidi override.
+fn strange_values() -> Vec<String> {
+    vec![
+        "x".repeat(70_000),
+        "two\nlines".into(),
+        "\u{1b}]0;pwned\u{7}".into(),
+        "nul\0byte".into(),
+        "comma, \"quote\"".into(),
+        "csi\u{9b}2J\u{202e}".into(),
+    ]
+}
+
+/// A month whose records carry the strange values as model, key name, backend and type, one record each.
+fn strange_month() -> (Gateway, Vec<String>) {
+    let mut gateway = Gateway::new(true);
+    let values = strange_values();
+    for (i, value) in values.iter().enumerate() {
+        let time = format!("2026-11-{:02}T10:00:00+00:00", i + 1);
+        let other = &values[(i + 1) % values.len()];
+        gateway.write_values(&time, value, other, value);
+    }
+    (gateway, values)
+}
+
+fn usage_of(gateway: &Gateway, format: &str) -> String {
+    let dir = gateway.path().to_str().unwrap();
+    let by = "model,key,backend";
+    let out = usage(&[
+        "--dir", dir, "--month", "2026-11", "--by", by, "--format", format,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "--format {format}: {}",
+        text(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A raw control character (other than the line breaks `allowed`), or a bidi override that reorders the line.
+fn raw_control(text: &str, allowed: &[char]) -> Option<char> {
+    text.chars()
+        .find(|c| !allowed.contains(c) && (c.is_control() || *c == '\u{202e}'))
+}
+
+#[test]
+fn strange_stored_values_are_escaped_and_cut_in_the_table() {
+    let (gateway, values) = strange_month();
+    let table = usage_of(&gateway, "table");
+    let lines: Vec<&str> = table.lines().collect();
+    // Header, one line per record (none forged by a line break), rule, total.
+    assert_eq!(lines.len(), values.len() + 3, "{table}");
+    let longest = lines.iter().map(|l| l.chars().count()).max().unwrap();
+    assert!(longest <= 400, "a line of {longest} characters");
+    assert_eq!(raw_control(&table, &['\n']), None, "{table:?}");
+    assert!(table.contains("\\u001b]0;pwned\\u0007"), "{table}");
+    assert!(table.contains("nul\\u0000byte"), "{table}");
+    assert!(table.contains("two\\nlines"), "{table}");
+    assert!(table.contains(&format!("{}…", "x".repeat(20))), "{table}");
+}
+
+/// RFC 4180 records: fields split at commas, quoted fields may hold commas, doubled quotes and line breaks.
+fn read_csv(text: &str) -> Vec<Vec<String>> {
+    let (mut records, mut record, mut field) = (Vec::new(), Vec::new(), String::new());
+    let (mut quoted, mut chars) = (false, text.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') if field.is_empty() => quoted = true,
+            (false, ',') => record.push(std::mem::take(&mut field)),
+            (false, '\n') => {
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            (false, c) => {
+                assert!(
+                    c != '"' && c != '\r',
+                    "a bare {c:?} in an unquoted field: {text:?}"
+                );
+                field.push(c);
+            }
+        }
+    }
+    assert!(!quoted && field.is_empty() && record.is_empty(), "{text:?}");
+    records
+}
+
+#[test]
+fn strange_stored_values_are_quoted_and_escaped_in_csv() {
+    let (gateway, values) = strange_month();
+    let csv = usage_of(&gateway, "csv");
+    // Line breaks only between records or inside quoted fields, where RFC 4180 allows them.
+    assert_eq!(raw_control(&csv, &['\n']), None, "{csv:?}");
+    let records = read_csv(&csv);
+    assert_eq!(records.len(), values.len() + 1, "{csv:?}");
+    assert!(records.iter().all(|r| r.len() == 11), "{records:?}");
+    let models: Vec<&str> = records[1..].iter().map(|r| r[0].as_str()).collect();
+    for expected in [
+        "x".repeat(70_000),
+        "two\nlines".into(),
+        "\\u001b]0;pwned\\u0007".into(),
+        "nul\\u0000byte".into(),
+        "comma, \"quote\"".into(),
+        "csi\\u009b2J\\u202e".into(),
+    ] {
+        assert!(
+            models.contains(&expected.as_str()),
+            "{expected:?} in {models:?}"
+        );
+    }
+}
+
+#[test]
+fn strange_stored_values_come_back_whole_from_json() {
+    let (gateway, values) = strange_month();
+    let json = usage_of(&gateway, "json");
+    assert_eq!(raw_control(&json, &['\n']), None, "{json:?}");
+    assert!(
+        json.lines().all(|l| l.len() < 70_100),
+        "one value a line at most"
+    );
+    let report: Value = serde_json::from_str(&json).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), values.len(), "{report:#}");
+    for value in &values {
+        let row = rows.iter().find(|r| r["model"] == value.as_str());
+        let row = row.unwrap_or_else(|| panic!("no row for {value:?}"));
+        assert_eq!(row["backend"], value.as_str());
+        assert_eq!(row["requests"], 1);
+    }
+    assert_eq!(report["total"]["requests"], values.len());
 }

@@ -1,6 +1,7 @@
 //! The `auth:` section: gateway keys with their model allow-lists and rate limits, validated at their paths.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use http::HeaderValue;
 
@@ -28,6 +29,61 @@ pub struct KeySettings {
     pub rpm: Option<u32>,
     /// Tokens per minute.
     pub tpm: Option<u64>,
+}
+
+/// What a new `auth:` section changes against the running one, by key name: the keys never leave the config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Kept under the same name with another key.
+    pub replaced: Vec<String>,
+}
+
+impl KeyChanges {
+    /// `None` on either side: no `auth:` section, so no keys.
+    pub fn between(old: Option<&AuthSettings>, new: Option<&AuthSettings>) -> KeyChanges {
+        let (old, new) = (keys_of(old), keys_of(new));
+        let find = |keys: &[KeySettings], name: &str| keys.iter().find(|k| k.name == name).cloned();
+        let mut changes = KeyChanges::default();
+        for key in new {
+            match find(old, &key.name) {
+                None => changes.added.push(key.name.clone()),
+                Some(before) if before.key != key.key => changes.replaced.push(key.name.clone()),
+                Some(_) => {}
+            }
+        }
+        for key in old {
+            if find(new, &key.name).is_none() {
+                changes.removed.push(key.name.clone());
+            }
+        }
+        changes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.replaced.is_empty()
+    }
+}
+
+fn keys_of(auth: Option<&AuthSettings>) -> &[KeySettings] {
+    auth.map_or(&[], |a| &a.keys)
+}
+
+/// `1 added ["b"], 1 removed ["a"], 0 replaced []`: counts and names, quoted and escaped as Rust strings.
+impl fmt::Display for KeyChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts = [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("replaced", &self.replaced),
+        ];
+        for (i, (what, names)) in parts.into_iter().enumerate() {
+            let separator = if i == 0 { "" } else { ", " };
+            write!(f, "{separator}{} {what} {names:?}", names.len())?;
+        }
+        Ok(())
+    }
 }
 
 pub(super) fn compile_auth(auth: AuthFile, errors: &mut Errors) -> Option<AuthSettings> {
@@ -166,6 +222,7 @@ pub(super) fn report_keyless(indices: &[usize], errors: &mut Errors) {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use super::KeyChanges;
     use crate::config::Config;
 
     const CLIENT: &str =
@@ -204,6 +261,35 @@ mod tests {
             (None, None, None)
         );
         assert!(!format!("{auth:?}").contains("sk-"), "keys never print");
+    }
+
+    #[test]
+    fn key_changes_name_the_keys_added_removed_and_replaced_never_the_keys() {
+        let auth = |keys: &str| parse(&format!("  keys: {keys}\n")).unwrap().auth;
+        let old = auth("[{name: a, key: sk-a}, {name: c, key: sk-c}, {name: d, key: sk-d}]");
+        let new =
+            auth("[{name: b, key: sk-b}, {name: c, key: sk-c2}, {name: d, key: sk-d, rpm: 5}]");
+        let changes = KeyChanges::between(old.as_ref(), new.as_ref());
+        assert_eq!(
+            changes,
+            KeyChanges {
+                added: vec!["b".into()],
+                removed: vec!["a".into()],
+                replaced: vec!["c".into()],
+            }
+        );
+        let text = changes.to_string();
+        assert_eq!(text, r#"1 added ["b"], 1 removed ["a"], 1 replaced ["c"]"#);
+        assert!(!text.contains("sk-"));
+        assert!(KeyChanges::between(old.as_ref(), old.as_ref()).is_empty());
+        let off = KeyChanges::between(old.as_ref(), None);
+        assert_eq!((off.added.len(), off.removed.len()), (0, 3));
+        let escaped = auth("[{name: \"x\\e[2J\", key: sk-x}]");
+        let text = KeyChanges::between(None, escaped.as_ref()).to_string();
+        assert_eq!(
+            text,
+            r#"1 added ["x\u{1b}[2J"], 0 removed [], 0 replaced []"#
+        );
     }
 
     #[test]

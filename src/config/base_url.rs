@@ -1,5 +1,6 @@
 //! A backend's `base_url`, parsed once into what the proxy needs: peer, TLS, Host header, path prefix.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -22,9 +23,28 @@ pub struct BaseUrl {
     pub host_header: String,
 }
 
+/// `text` with its user name and password, if any, replaced by `***`: for every message or log line that shows
+/// the text of a URL (a parsed [`BaseUrl`] never holds them). Works on text that does not parse as a URL: the
+/// userinfo is whatever lies between the start of the authority (after the first `://`, after a leading `//`,
+/// else the start of the text) and the last `@` after it. The last `@` of the whole text rather than the first
+/// one before a `/`, because a password may hold an unescaped `/`, `?` or `#`, which a URL parser takes for
+/// the end of the host; a path with an `@` is masked too far, which costs a message only its readability.
+pub fn mask_userinfo(text: &str) -> Cow<'_, str> {
+    let start = match text.find("://") {
+        Some(at) => at + 3,
+        None if text.starts_with("//") => 2,
+        None => 0,
+    };
+    match text[start..].rfind('@') {
+        Some(at) => Cow::Owned(format!("{}***{}", &text[..start], &text[start + at..])),
+        None => Cow::Borrowed(text),
+    }
+}
+
 /// Why a `base_url` was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BaseUrlError {
+    /// The text as [`mask_userinfo`] shows it.
     #[error("invalid URL {0:?}: {1}")]
     Invalid(String, url::ParseError),
     #[error("scheme must be http or https, not {0:?}")]
@@ -42,7 +62,8 @@ pub enum BaseUrlError {
 impl BaseUrl {
     /// Parses `http(s)://host[:port][/path]`; a trailing slash on the path is dropped.
     pub fn parse(text: &str) -> Result<BaseUrl, BaseUrlError> {
-        let url = Url::parse(text).map_err(|e| BaseUrlError::Invalid(text.to_string(), e))?;
+        let url = Url::parse(text)
+            .map_err(|e| BaseUrlError::Invalid(mask_userinfo(text).into_owned(), e))?;
         let tls = match url.scheme() {
             "https" => true,
             "http" => false,
@@ -189,6 +210,50 @@ mod tests {
         assert_eq!(err("https://h/v1?api-version=1"), BaseUrlError::Query);
         assert_eq!(err("https://h/v1#x"), BaseUrlError::Fragment);
         assert!(matches!(err("http://:80"), BaseUrlError::Invalid(..)));
+    }
+
+    #[test]
+    fn userinfo_is_masked_in_any_text() {
+        let cases = [
+            ("https://user:s3cret@h/v1", "https://***@h/v1"),
+            (
+                "https://user:s3cret@host:99999/v1",
+                "https://***@host:99999/v1",
+            ),
+            ("https://user:s3cret@ho st/v1", "https://***@ho st/v1"),
+            ("https://s3cret@h", "https://***@h"),
+            ("https://user:pa@ss/w@rd@h/v1", "https://***@h/v1"),
+            ("https://user:pa/ss@h", "https://***@h"),
+            ("ftp://u:s3cret@h", "ftp://***@h"),
+            ("//user:s3cret@h/v1", "//***@h/v1"),
+            ("user:s3cret@h/v1", "***@h/v1"),
+            ("weird scheme://user:s3cret@", "weird scheme://***@"),
+            ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+            ("h.com", "h.com"),
+            ("", ""),
+            ("https://\u{e9}:s3cret\u{e9}@h", "https://***@h"),
+        ];
+        for (text, masked) in cases {
+            assert_eq!(mask_userinfo(text), masked, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_url_is_named_without_its_password() {
+        for text in [
+            "https://user:s3cret@host:99999/v1",
+            "https://user:s3cret@ho st/v1",
+            "https://user:s3cret@/v1",
+            "//user:s3cret@h/v1",
+            "https://user:s3/cret@h/v1",
+        ] {
+            let err = BaseUrl::parse(text).unwrap_err();
+            assert!(matches!(err, BaseUrlError::Invalid(..)), "{text}: {err:?}");
+            for shown in [err.to_string(), format!("{err:?}")] {
+                assert!(!shown.contains("s3"), "{text}: {shown}");
+                assert!(shown.contains("***@"), "{text}: {shown}");
+            }
+        }
     }
 
     #[test]

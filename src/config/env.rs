@@ -2,6 +2,7 @@
 
 use serde_yaml::Value;
 
+use super::base_url::mask_userinfo;
 use super::file::{index_path, key_path, key_text};
 use super::ConfigError;
 
@@ -71,7 +72,8 @@ fn lookup(reference: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
         None => (reference, None),
     };
     if !is_valid_name(name) {
-        return Err(EnvError::BadName(name.to_string()));
+        // Whatever was written there is shown, so a URL pasted into `${...}` shows no password.
+        return Err(EnvError::BadName(mask_userinfo(name).into_owned()));
     }
     match (env(name), default) {
         (Some(value), Some(default)) if value.is_empty() => Ok(default.to_string()),
@@ -153,6 +155,12 @@ mod tests {
         assert_eq!(err("${1X}"), EnvError::BadName("1X".into()));
         assert_eq!(err("${A-b}"), EnvError::BadName("A-b".into()));
         assert_eq!(err("${KEY}${NOPE}"), EnvError::Unset("NOPE".into()));
+    }
+
+    #[test]
+    fn a_url_in_a_bad_reference_is_shown_without_its_password() {
+        let err = expand("${https://user:s3cret@h/v1}", &env).unwrap_err();
+        assert_eq!(err, EnvError::BadName("https://***@h/v1".into()));
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use auth::{AuthSettings, KeySettings};
-pub use base_url::{BaseUrl, BaseUrlError};
+pub use auth::{AuthSettings, KeyChanges, KeySettings};
+pub use base_url::{mask_userinfo, BaseUrl, BaseUrlError};
 pub use logging::{LoggingSettings, DEFAULT_LOG_LEVEL};
 
 use crate::secret::Secret;

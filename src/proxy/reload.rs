@@ -11,7 +11,7 @@ use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{Gateway, Runtime};
-use crate::config::Config;
+use crate::config::{Config, KeyChanges};
 
 /// How often the config file is checked for changes.
 const POLL: Duration = Duration::from_secs(1);
@@ -59,8 +59,16 @@ impl Gateway {
         let text = String::from_utf8_lossy(&bytes);
         let outcome = match Config::parse(&text, &|name| std::env::var(name).ok()) {
             Ok(config) => {
-                self.apply(config, why);
-                Reload::Applied
+                let refused = refusal(&self.runtime.load().config, &config);
+                if let Some(reason) = refused {
+                    log::error!(
+                        "config reload ({why}) rejected, the running config stays: {reason}"
+                    );
+                    Reload::Rejected
+                } else {
+                    self.apply(config, why);
+                    Reload::Applied
+                }
             }
             Err(errors) => {
                 log::error!("config reload ({why}) rejected, the running config stays:\n{errors}");
@@ -83,10 +91,25 @@ impl Gateway {
             log::warn!("the usage section changed: this takes a restart");
         }
         let summary = config.summary();
+        let keys = KeyChanges::between(old.config.auth.as_ref(), config.auth.as_ref());
         self.runtime
             .store(Arc::new(Runtime::new(config, Some(&old))));
+        if !keys.is_empty() {
+            log::info!("gateway keys changed ({why}): {keys}");
+        }
         log::info!("config reloaded ({why}): {summary}");
     }
+}
+
+/// Why a valid `new` config must still not replace the `running` one. Keys that vanish from the file are
+/// far more often a truncated write or a bad merge than a decision to let every caller in, so a reload
+/// never opens the gateway; a restart, which logs the open gateway's warning, does.
+fn refusal(running: &Config, new: &Config) -> Option<&'static str> {
+    // `auth.keys` cannot be an empty list (a config error), so no section is the only way to have no keys.
+    (running.auth.is_some() && new.auth.is_none()).then_some(
+        "the new config has no auth section, which would turn off gateway keys; \
+         opening the gateway takes a restart",
+    )
 }
 
 /// Watches the config file and SIGHUP for the life of the server.

@@ -1,8 +1,13 @@
 //! The three shapes of a usage report: an aligned table, CSV and JSON.
 
+use std::borrow::Cow;
+
 use serde_json::{json, Map, Value};
 
 use super::{Report, Stats};
+
+/// The widest a group value is shown in the table, in characters; a longer one is cut and ends in `…`.
+pub const MAX_CELL: usize = 64;
 
 /// The figure columns, after the group columns, in every format.
 const FIGURES: [&str; 8] = [
@@ -36,13 +41,14 @@ fn header(report: &Report) -> Vec<String> {
         .collect()
 }
 
-/// Group values left-aligned, figures right-aligned, two spaces between columns; a missing value is `-`.
-/// When grouped, a dashed rule and a `total` row close the table.
+/// Group values left-aligned (each cut to [`MAX_CELL`] characters, see [`table_cell`]), figures right-aligned,
+/// two spaces between columns; a missing value is `-`. When grouped, a dashed rule and a `total` row close the table.
 pub fn table(report: &Report) -> String {
     let dash = |cell: &Option<String>| cell.clone().unwrap_or_else(|| "-".into());
+    let group = |cell: &Option<String>| cell.as_deref().map_or_else(|| "-".into(), table_cell);
     let mut lines: Vec<Vec<String>> = vec![header(report)];
     for row in &report.rows {
-        let groups = row.key.iter().map(dash);
+        let groups = row.key.iter().map(group);
         lines.push(groups.chain(figures(&row.stats).iter().map(dash)).collect());
     }
     let grouped = !report.by.is_empty();
@@ -64,16 +70,18 @@ pub fn table(report: &Report) -> String {
                 .unwrap_or(0)
         })
         .collect();
+    // Padded by hand: a width argument to `format!` panics beyond 65,535.
     let format = |line: &[String]| {
         let cells = line
             .iter()
             .zip(&widths)
             .enumerate()
             .map(|(c, (cell, width))| {
+                let pad = " ".repeat(width.saturating_sub(cell.chars().count()));
                 if c < report.by.len() {
-                    format!("{cell:<width$}")
+                    format!("{cell}{pad}")
                 } else {
-                    format!("{cell:>width$}")
+                    format!("{pad}{cell}")
                 }
             });
         cells.collect::<Vec<_>>().join("  ")
@@ -111,12 +119,14 @@ pub fn csv(report: &Report) -> String {
     out
 }
 
-/// RFC 4180: a field with a comma, a quote or a line break is quoted, its quotes doubled.
+/// RFC 4180: a field with a comma, a quote or a line break is quoted, its quotes doubled. Other control
+/// characters (a tab, ESC, NUL...) are escaped as in the table, so that no field sends the terminal a sequence.
 pub fn csv_field(field: &str) -> String {
+    let field = escape_controls(field, &['\r', '\n']);
     if field.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", field.replace('"', "\"\""))
     } else {
-        field.to_string()
+        field.into_owned()
     }
 }
 
@@ -148,9 +158,25 @@ pub fn json(report: &Report) -> String {
         "rows": rows,
         "total": Value::Object(stats_json(&report.total)),
     });
-    let mut text = serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string());
+    let text = serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string());
+    let mut text = json_escape_rest(&text);
     text.push('\n');
     text
+}
+
+/// serde_json escapes the C0 controls in strings, but writes DEL, the C1 controls (U+0080-U+009F, which some
+/// terminals obey: U+009B is CSI) and the bidi overrides as they are. Those can only stand inside strings in
+/// its output (the line breaks and spaces between values are ASCII), where `\uXXXX` is the same value.
+pub fn json_escape_rest(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c >= '\u{7f}' && needs_escape(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn stats_json(s: &Stats) -> Map<String, Value> {
@@ -165,4 +191,68 @@ fn stats_json(s: &Stats) -> Map<String, Value> {
         json!(s.p99_ms),
     ];
     FIGURES.iter().map(|f| f.to_string()).zip(values).collect()
+}
+
+/// A stored value as one table cell: control characters escaped ([`escape_controls`]) so that it cannot break
+/// the line or reach the terminal as a sequence, then cut to at most [`MAX_CELL`] characters, the last a `…`
+/// when something was cut. Stops reading at the cut, so a huge value costs no more than a short one.
+pub fn table_cell(value: &str) -> String {
+    let mut out = String::new();
+    let mut width = 0;
+    // The length of `out` up to where a `…` still fits.
+    let mut keep = 0;
+    for c in value.chars() {
+        if width < MAX_CELL {
+            keep = out.len();
+        }
+        width += push_escaped(&mut out, c);
+        if width > MAX_CELL {
+            out.truncate(keep);
+            out.push('…');
+            return out;
+        }
+    }
+    out
+}
+
+/// `text` with its control characters (and the invisible ones that reorder or break a line) written as
+/// `\n`, `\r`, `\t` or `\u001b`-style escapes, except those in `keep`.
+pub fn escape_controls<'t>(text: &'t str, keep: &[char]) -> Cow<'t, str> {
+    if !text.chars().any(|c| needs_escape(c) && !keep.contains(&c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if keep.contains(&c) {
+            out.push(c);
+        } else {
+            push_escaped(&mut out, c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Appends `c`, escaped if it needs it; returns how many characters were appended.
+fn push_escaped(out: &mut String, c: char) -> usize {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if needs_escape(c) => {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            return 6;
+        }
+        c => {
+            out.push(c);
+            return 1;
+        }
+    }
+    2
+}
+
+/// C0, DEL and C1 controls, the Unicode line and paragraph separators, and the bidi marks and overrides that
+/// make a terminal show text in another order than it is stored.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }

@@ -556,3 +556,98 @@ total                        15          15000                  7         15007 
 ";
     assert_eq!(table, expected, "\n{table}");
 }
+
+#[test]
+fn a_table_cell_is_escaped_and_cut_to_a_bounded_width() {
+    assert_eq!(render::table_cell("gpt-4o"), "gpt-4o");
+    let exact = "x".repeat(render::MAX_CELL);
+    assert_eq!(
+        render::table_cell(&exact),
+        exact,
+        "a value that fits is whole"
+    );
+    let cut = render::table_cell(&"y".repeat(70_000));
+    assert_eq!(cut, format!("{}…", "y".repeat(render::MAX_CELL - 1)));
+    let cut = render::table_cell(&"\u{e9}".repeat(100));
+    assert_eq!(cut, format!("{}…", "\u{e9}".repeat(render::MAX_CELL - 1)));
+
+    assert_eq!(render::table_cell("two\nlines\r\tx"), "two\\nlines\\r\\tx");
+    assert_eq!(
+        render::table_cell("\u{1b}]0;pwned\u{7}"),
+        "\\u001b]0;pwned\\u0007"
+    );
+    assert_eq!(render::table_cell("nul\0"), "nul\\u0000");
+    assert_eq!(
+        render::table_cell("\u{9b}2J\u{7f}\u{202e}\u{2028}"),
+        "\\u009b2J\\u007f\\u202e\\u2028"
+    );
+    // A cut never splits an escape: 10 escapes of 6 characters fit before the `…`, 11 would not.
+    let cut = render::table_cell(&"\u{1b}".repeat(20));
+    assert_eq!(cut, format!("{}…", "\\u001b".repeat(10)));
+}
+
+#[test]
+fn csv_escapes_control_characters_but_keeps_quoted_line_breaks() {
+    assert_eq!(render::csv_field("a\tb"), "a\\tb");
+    assert_eq!(render::csv_field("nul\0"), "nul\\u0000");
+    assert_eq!(
+        render::csv_field("\u{1b}[2J,\u{9b}x"),
+        "\"\\u001b[2J,\\u009bx\""
+    );
+    assert_eq!(render::csv_field("two\r\nlines"), "\"two\r\nlines\"");
+}
+
+/// A report grouped by model and key whose values are what a caller could send as a model name.
+fn strange() -> Report {
+    let mut report = sample();
+    let strange = [
+        "m".repeat(70_000),
+        "two\nlines".into(),
+        "\u{1b}]0;pwned\u{7}".into(),
+        "nul\0 \u{7f}\u{9b}2J\u{202e}".into(),
+    ];
+    for (i, model) in strange.into_iter().enumerate() {
+        report.rows.push(GroupRow {
+            key: vec![Some(model), Some(format!("k{i}\t\u{1b}[2J"))],
+            stats: report.rows[1].stats.clone(),
+        });
+    }
+    report
+}
+
+#[test]
+fn a_huge_or_strange_value_keeps_the_table_one_line_a_row() {
+    let report = strange();
+    let table = render::table(&report);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), report.rows.len() + 3, "{table}");
+    let width = lines[0].chars().count();
+    assert!(width <= 2 * render::MAX_CELL + 100, "{table}");
+    assert!(
+        lines.iter().all(|l| l.chars().count() == width),
+        "ragged:\n{table}"
+    );
+    assert!(
+        !table.chars().any(|c| c != '\n' && c.is_control()),
+        "{table:?}"
+    );
+    assert!(table.contains("two\\nlines"), "{table}");
+}
+
+#[test]
+fn json_escapes_the_controls_serde_json_writes_as_they_are() {
+    let report = strange();
+    let json = render::json(&report);
+    assert!(
+        !json
+            .chars()
+            .any(|c| c != '\n' && (c.is_control() || c == '\u{202e}')),
+        "{json:?}"
+    );
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = value["rows"].as_array().unwrap();
+    for (row, expected) in rows.iter().zip(&report.rows) {
+        assert_eq!(row["model"].as_str(), expected.key[0].as_deref());
+        assert_eq!(row["key"].as_str(), expected.key[1].as_deref());
+    }
+}
