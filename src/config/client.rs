@@ -219,10 +219,18 @@ pub(crate) fn fixed_headers(
         value.set_sensitive(true);
         Some(value)
     };
-    let mut fixed = vec![(
-        http::header::HOST,
-        HeaderValue::from_str(&base_url.host_header).ok()?,
-    )];
+    let mut fixed = vec![
+        (
+            http::header::HOST,
+            HeaderValue::from_str(&base_url.host_header).ok()?,
+        ),
+        // The tap reads usage from the answer: ask for it uncompressed (one that comes compressed anyway is
+        // decoded, at a cost). A caller's own Accept-Encoding is replaced.
+        (
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        ),
+    ];
     if !api_key.is_empty() {
         let bearer = sensitive(&format!("Bearer {}", api_key.expose()))?;
         fixed.push((http::header::AUTHORIZATION, bearer));

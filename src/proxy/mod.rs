@@ -43,6 +43,7 @@ use crate::health::parse_retry_after;
 use crate::metrics::Metrics;
 use crate::ratelimit::{self, Limiter};
 use crate::routing::Router;
+use crate::tap::decode::Encoding;
 use crate::tap::{ResponseTap, TapOptions};
 use crate::usage::{record, UsageQueue};
 use crate::{request, rewrite};
@@ -396,6 +397,30 @@ fn describe(e: &Error) -> String {
     }
 }
 
+/// The tap for a response, decoding the backend's `Content-Encoding` when there is one: backends are asked
+/// for `identity`, but one that compresses anyway still gets its usage read, and the caller gets the body
+/// decoded (the header goes). Also whether it decodes.
+fn tap_for(opts: TapOptions, resp: &mut ResponseHeader) -> (ResponseTap, bool) {
+    let tap = ResponseTap::new(opts);
+    let Some(value) = resp.headers.get(header::CONTENT_ENCODING) else {
+        return (tap, false);
+    };
+    match Encoding::parse(value.as_bytes()) {
+        Ok(None) => (tap, false),
+        Ok(Some(encoding)) => {
+            resp.remove_header(&header::CONTENT_ENCODING);
+            (tap.decode_from(encoding), true)
+        }
+        Err(_) => {
+            log::warn!(
+                "backend answered with Content-Encoding {}: passed on undecoded, its usage unread",
+                escape::field(&String::from_utf8_lossy(value.as_bytes()))
+            );
+            (tap, false)
+        }
+    }
+}
+
 /// The error a caller gets when no attempt succeeded, and the same with every attempt's details (host
 /// names, resolver and TLS messages) for the log and the record.
 fn final_error(ctx: &RequestCtx, e: &Error) -> (GatewayError, String) {
@@ -661,8 +686,8 @@ impl ProxyHttp for Proxy {
             keep_body: (usage.enabled && usage.record_bodies).then_some(usage.max_body_bytes),
         };
         let rewrites = opts.prefix.is_some() || (sse && opts.hide_usage_chunk);
-        let tap = ResponseTap::new(opts);
-        if rewrites || tap.buffers_whole_body() {
+        let (tap, decoded) = tap_for(opts, resp);
+        if rewrites || decoded || tap.buffers_whole_body() {
             // The body changes length: let Pingora send it chunked.
             resp.remove_header(&header::CONTENT_LENGTH);
         }
@@ -688,6 +713,10 @@ impl ProxyHttp for Proxy {
             return Ok(None);
         };
         let mut out = body.take().map(|b| tap.feed(b));
+        if let Some(why) = tap.broken() {
+            let e = Error::explain(ErrorType::ReadError, format!("backend body: {why}"));
+            return Err(e.into_up());
+        }
         if end_of_stream {
             let rest = tap.finish();
             if !rest.is_empty() {

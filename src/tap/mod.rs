@@ -1,6 +1,7 @@
 //! The response tap: watches the bytes going back to the caller (SSE or JSON) for usage, prefix and body.
 
 mod body;
+pub mod decode;
 mod keys;
 mod prefix;
 mod reconstruct;
@@ -15,6 +16,7 @@ mod tests;
 use crate::endpoints::ApiKind;
 use crate::usage::{RawBody, TokenUsage};
 use bytes::{Bytes, BytesMut};
+use decode::{Decoder, Encoding};
 use reconstruct::Reconstruction;
 use serde_json::value::RawValue;
 use wire::Envelope;
@@ -71,6 +73,9 @@ pub struct ResponseTap {
     model: Option<String>,
     first_token: bool,
     recon: Option<Reconstruction>,
+    decoder: Option<Decoder>,
+    /// Why the body could not be decoded; nothing more is passed on after it.
+    broken: Option<String>,
 }
 
 impl ResponseTap {
@@ -109,13 +114,32 @@ impl ResponseTap {
             model: None,
             first_token: false,
             recon,
+            decoder: None,
+            broken: None,
         }
+    }
+
+    /// The body arrives in the backend's `Content-Encoding`: it is decoded before anything reads it, and the
+    /// caller gets it decoded (the proxy drops the header). Call before the first `feed`.
+    pub fn decode_from(mut self, encoding: Encoding) -> Self {
+        match Decoder::new(encoding) {
+            Ok(d) => self.decoder = Some(d),
+            Err(e) => self.broken = Some(e.to_string()),
+        }
+        self
     }
 
     /// Upstream body bytes in, caller bytes out. Complete SSE events pass on unchanged except the prefixed
     /// one and the hidden usage chunk; an incomplete trailing event is held until its end arrives.
     /// When nothing in the chunk changes and it ends on an event boundary, return the same `Bytes` (no copy).
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        let Some(chunk) = self.decode(chunk, false) else {
+            return Bytes::new();
+        };
+        self.feed_plain(chunk)
+    }
+
+    fn feed_plain(&mut self, chunk: Bytes) -> Bytes {
         match (self.finished, self.opts.sse) {
             (true, _) => chunk,
             (false, true) => self.feed_sse(chunk),
@@ -126,11 +150,45 @@ impl ResponseTap {
     /// End of the upstream body: returns whatever is still held (a partial last event as is; for a buffered
     /// JSON body, the body with the prefix applied).
     pub fn finish(&mut self) -> Bytes {
-        match (std::mem::replace(&mut self.finished, true), self.opts.sse) {
+        let head = match self.finished {
+            true => None,
+            false => self
+                .decode(Bytes::new(), true)
+                .map(|tail| self.feed_plain(tail)),
+        };
+        let rest = match (std::mem::replace(&mut self.finished, true), self.opts.sse) {
             (true, _) => Bytes::new(),
             (false, true) => self.finish_sse(),
             (false, false) => self.finish_body(),
+        };
+        match head {
+            Some(head) => concat(head, rest),
+            None => rest,
         }
+    }
+
+    /// The plain bytes of an encoded piece (the piece itself when the body is not encoded); None once the
+    /// body proved undecodable (see [`ResponseTap::broken`]).
+    fn decode(&mut self, piece: Bytes, end: bool) -> Option<Bytes> {
+        if self.broken.is_some() {
+            return None;
+        }
+        let Some(decoder) = self.decoder.as_mut() else {
+            return Some(piece);
+        };
+        match decoder.decode(&piece, end) {
+            Ok(plain) => Some(plain),
+            Err(e) => {
+                self.broken = Some(e.to_string());
+                self.decoder = None;
+                None
+            }
+        }
+    }
+
+    /// Why the backend's encoded body could not be decoded: the answer must end here.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
     }
 
     /// Whether the non-stream body must be held until `finish` (true when a prefix must be spliced into a
