@@ -108,7 +108,10 @@ fn main() -> ExitCode {
         },
         _ => return usage(),
     };
-    let answers = [("JSON answer", vec![json_answer()]), ("20-event stream", sse_events())];
+    let answers = [
+        ("JSON answer", vec![json_answer()]),
+        ("20-event stream", sse_events()),
+    ];
     println!("| answer | encoding | bytes on the wire | decode µs per answer |");
     println!("| --- | --- | ---: | ---: |");
     for (name, pieces) in &answers {

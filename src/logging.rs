@@ -2,17 +2,21 @@
 //!
 //! The level comes from `RUST_LOG` when it is set, else from `logging.level`. With a directory, `info_*.log`
 //! gets every line the level lets through and `error_*.log` the errors only; warnings and errors also go to
-//! stderr, so `systemctl status` and `journalctl` still show problems. Files are written directly (no
-//! buffering thread) and old files are removed on rotation by the writing thread: both survive Pingora's
-//! daemon fork, which would lose any thread started before it.
+//! stderr, so `systemctl status` and `journalctl` still show problems. The access lines are buffered (64 KiB)
+//! instead of one `write(2)` each on the proxy's threads: any other line (a warning, an error, a reload)
+//! flushes at once with the lines before it, and the server flushes the rest every 100 ms ([`Flusher`], run as a service started after Pingora's
+//! daemon fork, which would lose any thread started before it) and when it stops. Old files are removed on
+//! rotation by the writing thread, for the same reason.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use flexi_logger::filter::{LogLineFilter, LogLineWriter};
 use flexi_logger::{
     writers::FileLogWriter, Age, Cleanup, Criterion, DeferredNow, Duplicate, FileSpec,
-    FlexiLoggerError, LogSpecification, LoggerHandle, Naming,
+    FlexiLoggerError, LogSpecification, LoggerHandle, Naming, WriteMode,
 };
 use log::Record;
 
@@ -38,6 +42,11 @@ pub enum LoggingError {
     Start(#[from] FlexiLoggerError),
 }
 
+/// How much of the log is held before it is written.
+const BUFFER_BYTES: usize = 64 * 1024;
+/// Longest time a buffered line waits (see [`Flusher`]).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Keeps the logger running. Drop it last: dropping flushes and closes the log files.
 pub struct Logging {
     handle: LoggerHandle,
@@ -45,7 +54,34 @@ pub struct Logging {
     from_env: bool,
 }
 
+/// Writes out buffered log lines; the server calls it every [`FLUSH_INTERVAL`] and when it stops.
+#[derive(Clone)]
+pub struct Flusher(LoggerHandle);
+
+impl Flusher {
+    pub fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Flusher")
+    }
+}
+
+impl Drop for Logging {
+    /// The last lines (a server that stopped, an error before exiting) are written out.
+    fn drop(&mut self) {
+        self.handle.flush();
+    }
+}
+
 impl Logging {
+    pub fn flusher(&self) -> Flusher {
+        Flusher(self.handle.clone())
+    }
+
     /// Applies a new `logging.level` (e.g. after a config reload) unless `RUST_LOG` set the level.
     pub fn set_level(&self, level: &str) -> Result<(), LoggingError> {
         if self.from_env {
@@ -61,9 +97,14 @@ impl Logging {
 pub fn init(settings: &LoggingSettings) -> Result<Logging, LoggingError> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let (spec, from_env, ignored) = choose_spec(rust_log.as_deref(), &settings.level)?;
+    // Set once the logger runs: a warning or an error flushes what is buffered, so it is seen at once.
+    let urgent = Arc::new(OnceLock::new());
     let logger = flexi_logger::Logger::with(spec)
         .format(line)
-        .filter(Box::new(NoPingoraDebug));
+        .write_mode(WriteMode::BufferDontFlushWith(BUFFER_BYTES))
+        .filter(Box::new(Filter {
+            urgent: urgent.clone(),
+        }));
     let logger = match &settings.dir {
         None => logger.log_to_stderr(),
         Some(dir) => {
@@ -84,6 +125,7 @@ pub fn init(settings: &LoggingSettings) -> Result<Logging, LoggingError> {
         }
     };
     let handle = logger.start()?;
+    let _ = urgent.set(handle.clone());
     if let Some(bad) = ignored {
         log::warn!(
             "RUST_LOG={bad:?} is not a valid log spec; using logging.level {:?}",
@@ -94,10 +136,12 @@ pub fn init(settings: &LoggingSettings) -> Result<Logging, LoggingError> {
 }
 
 /// Pingora's debug and trace lines dump whole request headers, `Authorization` included: they never pass,
-/// whatever `RUST_LOG` asks for, so no key reaches a log.
-struct NoPingoraDebug;
+/// whatever `RUST_LOG` asks for, so no key reaches a log. A warning or an error is flushed at once.
+struct Filter {
+    urgent: Arc<OnceLock<LoggerHandle>>,
+}
 
-impl LogLineFilter for NoPingoraDebug {
+impl LogLineFilter for Filter {
     fn write(
         &self,
         now: &mut DeferredNow,
@@ -107,9 +151,25 @@ impl LogLineFilter for NoPingoraDebug {
         if record.level() > log::Level::Info && record.target().starts_with("pingora") {
             return Ok(());
         }
-        writer.write(now, record)
+        writer.write(now, record)?;
+        if !is_routine(record) {
+            if let Some(handle) = self.urgent.get() {
+                handle.flush();
+            }
+        }
+        Ok(())
     }
 }
+
+/// The lines that wait for the next flush: the access lines (one per request) and anything chattier. A
+/// warning, an error or a rare INFO event (start, reload) is written out at once, with what came before.
+fn is_routine(record: &Record) -> bool {
+    record.level() > log::Level::Info
+        || (record.level() == log::Level::Info && record.target() == ACCESS_TARGET)
+}
+
+/// The target of the access lines (`src/proxy/mod.rs`, the logging phase).
+const ACCESS_TARGET: &str = "gpt_api::proxy";
 
 /// `RUST_LOG` when set and valid, else the configured level. Returns the spec, whether it came from the
 /// environment, and an invalid `RUST_LOG` to warn about once the logger runs.

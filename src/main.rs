@@ -106,7 +106,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Kept to the end of `main`: dropping it closes the log files.
-    let _logging = match gpt_api::logging::init(&config.logging) {
+    let logging = match gpt_api::logging::init(&config.logging) {
         Ok(logging) => logging,
         Err(e) => {
             eprintln!("gpt-api: {e}");
@@ -125,6 +125,7 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         upgrade: cli.upgrade,
         test: cli.test,
+        log_flusher: Some(logging.flusher()),
     };
     match server::run(config, args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -504,3 +504,74 @@ async fn no_secret_in_the_log_files_or_stderr_at_trace() {
 async fn no_secret_on_stderr_at_trace_without_a_log_dir() {
     no_secret_in_any_log_at_trace(false).await;
 }
+
+/// Access lines are buffered, not written one `write(2)` each: a flusher started after Pingora's daemon fork
+/// writes them out within a moment, and the last lines are written when the server stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn buffered_access_lines_reach_the_file_within_a_moment_even_as_a_daemon() {
+    let mock = Mock::start("d").await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let config = json!({
+        "openai_clients": [client("a", &mock.base_url("/v1"), "exact", &["m"])],
+        "usage": { "enabled": false },
+        "logging": { "dir": logs.to_str().unwrap(), "level": "info" },
+    });
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, common::to_yaml(&config)).unwrap();
+    let pid_file = dir.path().join("gpt-api.pid");
+    let conf = dir.path().join("server.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "---\nversion: 1\nthreads: 1\npid_file: {}\nupgrade_sock: {}\ngrace_period_seconds: 1\n\
+             graceful_shutdown_timeout_seconds: 1\n",
+            pid_file.display(),
+            dir.path().join("upgrade.sock").display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let args = common::process::gateway_args(&config_path, port, Some(&conf), &["-d"]);
+    // The parent returns once it has forked; the daemon is found through its pid file.
+    let _parent = common::process::Proc::spawn("daemon", &args, &[], dir.path());
+    let up = wait_until(WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && pid_file.exists()
+    })
+    .await;
+    assert!(up, "the daemon did not start listening");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let stop = || {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+    };
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    for _ in 0..3 {
+        let r = http_client()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(chat_body("m").to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let info = logs.join(INFO_LOG);
+    let count = |text: &str| access_lines(text, "POST /v1/chat/completions").len();
+    let flushed = wait_until(Duration::from_secs(3), || count(&read(&info)) == 3).await;
+    if !flushed {
+        stop();
+    }
+    assert!(flushed, "3 access lines within 3 s:\n{}", read(&info));
+    stop();
+    let exited = wait_until(WAIT, || read(&info).contains("exiting")).await;
+    assert!(
+        exited,
+        "the last lines are written at the stop:\n{}",
+        read(&info)
+    );
+}

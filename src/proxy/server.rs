@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 use super::reload::{fingerprint, ReloadService};
 use super::{Gateway, GatewayParts, Proxy};
 use crate::config::Config;
+use crate::logging;
 use crate::metrics::Metrics;
 use crate::usage::{self, Writer};
 use pingora::connectors::ConnectorOptions;
@@ -29,6 +30,23 @@ impl BackgroundService for UsageWriterService {
     }
 }
 
+/// Writes out the buffered log every [`logging::FLUSH_INTERVAL`], and once more when the server stops.
+struct LogFlushService(logging::Flusher);
+
+#[async_trait]
+impl BackgroundService for LogFlushService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticks = tokio::time::interval(logging::FLUSH_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => self.0.flush(),
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.0.flush();
+    }
+}
+
 /// Pingora's own command-line options, next to the gateway's `--config`.
 #[derive(Debug, Clone, Default)]
 pub struct ServerArgs {
@@ -42,6 +60,8 @@ pub struct ServerArgs {
     pub listen: String,
     /// The gateway config file, re-read on reload.
     pub config_path: std::path::PathBuf,
+    /// Flushes the buffered log (run as a service, so it works after Pingora's daemon fork).
+    pub log_flusher: Option<logging::Flusher>,
 }
 
 /// The server conf used without `-c`: one worker thread per core without work stealing, files named after
@@ -88,6 +108,9 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         "usage writer",
         UsageWriterService(writer.clone()),
     ));
+    if let Some(flusher) = args.log_flusher.clone() {
+        server.add_service(background_service("log flush", LogFlushService(flusher)));
+    }
     let bytes = std::fs::read(&args.config_path)
         .map_err(|e| format!("cannot read {}: {e}", args.config_path.display()))?;
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
