@@ -115,7 +115,7 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
 }
 
 /// Already normal: starts with `/`, no empty, `.` or `..` segment, no trailing slash (but `/`), no `%`, and
-/// a first segment that is not `v1` in another case. One pass over the bytes, no allocation.
+/// a first segment that is not `v1` in another case. A few passes over the bytes, no allocation.
 fn is_normal(path: &str) -> bool {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') || bytes.contains(&b'%') {

@@ -81,16 +81,18 @@ pub fn rewrite(
         req.insert_header(header::CONTENT_LENGTH, length)?;
     }
     if let Some(ip) = caller_ip {
-        // Only a trusted proxy's list is passed on; anyone else's could be forged.
-        let prev = req
-            .headers
-            .get(X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-            .filter(|prev| keep_forwarded && !prev.trim().is_empty());
-        let xff = match prev {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_owned(),
-        };
+        // Only a trusted proxy's list is passed on (all its header lines, in order); anyone else's could be
+        // forged.
+        let mut xff = String::new();
+        if keep_forwarded {
+            for prev in req.headers.get_all(X_FORWARDED_FOR) {
+                if let Some(prev) = prev.to_str().ok().filter(|p| !p.trim().is_empty()) {
+                    xff.push_str(prev);
+                    xff.push_str(", ");
+                }
+            }
+        }
+        xff.push_str(ip);
         req.insert_header(X_FORWARDED_FOR, xff)?;
     }
     Ok(())
@@ -181,6 +183,24 @@ mod tests {
         for gone in ["connection", "x-hop", "transfer-encoding", "expect"] {
             assert_eq!(h(gone), None, "{gone} should be removed");
         }
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_to_only_for_a_trusted_proxy() {
+        let c = client("");
+        let mut req = request();
+        req.append_header("x-forwarded-for", "10.0.0.2").unwrap();
+        rewrite(&mut req, &c, 0, Some("127.0.0.1"), true, false).unwrap();
+        assert_eq!(
+            req.headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["10.0.0.1, 10.0.0.2, 127.0.0.1"]
+        );
+        let mut req = request();
+        rewrite(&mut req, &c, 0, Some("127.0.0.1"), false, false).unwrap();
+        assert_eq!(req.headers.get("x-forwarded-for").unwrap(), "127.0.0.1");
     }
 
     #[test]
