@@ -297,7 +297,8 @@ pub fn run_bin(
     let out_path = dir.join("run.stdout");
     let err_path = dir.join("run.stderr");
     let mut cmd = Command::new(BIN);
-    cmd.args(args)
+    cmd.current_dir(dir)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())

@@ -27,7 +27,9 @@ impl Proc {
     pub fn spawn(name: &str, args: &[OsString], env: &[(&str, &str)], dir: &Path) -> Proc {
         let log_path = dir.join(format!("{name}.err.log"));
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
+        // In `dir`: relative paths (the default usage dir `database`) never land in the working tree.
+        cmd.current_dir(dir)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join(format!("{name}.out.log"))).unwrap())
