@@ -13,6 +13,7 @@ mod wire;
 mod tests;
 
 use crate::endpoints::ApiKind;
+use crate::request::MAX_MODEL_BYTES;
 use crate::usage::{RawBody, TokenUsage};
 use bytes::{Bytes, BytesMut};
 use reconstruct::Reconstruction;
@@ -21,6 +22,8 @@ use wire::Envelope;
 
 /// How much of a non-stream body is kept to read its usage (and splice the prefix) at its end, at least.
 const BODY_CAP: usize = 16 << 20;
+/// How many choices of a stream get the prefix, at most (OpenAI's `n` is at most 128).
+const PREFIXED_CHOICES: usize = 128;
 
 /// What the tap does with one response.
 #[derive(Debug, Clone)]
@@ -53,7 +56,7 @@ pub struct ResponseTap {
     pending: BytesMut,
     /// An event grew past the cap: its bytes pass unread until its end.
     skipping: bool,
-    /// Choice indices whose first content got the prefix.
+    /// Choice indices whose first content got the prefix (at most [`PREFIXED_CHOICES`]).
     prefixed: Vec<u32>,
     // A whole body, or a raw stream kept for the record.
     body: BytesMut,
@@ -83,7 +86,7 @@ impl ResponseTap {
         let spliceable = matches!(opts.kind, ApiKind::Chat | ApiKind::Completions);
         let buffers = prefix_json.is_some() && !opts.sse && spliceable;
         let rebuilt = opts.sse && (spliceable || opts.kind == ApiKind::Responses);
-        let recon = (rebuilt && opts.keep_body.is_some()).then(Reconstruction::default);
+        let recon = opts.keep_body.filter(|_| rebuilt).map(Reconstruction::new);
         let kept = opts.keep_body.unwrap_or(0);
         let body_cap = match (opts.sse, rebuilt) {
             (false, _) => kept.max(BODY_CAP),
@@ -181,6 +184,23 @@ impl ResponseTap {
         self.take_record_body().map(|body| body.render(limit))
     }
 
+    /// Bytes the tap holds: a partial event, a kept body, the rebuilt message, the model and prefixed choices.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        let recon = self.recon.as_ref().map_or(0, Reconstruction::held);
+        let model = self.model.as_ref().map_or(0, String::len);
+        self.pending.len() + self.body.len() + recon + model + self.prefixed.len() * 4
+    }
+
+    /// The most [`ResponseTap::held`] can reach with these options, whatever the backend sends.
+    #[cfg(test)]
+    pub fn held_bound(opts: &TapOptions) -> usize {
+        let kept = opts.keep_body.unwrap_or(0);
+        let body = kept.max(BODY_CAP);
+        let recon = Reconstruction::held_bound(kept);
+        stream::EVENT_CAP + body + recon + MAX_MODEL_BYTES + PREFIXED_CHOICES * 4
+    }
+
     /// An SSE error event `data: {"error":{"message":..,"type":"api_error","param":null,"code":..}}\n\n` that
     /// the proxy sends when a stream breaks after its first byte.
     pub fn error_event(message: &str, code: &str) -> Bytes {
@@ -222,7 +242,8 @@ impl ResponseTap {
             self.usage = Some(usage);
         }
         if self.model.is_none() {
-            self.model = model.and_then(wire::as_str).map(Into::into);
+            let model = model.and_then(wire::as_str);
+            self.model = model.map(|m| crate::escape::cut(&m, MAX_MODEL_BYTES).to_owned());
         }
     }
 }

@@ -1,44 +1,63 @@
-//! Rebuilds a stream's final message from its chunks, for the usage record's Response column.
+//! Rebuilds a stream's final message from its chunks for the usage record's Response column, within the record's size.
+//!
+//! Texts (content, reasoning, tool names and arguments) are kept only up to the record's size as they arrive,
+//! together with the choices and tool calls they belong to; what does not fit is counted, not kept, so an endless
+//! stream costs a bounded amount of memory. Usage and finish reasons are small and always kept (last wins), and
+//! the rendered JSON is fitted into the record's size with each cut text ending in a `…(+N bytes)` marker.
 
 use super::wire::{as_str, Choice, Envelope, Message};
 use crate::endpoints::ApiKind;
-use serde::{Deserialize, Serialize};
+use crate::escape::cut;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
+/// Longest `id` and `model`, and tool call `id` and `type`, kept.
+const FIELD_CAP: usize = 256;
+/// Longest finish reason kept (OpenAI's longest is `content_filter`).
+const REASON_CAP: usize = 32;
+/// Largest `usage` object kept (OpenAI's, with its details, is a few hundred bytes).
+const USAGE_CAP: usize = 16 << 10;
+/// What a new choice or tool call takes from the room: its place in memory and in the rendered JSON.
+const ENTRY_COST: usize = 128;
+/// Room a `…(+N bytes)` marker takes in the rendered JSON, at most.
+const MARKER_ROOM: usize = 40;
+
 /// What a stream said so far, merged per choice `index`.
-#[derive(Default)]
 pub struct Reconstruction {
+    /// The record's size in bytes (`usage.max_body_bytes`): the rendered JSON is fitted into it.
+    limit: usize,
+    /// Bytes left for texts, tool call ids and new entries; starts at `limit` and is never given back.
+    room: usize,
     id: Option<String>,
     model: Option<String>,
     usage: Option<Box<RawValue>>,
-    /// The Responses API's `response` object (the last seen: `response.completed` ends a stream).
-    response: Option<Box<RawValue>>,
+    /// The Responses API's `response` object (the last seen: `response.completed` ends a stream), cut at `limit`.
+    response: Option<String>,
     choices: Vec<ChoiceAcc>,
 }
 
+/// A text put together from deltas: its first bytes, as many as there was room for, and how many more came.
 #[derive(Default)]
+struct Text {
+    kept: String,
+    dropped: usize,
+}
+
 struct ChoiceAcc {
     index: u32,
-    content: Option<String>,
-    reasoning: Option<String>,
+    content: Option<Text>,
+    reasoning: Option<Text>,
     tool_calls: Vec<ToolCallAcc>,
     finish_reason: Option<String>,
 }
 
-#[derive(Serialize)]
 struct ToolCallAcc {
-    #[serde(skip)]
     index: u32,
     id: Option<String>,
-    #[serde(rename = "type")]
-    kind: String,
-    function: FunctionAcc,
-}
-
-#[derive(Default, Serialize)]
-struct FunctionAcc {
-    name: String,
-    arguments: String,
+    /// `None`: `function`.
+    kind: Option<String>,
+    name: Text,
+    arguments: Text,
 }
 
 #[derive(Deserialize)]
@@ -61,14 +80,27 @@ struct FunctionDelta<'a> {
 }
 
 impl Reconstruction {
+    /// An empty reconstruction for a record of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Reconstruction {
+            limit,
+            room: limit,
+            id: None,
+            model: None,
+            usage: None,
+            response: None,
+            choices: Vec::new(),
+        }
+    }
+
     pub fn observe(&mut self, env: &Envelope) {
         if self.id.is_none() {
-            self.id = env.id.and_then(as_str).map(Into::into);
+            self.id = env.id.and_then(|r| short(r, FIELD_CAP));
         }
         if self.model.is_none() {
-            self.model = env.model.and_then(as_str).map(Into::into);
+            self.model = env.model.and_then(|r| short(r, FIELD_CAP));
         }
-        if let Some(usage) = env.usage {
+        if let Some(usage) = env.usage.filter(|u| u.get().len() <= USAGE_CAP) {
             self.usage = Some(usage.to_owned());
         }
         for (position, choice) in env.choices.iter().flatten().enumerate() {
@@ -77,98 +109,210 @@ impl Reconstruction {
     }
 
     pub fn set_response(&mut self, response: &RawValue) {
-        self.response = Some(response.to_owned());
+        let kept = self.response.get_or_insert_with(String::new);
+        kept.clear();
+        kept.push_str(cut(response.get(), self.limit));
     }
 
     /// Appends to a choice's content (the prefix, spliced into what the caller got).
     pub fn push_content(&mut self, index: u32, text: &str) {
-        let acc = self.choice(index);
-        acc.content.get_or_insert_with(String::new).push_str(text);
+        let room = &mut self.room;
+        if let Some(acc) = entry(&mut self.choices, room, index) {
+            acc.content
+                .get_or_insert_with(Text::default)
+                .push(text, room);
+        }
+    }
+
+    /// Bytes held for the record: texts, fields and entries (for tests of the bounds).
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        let fields = [&self.id, &self.model, &self.response];
+        let fields: usize = fields
+            .iter()
+            .filter_map(|f| f.as_ref())
+            .map(String::len)
+            .sum();
+        let usage = self.usage.as_ref().map_or(0, |u| u.get().len());
+        let reasons = self.choices.iter().filter_map(|c| c.finish_reason.as_ref());
+        fields + usage + reasons.map(String::len).sum::<usize>() + self.charged()
+    }
+
+    /// What texts, tool call ids and entries hold, counted afresh: never more than the record's size.
+    #[cfg(test)]
+    pub fn charged(&self) -> usize {
+        let ids = |c: &ToolCallAcc| {
+            [&c.id, &c.kind]
+                .iter()
+                .filter_map(|f| f.as_ref())
+                .map(|f| f.len())
+                .sum::<usize>()
+        };
+        let calls = self.choices.iter().flat_map(|c| &c.tool_calls);
+        let entries = self.choices.len() + calls.clone().count();
+        let texts = self
+            .choices
+            .iter()
+            .map(ChoiceAcc::text_bytes)
+            .sum::<usize>();
+        entries * ENTRY_COST + texts + calls.map(ids).sum::<usize>()
+    }
+
+    /// Checks each part against its own bound.
+    #[cfg(test)]
+    pub fn assert_bounded(&self) {
+        assert!(
+            self.charged() <= self.limit,
+            "{} > {}",
+            self.charged(),
+            self.limit
+        );
+        let fields = [&self.id, &self.model].into_iter().flatten();
+        assert!(fields.map(String::len).all(|n| n <= FIELD_CAP));
+        assert!(self.response.as_ref().is_none_or(|r| r.len() <= self.limit));
+        assert!(self
+            .usage
+            .as_ref()
+            .is_none_or(|u| u.get().len() <= USAGE_CAP));
+        let reasons = self.choices.iter().filter_map(|c| c.finish_reason.as_ref());
+        assert!(reasons.map(String::len).all(|n| n <= REASON_CAP));
+    }
+
+    /// The most [`Reconstruction::held`] can reach for a record of `limit` bytes.
+    #[cfg(test)]
+    pub fn held_bound(limit: usize) -> usize {
+        let entries = limit / ENTRY_COST;
+        limit * 2 + 2 * FIELD_CAP + USAGE_CAP + entries * REASON_CAP
     }
 
     fn observe_choice(&mut self, index: u32, choice: &Choice) {
-        let acc = self.choice(index);
-        append(&mut acc.content, choice.text);
-        if let Some(delta) = &choice.delta {
-            acc.observe_delta(delta);
-        }
-        if let Some(reason) = choice.finish_reason.and_then(as_str) {
-            acc.finish_reason = Some(reason.into());
-        }
-    }
-
-    fn choice(&mut self, index: u32) -> &mut ChoiceAcc {
-        let at = match self.choices.binary_search_by_key(&index, |c| c.index) {
-            Ok(at) => at,
-            Err(at) => {
-                let acc = ChoiceAcc {
-                    index,
-                    ..ChoiceAcc::default()
-                };
-                self.choices.insert(at, acc);
-                at
-            }
+        let room = &mut self.room;
+        let Some(acc) = entry(&mut self.choices, room, index) else {
+            return;
         };
-        &mut self.choices[at]
+        append(&mut acc.content, choice.text, room);
+        if let Some(delta) = &choice.delta {
+            acc.observe_delta(delta, room);
+        }
+        if let Some(reason) = choice.finish_reason.and_then(|r| short(r, REASON_CAP)) {
+            acc.finish_reason = Some(reason);
+        }
     }
 
-    /// The record's JSON: the Responses API's `response` object, else a chat or completions body.
+    /// The record's JSON: the Responses API's `response` object, else a chat or completions body that fits in
+    /// the record's size when it can (texts cut further, each marked), so that its usage and finish reasons stay.
     pub fn render(&self, kind: ApiKind) -> String {
         if kind == ApiKind::Responses {
-            return self
-                .response
-                .as_ref()
-                .map(|r| r.get().to_owned())
-                .unwrap_or_default();
+            return self.response.clone().unwrap_or_default();
         }
         let completions = kind == ApiKind::Completions;
+        let full = self.render_within(completions, usize::MAX);
+        if full.len() <= self.limit {
+            return full;
+        }
+        let texts = self
+            .choices
+            .iter()
+            .map(ChoiceAcc::text_bytes)
+            .sum::<usize>();
+        let markers = MARKER_ROOM * self.choices.iter().map(ChoiceAcc::texts).sum::<usize>();
+        let (mut allowance, mut over) = (texts, full.len() - self.limit);
+        // Each pass takes at least the excess off the texts; escapes and markers may ask for one more.
+        for _ in 0..4 {
+            allowance = allowance.saturating_sub(over + markers);
+            let out = self.render_within(completions, allowance);
+            if out.len() <= self.limit {
+                return out;
+            }
+            if allowance == 0 {
+                break;
+            }
+            over = out.len() - self.limit;
+        }
+        // Not even the texts' absence makes it fit (a tiny limit): the writer cuts the JSON text.
+        full
+    }
+
+    /// The chat or completions body with at most `allowance` bytes of text, given to texts in order.
+    fn render_within(&self, completions: bool, allowance: usize) -> String {
+        let mut allot = Allot(allowance);
+        let choices = (self.choices.iter())
+            .map(|c| c.render(completions, &mut allot))
+            .collect();
         let out = Out {
             id: self.id.as_deref(),
             model: self.model.as_deref(),
-            choices: self.choices.iter().map(|c| c.render(completions)).collect(),
+            choices,
             usage: self.usage.as_deref(),
         };
         serde_json::to_string(&out).unwrap_or_default()
     }
 }
 
+/// The choice with this index, added when there is room for it.
+fn entry<'a>(
+    choices: &'a mut Vec<ChoiceAcc>,
+    room: &mut usize,
+    index: u32,
+) -> Option<&'a mut ChoiceAcc> {
+    let at = match choices.binary_search_by_key(&index, |c| c.index) {
+        Ok(at) => at,
+        Err(at) => {
+            *room = room.checked_sub(ENTRY_COST)?;
+            let acc = ChoiceAcc {
+                index,
+                content: None,
+                reasoning: None,
+                tool_calls: Vec::new(),
+                finish_reason: None,
+            };
+            choices.insert(at, acc);
+            at
+        }
+    };
+    choices.get_mut(at)
+}
+
 impl ChoiceAcc {
-    fn observe_delta(&mut self, delta: &Message) {
-        append(&mut self.content, delta.content);
-        append(
-            &mut self.reasoning,
-            delta.reasoning_content.or(delta.reasoning),
-        );
+    fn observe_delta(&mut self, delta: &Message, room: &mut usize) {
+        append(&mut self.content, delta.content, room);
+        let reasoning = delta.reasoning_content.or(delta.reasoning);
+        append(&mut self.reasoning, reasoning, room);
         let calls = delta
             .tool_calls
             .map(|raw| serde_json::from_str::<Vec<ToolCallDelta>>(raw.get()));
         for (position, call) in calls.and_then(Result::ok).iter().flatten().enumerate() {
-            self.merge_tool_call(position, call);
+            self.merge_tool_call(position, call, room);
         }
     }
 
-    fn merge_tool_call(&mut self, position: usize, call: &ToolCallDelta) {
+    fn merge_tool_call(&mut self, position: usize, call: &ToolCallDelta, room: &mut usize) {
         let index = call
             .index
             .unwrap_or_else(|| u32::try_from(position).unwrap_or(u32::MAX));
         let at = match self.tool_calls.iter().position(|c| c.index == index) {
             Some(at) => at,
             None => {
+                let Some(left) = room.checked_sub(ENTRY_COST) else {
+                    return;
+                };
+                *room = left;
                 self.tool_calls.push(ToolCallAcc {
                     index,
                     id: None,
-                    kind: "function".into(),
-                    function: FunctionAcc::default(),
+                    kind: None,
+                    name: Text::default(),
+                    arguments: Text::default(),
                 });
                 self.tool_calls.len() - 1
             }
         };
         let acc = &mut self.tool_calls[at];
         if let Some(id) = call.id.and_then(as_str).filter(|s| !s.is_empty()) {
-            acc.id = Some(id.into());
+            set_field(&mut acc.id, &id, room);
         }
         if let Some(kind) = call.kind.and_then(as_str).filter(|s| !s.is_empty()) {
-            acc.kind = kind.into();
+            set_field(&mut acc.kind, &kind, room);
         }
         let Some(function) = &call.function else {
             return;
@@ -177,22 +321,53 @@ impl ChoiceAcc {
         if let Some(name) = function
             .name
             .and_then(as_str)
-            .filter(|n| *n != acc.function.name)
+            .filter(|n| *n != acc.name.kept)
         {
-            acc.function.name.push_str(&name);
+            acc.name.push(&name, room);
         }
         if let Some(arguments) = function.arguments.and_then(as_str) {
-            acc.function.arguments.push_str(&arguments);
+            acc.arguments.push(&arguments, room);
         }
     }
 
-    fn render(&self, completions: bool) -> OutChoice<'_> {
-        let text = completions.then(|| self.content.as_deref().unwrap_or_default());
+    /// Bytes of text kept.
+    fn text_bytes(&self) -> usize {
+        let texts = [&self.content, &self.reasoning];
+        let own: usize = texts
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|t| t.kept.len())
+            .sum();
+        let calls = self.tool_calls.iter();
+        own + calls
+            .map(|c| c.name.kept.len() + c.arguments.kept.len())
+            .sum::<usize>()
+    }
+
+    /// How many texts the choice renders.
+    fn texts(&self) -> usize {
+        2 + 2 * self.tool_calls.len()
+    }
+
+    fn render<'a>(&'a self, completions: bool, allot: &mut Allot) -> OutChoice<'a> {
+        let text = completions.then(|| match &self.content {
+            Some(content) => allot.show(content),
+            None => Shown::default(),
+        });
         let message = (!completions).then(|| OutMessage {
             role: "assistant",
-            content: self.content.as_deref(),
-            reasoning_content: self.reasoning.as_deref(),
-            tool_calls: &self.tool_calls,
+            content: self.content.as_ref().map(|t| allot.show(t)),
+            reasoning_content: self.reasoning.as_ref().map(|t| allot.show(t)),
+            tool_calls: (self.tool_calls.iter())
+                .map(|c| OutCall {
+                    id: c.id.as_deref(),
+                    kind: c.kind.as_deref().unwrap_or("function"),
+                    function: OutFunction {
+                        name: allot.show(&c.name),
+                        arguments: allot.show(&c.arguments),
+                    },
+                })
+                .collect(),
         });
         OutChoice {
             index: self.index,
@@ -203,10 +378,68 @@ impl ChoiceAcc {
     }
 }
 
+impl Text {
+    /// Appends `piece` as far as there is room (on a character boundary); once cut, a text only counts.
+    fn push(&mut self, piece: &str, room: &mut usize) {
+        if self.dropped > 0 {
+            self.dropped = self.dropped.saturating_add(piece.len());
+            return;
+        }
+        let kept = cut(piece, *room);
+        *room -= kept.len();
+        self.kept.push_str(kept);
+        self.dropped = piece.len() - kept.len();
+    }
+}
+
 /// Appends a string delta to `into` (created on the first one, even if empty).
-fn append(into: &mut Option<String>, raw: Option<&RawValue>) {
+fn append(into: &mut Option<Text>, raw: Option<&RawValue>, room: &mut usize) {
     if let Some(text) = raw.and_then(as_str) {
-        into.get_or_insert_with(String::new).push_str(&text);
+        into.get_or_insert_with(Text::default).push(&text, room);
+    }
+}
+
+/// A string value cut to `cap` bytes.
+fn short(raw: &RawValue, cap: usize) -> Option<String> {
+    as_str(raw).map(|s| cut(&s, cap).to_owned())
+}
+
+/// Replaces a field's value, cut to [`FIELD_CAP`] and to the room (the old value's bytes go back to it).
+fn set_field(slot: &mut Option<String>, value: &str, room: &mut usize) {
+    *room += slot.as_ref().map_or(0, String::len);
+    let kept = cut(value, FIELD_CAP.min(*room));
+    *room -= kept.len();
+    *slot = Some(kept.to_owned());
+}
+
+/// Text bytes still to give out while rendering.
+struct Allot(usize);
+
+impl Allot {
+    fn show<'a>(&mut self, text: &'a Text) -> Shown<'a> {
+        let shown = cut(&text.kept, self.0);
+        self.0 -= shown.len();
+        let hidden = text.kept.len() - shown.len();
+        Shown {
+            text: shown,
+            dropped: text.dropped.saturating_add(hidden),
+        }
+    }
+}
+
+/// A text as the record shows it: its first bytes, and a `…(+N bytes)` marker when some were left out.
+#[derive(Default)]
+struct Shown<'a> {
+    text: &'a str,
+    dropped: usize,
+}
+
+impl Serialize for Shown<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.dropped {
+            0 => s.serialize_str(self.text),
+            n => s.serialize_str(&format!("{}…(+{n} bytes)", self.text)),
+        }
     }
 }
 
@@ -224,20 +457,30 @@ struct OutChoice<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<OutMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    text: Option<&'a str>,
+    text: Option<Shown<'a>>,
     finish_reason: Option<&'a str>,
 }
 
 #[derive(Serialize)]
 struct OutMessage<'a> {
     role: &'static str,
-    content: Option<&'a str>,
+    content: Option<Shown<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reasoning_content: Option<&'a str>,
-    #[serde(skip_serializing_if = "no_calls")]
-    tool_calls: &'a [ToolCallAcc],
+    reasoning_content: Option<Shown<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<OutCall<'a>>,
 }
 
-fn no_calls(calls: &&[ToolCallAcc]) -> bool {
-    calls.is_empty()
+#[derive(Serialize)]
+struct OutCall<'a> {
+    id: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    function: OutFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct OutFunction<'a> {
+    name: Shown<'a>,
+    arguments: Shown<'a>,
 }

@@ -1,6 +1,6 @@
 //! The SSE side of the tap: holds a partial event, reads each complete one once, splices the prefix, hides usage.
 
-use super::{concat, prefix, sse, wire, ResponseTap};
+use super::{concat, prefix, sse, wire, ResponseTap, PREFIXED_CHOICES};
 use crate::endpoints::ApiKind;
 use bytes::{Bytes, BytesMut};
 use wire::Envelope;
@@ -127,7 +127,8 @@ impl ResponseTap {
                 _ => None,
             };
             let index = choice.index_or(position);
-            if self.prefixed.contains(&index) || !target.is_some_and(wire::nonempty_str) {
+            let full = self.prefixed.len() >= PREFIXED_CHOICES;
+            if full || self.prefixed.contains(&index) || !target.is_some_and(wire::nonempty_str) {
                 continue;
             }
             let Some(offset) = target.and_then(|raw| prefix::string_start(text, raw)) else {

@@ -1,6 +1,7 @@
 //! Tests of the tap over recorded streams and bodies: shared recordings and helpers.
 
 mod body;
+mod bounds;
 mod stream;
 
 use super::*;
