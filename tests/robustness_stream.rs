@@ -1,4 +1,6 @@
-//! Hostile or odd streams: an endless stream keeps the gateway's memory bounded and its record cut to size.
+//! Hostile or odd streams: an endless stream keeps the gateway's memory bounded and its record cut to size; a
+//! stream the caller read to its end and closed at once is complete (200); a backend that cuts its answer
+//! short leaves a 502 in the record, the access log and the metrics alike.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -8,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::records::{usage_config, wait_one_row, Row};
-use common::{client, Gateway};
+use common::records::{usage_config, wait_exact_rows, wait_one_row, Row};
+use common::{client, free_port, http_client, wait_until, Behavior, Gateway, Mock};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -254,4 +256,235 @@ fn http_client_long() -> reqwest::Client {
         .timeout(Duration::from_secs(300))
         .build()
         .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A complete stream whose caller closes at `[DONE]`
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Reads the SSE answer on `sock` until `data: [DONE]` and returns at once (the caller then closes).
+async fn read_until_done(sock: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !got.windows(14).any(|w| w == b"data: [DONE]\n\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf))
+            .await
+            .expect("the stream stalled before [DONE]")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the stream ended before [DONE]: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_read_to_done_and_closed_at_once_is_recorded_complete() {
+    // `[DONE]`, then the body stays open a while (until the gateway drops the connection, at most 2 s).
+    let port = raw_backend(|mut sock| async move {
+        let events = format!(
+            "{}{}{}",
+            content_event("a", Value::Null),
+            content_event("b", json!("stop")),
+            usage_and_done()
+        );
+        let _ = sock
+            .write_all(format!("{SSE_HEAD}{}", chunk(&events)).as_bytes())
+            .await;
+        let _ = sock.flush().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut [0u8; 16])).await;
+        let _ = sock.write_all(b"0\r\n\r\n").await;
+    })
+    .await;
+    let db = tempfile::tempdir().unwrap();
+    let c = client(
+        "sdk",
+        &format!("http://127.0.0.1:{port}/v1"),
+        "exact",
+        &["m"],
+    );
+    let gw = Gateway::start(&usage_config(vec![c], db.path(), json!({}))).await;
+
+    const STREAMS: usize = 50;
+    let body = stream_request();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..STREAMS {
+        let mut sock = TcpStream::connect(gw.addr()).await.unwrap();
+        sock.write_all(request.as_bytes()).await.unwrap();
+        let got = read_until_done(&mut sock).await;
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+        drop(sock);
+    }
+    let rows = wait_exact_rows(db.path(), STREAMS).await;
+    for row in &rows {
+        assert_eq!(row.status, Some(200), "{row:#?}");
+        assert_eq!(row.error, None, "{row:#?}");
+        assert_tokens(row);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A backend that cuts its answer short
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A config recording into `dir`, with metrics on a port of their own; returns it and the metrics port.
+fn config_with_metrics(clients: Vec<Value>, dir: &std::path::Path) -> (Value, u16) {
+    let metrics_port = free_port();
+    let mut config = usage_config(clients, dir, json!({}));
+    config["server"] = json!({ "metrics_listen": format!("127.0.0.1:{metrics_port}") });
+    (config, metrics_port)
+}
+
+/// Waits until the access log line of `POST /v1/chat/completions` is written; returns its status.
+async fn access_status(gw: &Gateway) -> String {
+    let line = || {
+        gw.log()
+            .lines()
+            .find(|l| l.contains(" POST /v1/chat/completions ") && l.contains(" model="))
+            .map(str::to_owned)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || line().is_some()).await,
+        "no access line:\n{}",
+        gw.log()
+    );
+    let line = line().unwrap();
+    let after = line.split(" POST /v1/chat/completions ").nth(1).unwrap();
+    after.split(' ').next().unwrap().to_owned()
+}
+
+/// The `gpt_api_requests_total` lines of the metrics on `port`, once there is one for model `m`.
+async fn requests_total(port: u16) -> Vec<String> {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = http_client().get(&url).send().await {
+            let text = r.text().await.unwrap_or_default();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with("gpt_api_requests_total{"))
+                .map(str::to_owned)
+                .collect();
+            if lines.iter().any(|l| l.contains("model=\"m\"")) {
+                return lines;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no gpt_api_requests_total on {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The record, the access line and the metrics of one cut answer all say 502.
+async fn assert_502_everywhere(gw: &Gateway, row: &Row, metrics_port: u16) {
+    assert_eq!(row.status, Some(502), "{row:#?}");
+    assert!(
+        row.error
+            .as_deref()
+            .is_some_and(|e| e.contains("backend failed mid-response")),
+        "{row:#?}"
+    );
+    assert_eq!(access_status(gw).await, "502", "{}", gw.log());
+    let metrics = requests_total(metrics_port).await;
+    let routed: Vec<&String> = metrics
+        .iter()
+        .filter(|l| l.contains("model=\"m\""))
+        .collect();
+    assert!(
+        routed.len() == 1 && routed[0].contains("status=\"502\"") && routed[0].ends_with(" 1"),
+        "{metrics:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_by_the_backend_is_recorded_as_502_with_what_the_caller_got() {
+    let mock = Mock::start_with("cut", Behavior::StreamThenAbort { events: 2 }).await;
+    let db = tempfile::tempdir().unwrap();
+    let clients = vec![client("a", &mock.base_url("/v1"), "exact", &["m"])];
+    let (config, metrics_port) = config_with_metrics(clients, db.path());
+    let gw = Gateway::builder(&config).log_level("info").start().await;
+
+    let resp = http_client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(stream_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut text = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(piece)) = stream.next().await {
+        text.extend_from_slice(&piece);
+    }
+    let two: String = Mock::sse_events("m", 3)[..2].concat();
+    assert!(text.starts_with(two.as_bytes()), "{text:?}");
+
+    let row = wait_one_row(db.path()).await;
+    assert_eq!(
+        row.response_json()["choices"][0]["message"]["content"],
+        "c0 c1 ",
+        "the record keeps what the caller got"
+    );
+    assert_502_everywhere(&gw, &row, metrics_port).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_cut_short_of_its_content_length_is_recorded_as_502() {
+    let answer = Mock::answer_json("m").to_string();
+    let half = answer[..answer.len() / 2].to_owned();
+    let port = raw_backend(move |mut sock| {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            answer.len()
+        );
+        let sent = format!("{head}{half}");
+        async move {
+            let _ = sock.write_all(sent.as_bytes()).await;
+            let _ = sock.flush().await;
+            // Dropped: the body ends short of its Content-Length.
+        }
+    })
+    .await;
+    let db = tempfile::tempdir().unwrap();
+    let clients = vec![client(
+        "a",
+        &format!("http://127.0.0.1:{port}/v1"),
+        "exact",
+        &["m"],
+    )];
+    let (config, metrics_port) = config_with_metrics(clients, db.path());
+    let gw = Gateway::builder(&config).log_level("info").start().await;
+
+    let resp = http_client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(json!({"model": "m", "messages": []}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let got = resp.bytes().await;
+    assert!(
+        got.is_err() || status != 200,
+        "the caller cannot take a cut body for a whole one: {status} {got:?}"
+    );
+
+    let row = wait_one_row(db.path()).await;
+    let expected = Mock::answer_json("m").to_string();
+    let response = row.response.as_deref().unwrap_or_default();
+    assert!(
+        !response.is_empty() && expected.starts_with(response) && response.len() < expected.len(),
+        "the record keeps the bytes the caller got: {response:?}"
+    );
+    assert_502_everywhere(&gw, &row, metrics_port).await;
 }

@@ -69,6 +69,13 @@ pub struct ResponseTap {
     /// The body's first non-blank byte was seen.
     sniffed: bool,
     finished: bool,
+    /// Bytes handed on to the caller so far.
+    sent: u64,
+    /// The caller has the whole answer once this many bytes reached it: the stream's `[DONE]` or the body's
+    /// end was handed on.
+    end_at: Option<u64>,
+    /// A `[DONE]` event is among the bytes being handed on.
+    done_passed: bool,
     // What was seen.
     usage: Option<TokenUsage>,
     model: Option<String>,
@@ -108,6 +115,9 @@ impl ResponseTap {
             holding: buffers,
             sniffed: false,
             finished: false,
+            sent: 0,
+            end_at: None,
+            done_passed: false,
             usage: None,
             model: None,
             first_token: false,
@@ -119,21 +129,51 @@ impl ResponseTap {
     /// one and the hidden usage chunk; an incomplete trailing event is held until its end arrives.
     /// When nothing in the chunk changes and it ends on an event boundary, return the same `Bytes` (no copy).
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
-        match (self.finished, self.opts.sse) {
+        let out = match (self.finished, self.opts.sse) {
             (true, _) => chunk,
             (false, true) => self.feed_sse(chunk),
             (false, false) => self.feed_body(chunk),
+        };
+        let out = self.hand_on(out);
+        if std::mem::take(&mut self.done_passed) {
+            self.end_at.get_or_insert(self.sent);
         }
+        out
     }
 
     /// End of the upstream body: returns whatever is still held (a partial last event as is; for a buffered
-    /// JSON body, the body with the prefix applied).
+    /// JSON body, the body with the prefix applied). Once it is sent, the caller has the whole answer.
     pub fn finish(&mut self) -> Bytes {
+        let rest = self.finish_reading();
+        let out = self.hand_on(rest);
+        self.end_at.get_or_insert(self.sent);
+        out
+    }
+
+    /// The answer stopped before its end (the caller left, the backend broke): reads what arrived of a last
+    /// event for its usage. Nothing more is sent. A no-op after [`ResponseTap::finish`].
+    pub fn abandon(&mut self) {
+        self.finish_reading();
+    }
+
+    /// Whether the caller has the whole answer, given how many body bytes reached its connection: the
+    /// stream's `[DONE]`, or the end of the backend's body, was among them.
+    pub fn delivered(&self, bytes_sent: u64) -> bool {
+        self.end_at.is_some_and(|end| bytes_sent >= end)
+    }
+
+    fn finish_reading(&mut self) -> Bytes {
         match (std::mem::replace(&mut self.finished, true), self.opts.sse) {
             (true, _) => Bytes::new(),
             (false, true) => self.finish_sse(),
             (false, false) => self.finish_body(),
         }
+    }
+
+    /// Counts what goes to the caller.
+    fn hand_on(&mut self, out: Bytes) -> Bytes {
+        self.sent = self.sent.saturating_add(out.len() as u64);
+        out
     }
 
     /// Whether the non-stream body must be held until `finish` (true when a prefix must be spliced into a

@@ -85,7 +85,11 @@ impl ResponseTap {
     fn on_event(&mut self, event: &[u8], live: bool) -> Action {
         let fields = sse::Fields::parse(event);
         let data = fields.data();
-        if data.is_empty() || *data == *b"[DONE]" {
+        if *data == *b"[DONE]" {
+            self.done_passed |= live;
+            return Action::Keep;
+        }
+        if data.is_empty() {
             return Action::Keep;
         }
         let Ok(text) = std::str::from_utf8(&data) else {

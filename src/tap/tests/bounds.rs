@@ -1,4 +1,4 @@
-//! Tests of what the tap keeps: bounded by the record's size however long the stream.
+//! Tests of what the tap keeps: bounded by the record's size however long the stream, and when the caller has it all.
 
 use super::*;
 
@@ -110,4 +110,37 @@ fn a_responses_object_and_the_model_name_are_cut() {
     );
     assert_eq!(tap.usage().and_then(|u| u.completion), Some(2));
     assert_eq!(tap.record_body().unwrap().len(), limit);
+}
+
+#[test]
+fn the_answer_is_delivered_once_done_or_the_body_end_is_sent() {
+    let mut tap = ResponseTap::new(opts(ApiKind::Chat, true));
+    let first = tap.feed(Bytes::from(content(0, "a")));
+    assert!(!tap.delivered(u64::MAX), "no end seen yet");
+    let done = tap.feed(Bytes::from(content(0, "b") + "data: [DONE]\n\n"));
+    let end = (first.len() + done.len()) as u64;
+    assert!(!tap.delivered(end - 1) && tap.delivered(end));
+    assert!(tap.finish().is_empty());
+    assert!(tap.delivered(end), "the body's end adds nothing");
+
+    // A `[DONE]` still held (no blank line yet) is not delivered; the body's end is, once sent.
+    let mut tap = ResponseTap::new(opts(ApiKind::Chat, true));
+    let head = tap.feed(Bytes::from_static(b"data: [DONE]"));
+    assert!(head.is_empty() && !tap.delivered(u64::MAX));
+    tap.abandon();
+    assert!(
+        !tap.delivered(u64::MAX),
+        "a stream cut short is never delivered"
+    );
+    let mut tap = ResponseTap::new(opts(ApiKind::Chat, true));
+    tap.feed(Bytes::from_static(b"data: [DONE]"));
+    let rest = tap.finish();
+    assert!(tap.delivered(rest.len() as u64) && !tap.delivered(rest.len() as u64 - 1));
+
+    // A whole body: delivered when its end was handed on.
+    let mut tap = ResponseTap::new(opts(ApiKind::Chat, false));
+    let body = tap.feed(Bytes::from_static(b"{\"x\":1}"));
+    assert!(!tap.delivered(u64::MAX));
+    tap.finish();
+    assert!(tap.delivered(body.len() as u64));
 }
