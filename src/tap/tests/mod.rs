@@ -2,6 +2,7 @@
 
 mod body;
 mod bounds;
+mod fuzz;
 mod stream;
 
 use super::*;
