@@ -44,3 +44,13 @@ pub mod routing;
 pub mod secret;
 pub mod tap;
 pub mod usage;
+
+/// The property tests' settings: 256 cases each (a few seconds), and no failure files written into the source tree.
+#[cfg(test)]
+pub(crate) fn fuzz_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: 256,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

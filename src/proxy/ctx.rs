@@ -17,6 +17,11 @@ use crate::usage::{CapturedHeaders, CapturedRecord, RawTexts, UsageQueue, UsageR
 
 use super::Runtime;
 
+/// Status recorded for a request whose caller went away before the answer was complete (nginx's convention).
+const CLIENT_CLOSED: u16 = 499;
+/// Status recorded for an answer the backend broke off after its header reached the caller.
+const CUT_SHORT: u16 = 502;
+
 /// Everything one request needs after `request_filter`: the config it started with, its body and route.
 pub struct RequestCtx {
     pub started: Instant,
@@ -62,6 +67,8 @@ pub struct RequestCtx {
     pub caller_ip: Option<String>,
     /// The peer is one of `server.trusted_proxies`: its `X-Forwarded-For` is passed on and appended to.
     pub peer_trusted: bool,
+    /// The backend broke off its answer after the header reached the caller.
+    cut_short: bool,
 }
 
 /// What is known of a record before the request ends.
@@ -104,6 +111,7 @@ impl RequestCtx {
             socket_ip: None,
             caller_ip: None,
             peer_trusted: false,
+            cut_short: false,
         }
     }
 
@@ -172,6 +180,24 @@ impl RequestCtx {
         }
     }
 
+    /// Whether the caller has the whole answer, given how many body bytes reached its connection: the
+    /// stream's `[DONE]` or the end of the backend's body was among them.
+    pub fn answer_delivered(&self, bytes_sent: usize) -> bool {
+        let sent = u64::try_from(bytes_sent).unwrap_or(u64::MAX);
+        self.tap.as_ref().is_some_and(|t| t.delivered(sent))
+    }
+
+    /// Notes that the backend broke off an answer whose header already reached the caller.
+    pub fn answer_cut_short(&mut self) {
+        self.cut_short = true;
+    }
+
+    /// The status the record, the access line and the metrics show (see [`final_status`]).
+    pub fn final_status(&self, written: Option<u16>, caller_left: bool, bytes_sent: usize) -> u16 {
+        let delivered = self.answer_delivered(bytes_sent);
+        final_status(written, caller_left, self.cut_short, delivered)
+    }
+
     /// Sends this request's record (once): `status` as the caller saw it.
     pub fn send_record(&mut self, status: u16) {
         let Some(p) = self.record.take() else { return };
@@ -215,6 +241,19 @@ impl RequestCtx {
     }
 }
 
+/// How a request ended, as one status: the status sent when the caller has the whole answer (whatever failed
+/// after its end: the caller closing at `[DONE]`, the backend's connection); 499 when the caller left first, or
+/// nothing was sent; 502 when the backend broke off an answer under way; else the status sent.
+fn final_status(written: Option<u16>, caller_left: bool, cut_short: bool, delivered: bool) -> u16 {
+    match written {
+        Some(status) if delivered => status,
+        _ if caller_left => CLIENT_CLOSED,
+        None => CLIENT_CLOSED,
+        Some(_) if cut_short => CUT_SHORT,
+        Some(status) => status,
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -231,7 +270,30 @@ impl Drop for RequestCtx {
         if self.record.is_some() {
             self.error
                 .get_or_insert_with(|| "request cancelled before it finished".into());
-            self.send_record(499);
+            self.send_record(CLIENT_CLOSED);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivered_answer_keeps_its_status_whatever_failed_after() {
+        for (caller_left, cut_short) in [(true, false), (false, true), (false, false)] {
+            assert_eq!(final_status(Some(200), caller_left, cut_short, true), 200);
+        }
+    }
+
+    #[test]
+    fn an_answer_under_way_is_499_when_the_caller_left_and_502_when_the_backend_broke() {
+        assert_eq!(final_status(Some(200), true, false, false), 499);
+        assert_eq!(final_status(Some(200), true, true, false), 499);
+        assert_eq!(final_status(Some(200), false, true, false), 502);
+        assert_eq!(final_status(None, false, false, false), 499);
+        // An answer the gateway wrote itself (a 504 after every attempt failed), or one that simply ended.
+        assert_eq!(final_status(Some(504), false, false, false), 504);
+        assert_eq!(final_status(Some(200), false, false, false), 200);
     }
 }

@@ -56,8 +56,6 @@ const CLIENT_KEEPALIVE_SECS: u64 = 75;
 /// Longest wait for the next piece of a caller's request body.
 const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 const DNS_TTL: Duration = Duration::from_secs(60);
-/// Status recorded for a request whose caller went away before the answer was complete (nginx's convention).
-const CLIENT_CLOSED: u16 = 499;
 
 /// One loaded config and the routing table built from it; swapped whole on reload.
 #[derive(Debug)]
@@ -782,6 +780,13 @@ impl ProxyHttp for Proxy {
     ) -> FailToProxy {
         let caller_gone = e.esource() == &ErrorSource::Downstream;
         if let Some(status) = session.response_written().map(|r| r.status.as_u16()) {
+            if ctx.answer_delivered(session.body_bytes_sent()) {
+                // The caller has the whole answer: what failed after its end is no error.
+                return FailToProxy {
+                    error_code: status,
+                    can_reuse_downstream: false,
+                };
+            }
             let why = if caller_gone {
                 "caller disconnected".to_owned()
             } else {
@@ -792,6 +797,9 @@ impl ProxyHttp for Proxy {
                 escape::field(ctx.model()),
                 escape::text(&why)
             );
+            if !caller_gone {
+                ctx.answer_cut_short();
+            }
             if ctx.sse && !caller_gone {
                 // The stream already started: end it with an error event the caller's SDK can surface.
                 let event = ResponseTap::error_event(&why, "upstream_error");
@@ -842,15 +850,12 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let written = session.response_written().map(|r| r.status.as_u16());
-        let status = match (e, written) {
-            (Some(e), _) if e.esource() == &ErrorSource::Downstream => CLIENT_CLOSED,
-            (_, Some(status)) => status,
-            (_, None) => CLIENT_CLOSED,
-        };
+        let caller_left = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
+        let status = ctx.final_status(written, caller_left, session.body_bytes_sent());
         if let Some(tap) = ctx.tap.as_mut() {
             // A stream cut short (the caller left, the backend broke) may hold a last event that carries the
             // usage: read what arrived. A no-op for an answer that ended.
-            tap.finish();
+            tap.abandon();
         }
         ctx.note_first_token();
         let tokens = ctx.tap.as_ref().and_then(|t| t.usage()).unwrap_or_default();

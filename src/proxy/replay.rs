@@ -142,4 +142,35 @@ mod tests {
         assert_eq!(out, "hello world");
         s.write_all(b"x").await.unwrap();
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config())]
+
+        /// Property test ("fuzz"): whatever the reads' sizes, the prefix comes first, then the socket's bytes.
+        #[test]
+        fn any_reads_see_the_prefix_then_the_stream(
+            prefix in proptest::collection::vec(any::<u8>(), 0..200),
+            rest in proptest::collection::vec(any::<u8>(), 0..200),
+            sizes in proptest::collection::vec(1usize..50, 1..20),
+        ) {
+            let inner: Stream = Box::new(std::io::Cursor::new(rest.clone()));
+            let mut s = ReplayStream::new(Bytes::from(prefix.clone()), inner);
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let got = runtime.block_on(async {
+                let mut got = Vec::new();
+                for size in sizes.iter().cycle() {
+                    let mut buf = vec![0u8; *size];
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                got
+            });
+            prop_assert_eq!(got, [prefix, rest].concat());
+        }
+    }
 }

@@ -191,3 +191,96 @@ fn multimodal_responses_input() {
     let chat = r#"{"model":"m","messages":[{"content":[{"type":"input_text","text":"a"}]}]}"#;
     assert!(info(chat).multimodal);
 }
+
+mod fuzz {
+    //! Property tests ("fuzz") of the inspector: any bytes, any JSON object, never a panic, and the answer
+    //! agrees with a full parse.
+
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    /// Keys the inspector reads, and keys it reads inside them, with some it does not.
+    const KEYS: &[&str] = &[
+        "model",
+        "stream",
+        "stream_options",
+        "include_usage",
+        "messages",
+        "input",
+        "tools",
+        "functions",
+        "content",
+        "type",
+        "image_url",
+        "x",
+    ];
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => proptest::sample::select(KEYS).prop_map(str::to_owned),
+            1 => any::<String>(),
+        ]
+    }
+
+    /// Any JSON value, a few levels deep.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            (0usize..400).prop_map(|n| Value::from("m".repeat(n))),
+        ];
+        leaf.prop_recursive(3, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec((key(), inner), 0..4)
+                    .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// What `inspect` must answer for this object, read with a full parse.
+    fn expected(body: &Map<String, Value>) -> Option<RequestInfo> {
+        let model = body.get("model")?.as_str()?;
+        let typed =
+            |key: &str, ok: fn(&Value) -> bool| body.get(key).is_none_or(|v| v.is_null() || ok(v));
+        let valid = model.len() <= MAX_MODEL_BYTES
+            && typed("stream", Value::is_boolean)
+            && typed("stream_options", Value::is_object);
+        valid.then(|| RequestInfo {
+            model: model.to_owned(),
+            stream: body.get("stream") == Some(&Value::Bool(true)),
+            include_usage: body
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                == Some(&Value::Bool(true)),
+            tool: false,
+            multimodal: false,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config())]
+
+        #[test]
+        fn any_bytes_are_answered_without_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = inspect(&body);
+        }
+
+        #[test]
+        fn any_object_is_read_as_a_full_parse_reads_it(
+            pairs in proptest::collection::vec((key(), value()), 0..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let body: Map<String, Value> = pairs.into_iter().collect();
+            let text = serde_json::to_vec(&body).unwrap();
+            let got = inspect(&text).ok().map(|i| RequestInfo { tool: false, multimodal: false, ..i });
+            prop_assert_eq!(got, expected(&body));
+            // Cut anywhere: an error (or, cut after the last brace, the same answer), never a panic.
+            let _ = inspect(&text[..cut.index(text.len() + 1)]);
+        }
+    }
+}

@@ -14,6 +14,7 @@ mod wire;
 mod tests;
 
 use crate::endpoints::ApiKind;
+use crate::request::MAX_MODEL_BYTES;
 use crate::usage::{RawBody, TokenUsage};
 use bytes::{Bytes, BytesMut};
 use decode::{Decoder, Encoding};
@@ -23,6 +24,8 @@ use wire::Envelope;
 
 /// How much of a non-stream body is kept to read its usage (and splice the prefix) at its end, at least.
 const BODY_CAP: usize = 16 << 20;
+/// How many choices of a stream get the prefix, at most (OpenAI's `n` is at most 128).
+const PREFIXED_CHOICES: usize = 128;
 
 /// What the tap does with one response.
 #[derive(Debug, Clone)]
@@ -55,7 +58,7 @@ pub struct ResponseTap {
     pending: BytesMut,
     /// An event grew past the cap: its bytes pass unread until its end.
     skipping: bool,
-    /// Choice indices whose first content got the prefix.
+    /// Choice indices whose first content got the prefix (at most [`PREFIXED_CHOICES`]).
     prefixed: Vec<u32>,
     // A whole body, or a raw stream kept for the record.
     body: BytesMut,
@@ -68,6 +71,13 @@ pub struct ResponseTap {
     /// The body's first non-blank byte was seen.
     sniffed: bool,
     finished: bool,
+    /// Bytes handed on to the caller so far.
+    sent: u64,
+    /// The caller has the whole answer once this many bytes reached it: the stream's `[DONE]` or the body's
+    /// end was handed on.
+    end_at: Option<u64>,
+    /// A `[DONE]` event is among the bytes being handed on.
+    done_passed: bool,
     // What was seen.
     usage: Option<TokenUsage>,
     model: Option<String>,
@@ -88,7 +98,7 @@ impl ResponseTap {
         let spliceable = matches!(opts.kind, ApiKind::Chat | ApiKind::Completions);
         let buffers = prefix_json.is_some() && !opts.sse && spliceable;
         let rebuilt = opts.sse && (spliceable || opts.kind == ApiKind::Responses);
-        let recon = (rebuilt && opts.keep_body.is_some()).then(Reconstruction::default);
+        let recon = opts.keep_body.filter(|_| rebuilt).map(Reconstruction::new);
         let kept = opts.keep_body.unwrap_or(0);
         let body_cap = match (opts.sse, rebuilt) {
             (false, _) => kept.max(BODY_CAP),
@@ -110,6 +120,9 @@ impl ResponseTap {
             holding: buffers,
             sniffed: false,
             finished: false,
+            sent: 0,
+            end_at: None,
+            done_passed: false,
             usage: None,
             model: None,
             first_token: false,
@@ -136,7 +149,12 @@ impl ResponseTap {
         let Some(chunk) = self.decode(chunk, false) else {
             return Bytes::new();
         };
-        self.feed_plain(chunk)
+        let out = self.feed_plain(chunk);
+        let out = self.hand_on(out);
+        if std::mem::take(&mut self.done_passed) {
+            self.end_at.get_or_insert(self.sent);
+        }
+        out
     }
 
     fn feed_plain(&mut self, chunk: Bytes) -> Bytes {
@@ -148,8 +166,27 @@ impl ResponseTap {
     }
 
     /// End of the upstream body: returns whatever is still held (a partial last event as is; for a buffered
-    /// JSON body, the body with the prefix applied).
+    /// JSON body, the body with the prefix applied). Once it is sent, the caller has the whole answer.
     pub fn finish(&mut self) -> Bytes {
+        let rest = self.finish_reading();
+        let out = self.hand_on(rest);
+        self.end_at.get_or_insert(self.sent);
+        out
+    }
+
+    /// The answer stopped before its end (the caller left, the backend broke): reads what arrived of a last
+    /// event for its usage. Nothing more is sent. A no-op after [`ResponseTap::finish`].
+    pub fn abandon(&mut self) {
+        self.finish_reading();
+    }
+
+    /// Whether the caller has the whole answer, given how many body bytes reached its connection: the
+    /// stream's `[DONE]`, or the end of the backend's body, was among them.
+    pub fn delivered(&self, bytes_sent: u64) -> bool {
+        self.end_at.is_some_and(|end| bytes_sent >= end)
+    }
+
+    fn finish_reading(&mut self) -> Bytes {
         let head = match self.finished {
             true => None,
             false => self
@@ -189,6 +226,12 @@ impl ResponseTap {
     /// Why the backend's encoded body could not be decoded: the answer must end here.
     pub fn broken(&self) -> Option<&str> {
         self.broken.as_deref()
+    }
+
+    /// Counts what goes to the caller.
+    fn hand_on(&mut self, out: Bytes) -> Bytes {
+        self.sent = self.sent.saturating_add(out.len() as u64);
+        out
     }
 
     /// Whether the non-stream body must be held until `finish` (true when a prefix must be spliced into a
@@ -239,6 +282,23 @@ impl ResponseTap {
         self.take_record_body().map(|body| body.render(limit))
     }
 
+    /// Bytes the tap holds: a partial event, a kept body, the rebuilt message, the model and prefixed choices.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        let recon = self.recon.as_ref().map_or(0, Reconstruction::held);
+        let model = self.model.as_ref().map_or(0, String::len);
+        self.pending.len() + self.body.len() + recon + model + self.prefixed.len() * 4
+    }
+
+    /// The most [`ResponseTap::held`] can reach with these options, whatever the backend sends.
+    #[cfg(test)]
+    pub fn held_bound(opts: &TapOptions) -> usize {
+        let kept = opts.keep_body.unwrap_or(0);
+        let body = kept.max(BODY_CAP);
+        let recon = Reconstruction::held_bound(kept);
+        stream::EVENT_CAP + body + recon + MAX_MODEL_BYTES + PREFIXED_CHOICES * 4
+    }
+
     /// An SSE error event `data: {"error":{"message":..,"type":"api_error","param":null,"code":..}}\n\n` that
     /// the proxy sends when a stream breaks after its first byte.
     pub fn error_event(message: &str, code: &str) -> Bytes {
@@ -280,7 +340,8 @@ impl ResponseTap {
             self.usage = Some(usage);
         }
         if self.model.is_none() {
-            self.model = model.and_then(wire::as_str).map(Into::into);
+            let model = model.and_then(wire::as_str);
+            self.model = model.map(|m| crate::escape::cut(&m, MAX_MODEL_BYTES).to_owned());
         }
     }
 }

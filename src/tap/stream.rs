@@ -1,6 +1,6 @@
 //! The SSE side of the tap: holds a partial event, reads each complete one once, splices the prefix, hides usage.
 
-use super::{concat, prefix, sse, wire, ResponseTap};
+use super::{concat, prefix, sse, wire, ResponseTap, PREFIXED_CHOICES};
 use crate::endpoints::ApiKind;
 use bytes::{Bytes, BytesMut};
 use wire::Envelope;
@@ -85,7 +85,11 @@ impl ResponseTap {
     fn on_event(&mut self, event: &[u8], live: bool) -> Action {
         let fields = sse::Fields::parse(event);
         let data = fields.data();
-        if data.is_empty() || *data == *b"[DONE]" {
+        if *data == *b"[DONE]" {
+            self.done_passed |= live;
+            return Action::Keep;
+        }
+        if data.is_empty() {
             return Action::Keep;
         }
         let Ok(text) = std::str::from_utf8(&data) else {
@@ -127,7 +131,8 @@ impl ResponseTap {
                 _ => None,
             };
             let index = choice.index_or(position);
-            if self.prefixed.contains(&index) || !target.is_some_and(wire::nonempty_str) {
+            let full = self.prefixed.len() >= PREFIXED_CHOICES;
+            if full || self.prefixed.contains(&index) || !target.is_some_and(wire::nonempty_str) {
                 continue;
             }
             let Some(offset) = target.and_then(|raw| prefix::string_start(text, raw)) else {

@@ -1,6 +1,8 @@
 //! Tests of the tap over recorded streams and bodies: shared recordings and helpers.
 
 mod body;
+mod bounds;
+mod fuzz;
 mod stream;
 
 use super::*;
