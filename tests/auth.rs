@@ -728,7 +728,13 @@ async fn the_key_name_is_recorded_and_logged_never_the_key() {
     let raw = raw_files(db.path());
     assert!(!raw.contains(gw_key), "the key in the database file");
 
-    // The access lines are written in the logging phase, before the records: both are there by now.
+    // Access lines are buffered (flushed every 100 ms): wait for both.
+    let count = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("POST /v1/chat/completions"))
+            .count()
+    };
+    common::wait_until(Duration::from_secs(5), || count(&gw.log()) >= 2).await;
     let log = gw.log();
     let access: Vec<&str> = log
         .lines()
