@@ -504,6 +504,45 @@ async fn recorded_bodies_are_cut_at_usage_max_body_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn recorded_headers_are_cut_at_usage_max_body_bytes_into_valid_json() {
+    let mock = Mock::start("b").await;
+    let db = tempfile::tempdir().unwrap();
+    let cfg = usage_config(
+        one_client(&mock, &["m1"]),
+        db.path(),
+        json!({ "max_body_bytes": 300 }),
+    );
+    let gw = Gateway::start(&cfg).await;
+    let r = http_client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-large", common::filler(6000))
+        .header("x-after", "never recorded")
+        .body(serde_json::to_vec(&common::chat_body("m1")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        mock.single().header("x-large").map(str::len),
+        Some(6000),
+        "the backend gets the header whole"
+    );
+
+    let row = wait_one_row(db.path()).await;
+    let text = row.headers.as_deref().unwrap();
+    assert!(text.len() <= 300, "{} bytes: {text}", text.len());
+    let headers = row.headers_json();
+    assert_eq!(headers["content-type"], "application/json");
+    let large = headers["x-large"].as_str().unwrap_or_default();
+    assert!(
+        large.contains("…(+") && large.ends_with(" bytes)"),
+        "{text}"
+    );
+    assert!(headers.get("x-after").is_none(), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn token_columns_are_null_when_the_backend_reports_no_usage() {
     let mock = Mock::start("b").await;
     let db = tempfile::tempdir().unwrap();
