@@ -236,7 +236,7 @@ pub fn decode(payload: &[u8]) -> Result<CapturedRecord, Damaged> {
         error: at.opt_string()?,
         key_name: at.opt_string()?,
     };
-    if at.u8()? == 0 {
+    if !at.flag()? {
         return at.end().map(|()| CapturedRecord { row, raw: None });
     }
     let max_body = at.size()?;
