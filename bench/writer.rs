@@ -4,8 +4,12 @@
 //! [--records N]` (default 200000) prints records/s, wall-clock µs per record and the thread's CPU µs per
 //! record (steadier on a shared machine). The records (a small chat completion: ~330-byte headers, ~90-byte
 //! request, ~410-byte response) are built before the clock starts, in the form requests hand them over (raw
-//! headers and bodies), so the figures are the writer's alone: queue hand-off, rendering the Headers JSON and the
-//! bodies, batching (512 per transaction), SQLite insert into a monthly file, and freeing the record.
+//! headers and bodies), so the figures are the writer's alone: queue hand-off (with its spool append), rendering
+//! the Headers JSON and the bodies, batching (512 per transaction), SQLite insert into a monthly file, and freeing
+//! the record.
+//!
+//! It also times the spool append alone (what `UsageQueue::send` adds to a request before queueing: the frame
+//! and one write(2) into `<dir>/spool/`), wall-clock and thread CPU, kernel time included.
 //!
 //! Instructions per record, free of machine noise: run it under `valgrind --tool=callgrind` with two counts
 //! (e.g. 20000 and 60000) and divide the difference of the totals by 40000; that figure also counts building
@@ -19,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 use gpt_api::config::UsageSettings;
+use gpt_api::usage::spool::Spool;
 use gpt_api::usage::{
     self, capture_headers, CapturedHeaders, CapturedRecord, Month, RawBody, RawTexts, TokenUsage,
     UsageRecord,
@@ -249,6 +254,7 @@ fn run() -> Result<(), String> {
         batch_size: BATCH,
         ..UsageSettings::default()
     };
+    let spool = spool_append(&records)?;
     let took = write_all(&settings, records)?;
     let rows = rows_written(temp.path(), &start)?;
     if usize::try_from(rows).ok() != Some(n) {
@@ -265,7 +271,33 @@ fn run() -> Result<(), String> {
         n as f64 / seconds,
         seconds * 1e6 / n as f64,
     );
+    println!(
+        "bench-writer spool append alone (frame + write(2) on the request's thread): us_per_record={:.2} \
+         cpu_us_per_record={}",
+        spool.wall.as_secs_f64() * 1e6 / n as f64,
+        spool.cpu.map_or("n/a".to_string(), |cpu| format!(
+            "{:.2}",
+            cpu.as_secs_f64() * 1e6 / n as f64
+        )),
+    );
     Ok(())
+}
+
+/// Appends every record to a spool of its own, as `UsageQueue::send` does before queueing: what spooling adds
+/// to a request, kernel time included (the CPU figure counts both).
+fn spool_append(records: &[CapturedRecord]) -> Result<Took, String> {
+    let temp = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let spool = Spool::new(temp.path());
+    let (start, cpu_start) = (Instant::now(), thread_cpu());
+    for record in records {
+        if spool.shard().append(record).is_none() {
+            return Err("a record could not be spooled".into());
+        }
+    }
+    Ok(Took {
+        wall: start.elapsed(),
+        cpu: thread_cpu().zip(cpu_start).map(|(end, start)| end - start),
+    })
 }
 
 fn main() -> ExitCode {

@@ -14,7 +14,7 @@
 //! - `proxy/`    the only code that touches Pingora: the `ProxyHttp` impl, body handling, server setup;
 //! - `rewrite`   per-backend request rewriting (stop, caps, extra fields, model alias, stream usage);
 //! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
-//! - `usage`     usage records and their batching writer into monthly SQLite files;
+//! - `usage`     usage records, their bounded queue, crash-safe spool and batching writer into monthly SQLite files;
 //! - `secret`    a string type that never prints itself;
 //! - `logging`   the logger: stderr, or rotated info and error files (the `logging:` section);
 //! - `metrics`   Prometheus metrics, and their scrape service on `server.metrics_listen` (a small Pingora app);

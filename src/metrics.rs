@@ -73,6 +73,7 @@ pub struct Metrics {
     reloads_applied: IntCounter,
     reloads_rejected: IntCounter,
     usage_queued: IntGauge,
+    usage_queued_bytes: IntGauge,
     usage_written: IntCounter,
     usage_dropped: IntCounter,
     usage_write_errors: IntCounter,
@@ -170,7 +171,11 @@ impl Metrics {
             reloads_rejected: reloads.with_label_values(&["rejected"]),
             usage_queued: reg.add(IntGauge::new(
                 "gpt_api_usage_queue_depth",
-                "Usage records waiting for the writer.",
+                "Usage records accepted and not yet committed (queued, or waiting for a failing store).",
+            )?)?,
+            usage_queued_bytes: reg.add(IntGauge::new(
+                "gpt_api_usage_queue_bytes",
+                "Approximate bytes held by the usage records counted in gpt_api_usage_queue_depth.",
             )?)?,
             usage_written: reg.add(IntCounter::new(
                 "gpt_api_usage_records_written_total",
@@ -305,9 +310,10 @@ impl Metrics {
     fn read_sources(&self) {
         let sources = self.sources();
         if let Some(usage) = &sources.usage {
-            let queued = usage.queued.load(Relaxed);
-            self.usage_queued
-                .set(i64::try_from(queued).unwrap_or(i64::MAX));
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.usage_queued.set(gauge(usage.waiting.load(Relaxed)));
+            self.usage_queued_bytes
+                .set(gauge(usage.waiting_bytes.load(Relaxed)));
             raise(&self.usage_written, usage.written.load(Relaxed));
             raise(&self.usage_dropped, usage.dropped.load(Relaxed));
             raise(&self.usage_write_errors, usage.write_errors.load(Relaxed));

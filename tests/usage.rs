@@ -504,6 +504,45 @@ async fn recorded_bodies_are_cut_at_usage_max_body_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn recorded_headers_are_cut_at_usage_max_body_bytes_into_valid_json() {
+    let mock = Mock::start("b").await;
+    let db = tempfile::tempdir().unwrap();
+    let cfg = usage_config(
+        one_client(&mock, &["m1"]),
+        db.path(),
+        json!({ "max_body_bytes": 300 }),
+    );
+    let gw = Gateway::start(&cfg).await;
+    let r = http_client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-large", common::filler(6000))
+        .header("x-after", "never recorded")
+        .body(serde_json::to_vec(&common::chat_body("m1")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        mock.single().header("x-large").map(str::len),
+        Some(6000),
+        "the backend gets the header whole"
+    );
+
+    let row = wait_one_row(db.path()).await;
+    let text = row.headers.as_deref().unwrap();
+    assert!(text.len() <= 300, "{} bytes: {text}", text.len());
+    let headers = row.headers_json();
+    assert_eq!(headers["content-type"], "application/json");
+    let large = headers["x-large"].as_str().unwrap_or_default();
+    assert!(
+        large.contains("…(+") && large.ends_with(" bytes)"),
+        "{text}"
+    );
+    assert!(headers.get("x-after").is_none(), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn token_columns_are_null_when_the_backend_reports_no_usage() {
     let mock = Mock::start("b").await;
     let db = tempfile::tempdir().unwrap();
@@ -636,4 +675,114 @@ async fn unwritable_usage_dir_does_not_stop_serving() {
     );
     let r = post_json(&gw, "/v1/chat/completions", &common::chat_body("m1")).await;
     assert_eq!(r.status, 200, "still serving after the error");
+}
+
+/// The gateway's resident memory (VmRSS), in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// A sample of `GET /metrics` on `port` (a gauge or counter without labels).
+async fn metric(port: u16, name: &str) -> u64 {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let text = http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|v| v.starts_with(' ')))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+    line[name.len()..].trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_locked_database_keeps_the_queue_within_queue_max_mb() {
+    const REQUESTS: usize = 120;
+    const BODY: usize = 1 << 20;
+    let mock = Mock::start("b").await;
+    let db = tempfile::tempdir().unwrap();
+    let metrics_port = common::free_port();
+    let mut cfg = usage_config(
+        one_client(&mock, &["m1"]),
+        db.path(),
+        json!({ "queue_max_mb": 8 }),
+    );
+    cfg["server"] = json!({ "metrics_listen": format!("127.0.0.1:{metrics_port}") });
+    let gw = Gateway::start(&cfg).await;
+    let pid = gw.pid().unwrap();
+    let r = post_json(&gw, "/v1/chat/completions", &common::chat_body("m1")).await;
+    assert_eq!(r.status, 200);
+    wait_one_row(db.path()).await;
+
+    // Another writer holds the database: every write waits for its lock, then fails, and is retried.
+    let file = common::records::files(db.path()).pop().unwrap();
+    let lock = rusqlite::Connection::open(&file).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let before = rss(pid);
+
+    // 120 requests with a 1 MiB body (kept whole in the record) and a 6 KB header, 4 at a time.
+    let header = common::filler(6000);
+    let body = common::chat_body_exact_len("m1", BODY);
+    let statuses: Vec<u16> = futures_util::stream::iter(0..REQUESTS)
+        .map(|_| {
+            let request = http_client()
+                .post(gw.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .header("x-large", header.clone())
+                .body(body.clone());
+            async move { request.send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    // Every record is counted as waiting or dropped (once the last request's logging phase has sent it);
+    // what waits fits in 8 MiB.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (waiting, dropped) = loop {
+        let waiting = metric(metrics_port, "gpt_api_usage_queue_depth").await;
+        let dropped = metric(metrics_port, "gpt_api_usage_records_dropped_total").await;
+        if usize::try_from(waiting + dropped).unwrap() == REQUESTS {
+            break (waiting, dropped);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} waiting + {dropped} dropped of {REQUESTS}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!((1..=8).contains(&waiting), "{waiting} records waiting");
+    let bytes = metric(metrics_port, "gpt_api_usage_queue_bytes").await;
+    assert!(bytes <= 8 << 20, "{bytes} bytes waiting");
+    assert!(gw.log().contains("usage queue full"), "{}", gw.log());
+    let grown = rss(pid).saturating_sub(before);
+    eprintln!(
+        "RSS {} MiB -> +{} MiB; {waiting} waiting, {dropped} dropped",
+        before >> 20,
+        grown >> 20
+    );
+    assert!(grown < 64 << 20, "RSS grew by {} MiB", grown >> 20);
+
+    // The lock goes: what waited is written.
+    drop(lock);
+    let rows = wait_exact_rows(db.path(), 1 + usize::try_from(waiting).unwrap()).await;
+    assert!(rows[1..]
+        .iter()
+        .all(|r| r.request.as_ref().map(String::len) == Some(BODY)));
+    let headers = rows[1].headers_json();
+    assert_eq!(headers["x-large"].as_str().map(str::len), Some(6000));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(metrics_port, "gpt_api_usage_queue_depth").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "records still wait");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -249,6 +249,13 @@ fn compile_usage(usage: file::UsageFile, errors: &mut Errors) -> UsageSettings {
             usage.queue_capacity,
             defaults.queue_capacity,
         ),
+        queue_max_bytes: size(
+            s,
+            "queue_max_mb",
+            usage.queue_max_mb,
+            defaults.queue_max_bytes >> 20,
+        )
+        .saturating_mul(1 << 20),
     }
 }
 
@@ -360,7 +367,8 @@ openai_clients:
     #[test]
     fn every_usage_field_compiles() {
         let text = "openai_clients: []\nusage: {dir: '${DB_DIR:-/var/lib/gpt-api}/db', record_bodies: false, \
-                    max_body_bytes: 10, batch_size: 20, flush_interval_ms: 30, queue_capacity: 40}\n";
+                    max_body_bytes: 10, batch_size: 20, flush_interval_ms: 30, queue_capacity: 40, \
+                    queue_max_mb: 50}\n";
         let usage = compile(text, &no_env).unwrap().usage;
         let expected = UsageSettings {
             dir: PathBuf::from("/var/lib/gpt-api/db"),
@@ -370,6 +378,7 @@ openai_clients:
             batch_size: 20,
             flush_interval: Duration::from_millis(30),
             queue_capacity: 40,
+            queue_max_bytes: 50 << 20,
         };
         assert_eq!(usage, expected);
         let empty = compile("openai_clients: []\nusage: {}\n", &no_env).unwrap();
@@ -395,15 +404,16 @@ openai_clients:
         assert_eq!(errors(text), expected);
         let text =
             "openai_clients: []\nusage: {dir: '${DB:-}', record_bodies: 1, max_body_bytes: 0, \
-                    batch_size: -1, flush_interval_ms: 0, queue_capacity: 0, batch: 5}\n";
+                    batch_size: -1, flush_interval_ms: 0, queue_capacity: 0, queue_max_mb: 0, batch: 5}\n";
         let expected = [
             "usage.record_bodies: expected true or false",
-            "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity",
+            "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity, queue_max_mb",
             "usage.dir: must not be empty",
             "usage.max_body_bytes: must be a positive integer",
             "usage.batch_size: must be a positive integer",
             "usage.flush_interval_ms: must be a positive integer",
             "usage.queue_capacity: must be a positive integer",
+            "usage.queue_max_mb: must be a positive integer",
         ];
         assert_eq!(errors(text), expected);
         assert_eq!(

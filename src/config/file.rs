@@ -93,6 +93,7 @@ pub(super) struct UsageFile {
     pub batch_size: Option<i64>,
     pub flush_interval_ms: Option<i64>,
     pub queue_capacity: Option<i64>,
+    pub queue_max_mb: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +187,7 @@ const USAGE: Shape = Shape::Section(&[
     ("batch_size", Shape::Int),
     ("flush_interval_ms", Shape::Int),
     ("queue_capacity", Shape::Int),
+    ("queue_max_mb", Shape::Int),
 ]);
 
 const MODEL_MATCH: Shape = Shape::Section(&[("type", Shape::Str), ("value", Shape::StrOrList)]);
@@ -464,6 +466,7 @@ usage:
   batch_size: 5
   flush_interval_ms: 6
   queue_capacity: 7
+  queue_max_mb: 8
 auth:
   keys:
     - {name: team, key: sk-team, models: ["gpt-4*"], rpm: 1, tpm: 2}
@@ -511,7 +514,7 @@ logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_
         assert_eq!(section_fields(&TLS), ["cert_path", "key_path"]);
         let usage = format!("{:?}", file.usage.unwrap());
         assert!(!usage.contains("None"), "every usage field: {usage}");
-        assert_eq!(section_fields(&USAGE).len(), 7);
+        assert_eq!(section_fields(&USAGE).len(), 8);
         let failover = format!("{:?}", file.failover.unwrap());
         assert!(
             !failover.contains("None"),
@@ -544,7 +547,7 @@ logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_
                 "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies",
                 "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging",
                 "usage.record_bodies: expected true or false",
-                "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity",
+                "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity, queue_max_mb",
             ]
         );
         let file: FileConfig = serde_yaml::from_value(tree).unwrap();

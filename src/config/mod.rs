@@ -104,8 +104,11 @@ pub struct UsageSettings {
     pub batch_size: usize,
     /// Longest time a record waits before being written.
     pub flush_interval: Duration,
-    /// Records buffered between the requests and the writer; beyond this they are dropped and counted.
+    /// Records accepted and not yet written (queued, or waiting for a failing store); beyond this they are
+    /// dropped and counted.
     pub queue_capacity: usize,
+    /// The same bound in bytes (`queue_max_mb`): records hold bodies and headers of up to `max_body_bytes`.
+    pub queue_max_bytes: usize,
 }
 
 impl Default for UsageSettings {
@@ -118,6 +121,7 @@ impl Default for UsageSettings {
             batch_size: 512,
             flush_interval: Duration::from_millis(200),
             queue_capacity: 65536,
+            queue_max_bytes: 256 << 20,
         }
     }
 }

@@ -153,7 +153,9 @@ fn usage_and_reload_counts_are_read_at_scrape_time() {
     let reloads = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seen = reloads.clone();
     m.watch_reloads(move || (seen.load(Relaxed), 1));
-    stats.queued.store(7, Relaxed);
+    // The depth is the records accepted and not yet committed (`waiting`), not only those in the channel.
+    stats.waiting.store(7, Relaxed);
+    stats.waiting_bytes.store(7 << 20, Relaxed);
     stats.written.store(100, Relaxed);
     stats.dropped.store(2, Relaxed);
     stats.write_errors.store(1, Relaxed);
@@ -161,13 +163,17 @@ fn usage_and_reload_counts_are_read_at_scrape_time() {
     m.reload(true);
     let text = m.render();
     assert!(text.contains("gpt_api_usage_queue_depth 7\n"), "{text}");
+    assert!(
+        text.contains("gpt_api_usage_queue_bytes 7340032\n"),
+        "{text}"
+    );
     assert!(text.contains("gpt_api_usage_records_written_total 100\n"));
     assert!(text.contains("gpt_api_usage_records_dropped_total 2\n"));
     assert!(text.contains("gpt_api_usage_write_errors_total 1\n"));
     assert!(text.contains(r#"gpt_api_config_reloads_total{outcome="applied"} 4"#));
     assert!(text.contains(r#"gpt_api_config_reloads_total{outcome="rejected"} 1"#));
     stats.written.store(150, Relaxed);
-    stats.queued.store(0, Relaxed);
+    stats.waiting.store(0, Relaxed);
     let text = m.render();
     assert!(text.contains("gpt_api_usage_records_written_total 150\n"));
     assert!(text.contains("gpt_api_usage_queue_depth 0\n"));

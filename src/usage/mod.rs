@@ -1,7 +1,12 @@
-//! Usage records (`record`), the monthly SQLite files they go to (`store`), and the queue and batching writer between (`writer`).
+//! Usage records (`record`, their request headers in `headers`), the monthly SQLite files they go to (`store`),
+//! the crash-safe spool every queued record is also appended to (`spool`), and the queue and batching writer
+//! between (`writer`).
 
+pub mod headers;
 pub mod record;
+pub mod spool;
 pub mod store;
+mod throttle;
 pub mod writer;
 
 pub use record::{

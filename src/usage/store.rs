@@ -1,12 +1,12 @@
-//! Monthly SQLite files of usage records (`<dir>/record_YYYYMM.db`): schema, and batched inserts.
+//! Monthly SQLite files of usage records (`<dir>/record_YYYYMM.db`): schema, batched inserts, and how far each
+//! spool segment's records are committed (`spool_progress`, in the same transactions).
 
-use std::borrow::Borrow;
-use std::collections::btree_map::{BTreeMap, Entry};
+use std::collections::btree_map::{BTreeMap, Entry as Slot};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Datelike, FixedOffset};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::record::UsageRecord;
 use insert::Inserts;
@@ -53,6 +53,35 @@ const PRAGMAS: &str = "PRAGMA busy_timeout=5000; PRAGMA page_size=8192; PRAGMA j
 
 const INDEXES: &str = "CREATE INDEX IF NOT EXISTS idx_records_time ON records(Time);
 CREATE INDEX IF NOT EXISTS idx_records_model ON records(Model);";
+
+/// For each spool segment (`usage::spool`), the end offset of its last frame committed to this file: its
+/// records of this month up to there are in `records`. Written in the same transaction as those rows.
+const PROGRESS: &str = "CREATE TABLE IF NOT EXISTS spool_progress \
+                        (Segment TEXT PRIMARY KEY, Offset INTEGER NOT NULL) WITHOUT ROWID;";
+
+/// A row to insert, and where the spool holds it.
+pub trait Entry {
+    fn record(&self) -> &UsageRecord;
+    /// The spool segment and the end offset of the record's frame, when it was spooled.
+    fn spooled(&self) -> Option<(&str, u64)> {
+        None
+    }
+}
+
+impl Entry for UsageRecord {
+    fn record(&self) -> &UsageRecord {
+        self
+    }
+}
+
+impl<E: Entry + ?Sized> Entry for &E {
+    fn record(&self) -> &UsageRecord {
+        (**self).record()
+    }
+    fn spooled(&self) -> Option<(&str, u64)> {
+        (**self).spooled()
+    }
+}
 
 /// A calendar month; decides which file a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -117,6 +146,12 @@ pub enum StoreError {
         month: Month,
         source: rusqlite::Error,
     },
+    #[error("cannot read the spool progress in {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        month: Month,
+        source: rusqlite::Error,
+    },
 }
 
 impl StoreError {
@@ -126,7 +161,8 @@ impl StoreError {
         match self {
             StoreError::CreateDir { month, .. }
             | StoreError::Open { month, .. }
-            | StoreError::Write { month, .. } => *month,
+            | StoreError::Write { month, .. }
+            | StoreError::Read { month, .. } => *month,
         }
     }
 }
@@ -159,17 +195,18 @@ impl Store {
 
     /// Writes `batch` with one transaction per monthly file, months in order, stopping at the first failure
     /// (see [`StoreError::month`] for what was committed then).
-    pub fn write(&mut self, batch: &[UsageRecord]) -> Result<(), StoreError> {
-        let Some(first) = batch.first().map(|r| Month::of(&r.time)) else {
+    /// With each month's rows, the transaction records how far each spool segment is committed.
+    pub fn write<E: Entry>(&mut self, batch: &[E]) -> Result<(), StoreError> {
+        let Some(first) = batch.first().map(|r| Month::of(&r.record().time)) else {
             return Ok(());
         };
-        let result = if batch.iter().all(|r| Month::of(&r.time) == first) {
+        let result = if batch.iter().all(|r| Month::of(&r.record().time) == first) {
             self.write_month(first, batch)
         } else {
-            let mut months: BTreeMap<Month, Vec<&UsageRecord>> = BTreeMap::new();
+            let mut months: BTreeMap<Month, Vec<&E>> = BTreeMap::new();
             for record in batch {
                 months
-                    .entry(Month::of(&record.time))
+                    .entry(Month::of(&record.record().time))
                     .or_default()
                     .push(record);
             }
@@ -181,15 +218,11 @@ impl Store {
         result
     }
 
-    fn write_month<R: Borrow<UsageRecord>>(
-        &mut self,
-        month: Month,
-        records: &[R],
-    ) -> Result<(), StoreError> {
+    fn write_month<E: Entry>(&mut self, month: Month, records: &[E]) -> Result<(), StoreError> {
         let path = self.path(month);
         let connection = match self.files.entry(month) {
-            Entry::Occupied(open) => open.into_mut(),
-            Entry::Vacant(closed) => closed.insert(open(&self.dir, &path, month)?),
+            Slot::Occupied(open) => open.into_mut(),
+            Slot::Vacant(closed) => closed.insert(open(&self.dir, &path, month)?),
         };
         self.inserts.write(connection, records).map_err(|source| {
             // Reopened on the next attempt, in case the file was replaced or the handle went bad.
@@ -200,6 +233,38 @@ impl Store {
                 source,
             }
         })
+    }
+
+    /// The end offset of the last frame of spool segment `segment` committed to the file of `month` (0: none).
+    pub fn progress(&mut self, month: Month, segment: &str) -> Result<u64, StoreError> {
+        let path = self.path(month);
+        let connection = match self.files.entry(month) {
+            Slot::Occupied(open) => open.into_mut(),
+            Slot::Vacant(closed) => closed.insert(open(&self.dir, &path, month)?),
+        };
+        let sql = "SELECT Offset FROM spool_progress WHERE Segment = ?1";
+        let offset: Option<i64> = connection
+            .query_row(sql, [segment], |row| row.get(0))
+            .optional()
+            .map_err(|source| StoreError::Read {
+                path,
+                month,
+                source,
+            })?;
+        Ok(offset.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    /// Forgets the progress of deleted spool segments in the open files (a row left behind by a crash in
+    /// between is harmless: segment names are never reused).
+    pub fn forget(&mut self, segments: &[String]) {
+        for (month, connection) in &self.files {
+            for segment in segments {
+                let sql = "DELETE FROM spool_progress WHERE Segment = ?1";
+                if let Err(e) = connection.execute(sql, [segment]) {
+                    log::debug!("spool progress of {segment} in {month}: {e}");
+                }
+            }
+        }
     }
 
     /// Keeps the newest month and the one before it open (records near midnight on the 1st still arrive for
@@ -246,7 +311,8 @@ fn create_schema(connection: &Connection) -> rusqlite::Result<()> {
             connection.execute_batch(&format!("ALTER TABLE records ADD COLUMN {name} {kind};"))?;
         }
     }
-    connection.execute_batch(INDEXES)
+    connection.execute_batch(INDEXES)?;
+    connection.execute_batch(PROGRESS)
 }
 
 #[cfg(test)]

@@ -1,11 +1,9 @@
 //! The batched INSERT of usage records: multi-row statements, values bound straight from the records.
 
-use std::borrow::Borrow;
-
 use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat, Timelike};
 use rusqlite::{Connection, Statement};
 
-use super::COLUMNS;
+use super::{Entry, COLUMNS};
 use crate::usage::record::UsageRecord;
 
 /// Rows per INSERT statement, largest first, each half the one before: a batch goes in with as many
@@ -36,8 +34,9 @@ impl Inserts {
         }
     }
 
-    /// Inserts `records`, in order, in one transaction: all of them or, on an error, none.
-    pub(super) fn write<R: Borrow<UsageRecord>>(
+    /// Inserts `records`, in order, in one transaction: all of them or, on an error, none. The same transaction
+    /// raises the `spool_progress` of each spool segment they come from to their last frame's end.
+    pub(super) fn write<R: Entry>(
         &self,
         connection: &mut Connection,
         records: &[R],
@@ -57,11 +56,11 @@ impl Inserts {
             let mut bound: Option<&[R]> = None;
             for chunk in chunks {
                 for (row, record) in chunk.iter().enumerate() {
-                    let was = bound.map(|b| b[row].borrow());
+                    let was = bound.map(|b| b[row].record());
                     bind(
                         &mut insert,
                         row * COLUMNS.len(),
-                        record.borrow(),
+                        record.record(),
                         was,
                         &mut time,
                     )?;
@@ -70,8 +69,28 @@ impl Inserts {
                 bound = Some(chunk);
             }
         }
+        let mut progress = transaction.prepare_cached(PROGRESS)?;
+        for (segment, end) in spool_ends(records) {
+            progress.execute(rusqlite::params![segment, sql_int(end)])?;
+        }
+        drop(progress);
         transaction.commit()
     }
+}
+
+const PROGRESS: &str = "INSERT INTO spool_progress (Segment, Offset) VALUES (?1, ?2) \
+                        ON CONFLICT (Segment) DO UPDATE SET Offset = max(Offset, excluded.Offset)";
+
+/// The last frame's end of each spool segment among `records` (a handful: one per shard that queued them).
+fn spool_ends<R: Entry>(records: &[R]) -> Vec<(&str, u64)> {
+    let mut ends: Vec<(&str, u64)> = Vec::new();
+    for (segment, end) in records.iter().filter_map(|r| r.spooled()) {
+        match ends.iter_mut().find(|(s, _)| *s == segment) {
+            Some((_, last)) => *last = (*last).max(end),
+            None => ends.push((segment, end)),
+        }
+    }
+    ends
 }
 
 /// Binds `r` to the parameters after the first `before`, in the order of [`COLUMNS`]. `was` is the record

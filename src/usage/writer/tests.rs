@@ -196,3 +196,154 @@ fn the_throttle_allows_one_per_period() {
     let always = Throttle::new(Duration::ZERO);
     assert!(always.ready() && always.ready());
 }
+
+fn spool_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir.join("spool")) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+/// A record with a request body of `n` bytes, as a request hands it over.
+fn sized(n: usize) -> CapturedRecord {
+    let mut record = crate::usage::spool::tests::captured(1);
+    record.raw.as_mut().unwrap().request = Some(bytes::Bytes::from(vec![b'x'; n]));
+    record
+}
+
+#[test]
+fn the_queue_is_bounded_in_bytes_as_well_as_in_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.queue_max_bytes = 12_000;
+    let (queue, mut writer) = channel(&settings);
+    let stats = queue.stats();
+    let one = u64::try_from(sized(3000).size()).unwrap();
+    assert!((3000..4000).contains(&one), "a record's size: {one}");
+    for _ in 0..10 {
+        queue.send(sized(3000));
+    }
+    assert_eq!(stats.waiting.load(Relaxed), 3);
+    assert_eq!(stats.waiting_bytes.load(Relaxed), 3 * one);
+    assert_eq!(stats.dropped.load(Relaxed), 7);
+    // One record larger than the whole bound still passes an empty queue.
+    writer.drain_now();
+    assert_eq!(
+        (
+            stats.waiting.load(Relaxed),
+            stats.waiting_bytes.load(Relaxed)
+        ),
+        (0, 0)
+    );
+    queue.send(sized(20_000));
+    assert_eq!(stats.waiting.load(Relaxed), 1);
+    queue.send(sized(10));
+    assert_eq!(stats.dropped.load(Relaxed), 8, "but nothing beside it");
+    drop(queue);
+    writer.drain_now();
+    assert_eq!(count(&dir.path().join(FILE)), 4);
+    assert_eq!(
+        (
+            stats.waiting.load(Relaxed),
+            stats.waiting_bytes.load(Relaxed)
+        ),
+        (0, 0)
+    );
+}
+
+#[test]
+fn recorded_headers_are_cut_at_max_body_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.max_body_bytes = 300;
+    let (queue, mut writer) = channel(&settings);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-big", "y".repeat(100_000).parse().unwrap());
+    let mut record = sized(10);
+    record.raw.as_mut().unwrap().headers = crate::usage::capture_headers(&headers);
+    let size = record.size();
+    queue.send(record);
+    assert!(
+        queue.stats().waiting_bytes.load(Relaxed) < 2000,
+        "counted after the cut, not at {size}"
+    );
+    drop(queue);
+    writer.drain_now();
+    let connection = rusqlite::Connection::open(dir.path().join(FILE)).unwrap();
+    let headers: String = connection
+        .query_row("SELECT Headers FROM records", [], |row| row.get(0))
+        .unwrap();
+    assert!(headers.len() <= 300, "{headers}");
+    let parsed: serde_json::Value = serde_json::from_str(&headers).unwrap();
+    assert!(parsed["x-big"].as_str().unwrap().ends_with(" bytes)"));
+}
+
+#[tokio::test]
+async fn the_depth_counts_a_batch_being_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "").unwrap();
+    let mut settings = settings(&blocker.join("db"));
+    settings.flush_interval = Duration::from_millis(10);
+    let (queue, writer) = channel(&settings);
+    let stats = writer.stats();
+    let (_stop, task) = spawn_writer(writer);
+    for _ in 0..3 {
+        queue.send(sized(100));
+    }
+    until("retries fail", || stats.write_errors.load(Relaxed) >= 2).await;
+    assert_eq!(stats.queued.load(Relaxed), 0, "the writer holds them");
+    assert_eq!(stats.waiting.load(Relaxed), 3, "and they still wait");
+    assert!(stats.waiting_bytes.load(Relaxed) > 300);
+    std::fs::remove_file(&blocker).unwrap();
+    until("written", || stats.written.load(Relaxed) == 3).await;
+    assert_eq!(
+        (
+            stats.waiting.load(Relaxed),
+            stats.waiting_bytes.load(Relaxed)
+        ),
+        (0, 0)
+    );
+    drop(queue);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn records_of_a_crashed_writer_are_imported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, mut crashed) = channel(&settings(dir.path()));
+    for _ in 0..5 {
+        queue.send(sized(10));
+    }
+    // Five committed (with their spool progress), five only spooled, and then the process dies: nothing
+    // is finished, the spool files stay.
+    crashed.take_queued();
+    crashed.flush();
+    assert_eq!(count(&dir.path().join(FILE)), 5);
+    for _ in 0..5 {
+        queue.send(sized(20));
+    }
+    drop((queue, crashed));
+    assert_eq!(spool_files(dir.path()).len(), 2, "a segment and its lock");
+
+    let (queue, writer) = channel(&settings(dir.path()));
+    let stats = writer.stats();
+    let (stop, task) = spawn_writer(writer);
+    until("the import", || stats.written.load(Relaxed) == 5).await;
+    until("the spool of the dead writer is deleted", || {
+        spool_files(dir.path()).is_empty()
+    })
+    .await;
+    assert_eq!(count(&dir.path().join(FILE)), 10, "none twice");
+    queue.send(sized(30));
+    drop(queue);
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(count(&dir.path().join(FILE)), 11);
+    assert!(
+        !dir.path().join("spool").exists(),
+        "a clean end leaves no spool"
+    );
+}
