@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::records::{files, usage_config, wait_exact_rows, wait_rows};
 use common::reload::reloaded;
-use common::{chat_body, check, client, http_client, Behavior, Gateway, Mock, Resp};
+use common::{chat_body, check, client, http_client, post_with, Behavior, Gateway, Mock, Resp};
 use serde_json::{json, Value};
 
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
@@ -33,22 +33,6 @@ fn auth_config(clients: Vec<Value>, keys: Vec<Value>) -> Value {
 
 fn key(name: &str, key: &str) -> Value {
     json!({ "name": name, "key": key })
-}
-
-/// POST `body` to `path` with these extra headers.
-async fn post_with(gw: &Gateway, path: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
-    let mut req = http_client()
-        .post(gw.url(path))
-        .header("content-type", "application/json");
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let resp = req
-        .body(serde_json::to_vec(body).unwrap())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("POST {path} failed: {e:?}"));
-    Resp::read(resp).await
 }
 
 async fn chat_with(gw: &Gateway, model: &str, headers: &[(&str, &str)]) -> Resp {

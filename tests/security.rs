@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::records::{usage_config, wait_one_row, wait_rows};
-use common::{chat_body, client, http_client, Gateway, Mock, Resp};
+use common::{chat_body, client, http_client, post_with, Gateway, Mock};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -30,19 +30,24 @@ fn keys() -> Value {
     ]})
 }
 
-async fn post(gw: &Gateway, path: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
-    let mut req = http_client()
-        .post(gw.url(path))
-        .header("content-type", "application/json");
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let resp = req
-        .body(serde_json::to_vec(body).unwrap())
-        .send()
-        .await
-        .unwrap();
-    Resp::read(resp).await
+/// One client `c` for model `m` at `mock`, recording into `dir`.
+fn recorded(mock: &Mock, dir: &std::path::Path) -> Value {
+    usage_config(
+        vec![client("c", &mock.base_url("/v1"), "exact", &["m"])],
+        dir,
+        json!({}),
+    )
+}
+
+/// A chat request for `model` with this `Authorization` value.
+async fn chat_as(gw: &Gateway, model: &str, authorization: &str) -> common::Resp {
+    post_with(
+        gw,
+        "/v1/chat/completions",
+        &chat_body(model),
+        &[("authorization", authorization)],
+    )
+    .await
 }
 
 fn bearer(key: &str) -> String {
@@ -82,13 +87,7 @@ async fn keyword_routing_does_not_walk_around_a_keys_model_list() {
     let gw = Gateway::start(&json!({ "openai_clients": [c, p], "auth": keys() })).await;
     let limited = bearer(LIMITED_KEY);
 
-    let r = post(
-        &gw,
-        "/v1/chat/completions",
-        &chat_body("cheap-premium"),
-        &[("authorization", &limited)],
-    )
-    .await;
+    let r = chat_as(&gw, "cheap-premium", &limited).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(models_sent(&cheap), ["cheap-premium"]);
     assert_eq!(
@@ -99,24 +98,12 @@ async fn keyword_routing_does_not_walk_around_a_keys_model_list() {
 
     // The open key still gets the priority-1 backend and its alias.
     let open = bearer(OPEN_KEY);
-    let r = post(
-        &gw,
-        "/v1/chat/completions",
-        &chat_body("cheap-premium"),
-        &[("authorization", &open)],
-    )
-    .await;
+    let r = chat_as(&gw, "cheap-premium", &open).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(models_sent(&premium), ["premium-upstream-gpt5"]);
 
     // Only the aliasing backend matches: nothing is left, and the error names it.
-    let r = post(
-        &gw,
-        "/v1/chat/completions",
-        &chat_body("allowed-premium"),
-        &[("authorization", &limited)],
-    )
-    .await;
+    let r = chat_as(&gw, "allowed-premium", &limited).await;
     let err = r.expect_error(403);
     assert_eq!(err["code"], json!("model_not_allowed"), "{}", r.text());
     assert_eq!(err["param"], json!("model"));
@@ -154,13 +141,7 @@ async fn fallback_models_follow_the_keys_model_list() {
     ));
     let gw = Gateway::start(&json!({ "openai_clients": [f, b], "auth": keys() })).await;
 
-    let r = post(
-        &gw,
-        "/v1/chat/completions",
-        &chat_body("allowed-flaky"),
-        &[("authorization", &bearer(LIMITED_KEY))],
-    )
-    .await;
+    let r = chat_as(&gw, "allowed-flaky", &bearer(LIMITED_KEY)).await;
     assert_ne!(r.status, 200, "{}", r.text());
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(
@@ -176,13 +157,7 @@ async fn fallback_models_follow_the_keys_model_list() {
     );
 
     // A key that may use it falls back as before.
-    let r = post(
-        &gw,
-        "/v1/chat/completions",
-        &chat_body("allowed-flaky"),
-        &[("authorization", &bearer(OPEN_KEY))],
-    )
-    .await;
+    let r = chat_as(&gw, "allowed-flaky", &bearer(OPEN_KEY)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(models_sent(&forbidden), ["forbidden-model"]);
 }
@@ -211,7 +186,7 @@ async fn a_stream_flag_of_the_wrong_type_is_a_400() {
         ),
     ];
     for (body, param) in cases {
-        let r = post(&gw, "/v1/chat/completions", &body, &[]).await;
+        let r = post_with(&gw, "/v1/chat/completions", &body, &[]).await;
         let err = r.expect_error(400);
         assert_eq!(err["param"], json!(param), "{body}: {}", r.text());
         assert_eq!(err["code"], json!("invalid_type"), "{body}: {}", r.text());
@@ -223,7 +198,9 @@ async fn a_stream_flag_of_the_wrong_type_is_a_400() {
         json!({"model": "m", "stream": false, "stream_options": null}),
     ] {
         assert_eq!(
-            post(&gw, "/v1/chat/completions", &ok, &[]).await.status,
+            post_with(&gw, "/v1/chat/completions", &ok, &[])
+                .await
+                .status,
             200,
             "{ok}"
         );
@@ -234,11 +211,7 @@ async fn a_stream_flag_of_the_wrong_type_is_a_400() {
 async fn odd_spellings_of_a_path_are_normalised_before_anything_reads_them() {
     let mock = Mock::start("m").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = usage_config(
-        vec![client("c", &mock.base_url("/v1"), "exact", &["m"])],
-        dir.path(),
-        json!({}),
-    );
+    let config = recorded(&mock, dir.path());
     let gw = Gateway::start(&config).await;
     let paths = [
         "/v1/chat/completions/",
@@ -248,7 +221,7 @@ async fn odd_spellings_of_a_path_are_normalised_before_anything_reads_them() {
     ];
     for path in paths {
         let body = json!({"model": "m", "stream": true, "messages": []});
-        let r = post(&gw, path, &body, &[]).await;
+        let r = post_with(&gw, path, &body, &[]).await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
         assert!(
             !r.text().contains("\"usage\""),
@@ -273,7 +246,7 @@ async fn odd_spellings_of_a_path_are_normalised_before_anything_reads_them() {
             "tokens counted: {row:?}"
         );
     }
-    let r = post(&gw, "/v1/chat%2Fcompletions", &chat_body("m"), &[]).await;
+    let r = post_with(&gw, "/v1/chat%2Fcompletions", &chat_body("m"), &[]).await;
     assert_eq!(r.expect_error(400)["code"], json!("invalid_path"));
 }
 
@@ -415,7 +388,7 @@ async fn caller_controlled_values_cannot_forge_or_colour_log_lines() {
     .await;
     let forged = "m\n2026-12-04T00:00:00.000+00:00 INFO gpt_api::proxy: 10.0.0.1 POST /v1/chat/completions 200 \
                   model=gpt-4 key=admin prompt=999999\u{1b}]0;pwned\u{7}\u{0}";
-    let r = post(&gw, "/v1/chat/completions", &chat_body(forged), &[]).await;
+    let r = post_with(&gw, "/v1/chat/completions", &chat_body(forged), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let ok = common::wait_until(Duration::from_secs(10), || {
         access_lines(&gw.log())
@@ -444,14 +417,10 @@ async fn caller_controlled_values_cannot_forge_or_colour_log_lines() {
 async fn a_callers_forwarded_for_is_believed_only_from_a_trusted_proxy() {
     let mock = Mock::start("m").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = usage_config(
-        vec![client("c", &mock.base_url("/v1"), "exact", &["m"])],
-        dir.path(),
-        json!({}),
-    );
+    let config = recorded(&mock, dir.path());
     let gw = Gateway::builder(&config).log_level("info").start().await;
     let forged = "6.6.6.6 key=admin prompt=999999, 10.0.0.9";
-    let r = post(
+    let r = post_with(
         &gw,
         "/v1/chat/completions",
         &chat_body("m"),
@@ -483,15 +452,11 @@ async fn a_callers_forwarded_for_is_believed_only_from_a_trusted_proxy() {
     // Behind a trusted proxy (loopback here), the right-most untrusted entry is the caller.
     let mock2 = Mock::start("m2").await;
     let dir2 = tempfile::tempdir().unwrap();
-    let mut config = usage_config(
-        vec![client("c", &mock2.base_url("/v1"), "exact", &["m"])],
-        dir2.path(),
-        json!({}),
-    );
+    let mut config = recorded(&mock2, dir2.path());
     config["server"] = json!({ "trusted_proxies": ["127.0.0.1", "10.0.0.0/8"] });
     let gw = Gateway::start(&config).await;
     let chain = "6.6.6.6, 203.0.113.9, 10.0.0.9";
-    let r = post(
+    let r = post_with(
         &gw,
         "/v1/chat/completions",
         &chat_body("m"),
@@ -507,7 +472,7 @@ async fn a_callers_forwarded_for_is_believed_only_from_a_trusted_proxy() {
         mock2.single().header("x-forwarded-for"),
         Some("6.6.6.6, 203.0.113.9, 10.0.0.9, 127.0.0.1")
     );
-    let r = post(
+    let r = post_with(
         &gw,
         "/v1/chat/completions",
         &chat_body("m"),
@@ -533,7 +498,7 @@ async fn model_names_over_256_bytes_are_refused_without_an_echo() {
     .start()
     .await;
     let long = "m".repeat(1_000_000);
-    let r = post(&gw, "/v1/chat/completions", &chat_body(&long), &[]).await;
+    let r = post_with(&gw, "/v1/chat/completions", &chat_body(&long), &[]).await;
     let err = r.expect_error(400);
     assert_eq!(err["param"], json!("model"));
     assert_eq!(err["code"], json!("string_above_max_length"));
@@ -548,7 +513,7 @@ async fn model_names_over_256_bytes_are_refused_without_an_echo() {
         "every log line is bounded"
     );
     assert_eq!(mock.count(), 0);
-    let ok = post(
+    let ok = post_with(
         &gw,
         "/v1/chat/completions",
         &chat_body(&"m".repeat(256)),
@@ -572,13 +537,13 @@ async fn a_gateway_key_in_the_query_is_neither_accepted_nor_forwarded() {
     .await;
     let path =
         format!("/v1/chat/completions?api_key={OPEN_KEY}&api-version=2024-06-01&key={LIMITED_KEY}");
-    let r = post(&gw, &path, &chat_body("m"), &[]).await;
+    let r = post_with(&gw, &path, &chat_body("m"), &[]).await;
     assert_eq!(
         r.expect_error(401)["code"],
         json!("invalid_api_key"),
         "no key from the URL"
     );
-    let r = post(
+    let r = post_with(
         &gw,
         &path,
         &chat_body("m"),
@@ -612,7 +577,7 @@ async fn callers_get_client_names_and_reason_classes_not_internal_hosts() {
     let mut second = client("second", &failing.base_url("/v1"), "exact", &["m"]);
     second["priority"] = json!(2);
     let gw = Gateway::start(&usage_config(vec![dead, second], dir.path(), json!({}))).await;
-    let r = post(&gw, "/v1/chat/completions", &chat_body("m"), &[]).await;
+    let r = post_with(&gw, "/v1/chat/completions", &chat_body("m"), &[]).await;
     let err = r.expect_error(502);
     let message = err["message"].as_str().unwrap();
     assert!(

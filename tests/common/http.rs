@@ -105,6 +105,22 @@ pub async fn post_json(gw: &Gateway, path: &str, body: &Value) -> Resp {
     post_bytes(gw, path, serde_json::to_vec(body).unwrap()).await
 }
 
+/// POSTs a JSON value with these extra headers (a gateway key, forwarding headers...).
+pub async fn post_with(gw: &Gateway, path: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
+    let mut req = http_client()
+        .post(gw.url(path))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req
+        .body(serde_json::to_vec(body).unwrap())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path} failed: {e:?}"));
+    Resp::read(resp).await
+}
+
 /// POSTs raw bytes with `content-type: application/json`.
 pub async fn post_bytes(gw: &Gateway, path: &str, body: impl Into<reqwest::Body>) -> Resp {
     let resp = http_client()
