@@ -2,10 +2,12 @@
 //!
 //! Layout: `ctx.rs` (per-request state and its usage record), `body.rs` (reading the body before routing;
 //! Pingora internals), `replay.rs` (the stream used for that), `upstream.rs` (peer and request rewrite),
-//! `respond.rs` (local JSON answers), `server.rs` (Pingora server, proxy and usage-writer services).
+//! `respond.rs` (local JSON answers), `server.rs` (Pingora server, proxy and usage-writer services),
+//! `listen.rs` (listening sockets bound before Pingora would).
 
 mod body;
 mod ctx;
+mod listen;
 mod models;
 pub mod reload;
 mod replay;

@@ -10,6 +10,7 @@ use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use tokio::sync::Mutex;
 
+use super::listen::Prebound;
 use super::reload::{fingerprint, ReloadService};
 use super::{Gateway, GatewayParts, Proxy};
 use crate::config::Config;
@@ -93,7 +94,8 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
     metrics.watch_usage(queue.stats());
     if let Some(addr) = &config.server.metrics_listen {
-        server.add_service(crate::metrics::service(metrics.clone(), addr));
+        let service = crate::metrics::service(metrics.clone(), addr);
+        server.add_service(Prebound::new(service, args.upgrade)?);
     }
     let parts = GatewayParts {
         usage: queue,
@@ -118,7 +120,7 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         }
         None => service.add_tcp(&args.listen),
     }
-    server.add_service(service);
+    server.add_service(Prebound::new(service, args.upgrade)?);
     server.run(RunArgs::default());
     // Every request has ended (or was dropped with its runtime, leaving its record): write what is queued.
     writer.blocking_lock().drain_now();
