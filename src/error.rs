@@ -44,6 +44,12 @@ pub enum GatewayError {
     UpstreamModelNotAllowed { model: String, skipped: String },
     #[error("The request path has an encoded `/`, `\\` or control character.")]
     BadPath,
+    /// An HTTP/1.1 request without exactly one Host header (RFC 9112 section 3.2).
+    #[error("An HTTP/1.1 request needs exactly one Host header.")]
+    BadHost,
+    /// A Transfer-Encoding other than exactly `chunked` (nginx answers these 501 as well).
+    #[error("Transfer-Encoding `{0}` is not supported: send `chunked` alone, or Content-Length.")]
+    UnsupportedTransferEncoding(String),
     /// Over a key's rpm or tpm; the message says which and when to retry.
     #[error("{0}")]
     RateLimited(String),
@@ -67,6 +73,7 @@ impl GatewayError {
             | Self::ModelTooLong { .. }
             | Self::InvalidType { .. }
             | Self::BadPath
+            | Self::BadHost
             | Self::BodyRead(_) => 400,
             Self::InvalidApiKey => 401,
             Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => 403,
@@ -78,11 +85,23 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. } => 502,
             Self::UpstreamTimeout { .. } => 504,
             Self::Internal(_) => 500,
+            Self::UnsupportedTransferEncoding(_) => 501,
         }
+    }
+
+    /// The caller's connection must close after this answer: its framing is broken or unknown, so the
+    /// bytes after the head cannot be trusted to start the next request (nginx closes these too).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::BodyRead(_) | Self::BadHost | Self::UnsupportedTransferEncoding(_)
+        )
     }
 
     fn kind(&self) -> &'static str {
         match self.status() {
+            // The caller's request is what is not supported.
+            501 => "invalid_request_error",
             500..=599 => "api_error",
             // OpenAI's names for these two.
             429 => "requests",
@@ -114,6 +133,8 @@ impl GatewayError {
             Self::InvalidApiKey => "invalid_api_key",
             Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => "model_not_allowed",
             Self::BadPath => "invalid_path",
+            Self::BadHost => "invalid_host",
+            Self::UnsupportedTransferEncoding(_) => "unsupported_transfer_encoding",
             Self::RateLimited(_) => "rate_limit_exceeded",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::BodyRead(_) => "invalid_body",

@@ -4,11 +4,13 @@
 
 mod common;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use common::{client, config, free_port, run_bin, to_yaml};
+use common::{client, config, free_port, run_bin, to_yaml, Gateway, Mock};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The longest a busy port may keep a second instance alive.
 const BIND_FAILS_WITHIN: Duration = Duration::from_secs(5);
@@ -78,4 +80,390 @@ fn busy_metrics_port_is_exit_1_at_once() {
     );
     assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
     assert!(lived < BIND_FAILS_WITHIN, "lived {lived:?}:\n{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A raw HTTP/1 client: what the gateway sends back, byte for byte, and whether it closes
+// ---------------------------------------------------------------------------------------------------------------
+
+/// What came back on one connection.
+struct Exchange {
+    bytes: Vec<u8>,
+    /// The gateway closed the connection (read 0 or reset) within the wait.
+    closed: bool,
+}
+
+impl Exchange {
+    fn responses(&self) -> Vec<Parsed> {
+        parse_responses(&self.bytes)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// Writes `request` on a new connection, then reads until the gateway closes it or `within` passes.
+async fn exchange(addr: SocketAddr, request: &[u8], within: Duration) -> Exchange {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    read_until_closed(&mut conn, within).await
+}
+
+/// Reads until the peer closes or `within` passes.
+async fn read_until_closed(conn: &mut TcpStream, within: Duration) -> Exchange {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => {
+                return Exchange {
+                    bytes,
+                    closed: false,
+                }
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Exchange {
+                    bytes,
+                    closed: true,
+                }
+            }
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads one complete response (framed by Content-Length or chunked) within `within`.
+async fn read_one(conn: &mut TcpStream, within: Duration) -> Parsed {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some((parsed, _)) = parse_one(&bytes, false) {
+            return parsed;
+        }
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&buf[..n]),
+            other => panic!(
+                "no complete response ({other:?}); got {:?}",
+                String::from_utf8_lossy(&bytes)
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Parsed {
+    status: u16,
+    /// Lower-cased names.
+    headers: Vec<(String, String)>,
+    /// De-chunked.
+    body: Vec<u8>,
+    chunked: bool,
+}
+
+impl Parsed {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One response at the start of `buf` and its length; `to_end`: a body without length runs to the end.
+fn parse_one(buf: &[u8], to_end: bool) -> Option<(Parsed, usize)> {
+    let head_end = find(buf, b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let mut at = head_end + 4;
+    let chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let body = if chunked {
+        let mut body = Vec::new();
+        loop {
+            let line_end = at + find(&buf[at..], b"\r\n")?;
+            let size_text = String::from_utf8_lossy(&buf[at..line_end]);
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            at = line_end + 2;
+            if size == 0 {
+                at += find(&buf[at..], b"\r\n")? + 2;
+                break body;
+            }
+            body.extend_from_slice(buf.get(at..at + size)?);
+            at += size + 2;
+        }
+    } else if let Some(len) = get("content-length") {
+        let len: usize = len.parse().ok()?;
+        let body = buf.get(at..at + len)?.to_vec();
+        at += len;
+        body
+    } else if to_end {
+        let body = buf[at..].to_vec();
+        at = buf.len();
+        body
+    } else {
+        return None;
+    };
+    let parsed = Parsed {
+        status,
+        headers,
+        body,
+        chunked,
+    };
+    Some((parsed, at))
+}
+
+/// Every complete response in `buf`, in order (a last one without length runs to the end).
+fn parse_responses(mut buf: &[u8]) -> Vec<Parsed> {
+    let mut out = Vec::new();
+    while let Some((parsed, used)) = parse_one(buf, true) {
+        out.push(parsed);
+        buf = &buf[used..];
+    }
+    out
+}
+
+async fn gateway_with_mock() -> (Gateway, Mock) {
+    let mock = Mock::start("edge").await;
+    let gw = Gateway::start(&config(vec![client(
+        "a",
+        &mock.base_url("/v1"),
+        "exact",
+        &["m1"],
+    )]))
+    .await;
+    (gw, mock)
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+const CHAT: &str = r#"{"model":"m1","messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM_CHAT: &str =
+    r#"{"model":"m1","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn post(version: &str, extra_headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST /v1/chat/completions {version}\r\nHost: gw\r\nContent-Type: application/json\r\n\
+         {extra_headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Framing
+// ---------------------------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_chunked_body_is_400_and_the_connection_closes() {
+    let (gw, mock) = gateway_with_mock().await;
+    for broken in ["zz\r\nhello\r\n0\r\n\r\n", "5\r\nhello\r\nzz\r\n"] {
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n{broken}\
+             GET /health HTTP/1.1\r\nHost: gw\r\n\r\n"
+        );
+        let got = exchange(gw.addr(), request.as_bytes(), WAIT).await;
+        let responses = got.responses();
+        assert_eq!(responses.len(), 1, "{broken:?}: {}", got.text());
+        assert_eq!(responses[0].status, 400, "{}", got.text());
+        assert_eq!(responses[0].header("connection"), Some("close"));
+        assert!(got.closed, "{broken:?}: the connection stayed open");
+    }
+    assert_eq!(mock.count(), 0);
+}
+
+/// A backend that records the raw request heads it receives (hyper would merge repeated headers) and answers
+/// each with a small JSON chat completion.
+struct RawBackend {
+    addr: SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawBackend {
+    async fn start() -> RawBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = std::sync::Arc::<std::sync::Mutex<Vec<String>>>::default();
+        let record = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 16 * 1024];
+                    loop {
+                        let Some(end) = find(&buf, b"\r\n\r\n") else {
+                            match conn.read(&mut chunk).await {
+                                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                _ => return,
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < end + 4 + len {
+                            match conn.read(&mut chunk).await {
+                                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                _ => return,
+                            }
+                        }
+                        buf.drain(..end + 4 + len);
+                        record.lock().unwrap().push(head);
+                        let body = Mock::answer_json("m1").to_string();
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if conn.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend { addr, heads, task }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_content_length_is_sent_once() {
+    let backend = RawBackend::start().await;
+    let url = format!("http://{}/v1", backend.addr);
+    let gw = Gateway::start(&config(vec![client("a", &url, "exact", &["m1"])])).await;
+    let twice = format!("Content-Length: {}\r\n", CHAT.len());
+    let listed = format!("X: y\r\nContent-Length: {0}, {0}\r\n", CHAT.len());
+    for extra in [twice, listed] {
+        let request = post("HTTP/1.1", &format!("Connection: close\r\n{extra}"), CHAT)
+            .into_iter()
+            .collect::<Vec<u8>>();
+        // `post` adds its own Content-Length; for the listed form, drop that one.
+        let request = if extra.starts_with("X:") {
+            String::from_utf8(request)
+                .unwrap()
+                .replacen(
+                    &format!("Content-Length: {}\r\n\r\n", CHAT.len()),
+                    "\r\n",
+                    1,
+                )
+                .into_bytes()
+        } else {
+            request
+        };
+        let got = exchange(gw.addr(), &request, WAIT).await;
+        assert_eq!(got.responses()[0].status, 200, "{}", got.text());
+        let head = backend.heads().pop().unwrap();
+        let lengths: Vec<&str> = head
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("content-length:"))
+            .collect();
+        let want = format!("content-length: {}", CHAT.len());
+        assert_eq!(lengths.len(), 1, "{head}");
+        assert_eq!(lengths[0].to_ascii_lowercase(), want, "{head}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transfer_coding_other_than_chunked_is_501() {
+    let (gw, mock) = gateway_with_mock().await;
+    for te in ["gzip, chunked", "chunked, chunked"] {
+        let body = format!("{:x}\r\n{CHAT}\r\n0\r\n\r\n", CHAT.len());
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: {te}\r\n\r\n{body}"
+        );
+        let got = exchange(gw.addr(), request.as_bytes(), WAIT).await;
+        let responses = got.responses();
+        assert_eq!(responses.len(), 1, "{te}: {}", got.text());
+        assert_eq!(responses[0].status, 501, "{te}: {}", got.text());
+        let err: serde_json::Value = serde_json::from_slice(&responses[0].body).unwrap();
+        assert_eq!(err["error"]["code"], "unsupported_transfer_encoding");
+        assert!(got.closed, "{te}: the connection stayed open");
+    }
+    assert_eq!(mock.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_11_without_host_is_400() {
+    let (gw, mock) = gateway_with_mock().await;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{CHAT}",
+        CHAT.len()
+    );
+    let got = exchange(gw.addr(), request.as_bytes(), WAIT).await;
+    let responses = got.responses();
+    assert_eq!(responses.len(), 1, "{}", got.text());
+    assert_eq!(responses[0].status, 400, "{}", got.text());
+    assert!(got.closed, "the connection stayed open");
+    assert_eq!(mock.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_10_gets_no_chunked_answer_and_a_close() {
+    let (gw, _mock) = gateway_with_mock().await;
+    let got = exchange(gw.addr(), &post("HTTP/1.0", "", STREAM_CHAT), WAIT).await;
+    let responses = got.responses();
+    assert_eq!(responses.len(), 1, "{}", got.text());
+    let r = &responses[0];
+    assert_eq!(r.status, 200, "{}", got.text());
+    assert!(!r.chunked, "chunked answer to HTTP/1.0: {}", got.text());
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        Mock::sse_events("m1", 3).concat()
+    );
+    assert!(got.closed, "the connection stayed open");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_10_keep_alive_is_kept_only_when_asked() {
+    let (gw, _mock) = gateway_with_mock().await;
+    // Asked: a Content-Length answer, and the connection takes a second request.
+    let mut conn = TcpStream::connect(gw.addr()).await.unwrap();
+    let keep = post("HTTP/1.0", "Connection: keep-alive\r\n", CHAT);
+    for _ in 0..2 {
+        conn.write_all(&keep).await.unwrap();
+        let r = read_one(&mut conn, WAIT).await;
+        assert_eq!(r.status, 200);
+        assert!(!r.chunked && r.header("content-length").is_some(), "{r:?}");
+        assert_eq!(r.header("connection"), Some("keep-alive"), "{r:?}");
+    }
+    // Not asked (HTTP/1.0), or refused (HTTP/1.1 `Connection: close`): closed after the answer.
+    for request in [
+        post("HTTP/1.0", "", CHAT),
+        post("HTTP/1.1", "Connection: close\r\n", CHAT),
+    ] {
+        let got = exchange(gw.addr(), &request, WAIT).await;
+        let responses = got.responses();
+        assert_eq!(responses.len(), 1, "{}", got.text());
+        assert_eq!(responses[0].header("connection"), Some("close"));
+        assert!(got.closed, "the connection stayed open: {}", got.text());
+    }
 }

@@ -3,10 +3,11 @@
 //! Layout: `ctx.rs` (per-request state and its usage record), `body.rs` (reading the body before routing;
 //! Pingora internals), `replay.rs` (the stream used for that), `upstream.rs` (peer and request rewrite),
 //! `respond.rs` (local JSON answers), `server.rs` (Pingora server, proxy and usage-writer services),
-//! `listen.rs` (listening sockets bound before Pingora would).
+//! `listen.rs` (listening sockets bound before Pingora would), `framing.rs` (request framing checks, HTTP/1.0).
 
 mod body;
 mod ctx;
+mod framing;
 mod listen;
 mod models;
 pub mod reload;
@@ -160,7 +161,7 @@ impl Gateway {
         err: GatewayError,
         headers: &[(&'static str, String)],
     ) -> Result<bool> {
-        if !session.is_body_done() {
+        if err.closes_connection() || !session.is_body_done() {
             // Unread body bytes would be taken for the next request: close the connection afterwards.
             session.set_keepalive(None);
         }
@@ -452,7 +453,14 @@ impl ProxyHttp for Proxy {
         ctx.metered = true;
         let rt = self.runtime.load_full();
         ctx.runtime = Some(rt.clone());
-        session.set_keepalive(Some(CLIENT_KEEPALIVE_SECS));
+        if session.get_keepalive().is_some() {
+            // Only where the caller keeps the connection (not for `Connection: close`, nor HTTP/1.0 without
+            // `keep-alive`): Pingora's default would keep it forever.
+            session.set_keepalive(Some(CLIENT_KEEPALIVE_SECS));
+        }
+        if let Err(e) = framing::check_request(session.req_header_mut()) {
+            return self.reject(session, ctx, e).await;
+        }
         if let Err(e) = normalize_uri(session, rt.auth.as_deref()) {
             return self.reject(session, ctx, e).await;
         }
@@ -676,6 +684,16 @@ impl ProxyHttp for Proxy {
         if rt.config.server.expose_backend_header {
             resp.insert_header(X_GPT_API_BACKEND, cand.client.name.as_str())?;
         }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        framing::fit_response_to(session.req_header().version, resp);
         Ok(())
     }
 
