@@ -47,6 +47,11 @@ pub enum GatewayError {
     /// An HTTP/1.1 request without exactly one Host header (RFC 9112 section 3.2).
     #[error("An HTTP/1.1 request needs exactly one Host header.")]
     BadHost,
+    /// The request line and headers did not end within `server.max_header_bytes`.
+    #[error(
+        "Request header fields too large: the request line and headers may take {limit} bytes."
+    )]
+    HeaderTooLarge { limit: usize },
     /// A Transfer-Encoding other than exactly `chunked` (nginx answers these 501 as well).
     #[error("Transfer-Encoding `{0}` is not supported: send `chunked` alone, or Content-Length.")]
     UnsupportedTransferEncoding(String),
@@ -82,6 +87,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => 405,
             Self::LengthRequired => 411,
             Self::BodyTooLarge { .. } => 413,
+            Self::HeaderTooLarge { .. } => 431,
             Self::UpstreamUnreachable { .. } => 502,
             Self::UpstreamTimeout { .. } => 504,
             Self::Internal(_) => 500,
@@ -94,7 +100,10 @@ impl GatewayError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            Self::BodyRead(_) | Self::BadHost | Self::UnsupportedTransferEncoding(_)
+            Self::BodyRead(_)
+                | Self::BadHost
+                | Self::UnsupportedTransferEncoding(_)
+                | Self::HeaderTooLarge { .. }
         )
     }
 
@@ -137,6 +146,7 @@ impl GatewayError {
             Self::UnsupportedTransferEncoding(_) => "unsupported_transfer_encoding",
             Self::RateLimited(_) => "rate_limit_exceeded",
             Self::BodyTooLarge { .. } => "request_too_large",
+            Self::HeaderTooLarge { .. } => "request_header_too_large",
             Self::BodyRead(_) => "invalid_body",
             Self::LengthRequired => "length_required",
             Self::NotFound(_) => "unknown_url",

@@ -467,3 +467,93 @@ async fn http_10_keep_alive_is_kept_only_when_asked() {
         assert!(got.closed, "the connection stayed open: {}", got.text());
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Request head size
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A chat request whose head (request line and headers) is exactly `head_len` bytes, with `Connection: close`.
+fn request_with_head_len(head_len: usize) -> Vec<u8> {
+    request_with(head_len, CHAT, "close")
+}
+
+/// A request for `body` whose head is exactly `head_len` bytes.
+fn request_with(head_len: usize, body: &str, connection: &str) -> Vec<u8> {
+    let start = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nConnection: {connection}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nX-Pad: ",
+        body.len()
+    );
+    let end = "\r\n\r\n";
+    let pad = head_len - start.len() - end.len();
+    format!("{start}{}{end}{body}", "a".repeat(pad)).into_bytes()
+}
+
+/// Sends `request` from its own task (the gateway may answer before reading it all) and reads what comes back.
+async fn send_big(addr: SocketAddr, request: Vec<u8>, within: Duration) -> Exchange {
+    let conn = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = conn.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&request).await;
+        write
+    });
+    let deadline = tokio::time::Instant::now() + within;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, read.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+        }
+    };
+    writer.abort();
+    Exchange { bytes, closed }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_over_max_header_bytes_is_431_and_closed() {
+    let (gw, mock) = gateway_with_mock().await;
+    // The default limit is 64 KiB: just under it passes, the issue's megabyte does not.
+    let fits = send_big(gw.addr(), request_with_head_len(64 * 1024), WAIT).await;
+    assert_eq!(fits.responses()[0].status, 200, "{}", fits.text());
+    for head_len in [64 * 1024 + 1, 1_000_000] {
+        let got = send_big(gw.addr(), request_with_head_len(head_len), WAIT).await;
+        let responses = got.responses();
+        assert_eq!(responses.len(), 1, "{head_len}: {}", got.text());
+        assert_eq!(responses[0].status, 431, "{head_len}: {}", got.text());
+        let err: serde_json::Value = serde_json::from_slice(&responses[0].body).unwrap();
+        assert_eq!(err["error"]["code"], "request_header_too_large");
+        assert_eq!(responses[0].header("connection"), Some("close"));
+        assert!(got.closed, "{head_len}: the connection stayed open");
+    }
+    assert_eq!(mock.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_header_bytes_holds_for_every_request_on_a_connection() {
+    let mock = Mock::start("edge").await;
+    let gw = Gateway::start(&json!({
+        "server": { "max_header_bytes": 2048 },
+        "openai_clients": [client("a", &mock.base_url("/v1"), "exact", &["m1"])],
+    }))
+    .await;
+    let mut conn = TcpStream::connect(gw.addr()).await.unwrap();
+    // Keep-alive requests with heads of 2048 bytes pass, bodies of any size do not count.
+    let big_body = format!(
+        r#"{{"model":"m1","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "b".repeat(10_000)
+    );
+    for body in [CHAT.to_owned(), big_body] {
+        conn.write_all(&request_with(2048, &body, "keep-alive"))
+            .await
+            .unwrap();
+        assert_eq!(read_one(&mut conn, WAIT).await.status, 200);
+    }
+    // One byte more on the same connection: refused.
+    conn.write_all(&request_with_head_len(2049)).await.unwrap();
+    let got = read_until_closed(&mut conn, WAIT).await;
+    assert_eq!(got.responses()[0].status, 431, "{}", got.text());
+    assert!(got.closed);
+    assert_eq!(mock.count(), 2);
+}

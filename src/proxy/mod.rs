@@ -3,11 +3,14 @@
 //! Layout: `ctx.rs` (per-request state and its usage record), `body.rs` (reading the body before routing;
 //! Pingora internals), `replay.rs` (the stream used for that), `upstream.rs` (peer and request rewrite),
 //! `respond.rs` (local JSON answers), `server.rs` (Pingora server, proxy and usage-writer services),
-//! `listen.rs` (listening sockets bound before Pingora would), `framing.rs` (request framing checks, HTTP/1.0).
+//! `listen.rs` (listening sockets bound before Pingora would), `framing.rs` (request framing checks, HTTP/1.0),
+//! `edge.rs` and `guard.rs` (the connection loop before Pingora's: request head size limit).
 
 mod body;
 mod ctx;
+mod edge;
 mod framing;
+mod guard;
 mod listen;
 mod models;
 pub mod reload;
@@ -446,6 +449,18 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new()
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        connection: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        // Called once the request head is parsed (see edge.rs): the head limits no longer apply.
+        if let Some(head) = connection.downcast_ref::<edge::HeadDone>() {
+            head.disarm();
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

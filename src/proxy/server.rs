@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::proxy::http_proxy_service;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 use tokio::sync::Mutex;
 
+use super::edge::Edge;
 use super::listen::Prebound;
 use super::reload::{fingerprint, ReloadService};
 use super::{Gateway, GatewayParts, Proxy};
@@ -109,7 +111,11 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         "config reload",
         ReloadService(gateway.clone()),
     ));
-    let mut service = http_proxy_service(&server.configuration, Proxy(gateway.clone()));
+    let proxy = http_proxy(&server.configuration, Proxy(gateway.clone()));
+    let mut service = Service::new(
+        "Pingora HTTP Proxy Service".to_string(),
+        Edge::new(proxy, gateway.clone()),
+    );
     match certs {
         Some(store) => {
             service.add_tls_with_settings(&args.listen, None, store.settings()?);

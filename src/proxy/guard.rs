@@ -1,0 +1,351 @@
+//! The caller's socket, wrapped to bound what Pingora reads before it has a request head.
+//!
+//! Pingora reads a request head with up to 1 MiB and a timeout per read only (each byte restarts it), before any
+//! `ProxyHttp` phase runs. The edge (`edge.rs`) arms a [`HeadGuard`] before each request; while armed,
+//! [`GuardedStream`] lets at most `max_header_bytes` through; Pingora asking for more means the head is larger:
+//! the stream then hands the socket to the edge, which answers 431 and closes. The guard is disarmed by the
+//! proxy's first phase for the request ([`HeadGuard::head_done`]), so body bytes are never counted.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::Stream;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// Why the edge takes a connection back before Pingora has a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The head did not end within `max_header_bytes`.
+    HeadTooLarge { limit: usize },
+}
+
+/// Head limits of one connection (from `server:` when it was accepted).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug)]
+struct HeadState {
+    /// Bytes read from the socket since the guard was armed.
+    read: usize,
+    /// Set with the socket when a limit was crossed; taken by the edge.
+    refused: Option<(Refusal, Stream)>,
+}
+
+/// Shared by a connection's [`GuardedStream`], its edge loop and (through Pingora's connection context)
+/// the request's first phase.
+#[derive(Debug)]
+pub struct HeadGuard {
+    limits: HeadLimits,
+    /// Checked on every read: the common case (a body, an idle probe) takes no lock.
+    armed: AtomicBool,
+    state: Mutex<HeadState>,
+    refused: Notify,
+}
+
+impl HeadGuard {
+    pub fn new(limits: HeadLimits) -> Arc<HeadGuard> {
+        Arc::new(HeadGuard {
+            limits,
+            armed: AtomicBool::new(false),
+            state: Mutex::new(HeadState {
+                read: 0,
+                refused: None,
+            }),
+            refused: Notify::new(),
+        })
+    }
+
+    /// Starts counting the next request head.
+    pub fn arm(&self) {
+        self.lock().read = 0;
+        self.armed.store(true, Ordering::Release);
+    }
+
+    /// Pingora has parsed the head: stop counting.
+    pub fn head_done(&self) {
+        self.armed.store(false, Ordering::Release);
+    }
+
+    /// Resolves with the refusal and the socket once the stream gave it up.
+    pub async fn refused(&self) -> (Refusal, Stream) {
+        loop {
+            if let Some(taken) = self.take_refused() {
+                return taken;
+            }
+            self.refused.notified().await;
+        }
+    }
+
+    /// The refusal and the socket, if the stream gave it up.
+    pub fn take_refused(&self) -> Option<(Refusal, Stream)> {
+        self.lock().refused.take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeadState> {
+        // A panic while holding this lock cannot leave the counters inconsistent: use them as they are.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refuse(&self, why: Refusal, stream: Stream) {
+        self.armed.store(false, Ordering::Release);
+        self.lock().refused = Some((why, stream));
+        self.refused.notify_one();
+    }
+}
+
+/// The caller's stream under a [`HeadGuard`].
+#[derive(Debug)]
+pub struct GuardedStream {
+    /// `None` once handed to the edge.
+    inner: Option<Stream>,
+    guard: Arc<HeadGuard>,
+    id: UniqueIDType,
+}
+
+impl GuardedStream {
+    pub fn new(inner: Stream, guard: Arc<HeadGuard>) -> Self {
+        let id = inner.id();
+        GuardedStream {
+            inner: Some(inner),
+            guard,
+            id,
+        }
+    }
+
+    /// A read while the guard is armed: at most up to the limit, and the socket handed over beyond it.
+    fn poll_head_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let limit = self.guard.limits.max_header_bytes;
+        let room = limit.saturating_sub(self.guard.lock().read);
+        if room == 0 {
+            // Pingora wants more although `limit` bytes did not hold a complete head.
+            return self.give_up(Refusal::HeadTooLarge { limit });
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Pending;
+        };
+        let n = if buf.remaining() <= room {
+            let before = buf.filled().len();
+            match Pin::new(&mut **inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => buf.filled().len() - before,
+                other => return other,
+            }
+        } else {
+            let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
+            match Pin::new(&mut **inner).poll_read(cx, &mut limited) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            let n = limited.filled().len();
+            buf.advance(n);
+            n
+        };
+        self.guard.lock().read += n;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Hands the socket to the edge loop, which answers and closes it. Pingora's read then never completes (an
+    /// error would make Pingora log and end the request first): the edge drops the request's future.
+    fn give_up(&mut self, why: Refusal) -> Poll<io::Result<()>> {
+        if let Some(stream) = self.inner.take() {
+            self.guard.refuse(why, stream);
+        }
+        Poll::Pending
+    }
+
+    fn inner(&mut self) -> io::Result<&mut Stream> {
+        self.inner.as_mut().ok_or_else(handed_over)
+    }
+}
+
+fn handed_over() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection taken over by the edge",
+    )
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.guard.armed.load(Ordering::Acquire) {
+            return self.poll_head_read(cx, buf);
+        }
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(&mut **inner).poll_read(cx, buf),
+            // Handed to the edge, which is dropping this request: see `give_up`.
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(&mut **inner).poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(&mut **inner).poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(&mut **inner).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(&mut **inner).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        if let Some(inner) = self.inner.as_mut() {
+            inner.shutdown().await
+        }
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.id
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.as_ref().and_then(|s| s.get_ssl())
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.as_ref().and_then(|s| s.get_ssl_digest())
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.as_ref().and_then(|s| s.selected_alpn_proto())
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner
+            .as_ref()
+            .map(|s| s.get_timing_digest())
+            .unwrap_or_default()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.as_ref().and_then(|s| s.get_proxy_digest())
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.as_ref().and_then(|s| s.get_socket_digest())
+    }
+}
+
+// Peeking serves only h2c detection, which the gateway does not offer; the default (unsupported) is right.
+#[async_trait]
+impl Peek for GuardedStream {}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn guarded(bytes: &[u8], limit: usize) -> (GuardedStream, Arc<HeadGuard>) {
+        let guard = HeadGuard::new(HeadLimits {
+            max_header_bytes: limit,
+        });
+        let inner: Stream = Box::new(std::io::Cursor::new(bytes.to_vec()));
+        (GuardedStream::new(inner, guard.clone()), guard)
+    }
+
+    #[tokio::test]
+    async fn unarmed_reads_pass_through() {
+        let (mut s, _guard) = guarded(b"0123456789", 4);
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn armed_reads_stop_at_the_limit_then_hand_the_socket_over() {
+        let (mut s, guard) = guarded(b"0123456789", 4);
+        guard.arm();
+        let mut buf = [0u8; 64];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 4);
+        let read = tokio::time::timeout(std::time::Duration::from_millis(50), s.read(&mut buf));
+        assert!(
+            read.await.is_err(),
+            "the read past the limit must not complete"
+        );
+        let (why, mut rest) = guard.refused().await;
+        assert_eq!(why, Refusal::HeadTooLarge { limit: 4 });
+        let mut out = Vec::new();
+        rest.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"456789");
+    }
+
+    #[tokio::test]
+    async fn head_done_stops_counting() {
+        let (mut s, guard) = guarded(b"0123456789", 4);
+        guard.arm();
+        let mut buf = [0u8; 3];
+        s.read_exact(&mut buf).await.unwrap();
+        guard.head_done();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"3456789");
+        // Re-armed for the next head, the count starts again.
+        guard.arm();
+        assert_eq!(guard.lock().read, 0);
+    }
+}
