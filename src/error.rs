@@ -52,6 +52,10 @@ pub enum GatewayError {
         "Request header fields too large: the request line and headers may take {limit} bytes."
     )]
     HeaderTooLarge { limit: usize },
+    /// The request's head or body did not arrive in time (`server.client_header_timeout_ms`,
+    /// `client_body_timeout_ms`).
+    #[error("The request {0} did not arrive in time.")]
+    RequestTimeout(&'static str),
     /// A Transfer-Encoding other than exactly `chunked` (nginx answers these 501 as well).
     #[error("Transfer-Encoding `{0}` is not supported: send `chunked` alone, or Content-Length.")]
     UnsupportedTransferEncoding(String),
@@ -85,6 +89,7 @@ impl GatewayError {
             Self::RateLimited(_) => 429,
             Self::ModelNotFound(_) | Self::NotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
+            Self::RequestTimeout(_) => 408,
             Self::LengthRequired => 411,
             Self::BodyTooLarge { .. } => 413,
             Self::HeaderTooLarge { .. } => 431,
@@ -104,6 +109,7 @@ impl GatewayError {
                 | Self::BadHost
                 | Self::UnsupportedTransferEncoding(_)
                 | Self::HeaderTooLarge { .. }
+                | Self::RequestTimeout(_)
         )
     }
 
@@ -147,6 +153,7 @@ impl GatewayError {
             Self::RateLimited(_) => "rate_limit_exceeded",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::HeaderTooLarge { .. } => "request_header_too_large",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::BodyRead(_) => "invalid_body",
             Self::LengthRequired => "length_required",
             Self::NotFound(_) => "unknown_url",

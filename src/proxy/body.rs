@@ -10,19 +10,40 @@
 //!
 //! This relies on pingora-proxy internals: the version is pinned and tests send multi-MB bodies both ways.
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
+use tokio::time::Instant;
 
 use super::replay::ReplayStream;
+use crate::config::ServerSettings;
 use crate::error::GatewayError;
 
 /// Pingora's retry buffer size (`BODY_BUF_LIMIT` in pingora-core).
 const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 
-/// Reads the complete request body (at most `limit` bytes) and arranges for Pingora to forward it.
-pub async fn read_full(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+/// How much longer than `client_body_timeout` a body may take, per byte received: 1 s per 64 KiB, so that an
+/// upload at 64 KiB/s or faster never times out while a trickle does.
+const BODY_ALLOWANCE_BYTES_PER_SEC: u64 = 64 * 1024;
+
+/// Reads the complete request body (at most `server.max_body_bytes`, within `server.client_body_timeout` plus
+/// its allowance) and arranges for Pingora to forward it.
+pub async fn read_full(
+    session: &mut Session,
+    server: &ServerSettings,
+) -> Result<Bytes, GatewayError> {
+    let started = Instant::now();
+    // Pingora's timeout for each read; the deadline below bounds the whole body.
+    session.set_read_timeout(Some(server.client_body_timeout));
+    let deadline = |received: usize| {
+        let allowance =
+            u64::try_from(received).unwrap_or(u64::MAX) * 1000 / BODY_ALLOWANCE_BYTES_PER_SEC;
+        started + server.client_body_timeout + Duration::from_millis(allowance)
+    };
+    let limit = server.max_body_bytes;
     let declared = declared_length(session)?;
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::BodyTooLarge { limit });
@@ -41,10 +62,11 @@ pub async fn read_full(session: &mut Session, limit: usize) -> Result<Bytes, Gat
     // Stops as soon as Pingora says the body is complete: one more read would only return None, at the
     // cost of arming a read timer.
     while !session.is_body_done() {
-        let Some(chunk) = session
-            .read_request_body()
+        let read = tokio::time::timeout_at(deadline(body.len()), session.read_request_body());
+        let Some(chunk) = read
             .await
-            .map_err(|e| GatewayError::BodyRead(e.to_string()))?
+            .map_err(|_| GatewayError::RequestTimeout("body"))?
+            .map_err(read_error)?
         else {
             break;
         };
@@ -64,6 +86,14 @@ pub async fn read_full(session: &mut Session, limit: usize) -> Result<Bytes, Gat
         }
     }
     finish(session, body.freeze()).await
+}
+
+/// A failed body read: a stall (Pingora's per-read timeout) is the caller's timeout, anything else broken framing.
+fn read_error(e: Box<pingora::Error>) -> GatewayError {
+    match e.etype() {
+        pingora::ErrorType::ReadTimedout => GatewayError::RequestTimeout("body"),
+        _ => GatewayError::BodyRead(e.to_string()),
+    }
 }
 
 /// Arranges for the complete `body` to be sent upstream (see the module notes) and returns it.

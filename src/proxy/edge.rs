@@ -1,10 +1,11 @@
 //! The per-connection loop in front of Pingora's HTTP/1 proxy: each caller's socket is wrapped in a
 //! [`GuardedStream`] and each request head is read under its [`HeadGuard`]; a head over `max_header_bytes`
-//! gets an OpenAI-shaped 431 and the connection is closed.
+//! gets an OpenAI-shaped 431, one not complete within `client_header_timeout` a 408 (or, when nothing of it
+//! came, nothing), and the connection is closed.
 //!
 //! It does what Pingora's own HTTP server loop does (one `process_new_http` per request, the connection's
 //! settings carried to the next), with the guard armed before each request. HTTP/2 connections (TLS with ALPN
-//! h2) go to Pingora's loop unchanged: the h2 codec bounds their headers itself.
+//! h2) go to Pingora's loop: the h2 codec bounds their headers itself; the send timeout applies to them too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::guard::{GuardedStream, HeadGuard, HeadLimits, Refusal};
+use super::guard::{EdgeLimits, GuardedStream, HeadGuard, Refusal};
 use super::{Gateway, Proxy};
 use crate::error::GatewayError;
 
@@ -45,23 +46,24 @@ impl Edge {
     }
 
     /// This connection's limits, from the config in force when it was accepted.
-    fn limits(&self) -> HeadLimits {
-        let rt = self.gateway.runtime();
-        HeadLimits {
-            max_header_bytes: rt.config.server.max_header_bytes,
+    fn limits(&self) -> EdgeLimits {
+        let server = &self.gateway.runtime().config.server;
+        EdgeLimits {
+            max_header_bytes: server.max_header_bytes,
+            header_timeout: server.client_header_timeout,
+            send_timeout: server.send_timeout,
         }
     }
 
-    async fn serve_h1(&self, stream: Stream, shutdown: &ShutdownWatch) {
-        let guard = HeadGuard::new(self.limits());
-        let mut session =
-            ServerSession::new_http1(Box::new(GuardedStream::new(stream, guard.clone())));
+    async fn serve_h1(&self, stream: Stream, guard: Arc<HeadGuard>, shutdown: &ShutdownWatch) {
+        let mut session = ServerSession::new_http1(stream);
         session.set_keepalive(match *shutdown.borrow() {
             true => None,
             false => Some(FIRST_REQUEST_KEEPALIVE_SECS),
         });
+        let mut first = true;
         loop {
-            guard.arm();
+            guard.arm(std::mem::take(&mut first));
             // Handed to the request's first phase (`on_connection_reuse`), which disarms the guard.
             session.set_connection_user_context(Some(Box::new(HeadDone(guard.clone()))));
             let reused = tokio::select! {
@@ -91,10 +93,14 @@ impl ServerApp for Edge {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let guard = HeadGuard::new(self.limits());
+        let stream: Stream = Box::new(GuardedStream::new(stream, guard.clone()));
+        if h2 {
+            // The guard stays unarmed: only the send timeout applies.
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
-        self.serve_h1(stream, shutdown).await;
+        self.serve_h1(stream, guard, shutdown).await;
         None
     }
 
@@ -117,6 +123,9 @@ impl HeadDone {
 async fn refuse(why: Refusal, mut stream: Stream) {
     let err = match why {
         Refusal::HeadTooLarge { limit } => GatewayError::HeaderTooLarge { limit },
+        Refusal::HeadTimeout { partial: true } => GatewayError::RequestTimeout("header"),
+        // A connection that never started a request is closed without a word (as nginx does).
+        Refusal::HeadTimeout { partial: false } => return,
     };
     let peer = stream
         .get_socket_digest()

@@ -4,7 +4,7 @@
 //! Pingora internals), `replay.rs` (the stream used for that), `upstream.rs` (peer and request rewrite),
 //! `respond.rs` (local JSON answers), `server.rs` (Pingora server, proxy and usage-writer services),
 //! `listen.rs` (listening sockets bound before Pingora would), `framing.rs` (request framing checks, HTTP/1.0),
-//! `edge.rs` and `guard.rs` (the connection loop before Pingora's: request head size limit).
+//! `edge.rs` and `guard.rs` (the connection loop before Pingora's: request head limits, send timeout).
 
 mod body;
 mod ctx;
@@ -58,8 +58,6 @@ use models::ModelsCache;
 
 /// Idle time a caller's HTTP/1 connection is kept open between requests.
 const CLIENT_KEEPALIVE_SECS: u64 = 75;
-/// Longest wait for the next piece of a caller's request body.
-const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 const DNS_TTL: Duration = Duration::from_secs(60);
 /// Status recorded for a request whose caller went away before the answer was complete (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
@@ -214,8 +212,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         rt: &Runtime,
     ) -> Result<(), GatewayError> {
-        session.set_read_timeout(Some(CLIENT_BODY_TIMEOUT));
-        let body = body::read_full(session, rt.config.server.max_body_bytes).await?;
+        let body = body::read_full(session, &rt.config.server).await?;
         let info = request::inspect(&body)?;
         // Formatted once: the record, the forwarded-for header of every attempt and the log use it.
         ctx.socket_ip = socket_ip(session);
