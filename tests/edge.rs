@@ -782,3 +782,57 @@ async fn a_caller_that_reads_nothing_is_dropped_with_its_backend_at_send_timeout
     let got = read_until_closed(&mut conn, Duration::from_secs(10)).await;
     assert!(got.closed, "the caller's connection is still open");
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Memory of idle connections (a measurement: `cargo nextest run --test edge --run-ignored only idle`)
+// ---------------------------------------------------------------------------------------------------------------
+
+fn vm_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: opens 2,000 connections"]
+async fn idle_keep_alive_connections_memory() {
+    const CONNECTIONS: usize = 2000;
+    let gw = Gateway::start(&json!({
+        "usage": { "enabled": false },
+        "openai_clients": [client("a", "http://127.0.0.1:9/v1", "exact", &["m1"])],
+    }))
+    .await;
+    let health = b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n";
+    // Warm up, so that allocator pools exist before the baseline.
+    for _ in 0..50 {
+        let mut conn = TcpStream::connect(gw.addr()).await.unwrap();
+        conn.write_all(health).await.unwrap();
+        read_one(&mut conn, WAIT).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = gw.pid().unwrap();
+    let before = vm_rss_kb(pid);
+    let mut conns = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let mut conn = TcpStream::connect(gw.addr()).await.unwrap();
+        conn.write_all(health).await.unwrap();
+        assert_eq!(read_one(&mut conn, WAIT).await.status, 200);
+        conns.push(conn);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = vm_rss_kb(pid);
+    let per_connection = (after - before) as f64 / CONNECTIONS as f64;
+    eprintln!(
+        "VmRSS {before} kB before, {after} kB with {CONNECTIONS} idle keep-alive connections: \
+         +{} kB, {per_connection:.1} kB each",
+        after - before
+    );
+    assert!(
+        per_connection < 64.0,
+        "{per_connection:.1} kB per idle connection"
+    );
+}

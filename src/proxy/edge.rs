@@ -68,13 +68,13 @@ impl Edge {
             session.set_connection_user_context(Some(Box::new(HeadDone(guard.clone()))));
             let reused = tokio::select! {
                 biased;
-                (why, stream) = guard.refused() => return refuse(why, stream).await,
+                (why, stream) = guard.refused() => return Box::pin(refuse(why, stream)).await,
                 reused = self.proxy.process_new_http(session, shutdown) => reused,
             };
             let Some((stream, settings)) = reused.map(|r| r.consume()) else {
                 // Pingora gave up on the request (its own timeout) after the guard took the socket.
                 if let Some((why, stream)) = guard.take_refused() {
-                    refuse(why, stream).await;
+                    Box::pin(refuse(why, stream)).await;
                 }
                 return;
             };
@@ -119,7 +119,8 @@ impl HeadDone {
     }
 }
 
-/// Answers a refused head and closes the connection.
+/// Answers a refused head and closes the connection. Boxed where awaited, so that the loop's future (held by
+/// every idle connection) does not grow by this one's size.
 async fn refuse(why: Refusal, mut stream: Stream) {
     let err = match why {
         Refusal::HeadTooLarge { limit } => GatewayError::HeaderTooLarge { limit },
@@ -164,7 +165,8 @@ fn raw_answer(err: &GatewayError) -> Vec<u8> {
 /// Sends our FIN, then reads and drops what the caller still sends, until it closes or [`LINGER`] passes.
 async fn linger(stream: &mut Stream) {
     let _ = AsyncWriteExt::shutdown(stream).await;
-    let mut sink = [0u8; 16 * 1024];
+    // On the heap: a buffer in this future would be part of every idle connection's state.
+    let mut sink = vec![0u8; 16 * 1024];
     let _ = tokio::time::timeout(LINGER, async {
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
     })

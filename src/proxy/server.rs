@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownWatch};
@@ -124,7 +125,12 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
                 tls::CertWatcher { store, gateway },
             ));
         }
-        None => service.add_tcp(&args.listen),
+        // No read buffer under plain HTTP: Pingora reads heads and bodies into buffers of its own, and the
+        // default 64 KiB one was most of what an idle keep-alive connection costs. (TLS keeps it: rustls reads
+        // 16 KiB records, where the buffer saves syscalls.)
+        None => service.add_listener(
+            ListenerConfig::tcp(args.listen.clone()).l4_buffer(L4BufferSettings::default().read(0)),
+        ),
     }
     server.add_service(Prebound::new(service, args.upgrade)?);
     server.run(RunArgs::default());
