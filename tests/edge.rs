@@ -836,3 +836,133 @@ async fn idle_keep_alive_connections_memory() {
         "{per_connection:.1} kB per idle connection"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Pipelining
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Reads `n` complete responses from `conn`, in order.
+async fn read_n(conn: &mut TcpStream, n: usize, within: Duration) -> Vec<Parsed> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let mut rest = &bytes[..];
+        let mut parsed = Vec::new();
+        while let Some((p, used)) = parse_one(rest, false) {
+            parsed.push(p);
+            rest = &rest[used..];
+        }
+        if parsed.len() >= n {
+            return parsed;
+        }
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(Ok(k)) if k > 0 => bytes.extend_from_slice(&buf[..k]),
+            other => panic!(
+                "{} of {n} responses ({other:?}): {:?}",
+                parsed.len(),
+                String::from_utf8_lossy(&bytes)
+            ),
+        }
+    }
+}
+
+fn chat_answer_model(p: &Parsed) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+    v["model"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_are_all_answered_in_order() {
+    let mock = Mock::start("edge").await;
+    let gw = Gateway::start(&config(vec![client(
+        "a",
+        &mock.base_url("/v1"),
+        "keyword",
+        &["m"],
+    )]))
+    .await;
+    let chat = |model: &str| {
+        let body =
+            format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+        post("HTTP/1.1", "", &body)
+    };
+    let health = b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n".to_vec();
+    let big = format!(
+        r#"{{"model":"m-big","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(200 * 1024)
+    );
+    // A chunked body over 64 KiB takes the gateway's replay path (see src/proxy/body.rs).
+    let chunked_big = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        big.len()
+    )
+    .into_bytes();
+    let stream = post(
+        "HTTP/1.1",
+        "",
+        r#"{"model":"m-s","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    let mut all = Vec::new();
+    for part in [
+        chat("m-1"),
+        health.clone(),
+        chat("m-2"),
+        chunked_big,
+        stream,
+        chat("m-3"),
+        health,
+    ] {
+        all.extend_from_slice(&part);
+    }
+    let mut conn = TcpStream::connect(gw.addr()).await.unwrap();
+    // All at once, before reading anything.
+    conn.write_all(&all).await.unwrap();
+    let answers = read_n(&mut conn, 7, Duration::from_secs(10)).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200; 7]);
+    assert_eq!(chat_answer_model(&answers[0]), "m-1");
+    assert_eq!(answers[1].body, br#"{"status":"ok"}"#);
+    assert_eq!(chat_answer_model(&answers[2]), "m-2");
+    assert_eq!(chat_answer_model(&answers[3]), "m-big");
+    assert_eq!(
+        String::from_utf8_lossy(&answers[4].body),
+        Mock::sse_events("m-s", 3).concat()
+    );
+    assert_eq!(chat_answer_model(&answers[5]), "m-3");
+    assert_eq!(answers[6].body, br#"{"status":"ok"}"#);
+    assert_eq!(mock.count(), 5);
+    // The big body reached the backend whole.
+    let big_sent = mock.requests()[2].json();
+    assert_eq!(
+        big_sent["messages"][0]["content"].as_str().unwrap().len(),
+        200 * 1024
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_sent_while_the_previous_streams_is_answered_after_it() {
+    let mock = Mock::start("edge").await;
+    mock.set_sse(5, Duration::from_millis(100));
+    let gw = Gateway::start(&config(vec![client(
+        "a",
+        &mock.base_url("/v1"),
+        "exact",
+        &["m1"],
+    )]))
+    .await;
+    let mut conn = TcpStream::connect(gw.addr()).await.unwrap();
+    conn.write_all(&post("HTTP/1.1", "", STREAM_CHAT))
+        .await
+        .unwrap();
+    // Once the stream is under way (the backend has the request), the next request follows on the connection.
+    assert!(common::wait_until(WAIT, || mock.count() == 1).await);
+    conn.write_all(&post("HTTP/1.1", "", CHAT)).await.unwrap();
+    let answers = read_n(&mut conn, 2, Duration::from_secs(10)).await;
+    assert_eq!(
+        String::from_utf8_lossy(&answers[0].body),
+        Mock::sse_events("m1", 5).concat()
+    );
+    assert_eq!(chat_answer_model(&answers[1]), "m1");
+}

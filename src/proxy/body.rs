@@ -129,11 +129,13 @@ fn expects_continue(session: &Session) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// Swaps the HTTP/1 downstream for one that reads a rebuilt, body-less copy of the request first.
+/// Swaps the HTTP/1 downstream for one that reads a rebuilt, body-less copy of the request first, followed by
+/// whatever the caller sent after the body (pipelined requests, which the old session had read ahead).
 async fn replace_with_replay(session: &mut Session) -> Result<(), GatewayError> {
     let placeholder = ServerSession::new_http1(Box::new(std::io::Cursor::new(Vec::new())));
     let old = std::mem::replace(&mut *session.downstream_session, placeholder);
     let keepalive = old.get_keepalive();
+    let pipelining = old.pipelining_enabled();
     let h1 = match old {
         ServerSession::H1(h1) => h1,
         other => {
@@ -141,27 +143,40 @@ async fn replace_with_replay(session: &mut Session) -> Result<(), GatewayError> 
             return Err(GatewayError::LengthRequired);
         }
     };
-    let head = rebuilt_head(h1.req_header());
-    let stream = h1.into_inner();
-    let mut replayed = ServerSession::new_http1(Box::new(ReplayStream::new(head, stream)));
+    let mut head = rebuilt_head(h1.req_header());
+    let lost = || GatewayError::Internal("could not re-read the request head".into());
+    let stream = if pipelining && h1.will_keepalive() {
+        // The body is complete, so this only hands over the stream and the bytes read past the body.
+        let (stream, ahead) = h1
+            .reuse()
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(lost)?
+            .into_parts();
+        if let Some(ahead) = ahead {
+            head.extend_from_slice(&ahead);
+        }
+        stream
+    } else {
+        h1.into_inner()
+    };
+    let mut replayed = ServerSession::new_http1(Box::new(ReplayStream::new(head.freeze(), stream)));
     match replayed.read_request().await {
         Ok(true) => {}
-        Ok(false) | Err(_) => {
-            return Err(GatewayError::Internal(
-                "could not re-read the request head".into(),
-            ))
-        }
+        Ok(false) | Err(_) => return Err(lost()),
     }
     replayed.set_keepalive(keepalive);
+    replayed.set_pipelining_enabled(pipelining);
     *session.downstream_session = replayed;
     Ok(())
 }
 
 /// The request line and headers as received, minus body framing, with `content-length: 0`.
-fn rebuilt_head(req: &pingora::http::RequestHeader) -> Bytes {
-    let mut out = Vec::with_capacity(1024);
+fn rebuilt_head(req: &pingora::http::RequestHeader) -> BytesMut {
+    let mut out = BytesMut::with_capacity(1024);
     out.extend_from_slice(req.method.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     out.extend_from_slice(req.uri.to_string().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers.iter() {
@@ -177,5 +192,5 @@ fn rebuilt_head(req: &pingora::http::RequestHeader) -> Bytes {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"content-length: 0\r\n\r\n");
-    Bytes::from(out)
+    out
 }

@@ -61,6 +61,9 @@ impl Edge {
             true => None,
             false => Some(FIRST_REQUEST_KEEPALIVE_SECS),
         });
+        // Requests sent before the previous answer (RFC 9112 section 9.3.2) are answered one after the other,
+        // in order; without this Pingora answers the first and closes. Carried to later sessions by Pingora.
+        session.set_pipelining_enabled(true);
         let mut first = true;
         loop {
             guard.arm(std::mem::take(&mut first));
