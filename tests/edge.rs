@@ -966,3 +966,53 @@ async fn a_request_sent_while_the_previous_streams_is_answered_after_it() {
     );
     assert_eq!(chat_answer_model(&answers[1]), "m1");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_header_bytes_holds_for_http2_too() {
+    let mock = Mock::start("edge").await;
+    let cert = common::tls::SelfSigned::localhost();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = json!({
+        "server": {
+            "max_header_bytes": 2048,
+            "tls": { "cert_path": cert.cert, "key_path": cert.key },
+        },
+        "openai_clients": [client("a", &mock.base_url("/v1"), "exact", &["m1"])],
+    });
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, to_yaml(&cfg)).unwrap();
+    let ca = cert.cert.clone();
+    let (_gw, port) = common::process::start(
+        "gateway",
+        dir.path(),
+        |port| common::process::gateway_args(&config_path, port, None, &[]),
+        |port| {
+            let ca = ca.clone();
+            async move { common::process::https_healthy(port, &ca).await }
+        },
+    )
+    .await;
+    let status_with_pad = |pad: usize| {
+        let ca = ca.clone();
+        async move {
+            let out = common::process::curl(&[
+                "--http2".into(),
+                "-sS".into(),
+                "-o".into(),
+                "/dev/null".into(),
+                "-w".into(),
+                "%{http_version} %{http_code}".into(),
+                "--cacert".into(),
+                ca.into(),
+                "-H".into(),
+                format!("x-pad: {}", "a".repeat(pad)).into(),
+                format!("https://127.0.0.1:{port}/health").into(),
+            ])
+            .await;
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    assert_eq!(status_with_pad(1000).await, "2 200");
+    // The h2 codec answers 431 itself (no JSON body).
+    assert_eq!(status_with_pad(4000).await, "2 431");
+}

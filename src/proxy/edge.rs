@@ -5,7 +5,8 @@
 //!
 //! It does what Pingora's own HTTP server loop does (one `process_new_http` per request, the connection's
 //! settings carried to the next), with the guard armed before each request. HTTP/2 connections (TLS with ALPN
-//! h2) go to Pingora's loop: the h2 codec bounds their headers itself; the send timeout applies to them too.
+//! h2) go to Pingora's loop: the h2 codec bounds their headers (to `max_header_bytes` as configured at start);
+//! the send timeout applies to them too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
@@ -38,7 +40,13 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn new(proxy: HttpProxy<Proxy>, gateway: Arc<Gateway>) -> Self {
+    pub fn new(mut proxy: HttpProxy<Proxy>, gateway: Arc<Gateway>) -> Self {
+        // HTTP/2 heads are bounded by the h2 codec (Pingora's default: 64 KiB): the same limit as HTTP/1, as
+        // configured at start.
+        let mut h2 = default_h2_options();
+        let limit = gateway.runtime().config.server.max_header_bytes;
+        h2.max_header_list_size(u32::try_from(limit).unwrap_or(u32::MAX));
+        proxy.h2_options = Some(h2);
         Edge {
             proxy: Arc::new(proxy),
             gateway,
