@@ -8,6 +8,8 @@
 //! first request, from the first byte for a later one (the idle wait between requests is Pingora's keep-alive
 //! timeout). On either, the stream hands the socket to the edge, which answers (431, 408) and closes. The guard
 //! is disarmed by the proxy's first phase for the request ([`HeadGuard::head_done`]), so bodies never count.
+//! What counts is what is read from the socket while armed: the start of a pipelined request that Pingora read
+//! along with the previous one (at most one read's worth) is not counted again.
 //!
 //! Writes: a write that makes no progress for `send_timeout` fails (nginx's `send_timeout`), which ends the
 //! request and its backend connection; Pingora's own write timeout restarts with each write call instead.
@@ -260,6 +262,10 @@ impl AsyncRead for GuardedStream {
     ) -> Poll<io::Result<()>> {
         if self.guard.armed.load(Ordering::Acquire) {
             return self.poll_head_read(cx, buf);
+        }
+        if self.head_timer.is_some() {
+            // The head arrived in time: no timer is kept (nor fires) while the request runs or the connection idles.
+            self.head_timer = None;
         }
         match self.inner.as_mut() {
             Some(inner) => Pin::new(&mut **inner).poll_read(cx, buf),
