@@ -44,6 +44,21 @@ pub enum GatewayError {
     UpstreamModelNotAllowed { model: String, skipped: String },
     #[error("The request path has an encoded `/`, `\\` or control character.")]
     BadPath,
+    /// An HTTP/1.1 request without exactly one Host header (RFC 9112 section 3.2).
+    #[error("An HTTP/1.1 request needs exactly one Host header.")]
+    BadHost,
+    /// The request line and headers did not end within `server.max_header_bytes`.
+    #[error(
+        "Request header fields too large: the request line and headers may take {limit} bytes."
+    )]
+    HeaderTooLarge { limit: usize },
+    /// The request's head or body did not arrive in time (`server.client_header_timeout_ms`,
+    /// `client_body_timeout_ms`).
+    #[error("The request {0} did not arrive in time.")]
+    RequestTimeout(&'static str),
+    /// A Transfer-Encoding other than exactly `chunked` (nginx answers these 501 as well).
+    #[error("Transfer-Encoding `{0}` is not supported: send `chunked` alone, or Content-Length.")]
+    UnsupportedTransferEncoding(String),
     /// Over a key's rpm or tpm; the message says which and when to retry.
     #[error("{0}")]
     RateLimited(String),
@@ -67,22 +82,41 @@ impl GatewayError {
             | Self::ModelTooLong { .. }
             | Self::InvalidType { .. }
             | Self::BadPath
+            | Self::BadHost
             | Self::BodyRead(_) => 400,
             Self::InvalidApiKey => 401,
             Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => 403,
             Self::RateLimited(_) => 429,
             Self::ModelNotFound(_) | Self::NotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
+            Self::RequestTimeout(_) => 408,
             Self::LengthRequired => 411,
             Self::BodyTooLarge { .. } => 413,
+            Self::HeaderTooLarge { .. } => 431,
             Self::UpstreamUnreachable { .. } => 502,
             Self::UpstreamTimeout { .. } => 504,
             Self::Internal(_) => 500,
+            Self::UnsupportedTransferEncoding(_) => 501,
         }
+    }
+
+    /// The caller's connection must close after this answer: its framing is broken or unknown, so the
+    /// bytes after the head cannot be trusted to start the next request (nginx closes these too).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::BodyRead(_)
+                | Self::BadHost
+                | Self::UnsupportedTransferEncoding(_)
+                | Self::HeaderTooLarge { .. }
+                | Self::RequestTimeout(_)
+        )
     }
 
     fn kind(&self) -> &'static str {
         match self.status() {
+            // The caller's request is what is not supported.
+            501 => "invalid_request_error",
             500..=599 => "api_error",
             // OpenAI's names for these two.
             429 => "requests",
@@ -114,8 +148,12 @@ impl GatewayError {
             Self::InvalidApiKey => "invalid_api_key",
             Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => "model_not_allowed",
             Self::BadPath => "invalid_path",
+            Self::BadHost => "invalid_host",
+            Self::UnsupportedTransferEncoding(_) => "unsupported_transfer_encoding",
             Self::RateLimited(_) => "rate_limit_exceeded",
             Self::BodyTooLarge { .. } => "request_too_large",
+            Self::HeaderTooLarge { .. } => "request_header_too_large",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::BodyRead(_) => "invalid_body",
             Self::LengthRequired => "length_required",
             Self::NotFound(_) => "unknown_url",

@@ -15,7 +15,8 @@ use super::file::{self, key_path, FileConfig};
 use super::logging::{compile_logging, metrics_listen};
 use super::{env, Config, ConfigError, ConfigErrors, ServerSettings, TlsPaths, UsageSettings};
 use super::{
-    DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MODELS_CACHE_SECONDS, DEFAULT_MODELS_TIMEOUT_MS,
+    DEFAULT_CLIENT_TIMEOUT_MS, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MODELS_CACHE_SECONDS, DEFAULT_MODELS_TIMEOUT_MS,
 };
 
 pub(super) const MISSING: &str = "required field is missing";
@@ -185,6 +186,27 @@ fn compile_server(server: file::ServerFile, errors: &mut Errors) -> ServerSettin
         tls,
         metrics_listen,
         trusted_proxies: trusted_proxies(&mut s, server.trusted_proxies.unwrap_or_default()),
+        max_header_bytes: size(
+            &mut s,
+            "max_header_bytes",
+            server.max_header_bytes,
+            DEFAULT_MAX_HEADER_BYTES,
+        ),
+        client_header_timeout: Duration::from_millis(s.positive(
+            "client_header_timeout_ms",
+            server.client_header_timeout_ms,
+            DEFAULT_CLIENT_TIMEOUT_MS,
+        )),
+        client_body_timeout: Duration::from_millis(s.positive(
+            "client_body_timeout_ms",
+            server.client_body_timeout_ms,
+            DEFAULT_CLIENT_TIMEOUT_MS,
+        )),
+        send_timeout: Duration::from_millis(s.positive(
+            "send_timeout_ms",
+            server.send_timeout_ms,
+            DEFAULT_CLIENT_TIMEOUT_MS,
+        )),
     }
 }
 
@@ -356,6 +378,28 @@ openai_clients:
     }
 
     #[test]
+    fn edge_limits_default_and_must_be_positive() {
+        let config = compile("openai_clients: []\n", &no_env).unwrap();
+        assert_eq!(config.server.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+        let sixty = Duration::from_secs(60);
+        assert_eq!(config.server.client_header_timeout, sixty);
+        assert_eq!(config.server.client_body_timeout, sixty);
+        assert_eq!(config.server.send_timeout, sixty);
+        let text =
+            "openai_clients: []\nserver: {max_header_bytes: 0, client_header_timeout_ms: 0, \
+                    client_body_timeout_ms: -1, send_timeout_ms: 0}\n";
+        assert_eq!(
+            errors(text),
+            [
+                "server.max_header_bytes: must be a positive integer",
+                "server.client_header_timeout_ms: must be a positive integer",
+                "server.client_body_timeout_ms: must be a positive integer",
+                "server.send_timeout_ms: must be a positive integer",
+            ]
+        );
+    }
+
+    #[test]
     fn the_example_file_compiles_with_no_environment() {
         let text = include_str!("../../config/config.example.yaml");
         let config = compile(text, &no_env).unwrap_or_else(|e| panic!("{e}"));
@@ -397,7 +441,7 @@ openai_clients:
     fn bad_server_and_usage_values_are_reported_with_their_paths() {
         let text = "server: {listen: 'localhost', lisen: 1}\nopenai_clients: []\nx: 1";
         let expected = [
-            "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies",
+            "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies, max_header_bytes, client_header_timeout_ms, client_body_timeout_ms, send_timeout_ms",
             "x: unknown field, expected one of openai_clients, server, usage, failover, auth, logging",
             "server.listen: expected an address such as 0.0.0.0:8000, not \"localhost\"",
         ];

@@ -63,6 +63,10 @@ pub(super) struct ServerFile {
     pub tls: Option<TlsFile>,
     pub metrics_listen: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub max_header_bytes: Option<i64>,
+    pub client_header_timeout_ms: Option<i64>,
+    pub client_body_timeout_ms: Option<i64>,
+    pub send_timeout_ms: Option<i64>,
 }
 
 /// `server.tls`: serve HTTPS (HTTP/2 and HTTP/1.1 through ALPN) with this PEM certificate chain and key.
@@ -168,6 +172,10 @@ const SERVER: Shape = Shape::Section(&[
     ("tls", TLS),
     ("metrics_listen", Shape::Str),
     ("trusted_proxies", Shape::ListOf(&Shape::Str)),
+    ("max_header_bytes", Shape::Int),
+    ("client_header_timeout_ms", Shape::Int),
+    ("client_body_timeout_ms", Shape::Int),
+    ("send_timeout_ms", Shape::Int),
 ]);
 
 const TLS: Shape = Shape::Section(&[("cert_path", Shape::Str), ("key_path", Shape::Str)]);
@@ -456,7 +464,7 @@ openai_clients:
     failure_threshold: 8
     cooldown_seconds: 9
     retry_on: [500]
-server: {listen: "127.0.0.1:1", max_body_bytes: 3, expose_backend_header: false, models_timeout_ms: 4, models_cache_seconds: 5, tls: {cert_path: c.pem, key_path: k.pem}, metrics_listen: "127.0.0.1:2"}
+server: {listen: "127.0.0.1:1", max_body_bytes: 3, expose_backend_header: false, models_timeout_ms: 4, models_cache_seconds: 5, tls: {cert_path: c.pem, key_path: k.pem}, metrics_listen: "127.0.0.1:2", max_header_bytes: 6, client_header_timeout_ms: 7, client_body_timeout_ms: 8, send_timeout_ms: 9}
 failover: {max_fallback_hops: 1, failure_threshold: 2, cooldown_seconds: 3, retry_on: [429]}
 usage:
   dir: db
@@ -505,7 +513,11 @@ logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_
                 "models_cache_seconds",
                 "tls",
                 "metrics_listen",
-                "trusted_proxies"
+                "trusted_proxies",
+                "max_header_bytes",
+                "client_header_timeout_ms",
+                "client_body_timeout_ms",
+                "send_timeout_ms"
             ]
         );
         assert_eq!(server.expose_backend_header, Some(false));
@@ -544,7 +556,7 @@ logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_
                 "openai_clients[0].model_match.type: expected a string",
                 "openai_clients[0].model_match.valu: unknown field, expected one of type, value",
                 "openai_clients[1]: expected a mapping",
-                "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies",
+                "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies, max_header_bytes, client_header_timeout_ms, client_body_timeout_ms, send_timeout_ms",
                 "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging",
                 "usage.record_bodies: expected true or false",
                 "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity, queue_max_mb",

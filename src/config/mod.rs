@@ -75,6 +75,14 @@ pub struct ServerSettings {
     /// `server.trusted_proxies`: peers whose `X-Forwarded-For` is believed (empty: none, the socket peer is
     /// the caller).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `server.max_header_bytes`: the most a request line and its headers may take (431 beyond).
+    pub max_header_bytes: usize,
+    /// `server.client_header_timeout_ms`: the whole request head must arrive within this.
+    pub client_header_timeout: Duration,
+    /// `server.client_body_timeout_ms`: the body must arrive within this (plus 1 s per 64 KiB received).
+    pub client_body_timeout: Duration,
+    /// `server.send_timeout_ms`: a write to a caller that reads nothing fails after this.
+    pub send_timeout: Duration,
 }
 
 /// The PEM files of `server.tls` (relative paths are relative to the working directory).
@@ -87,6 +95,10 @@ pub struct TlsPaths {
 }
 
 pub const DEFAULT_MODELS_TIMEOUT_MS: u64 = 5_000;
+/// nginx's `large_client_header_buffers 4 8k` allows 32 KiB; 64 KiB leaves room for long bearer tokens.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// nginx's default for `client_header_timeout`, `client_body_timeout` and `send_timeout`.
+pub const DEFAULT_CLIENT_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_MODELS_CACHE_SECONDS: u64 = 60;
 
 /// The `usage:` section: where and how usage records are stored. Every field has a default.

@@ -10,19 +10,40 @@
 //!
 //! This relies on pingora-proxy internals: the version is pinned and tests send multi-MB bodies both ways.
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
+use tokio::time::Instant;
 
 use super::replay::ReplayStream;
+use crate::config::ServerSettings;
 use crate::error::GatewayError;
 
 /// Pingora's retry buffer size (`BODY_BUF_LIMIT` in pingora-core).
 const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 
-/// Reads the complete request body (at most `limit` bytes) and arranges for Pingora to forward it.
-pub async fn read_full(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+/// How much longer than `client_body_timeout` a body may take, per byte received: 1 s per 64 KiB, so that an
+/// upload at 64 KiB/s or faster never times out while a trickle does.
+const BODY_ALLOWANCE_BYTES_PER_SEC: u64 = 64 * 1024;
+
+/// Reads the complete request body (at most `server.max_body_bytes`, within `server.client_body_timeout` plus
+/// its allowance) and arranges for Pingora to forward it.
+pub async fn read_full(
+    session: &mut Session,
+    server: &ServerSettings,
+) -> Result<Bytes, GatewayError> {
+    let started = Instant::now();
+    // Pingora's timeout for each read; the deadline below bounds the whole body.
+    session.set_read_timeout(Some(server.client_body_timeout));
+    let deadline = |received: usize| {
+        let allowance =
+            u64::try_from(received).unwrap_or(u64::MAX) * 1000 / BODY_ALLOWANCE_BYTES_PER_SEC;
+        started + server.client_body_timeout + Duration::from_millis(allowance)
+    };
+    let limit = server.max_body_bytes;
     let declared = declared_length(session)?;
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::BodyTooLarge { limit });
@@ -41,10 +62,11 @@ pub async fn read_full(session: &mut Session, limit: usize) -> Result<Bytes, Gat
     // Stops as soon as Pingora says the body is complete: one more read would only return None, at the
     // cost of arming a read timer.
     while !session.is_body_done() {
-        let Some(chunk) = session
-            .read_request_body()
+        let read = tokio::time::timeout_at(deadline(body.len()), session.read_request_body());
+        let Some(chunk) = read
             .await
-            .map_err(|e| GatewayError::BodyRead(e.to_string()))?
+            .map_err(|_| GatewayError::RequestTimeout("body"))?
+            .map_err(read_error)?
         else {
             break;
         };
@@ -64,6 +86,14 @@ pub async fn read_full(session: &mut Session, limit: usize) -> Result<Bytes, Gat
         }
     }
     finish(session, body.freeze()).await
+}
+
+/// A failed body read: a stall (Pingora's per-read timeout) is the caller's timeout, anything else broken framing.
+fn read_error(e: Box<pingora::Error>) -> GatewayError {
+    match e.etype() {
+        pingora::ErrorType::ReadTimedout => GatewayError::RequestTimeout("body"),
+        _ => GatewayError::BodyRead(e.to_string()),
+    }
 }
 
 /// Arranges for the complete `body` to be sent upstream (see the module notes) and returns it.
@@ -99,11 +129,13 @@ fn expects_continue(session: &Session) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// Swaps the HTTP/1 downstream for one that reads a rebuilt, body-less copy of the request first.
+/// Swaps the HTTP/1 downstream for one that reads a rebuilt, body-less copy of the request first, followed by
+/// whatever the caller sent after the body (pipelined requests, which the old session had read ahead).
 async fn replace_with_replay(session: &mut Session) -> Result<(), GatewayError> {
     let placeholder = ServerSession::new_http1(Box::new(std::io::Cursor::new(Vec::new())));
     let old = std::mem::replace(&mut *session.downstream_session, placeholder);
     let keepalive = old.get_keepalive();
+    let pipelining = old.pipelining_enabled();
     let h1 = match old {
         ServerSession::H1(h1) => h1,
         other => {
@@ -111,27 +143,40 @@ async fn replace_with_replay(session: &mut Session) -> Result<(), GatewayError> 
             return Err(GatewayError::LengthRequired);
         }
     };
-    let head = rebuilt_head(h1.req_header());
-    let stream = h1.into_inner();
-    let mut replayed = ServerSession::new_http1(Box::new(ReplayStream::new(head, stream)));
+    let mut head = rebuilt_head(h1.req_header());
+    let lost = || GatewayError::Internal("could not re-read the request head".into());
+    let stream = if pipelining && h1.will_keepalive() {
+        // The body is complete, so this only hands over the stream and the bytes read past the body.
+        let (stream, ahead) = h1
+            .reuse()
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(lost)?
+            .into_parts();
+        if let Some(ahead) = ahead {
+            head.extend_from_slice(&ahead);
+        }
+        stream
+    } else {
+        h1.into_inner()
+    };
+    let mut replayed = ServerSession::new_http1(Box::new(ReplayStream::new(head.freeze(), stream)));
     match replayed.read_request().await {
         Ok(true) => {}
-        Ok(false) | Err(_) => {
-            return Err(GatewayError::Internal(
-                "could not re-read the request head".into(),
-            ))
-        }
+        Ok(false) | Err(_) => return Err(lost()),
     }
     replayed.set_keepalive(keepalive);
+    replayed.set_pipelining_enabled(pipelining);
     *session.downstream_session = replayed;
     Ok(())
 }
 
 /// The request line and headers as received, minus body framing, with `content-length: 0`.
-fn rebuilt_head(req: &pingora::http::RequestHeader) -> Bytes {
-    let mut out = Vec::with_capacity(1024);
+fn rebuilt_head(req: &pingora::http::RequestHeader) -> BytesMut {
+    let mut out = BytesMut::with_capacity(1024);
     out.extend_from_slice(req.method.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     out.extend_from_slice(req.uri.to_string().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers.iter() {
@@ -147,7 +192,7 @@ fn rebuilt_head(req: &pingora::http::RequestHeader) -> Bytes {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"content-length: 0\r\n\r\n");
-    Bytes::from(out)
+    out
 }
 
 #[cfg(test)]

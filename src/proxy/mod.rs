@@ -2,10 +2,16 @@
 //!
 //! Layout: `ctx.rs` (per-request state and its usage record), `body.rs` (reading the body before routing;
 //! Pingora internals), `replay.rs` (the stream used for that), `upstream.rs` (peer and request rewrite),
-//! `respond.rs` (local JSON answers), `server.rs` (Pingora server, proxy and usage-writer services).
+//! `respond.rs` (local JSON answers), `server.rs` (Pingora server, proxy and usage-writer services),
+//! `listen.rs` (listening sockets bound before Pingora would), `framing.rs` (request framing checks, HTTP/1.0),
+//! `edge.rs` and `guard.rs` (the connection loop before Pingora's: request head limits, send timeout).
 
 mod body;
 mod ctx;
+mod edge;
+mod framing;
+mod guard;
+mod listen;
 mod models;
 pub mod reload;
 mod replay;
@@ -53,8 +59,6 @@ use models::ModelsCache;
 
 /// Idle time a caller's HTTP/1 connection is kept open between requests.
 const CLIENT_KEEPALIVE_SECS: u64 = 75;
-/// Longest wait for the next piece of a caller's request body.
-const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 const DNS_TTL: Duration = Duration::from_secs(60);
 
 /// One loaded config and the routing table built from it; swapped whole on reload.
@@ -157,7 +161,7 @@ impl Gateway {
         err: GatewayError,
         headers: &[(&'static str, String)],
     ) -> Result<bool> {
-        if !session.is_body_done() {
+        if err.closes_connection() || !session.is_body_done() {
             // Unread body bytes would be taken for the next request: close the connection afterwards.
             session.set_keepalive(None);
         }
@@ -207,8 +211,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         rt: &Runtime,
     ) -> Result<(), GatewayError> {
-        session.set_read_timeout(Some(CLIENT_BODY_TIMEOUT));
-        let body = body::read_full(session, rt.config.server.max_body_bytes).await?;
+        let body = body::read_full(session, &rt.config.server).await?;
         let info = request::inspect(&body)?;
         // Formatted once: the record, the forwarded-for header of every attempt and the log use it.
         ctx.socket_ip = socket_ip(session);
@@ -468,12 +471,31 @@ impl ProxyHttp for Proxy {
         RequestCtx::new()
     }
 
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        connection: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        // Called once the request head is parsed (see edge.rs): the head limits no longer apply.
+        if let Some(head) = connection.downcast_ref::<edge::HeadDone>() {
+            head.disarm();
+        }
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.metrics.request_started();
         ctx.metered = true;
         let rt = self.runtime.load_full();
         ctx.runtime = Some(rt.clone());
-        session.set_keepalive(Some(CLIENT_KEEPALIVE_SECS));
+        if session.get_keepalive().is_some() {
+            // Only where the caller keeps the connection (not for `Connection: close`, nor HTTP/1.0 without
+            // `keep-alive`): Pingora's default would keep it forever.
+            session.set_keepalive(Some(CLIENT_KEEPALIVE_SECS));
+        }
+        if let Err(e) = framing::check_request(session.req_header_mut()) {
+            return self.reject(session, ctx, e).await;
+        }
         if let Err(e) = normalize_uri(session, rt.auth.as_deref()) {
             return self.reject(session, ctx, e).await;
         }
@@ -697,6 +719,16 @@ impl ProxyHttp for Proxy {
         if rt.config.server.expose_backend_header {
             resp.insert_header(X_GPT_API_BACKEND, cand.client.name.as_str())?;
         }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        framing::fit_response_to(session.req_header().version, resp);
         Ok(())
     }
 

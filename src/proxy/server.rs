@@ -4,12 +4,16 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::proxy::http_proxy_service;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 use tokio::sync::Mutex;
 
+use super::edge::Edge;
+use super::listen::Prebound;
 use super::reload::{fingerprint, ReloadService};
 use super::{Gateway, GatewayParts, Proxy};
 use crate::config::Config;
@@ -116,7 +120,8 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
     metrics.watch_usage(queue.stats());
     if let Some(addr) = &config.server.metrics_listen {
-        server.add_service(crate::metrics::service(metrics.clone(), addr));
+        let service = crate::metrics::service(metrics.clone(), addr);
+        server.add_service(Prebound::new(service, args.upgrade)?);
     }
     let parts = GatewayParts {
         usage: queue,
@@ -130,7 +135,11 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         "config reload",
         ReloadService(gateway.clone()),
     ));
-    let mut service = http_proxy_service(&server.configuration, Proxy(gateway.clone()));
+    let proxy = http_proxy(&server.configuration, Proxy(gateway.clone()));
+    let mut service = Service::new(
+        "Pingora HTTP Proxy Service".to_string(),
+        Edge::new(proxy, gateway.clone()),
+    );
     match certs {
         Some(store) => {
             service.add_tls_with_settings(&args.listen, None, store.settings()?);
@@ -139,9 +148,14 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
                 tls::CertWatcher { store, gateway },
             ));
         }
-        None => service.add_tcp(&args.listen),
+        // No read buffer under plain HTTP: Pingora reads heads and bodies into buffers of its own, and the
+        // default 64 KiB one was most of what an idle keep-alive connection costs. (TLS keeps it: rustls reads
+        // 16 KiB records, where the buffer saves syscalls.)
+        None => service.add_listener(
+            ListenerConfig::tcp(args.listen.clone()).l4_buffer(L4BufferSettings::default().read(0)),
+        ),
     }
-    server.add_service(service);
+    server.add_service(Prebound::new(service, args.upgrade)?);
     server.run(RunArgs::default());
     // Every request has ended (or was dropped with its runtime, leaving its record): write what is queued.
     writer.blocking_lock().drain_now();

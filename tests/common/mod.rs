@@ -6,6 +6,7 @@ pub mod http;
 pub mod mock;
 pub mod process;
 pub mod python;
+pub mod raw;
 pub mod records;
 pub mod reload;
 pub mod tls;
