@@ -255,7 +255,7 @@ mod tests {
             let head = rebuilt_head(&req);
             // What follows on the connection (the next request, or garbage) changes nothing.
             let inner: pingora::protocols::Stream = Box::new(std::io::Cursor::new(rest));
-            let stream = ReplayStream::new(head, inner);
+            let stream = ReplayStream::new(head.freeze(), inner);
             let mut session = ServerSession::new_http1(Box::new(stream));
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             prop_assert!(runtime.block_on(session.read_request()).unwrap());
