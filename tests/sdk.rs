@@ -1,4 +1,4 @@
-//! The official OpenAI Python SDK (`pip install openai`) against the gateway: chat, streaming chat, models, 404.
+//! The official OpenAI Python SDK (pinned, in a virtualenv under target/) against the gateway: chat, streaming chat, models, 404.
 #![allow(clippy::unwrap_used)]
 
 mod common;
