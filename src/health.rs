@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::HealthPolicy;
+
 /// Health of one client. Lock-free: every request may read it, failures and successes update it.
 #[derive(Debug)]
 pub struct ClientHealth {
@@ -11,13 +13,6 @@ pub struct ClientHealth {
     /// Milliseconds since `epoch` until which the client is skipped (0: not cooling).
     cooled_until_ms: AtomicU64,
     epoch: Instant,
-}
-
-/// When a client is put aside, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthPolicy {
-    pub failure_threshold: u32,
-    pub cooldown: Duration,
 }
 
 impl ClientHealth {

@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn cooling_clients_are_skipped_but_never_all() {
-        use crate::health::HealthPolicy;
+        use crate::config::HealthPolicy;
         let yaml = format!(
             "openai_clients:
   - {{name: a, {BASE}, priority: 1, model_match: {{type: exact, value: m}}}}

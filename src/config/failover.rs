@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use super::compile::{Errors, Section};
 use super::file::{index_path, key_path, FailoverFile};
-use super::{Client, ConfigError, FailoverSettings};
-use super::{DEFAULT_COOLDOWN_SECONDS, DEFAULT_FAILURE_THRESHOLD, DEFAULT_MAX_FALLBACK_HOPS};
-use crate::failover::DEFAULT_RETRY_ON;
-use crate::health::HealthPolicy;
+use super::{Client, ConfigError, FailoverSettings, HealthPolicy};
+use super::{
+    DEFAULT_COOLDOWN_SECONDS, DEFAULT_FAILURE_THRESHOLD, DEFAULT_MAX_FALLBACK_HOPS,
+    DEFAULT_RETRY_ON,
+};
 
 /// What a client inherits when it does not set its own `retry_on`, `failure_threshold`, `cooldown_seconds`.
 #[derive(Debug, Clone)]
@@ -172,7 +173,7 @@ openai_clients:
             &|_| None,
         )
         .unwrap();
-        assert_eq!(plain.clients[0].retry_on, crate::failover::DEFAULT_RETRY_ON);
+        assert_eq!(plain.clients[0].retry_on, crate::config::DEFAULT_RETRY_ON);
         assert_eq!(plain.failover.max_fallback_hops, 3);
         assert!(plain.server.expose_backend_header);
     }

@@ -55,6 +55,16 @@ pub struct FailoverSettings {
 pub const DEFAULT_MAX_FALLBACK_HOPS: u32 = 3;
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
 pub const DEFAULT_COOLDOWN_SECONDS: u64 = 30;
+/// Statuses that move a request on to the next candidate unless the config says otherwise.
+pub const DEFAULT_RETRY_ON: [u16; 9] = [401, 403, 404, 408, 429, 500, 502, 503, 504];
+
+/// When a client is put aside, and for how long. Defined here, not in `health`, so that config depends on
+/// nothing above it; `health` applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    pub failure_threshold: u32,
+    pub cooldown: Duration,
+}
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -196,7 +206,7 @@ pub struct Client {
     /// Backend statuses that move a request on to the next candidate (client's, else global, else default).
     pub retry_on: Vec<u16>,
     /// When consecutive failures put this client aside, and for how long.
-    pub health_policy: crate::health::HealthPolicy,
+    pub health_policy: HealthPolicy,
 }
 
 impl Client {

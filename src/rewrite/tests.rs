@@ -31,7 +31,7 @@ fn client() -> Client {
         connect_timeout: Duration::from_secs(1),
         read_timeout: Duration::from_secs(1),
         retry_on: Vec::new(),
-        health_policy: crate::health::HealthPolicy {
+        health_policy: crate::config::HealthPolicy {
             failure_threshold: 3,
             cooldown: Duration::from_secs(30),
         },
