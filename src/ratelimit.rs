@@ -1,24 +1,23 @@
 //! Per-key requests- and tokens-per-minute limits over a sliding 60 s window, and their OpenAI-style headers.
+//!
+//! [`Limiter`] is what the proxy calls; it keeps the windows in a [`LimitStore`] (`store.rs`), today the
+//! in-process [`MemoryStore`] (`memory.rs`). A store shared across nodes is a new file beside it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+mod memory;
+mod store;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+pub use memory::MemoryStore;
+pub use store::{LimitStore, Limits};
 
 use crate::auth::{Auth, KeyInfo};
 
-/// The window, in seconds; one bucket per second.
-const WINDOW: u64 = 60;
-
-/// The state of every key, by key name, so it outlives a config reload that keeps the key.
-///
-/// The map is read through an atomic pointer (no lock); each key has its own lock, held for a few dozen
-/// additions, so requests of different keys never wait on each other.
+/// The limits of the configured keys, kept in a [`LimitStore`]; state outlives a config reload that keeps
+/// the key.
 pub struct Limiter {
-    /// Bucket seconds count from here.
-    origin: Instant,
-    windows: ArcSwap<HashMap<String, Arc<Mutex<Window>>>>,
+    store: Arc<dyn LimitStore>,
 }
 
 /// What a check decided, with the numbers for the response headers.
@@ -79,36 +78,33 @@ impl Default for Limiter {
 }
 
 impl Limiter {
+    /// A limiter keeping its windows in this process's memory.
     pub fn new() -> Limiter {
-        Limiter {
-            origin: Instant::now(),
-            windows: ArcSwap::from_pointee(HashMap::new()),
-        }
+        Limiter::with_store(Arc::new(MemoryStore::new()))
+    }
+
+    pub fn with_store(store: Arc<dyn LimitStore>) -> Limiter {
+        Limiter { store }
     }
 
     /// Call with each newly loaded config: keys still configured keep their counts (their limits are read
     /// from the [`KeyInfo`] at every check, so changed limits apply at once); removed keys are forgotten.
     pub fn update(&self, auth: &Auth) {
-        self.windows.rcu(|old| {
-            auth.keys()
-                .map(|k| {
-                    (
-                        k.name.clone(),
-                        old.get(&k.name).cloned().unwrap_or_default(),
-                    )
-                })
-                .collect::<HashMap<_, _>>()
-        });
+        let keep: Vec<&str> = auth.keys().map(|k| k.name.as_str()).collect();
+        self.store.release(&keep);
     }
 
     /// Counts one request for `key` if allowed (rpm), and checks tpm against tokens used in the window.
     pub fn check(&self, key: &KeyInfo, now: Instant) -> Decision {
+        // A key without limits costs the store nothing, and gets no headers.
         if key.rpm().is_none() && key.tpm().is_none() {
             return Decision::Allow(Quota::default());
         }
-        let window = self.window(&key.name);
-        let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
-        window.check(key.rpm(), key.tpm(), self.since_origin(now))
+        let limits = Limits {
+            rpm: key.rpm(),
+            tpm: key.tpm(),
+        };
+        self.store.check(&key.name, limits, now)
     }
 
     /// Adds the tokens of a finished request (from streamed or JSON usage) to the key's tpm window.
@@ -116,147 +112,7 @@ impl Limiter {
         if tokens == 0 || key.tpm().is_none() {
             return;
         }
-        let window = self.window(&key.name);
-        let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
-        let bucket = window.bucket(self.since_origin(now).as_secs());
-        bucket.tokens = bucket.tokens.saturating_add(tokens);
-    }
-
-    fn since_origin(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.origin)
-    }
-
-    /// The key's state; created on first use (a key checked before [`Limiter::update`] saw it, e.g. during a
-    /// reload, still gets limited).
-    fn window(&self, name: &str) -> Arc<Mutex<Window>> {
-        if let Some(window) = self.windows.load().get(name) {
-            return Arc::clone(window);
-        }
-        let mut created = Arc::default();
-        self.windows.rcu(|old| {
-            let mut map = HashMap::clone(old);
-            created = Arc::clone(map.entry(name.to_owned()).or_default());
-            map
-        });
-        created
-    }
-}
-
-/// Counts of one second.
-#[derive(Debug, Clone, Copy, Default)]
-struct Bucket {
-    /// Seconds since the limiter's origin.
-    second: u64,
-    requests: u64,
-    tokens: u64,
-}
-
-impl Bucket {
-    /// When this bucket leaves the window.
-    fn expiry(&self) -> Duration {
-        Duration::from_secs(self.second.saturating_add(WINDOW))
-    }
-}
-
-/// One key's last 60 seconds: bucket `s % 60` holds second `s`.
-#[derive(Debug)]
-struct Window {
-    buckets: [Bucket; WINDOW as usize],
-}
-
-impl Default for Window {
-    fn default() -> Self {
-        Window {
-            buckets: [Bucket::default(); WINDOW as usize],
-        }
-    }
-}
-
-impl Window {
-    fn check(&mut self, rpm: Option<u32>, tpm: Option<u64>, at: Duration) -> Decision {
-        let now = at.as_secs();
-        let (mut requests, tokens) = self.totals(now);
-        let requests_over = rpm.is_some_and(|limit| requests >= u64::from(limit));
-        let tokens_over = tpm.is_some_and(|limit| tokens >= limit);
-        if !requests_over && !tokens_over {
-            let bucket = self.bucket(now);
-            bucket.requests = bucket.requests.saturating_add(1);
-            requests += 1;
-        }
-        let quota = Quota {
-            limit_requests: rpm,
-            remaining_requests: rpm.map(|limit| {
-                let left = u64::from(limit).saturating_sub(requests);
-                u32::try_from(left).unwrap_or(limit)
-            }),
-            reset_requests: rpm.map(|_| self.reset(at, |b| b.requests)),
-            limit_tokens: tpm,
-            remaining_tokens: tpm.map(|limit| limit.saturating_sub(tokens)),
-            reset_tokens: tpm.map(|_| self.reset(at, |b| b.tokens)),
-        };
-        if !requests_over && !tokens_over {
-            return Decision::Allow(quota);
-        }
-        let mut retry_after = Duration::ZERO;
-        if let Some(limit) = rpm.filter(|_| requests_over) {
-            let excess = requests - u64::from(limit) + 1;
-            retry_after = retry_after.max(self.wait(at, excess, |b| b.requests));
-        }
-        if let Some(limit) = tpm.filter(|_| tokens_over) {
-            let excess = tokens - limit + 1;
-            retry_after = retry_after.max(self.wait(at, excess, |b| b.tokens));
-        }
-        Decision::Deny { retry_after, quota }
-    }
-
-    /// Buckets of the window ending at second `now` (a bucket a concurrent caller stamped a second later
-    /// counts too).
-    fn live(&self, now: u64) -> impl Iterator<Item = &Bucket> {
-        self.buckets
-            .iter()
-            .filter(move |b| b.expiry().as_secs() > now && (b.requests > 0 || b.tokens > 0))
-    }
-
-    fn totals(&self, now: u64) -> (u64, u64) {
-        self.live(now).fold((0, 0), |(r, t), b| {
-            (r.saturating_add(b.requests), t.saturating_add(b.tokens))
-        })
-    }
-
-    /// The bucket of `second`, emptied first if it still held a second that has left the window.
-    fn bucket(&mut self, second: u64) -> &mut Bucket {
-        let slot = &mut self.buckets[(second % WINDOW) as usize];
-        // A later second in the slot means this caller is a minute late: count it there rather than lose it.
-        if slot.second < second {
-            *slot = Bucket {
-                second,
-                ..Bucket::default()
-            };
-        }
-        slot
-    }
-
-    /// Time until the newest bucket holding some of `amount` leaves the window.
-    fn reset(&self, at: Duration, amount: impl Fn(&Bucket) -> u64) -> Duration {
-        let newest = self.live(at.as_secs()).filter(|b| amount(b) > 0);
-        let expiry = newest.map(Bucket::expiry).max().unwrap_or_default();
-        expiry.saturating_sub(at)
-    }
-
-    /// Time until at least `excess` of `amount` has left the window (oldest first), and at least a second.
-    fn wait(&self, at: Duration, excess: u64, amount: impl Fn(&Bucket) -> u64) -> Duration {
-        let mut live: Vec<&Bucket> = self.live(at.as_secs()).collect();
-        live.sort_by_key(|b| b.second);
-        let mut freed = 0u64;
-        let mut expiry = Duration::from_secs(WINDOW) + at;
-        for bucket in live {
-            freed = freed.saturating_add(amount(bucket));
-            if freed >= excess {
-                expiry = bucket.expiry();
-                break;
-            }
-        }
-        expiry.saturating_sub(at).max(Duration::from_secs(1))
+        self.store.add_tokens(&key.name, tokens, now);
     }
 }
 

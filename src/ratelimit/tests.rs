@@ -21,9 +21,18 @@ fn key(rpm: Option<u32>, tpm: Option<u64>) -> KeyInfo {
 
 /// A limiter and a clock reading `secs` after its origin.
 fn clock() -> (Limiter, impl Fn(f64) -> Instant) {
-    let limiter = Limiter::new();
-    let origin = limiter.origin;
-    (limiter, move |secs| origin + Duration::from_secs_f64(secs))
+    let (limiter, _, at) = clock_and_store();
+    (limiter, at)
+}
+
+/// The same, and the memory store the limiter keeps its windows in, to look at its state.
+fn clock_and_store() -> (Limiter, Arc<MemoryStore>, impl Fn(f64) -> Instant) {
+    let store = Arc::new(MemoryStore::new());
+    let limiter = Limiter::with_store(store.clone());
+    let origin = store.origin;
+    (limiter, store, move |secs| {
+        origin + Duration::from_secs_f64(secs)
+    })
 }
 
 fn remaining_requests(decision: &Decision) -> Option<u32> {
@@ -142,7 +151,7 @@ fn both_limits_apply_and_the_later_retry_wins() {
 
 #[test]
 fn unlimited_keys_are_always_allowed_and_get_no_headers() {
-    let (limiter, at) = clock();
+    let (limiter, store, at) = clock_and_store();
     let key = key(None, None);
     for _ in 0..1000 {
         assert_eq!(
@@ -153,14 +162,14 @@ fn unlimited_keys_are_always_allowed_and_get_no_headers() {
     limiter.add_tokens(&key, 1_000_000, at(1.0));
     assert!(headers(&limiter.check(&key, at(1.0))).is_empty());
     assert!(
-        limiter.windows.load().is_empty(),
+        store.windows.load().is_empty(),
         "no state for unlimited keys"
     );
 }
 
 #[test]
 fn counts_survive_a_reload_that_keeps_the_key() {
-    let (limiter, at) = clock();
+    let (limiter, store, at) = clock_and_store();
     let auth = |keys: Vec<KeySettings>| Auth::from_config(&AuthSettings { keys });
     let first = auth(vec![
         settings("team", Some(2), None),
@@ -177,7 +186,7 @@ fn counts_survive_a_reload_that_keeps_the_key() {
     let team = second.keys().next().unwrap();
     assert!(limiter.check(team, at(2.0)).is_allowed());
     assert!(!limiter.check(team, at(2.0)).is_allowed());
-    let names: Vec<String> = limiter.windows.load().keys().cloned().collect();
+    let names: Vec<String> = store.windows.load().keys().cloned().collect();
     assert_eq!(names, ["team"]);
 }
 
@@ -187,6 +196,48 @@ fn a_key_unknown_to_the_limiter_is_still_limited() {
     let key = key(Some(1), None);
     assert!(limiter.check(&key, at(0.0)).is_allowed());
     assert!(!limiter.check(&key, at(0.0)).is_allowed());
+}
+
+/// The memory store on its own, as any [`LimitStore`] is called: check, add tokens, release.
+#[test]
+fn the_memory_store_through_the_trait() {
+    let memory = MemoryStore::new();
+    let origin = memory.origin;
+    let at = |secs: u64| origin + Duration::from_secs(secs);
+    let store: &dyn LimitStore = &memory;
+    let both = Limits {
+        rpm: Some(2),
+        tpm: Some(100),
+    };
+    let first = store.check("team", both, at(0));
+    assert_eq!(first.quota().remaining_requests, Some(1));
+    assert_eq!(first.quota().remaining_tokens, Some(100));
+    store.add_tokens("team", 100, at(1));
+    let spent = store.check("team", both, at(2));
+    assert_eq!(
+        retry_after(&spent),
+        Duration::from_secs(59),
+        "tokens of second 1"
+    );
+    assert_eq!(spent.quota().remaining_requests, Some(1), "not counted");
+    // Another key has a window of its own.
+    assert!(store.check("ci", both, at(2)).is_allowed());
+    // Releasing every key but "team" forgets "ci" and keeps team's counts; a new key gets a window at once.
+    store.release(&["team", "new"]);
+    let mut names: Vec<String> = memory.windows.load().keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, ["new", "team"]);
+    assert!(!store.check("team", both, at(3)).is_allowed());
+    let rpm_only = Limits {
+        rpm: Some(2),
+        tpm: None,
+    };
+    assert!(store.check("team", rpm_only, at(3)).is_allowed());
+    assert!(!store.check("team", rpm_only, at(3)).is_allowed());
+    // After the window: everything has left it.
+    assert!(store.check("team", both, at(61)).is_allowed());
+    store.release(&[]);
+    assert!(memory.windows.load().is_empty());
 }
 
 #[test]

@@ -1,0 +1,199 @@
+//! The in-process limit store: one sliding 60 s window of one-second buckets per key, in this node's memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use super::store::{LimitStore, Limits};
+use super::{Decision, Quota};
+
+/// The window, in seconds; one bucket per second.
+const WINDOW: u64 = 60;
+
+/// The state of every key, by key name.
+///
+/// The map is read through an atomic pointer (no lock); each key has its own lock, held for a few dozen
+/// additions, so requests of different keys never wait on each other.
+pub struct MemoryStore {
+    /// Bucket seconds count from here.
+    pub(super) origin: Instant,
+    pub(super) windows: ArcSwap<HashMap<String, Arc<Mutex<Window>>>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore {
+            origin: Instant::now(),
+            windows: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    fn since_origin(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.origin)
+    }
+
+    /// The key's state; created on first use (a key checked before [`LimitStore::release`] saw it, e.g.
+    /// during a reload, still gets limited).
+    fn window(&self, name: &str) -> Arc<Mutex<Window>> {
+        if let Some(window) = self.windows.load().get(name) {
+            return Arc::clone(window);
+        }
+        let mut created = Arc::default();
+        self.windows.rcu(|old| {
+            let mut map = HashMap::clone(old);
+            created = Arc::clone(map.entry(name.to_owned()).or_default());
+            map
+        });
+        created
+    }
+}
+
+impl LimitStore for MemoryStore {
+    fn check(&self, key: &str, limits: Limits, now: Instant) -> Decision {
+        let window = self.window(key);
+        let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
+        window.check(limits.rpm, limits.tpm, self.since_origin(now))
+    }
+
+    fn add_tokens(&self, key: &str, tokens: u64, now: Instant) {
+        let window = self.window(key);
+        let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
+        let bucket = window.bucket(self.since_origin(now).as_secs());
+        bucket.tokens = bucket.tokens.saturating_add(tokens);
+    }
+
+    /// Also makes the kept keys' windows, so that a new key's first request does not copy the map.
+    fn release(&self, keep: &[&str]) {
+        self.windows.rcu(|old| {
+            keep.iter()
+                .map(|&name| (name.to_owned(), old.get(name).cloned().unwrap_or_default()))
+                .collect::<HashMap<_, _>>()
+        });
+    }
+}
+
+/// Counts of one second.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Seconds since the store's origin.
+    second: u64,
+    requests: u64,
+    tokens: u64,
+}
+
+impl Bucket {
+    /// When this bucket leaves the window.
+    fn expiry(&self) -> Duration {
+        Duration::from_secs(self.second.saturating_add(WINDOW))
+    }
+}
+
+/// One key's last 60 seconds: bucket `s % 60` holds second `s`.
+#[derive(Debug)]
+pub(super) struct Window {
+    buckets: [Bucket; WINDOW as usize],
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            buckets: [Bucket::default(); WINDOW as usize],
+        }
+    }
+}
+
+impl Window {
+    fn check(&mut self, rpm: Option<u32>, tpm: Option<u64>, at: Duration) -> Decision {
+        let now = at.as_secs();
+        let (mut requests, tokens) = self.totals(now);
+        let requests_over = rpm.is_some_and(|limit| requests >= u64::from(limit));
+        let tokens_over = tpm.is_some_and(|limit| tokens >= limit);
+        if !requests_over && !tokens_over {
+            let bucket = self.bucket(now);
+            bucket.requests = bucket.requests.saturating_add(1);
+            requests += 1;
+        }
+        let quota = Quota {
+            limit_requests: rpm,
+            remaining_requests: rpm.map(|limit| {
+                let left = u64::from(limit).saturating_sub(requests);
+                u32::try_from(left).unwrap_or(limit)
+            }),
+            reset_requests: rpm.map(|_| self.reset(at, |b| b.requests)),
+            limit_tokens: tpm,
+            remaining_tokens: tpm.map(|limit| limit.saturating_sub(tokens)),
+            reset_tokens: tpm.map(|_| self.reset(at, |b| b.tokens)),
+        };
+        if !requests_over && !tokens_over {
+            return Decision::Allow(quota);
+        }
+        let mut retry_after = Duration::ZERO;
+        if let Some(limit) = rpm.filter(|_| requests_over) {
+            let excess = requests - u64::from(limit) + 1;
+            retry_after = retry_after.max(self.wait(at, excess, |b| b.requests));
+        }
+        if let Some(limit) = tpm.filter(|_| tokens_over) {
+            let excess = tokens - limit + 1;
+            retry_after = retry_after.max(self.wait(at, excess, |b| b.tokens));
+        }
+        Decision::Deny { retry_after, quota }
+    }
+
+    /// Buckets of the window ending at second `now` (a bucket a concurrent caller stamped a second later
+    /// counts too).
+    fn live(&self, now: u64) -> impl Iterator<Item = &Bucket> {
+        self.buckets
+            .iter()
+            .filter(move |b| b.expiry().as_secs() > now && (b.requests > 0 || b.tokens > 0))
+    }
+
+    fn totals(&self, now: u64) -> (u64, u64) {
+        self.live(now).fold((0, 0), |(r, t), b| {
+            (r.saturating_add(b.requests), t.saturating_add(b.tokens))
+        })
+    }
+
+    /// The bucket of `second`, emptied first if it still held a second that has left the window.
+    fn bucket(&mut self, second: u64) -> &mut Bucket {
+        let slot = &mut self.buckets[(second % WINDOW) as usize];
+        // A later second in the slot means this caller is a minute late: count it there rather than lose it.
+        if slot.second < second {
+            *slot = Bucket {
+                second,
+                ..Bucket::default()
+            };
+        }
+        slot
+    }
+
+    /// Time until the newest bucket holding some of `amount` leaves the window.
+    fn reset(&self, at: Duration, amount: impl Fn(&Bucket) -> u64) -> Duration {
+        let newest = self.live(at.as_secs()).filter(|b| amount(b) > 0);
+        let expiry = newest.map(Bucket::expiry).max().unwrap_or_default();
+        expiry.saturating_sub(at)
+    }
+
+    /// Time until at least `excess` of `amount` has left the window (oldest first), and at least a second.
+    fn wait(&self, at: Duration, excess: u64, amount: impl Fn(&Bucket) -> u64) -> Duration {
+        let mut live: Vec<&Bucket> = self.live(at.as_secs()).collect();
+        live.sort_by_key(|b| b.second);
+        let mut freed = 0u64;
+        let mut expiry = Duration::from_secs(WINDOW) + at;
+        for bucket in live {
+            freed = freed.saturating_add(amount(bucket));
+            if freed >= excess {
+                expiry = bucket.expiry();
+                break;
+            }
+        }
+        expiry.saturating_sub(at).max(Duration::from_secs(1))
+    }
+}
