@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::HealthPolicy;
+use crate::duration::millis;
 
 /// Health of one client. Lock-free: every request may read it, failures and successes update it.
 #[derive(Debug)]
@@ -25,7 +26,7 @@ impl ClientHealth {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        millis(self.epoch.elapsed())
     }
 
     /// True while the client is in its cooldown.
@@ -61,9 +62,7 @@ impl ClientHealth {
             None => None,
         };
         let Some(d) = cool_for else { return false };
-        let until = self
-            .now_ms()
-            .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let until = self.now_ms().saturating_add(millis(d));
         let was_cooling = self.is_cooling();
         self.cooled_until_ms.fetch_max(until, Ordering::Relaxed);
         !was_cooling
@@ -78,7 +77,7 @@ impl ClientHealth {
             0
         } else {
             let deadline = old.epoch + Duration::from_millis(until);
-            u64::try_from(deadline.saturating_duration_since(self.epoch).as_millis()).unwrap_or(0)
+            millis(deadline.saturating_duration_since(self.epoch))
         };
         self.cooled_until_ms.store(shifted, Ordering::Relaxed);
     }

@@ -27,6 +27,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod config;
 pub mod dns;
+pub mod duration;
 pub mod endpoints;
 pub mod error;
 pub mod escape;

@@ -18,6 +18,7 @@ use super::{
     DEFAULT_CLIENT_TIMEOUT_MS, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MODELS_CACHE_SECONDS, DEFAULT_MODELS_TIMEOUT_MS,
 };
+use crate::duration::millis;
 
 pub(super) const MISSING: &str = "required field is missing";
 
@@ -285,10 +286,6 @@ fn compile_usage(usage: file::UsageFile, errors: &mut Errors) -> UsageSettings {
 fn size(s: &mut Section, field: &str, value: Option<i64>, default: usize) -> usize {
     let n = s.positive(field, value, u64::try_from(default).unwrap_or(u64::MAX));
     usize::try_from(n).unwrap_or(usize::MAX)
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use chrono::{DateTime, FixedOffset};
 
 use crate::auth::KeyInfo;
 use crate::config::{Client, MatchKind};
+use crate::duration::millis;
 use crate::endpoints::ApiKind;
 use crate::failover::{Attempts, Failure};
 use crate::metrics::Metrics;
@@ -252,10 +253,6 @@ fn final_status(written: Option<u16>, caller_left: bool, cut_short: bool, delive
         Some(_) if cut_short => CUT_SHORT,
         Some(status) => status,
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Default for RequestCtx {
