@@ -174,10 +174,8 @@ pub fn classify(method: &str, path: &str) -> Endpoint {
         (Some(_), _) => Endpoint::MethodNotAllowed,
         (None, "POST") => Endpoint::Route,
         (None, _) => {
-            let bare = path
-                .strip_prefix("/v1")
-                .filter(|r| r.starts_with('/'))
-                .unwrap_or(path);
+            // "/v1" alone becomes "", which is no known path either.
+            let bare = strip_v1(path);
             if path.starts_with("/v1/") || KNOWN_POST.contains(&bare) {
                 Endpoint::MethodNotAllowed
             } else {

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use url::{Host, Url};
 
+use crate::endpoints::strip_v1;
+
 /// A validated `http`/`https` base URL without query, fragment or credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseUrl {
@@ -103,10 +105,7 @@ impl BaseUrl {
             Some(at) => request_path_and_query.split_at(at),
             None => (request_path_and_query, ""),
         };
-        let rest = match path.strip_prefix("/v1") {
-            Some(after) if after.is_empty() || after.starts_with('/') => after,
-            _ => path,
-        };
+        let rest = strip_v1(path);
         // `self.path` is "" or starts with '/', so only a relative request path needs a separator.
         let mut joined = self.path.clone();
         if !rest.is_empty() && !rest.starts_with('/') {
