@@ -10,12 +10,11 @@ use serde_json::{Map, Number, Value};
 
 use crate::config::Client;
 use crate::endpoints::ApiKind;
-use crate::error::GatewayError;
 use crate::request::RequestInfo;
 
 /// What to change in a request body for one client (and, later, one fallback model).
 ///
-/// `Ok(None)`: nothing changes, send the original bytes. Otherwise only the top level is re-written: keys and
+/// `None`: nothing changes, send the original bytes. Otherwise only the top level is re-written: keys and
 /// values that are not changed are copied byte for byte, in their order; new fields go at the end.
 pub fn rewrite(
     body: &[u8],
@@ -23,14 +22,12 @@ pub fn rewrite(
     client: &Client,
     kind: ApiKind,
     model_override: Option<&str>,
-) -> Result<Option<Bytes>, GatewayError> {
+) -> Option<Bytes> {
     let plan = Plan::new(info, client, kind, model_override);
     if plan.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let Ok(mut obj) = serde_json::from_slice::<Object>(body) else {
-        return Ok(None);
-    };
+    let mut obj = serde_json::from_slice::<Object>(body).ok()?;
     // extra_body first: it fills in what the caller left out, and the rules below then apply to it too.
     let mut changed = add_missing(&mut obj, plan.extra);
     if let Some(model) = plan.model {
@@ -43,7 +40,7 @@ pub fn rewrite(
     if plan.usage {
         changed |= ask_usage(&mut obj);
     }
-    Ok(changed.then(|| Bytes::from(obj.to_text())))
+    changed.then(|| Bytes::from(obj.to_text()))
 }
 
 /// The model name sent upstream: model_override, else client.model, else the requested one.

@@ -576,8 +576,7 @@ impl ProxyHttp for Proxy {
             .as_ref()
             .ok_or_else(|| error_kind("request not inspected"))?;
         let rewritten =
-            rewrite::rewrite(&ctx.body, info, &cand.client, ctx.kind, fallback.as_deref())
-                .map_err(|e| error_kind(&e.to_string()))?;
+            rewrite::rewrite(&ctx.body, info, &cand.client, ctx.kind, fallback.as_deref());
         ctx.send_body = rewritten.unwrap_or_else(|| ctx.body.clone());
         ctx.upstream_model =
             Some(rewrite::upstream_model(info, &cand.client, fallback.as_deref()).to_owned());

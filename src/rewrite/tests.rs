@@ -59,7 +59,7 @@ fn run(body: &str, client: &Client, kind: ApiKind) -> Option<String> {
 
 fn run_with(body: &str, client: &Client, kind: ApiKind, over: Option<&str>) -> Option<String> {
     let info = inspect(body.as_bytes()).unwrap();
-    let out = rewrite(body.as_bytes(), &info, client, kind, over).unwrap()?;
+    let out = rewrite(body.as_bytes(), &info, client, kind, over)?;
     Some(String::from_utf8(out.to_vec()).unwrap())
 }
 
@@ -286,16 +286,13 @@ fn nothing_to_change() {
     // Not even parsed: a broken body gives None, not an error or a panic.
     assert_eq!(
         rewrite(b"[1]", &info, &with_cap(5), ApiKind::Chat, None),
-        Ok(None)
+        None
     );
     assert_eq!(
         rewrite(b"{x", &info, &with_cap(5), ApiKind::Chat, None),
-        Ok(None)
+        None
     );
-    assert_eq!(
-        rewrite(b"", &info, &with_cap(5), ApiKind::Chat, None),
-        Ok(None)
-    );
+    assert_eq!(rewrite(b"", &info, &with_cap(5), ApiKind::Chat, None), None);
 }
 
 #[test]
