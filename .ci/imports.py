@@ -5,7 +5,7 @@ A file's module is its first path part under src/ (src/x.rs and src/x/** are `x`
 `crate::y` in x's code outside comments, `use crate::{y, ...}` groups included. Test code (files named
 tests.rs, and the `#[cfg(test)] mod tests` at a file's end) is checked too but its edges are marked, since
 a test may reach sideways without making a circle in the shipped code. `main.rs` is the binary, on top.
-Usage: .ci/imports.py [--order]   (--order also prints the modules bottom to top)
+Usage: .ci/imports.py [--order]   (--order also prints the modules bottom to top, level by level)
 """
 import re
 import sys
@@ -94,16 +94,19 @@ def cycles(modules, graph):
     return found
 
 
-def order(modules, graph):
-    """Modules bottom to top: each after everything it imports (alphabetical among equals)."""
-    done, out = set(), []
-    while len(done) < len(modules):
-        ready = sorted(m for m in modules - done if graph.get(m, set()) & modules <= done)
-        if not ready:
-            return out + sorted(modules - done)
-        out.append(ready[0])
-        done.add(ready[0])
-    return out
+def levels(modules, graph):
+    """Modules bottom to top, in levels: each imports only from the levels below it."""
+    level = {}
+
+    def depth(m, seen=()):
+        if m not in level:
+            below = [depth(d, seen + (m,)) for d in graph.get(m, ()) if d in modules and d not in seen]
+            level[m] = 1 + max(below, default=-1)
+        return level[m]
+
+    for m in modules:
+        depth(m)
+    return [sorted(m for m in modules if level[m] == n) for n in range(max(level.values()) + 1)]
 
 
 def main():
@@ -124,8 +127,9 @@ def main():
             status = 1
     if status == 0:
         print("no circles")
-    if "--order" in sys.argv:
-        print("bottom to top:", " < ".join(order(modules, shipped)))
+    if "--order" in sys.argv and status == 0:
+        for n, names in enumerate(levels(modules, shipped)):
+            print(f"level {n}: {', '.join(names)}")
     return status
 
 

@@ -1,27 +1,29 @@
 //! gpt-api: an OpenAI-compatible gateway that routes each request by its JSON `model` to a configured backend.
 //!
-//! Layout:
-//! - `config/`   the YAML file format, `${VAR}` expansion and validation into an immutable [`config::Config`];
-//! - `routing`   model -> ordered candidate clients (exact/keyword match, priority, weighted round robin);
-//! - `request`   the one parse of a request body (model, stream flag);
-//! - `error`     typed gateway errors and their one rendering into OpenAI-shaped JSON;
-//! - `escape`    caller-controlled text made safe for log lines (control characters escaped, length cut);
-//! - `dns`       asynchronous, cached resolution of backend host names;
-//! - `failover`  the order of attempts: candidates by priority, then fallback models, bounded hops;
-//! - `health`    passive health of each backend (failures in a row, cooldowns);
-//! - `endpoints` which method+path is answered locally, routed, or an error;
-//! - `models`    the `/v1/models` list;
-//! - `proxy/`    the only code that touches Pingora: the `ProxyHttp` impl, body handling, server setup;
-//! - `rewrite`   per-backend request rewriting (stop, caps, extra fields, model alias, stream usage);
-//! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
-//! - `usage`     usage records, their bounded queue, crash-safe spool and batching writer into monthly SQLite files;
+//! Layout, from the bottom layer up. Dependencies point down: each module imports only modules listed before
+//! it, and nothing but `main` imports `proxy` (`.ci/imports.py` lists the imports and fails on a circle).
 //! - `secret`    a string type that never prints itself;
+//! - `escape`    caller-controlled text made safe for log lines (control characters escaped, length cut);
+//! - `duration`  the one `Duration` -> whole milliseconds conversion;
+//! - `error`     typed gateway errors and their one rendering into OpenAI-shaped JSON;
+//! - `endpoints` which method+path is answered locally, routed, or an error; the one `/v1` strip;
+//! - `client_ip` the caller's address: the socket peer, or what a trusted proxy says it forwarded;
+//! - `dns`       asynchronous, cached resolution of backend host names;
+//! - `request`   the one parse of a request body (model, stream flag);
+//! - `config/`   the YAML file format, `${VAR}` expansion and validation into an immutable [`config::Config`];
+//! - `auth`      gateway keys: finding the caller's key in its headers, each key's model allow-list;
+//! - `health`    passive health of each backend (failures in a row, cooldowns);
 //! - `logging`   the logger: stderr, or rotated info and error files (the `logging:` section);
+//! - `models`    the `/v1/models` list;
+//! - `rewrite`   per-backend request rewriting (stop, caps, extra fields, model alias, stream usage);
+//! - `usage`     usage records, their bounded queue, crash-safe spool and batching writer into monthly SQLite files;
+//! - `ratelimit` per-key requests/tokens-per-minute limits over a sliding window, their store, their headers;
+//! - `routing`   model -> ordered candidate clients (exact/keyword match, priority, weighted round robin);
 //! - `metrics`   Prometheus metrics, and their scrape service on `server.metrics_listen` (a small Pingora app);
 //! - `report`    the `gpt-api usage` report: sums and latency percentiles read from the monthly usage files;
-//! - `client_ip` the caller's address: the socket peer, or what a trusted proxy says it forwarded;
-//! - `auth`      gateway keys: finding the caller's key in its headers, each key's model allow-list;
-//! - `ratelimit` per-key requests/tokens-per-minute limits over a sliding window, and their headers.
+//! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
+//! - `failover`  the order of attempts: candidates by priority, then fallback models, bounded hops;
+//! - `proxy/`    the only code that touches Pingora: the `ProxyHttp` impl, body handling, server setup.
 
 pub mod auth;
 pub mod client_ip;
