@@ -6,6 +6,8 @@ use std::sync::Arc;
 use crate::auth::KeyInfo;
 use crate::routing::{Candidate, Router};
 
+pub mod attempt;
+
 /// Statuses that move a request on to the next candidate unless the config says otherwise.
 pub const DEFAULT_RETRY_ON: [u16; 9] = [401, 403, 404, 408, 429, 500, 502, 503, 504];
 
