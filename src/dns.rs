@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::config::BaseUrl;
+
 #[derive(Debug, Clone)]
 struct Entry {
     addrs: Arc<[SocketAddr]>,
@@ -27,6 +29,15 @@ impl DnsCache {
         DnsCache {
             ttl,
             table: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    /// The address to connect to for `url`: its IP as written, or its host name resolved (see [`Self::resolve`]).
+    /// The one resolve-or-IP step of the proxy and of `/v1/models`.
+    pub async fn address(&self, url: &BaseUrl, timeout: Duration) -> Result<SocketAddr, String> {
+        match url.ip {
+            Some(ip) => Ok(SocketAddr::new(ip, url.port)),
+            None => self.resolve(&url.host, url.port, timeout).await,
         }
     }
 

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use crate::auth::KeyInfo;
 use crate::routing::{Candidate, Router};
 
+pub mod attempt;
+
 /// Why one attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {

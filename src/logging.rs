@@ -168,8 +168,9 @@ fn is_routine(record: &Record) -> bool {
         || (record.level() == log::Level::Info && record.target() == ACCESS_TARGET)
 }
 
-/// The target of the access lines (`src/proxy/mod.rs`, the logging phase).
-const ACCESS_TARGET: &str = "gpt_api::proxy";
+/// The target of the access lines (`src/proxy/finish.rs`, the logging phase) and of the proxy's other lines
+/// about requests, as operators' filters and greps know it.
+pub const ACCESS_TARGET: &str = "gpt_api::proxy";
 
 /// `RUST_LOG` when set and valid, else the configured level. Returns the spec, whether it came from the
 /// environment, and an invalid `RUST_LOG` to warn about once the logger runs.

@@ -2,17 +2,19 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 use http::header;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 
-use super::{upstream, Gateway, Runtime};
+use super::{upstream, Runtime};
 use crate::config::Client;
+use crate::dns::DnsCache;
 use crate::models::{self, Fetched};
 
 /// Largest backend model list read (a list is a few KB; this only guards memory).
@@ -29,9 +31,28 @@ pub(super) struct CachedList {
 
 pub(super) type ModelsCache = HashMap<u64, Arc<CachedList>>;
 
-impl Gateway {
+/// Asks backends for their model lists over Pingora's client, and merges them (cached in each [`Runtime`]).
+pub(super) struct ModelLists {
+    connector: Connector,
+    /// The `created` time of models no backend dates.
+    started_unix: i64,
+}
+
+impl ModelLists {
+    pub(super) fn new(options: ConnectorOptions) -> Self {
+        ModelLists {
+            connector: Connector::new(Some(options)),
+            started_unix: chrono::Utc::now().timestamp(),
+        }
+    }
+
     /// The `/v1/models` body for a caller, from the cache while fresh.
-    pub(super) async fn models_body(&self, rt: &Runtime, caller_auth: Option<&str>) -> Bytes {
+    pub(super) async fn body(
+        &self,
+        rt: &Runtime,
+        dns: &DnsCache,
+        caller_auth: Option<&str>,
+    ) -> Bytes {
         let clients = rt.router.clients();
         let per_caller = clients.iter().any(|c| c.api_key.is_empty());
         let key = if per_caller {
@@ -46,7 +67,7 @@ impl Gateway {
         }
         let fetches = clients
             .iter()
-            .map(|c| self.fetch_models(rt, c, caller_auth));
+            .map(|c| self.fetch_models(rt, dns, c, caller_auth));
         let fetched: Vec<Option<Fetched>> = join_all(fetches).await;
         for (client, result) in clients.iter().zip(&fetched) {
             if let Some(Err(why)) = result {
@@ -78,6 +99,7 @@ impl Gateway {
     async fn fetch_models(
         &self,
         rt: &Runtime,
+        dns: &DnsCache,
         client: &Client,
         caller_auth: Option<&str>,
     ) -> Option<Fetched> {
@@ -87,23 +109,17 @@ impl Gateway {
             format!("Bearer {}", client.api_key.expose())
         };
         let timeout = rt.config.server.models_timeout;
-        let fetch = self.fetch_list(client, &auth);
+        let fetch = self.fetch_list(dns, client, &auth);
         Some(match tokio::time::timeout(timeout, fetch).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
         })
     }
 
-    async fn fetch_list(&self, client: &Client, auth: &str) -> Fetched {
-        let url = &client.base_url;
-        let addr = match url.ip {
-            Some(ip) => SocketAddr::new(ip, url.port),
-            None => {
-                self.dns
-                    .resolve(&url.host, url.port, client.connect_timeout)
-                    .await?
-            }
-        };
+    async fn fetch_list(&self, dns: &DnsCache, client: &Client, auth: &str) -> Fetched {
+        let addr = dns
+            .address(&client.base_url, client.connect_timeout)
+            .await?;
         let peer = upstream::peer(client, addr);
         let req = list_request(client, auth).map_err(|e| e.to_string())?;
         let (mut session, _) = self

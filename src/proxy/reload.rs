@@ -1,20 +1,15 @@
-//! Config reload without a restart: on a file change (polled), on SIGHUP, and on `GET /v1/models`.
+//! Config reload without a restart (asked for by the file watcher, SIGHUP and `GET /v1/models`).
 
-use std::hash::{DefaultHasher, Hasher};
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use tokio::signal::unix::{signal, SignalKind};
+use arc_swap::ArcSwap;
 
-use super::{Gateway, Runtime};
+use super::watch::fingerprint;
+use super::Runtime;
 use crate::config::{Config, KeyChanges};
-
-/// How often the config file is checked for changes.
-const POLL: Duration = Duration::from_secs(1);
+use crate::metrics::Metrics;
 
 /// What a reload attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,18 +21,34 @@ pub enum Reload {
     Rejected,
 }
 
-/// Identifies file contents, so an unchanged file is not parsed again.
-pub(super) fn fingerprint(bytes: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    h.write(bytes);
-    h.finish()
+/// Re-reads the config file on request; owns what it needs to tell a changed file from an unchanged one.
+pub(super) struct Reloader {
+    config_path: PathBuf,
+    /// Fingerprint of the config file contents last read.
+    fingerprint: AtomicU64,
+    one_at_a_time: tokio::sync::Mutex<()>,
 }
 
-impl Gateway {
-    /// Re-reads the config file; applies it when it changed (or always, with `force`) and is valid.
-    /// Requests already running keep the config they started with; new ones see the new one at once.
-    pub async fn reload(&self, force: bool, why: &str) -> Reload {
-        let _one_at_a_time = self.reload_lock.lock().await;
+impl Reloader {
+    /// `fingerprint`: of the file contents the running config was loaded from.
+    pub(super) fn new(config_path: PathBuf, fingerprint: u64) -> Self {
+        Reloader {
+            config_path,
+            fingerprint: AtomicU64::new(fingerprint),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Re-reads the config file; swaps a new runtime into `runtime` when it changed (or always, with `force`)
+    /// and is valid. Requests already running keep the config they started with; new ones see the new one.
+    pub(super) async fn reload(
+        &self,
+        runtime: &ArcSwap<Runtime>,
+        metrics: &Metrics,
+        force: bool,
+        why: &str,
+    ) -> Reload {
+        let _one_at_a_time = self.one_at_a_time.lock().await;
         let bytes = match tokio::fs::read(&self.config_path).await {
             Ok(b) => b,
             Err(e) => {
@@ -59,14 +70,14 @@ impl Gateway {
         let text = String::from_utf8_lossy(&bytes);
         let outcome = match Config::parse(&text, &|name| std::env::var(name).ok()) {
             Ok(config) => {
-                let refused = refusal(&self.runtime.load().config, &config);
+                let refused = refusal(&runtime.load().config, &config);
                 if let Some(reason) = refused {
                     log::error!(
                         "config reload ({why}) rejected, the running config stays: {reason}"
                     );
                     Reload::Rejected
                 } else {
-                    self.apply(config, why);
+                    apply(runtime, config, why);
                     Reload::Applied
                 }
             }
@@ -75,30 +86,29 @@ impl Gateway {
                 Reload::Rejected
             }
         };
-        self.metrics.reload(outcome == Reload::Applied);
+        metrics.reload(outcome == Reload::Applied);
         outcome
     }
+}
 
-    fn apply(&self, config: Config, why: &str) {
-        let old = self.runtime.load_full();
-        if config.server.listen != old.config.server.listen {
-            log::warn!(
-                "server.listen changed to {}: this takes a restart",
-                config.server.listen
-            );
-        }
-        if config.usage != old.config.usage {
-            log::warn!("the usage section changed: this takes a restart");
-        }
-        let summary = config.summary();
-        let keys = KeyChanges::between(old.config.auth.as_ref(), config.auth.as_ref());
-        self.runtime
-            .store(Arc::new(Runtime::new(config, Some(&old))));
-        if !keys.is_empty() {
-            log::info!("gateway keys changed ({why}): {keys}");
-        }
-        log::info!("config reloaded ({why}): {summary}");
+fn apply(runtime: &ArcSwap<Runtime>, config: Config, why: &str) {
+    let old = runtime.load_full();
+    if config.server.listen != old.config.server.listen {
+        log::warn!(
+            "server.listen changed to {}: this takes a restart",
+            config.server.listen
+        );
     }
+    if config.usage != old.config.usage {
+        log::warn!("the usage section changed: this takes a restart");
+    }
+    let summary = config.summary();
+    let keys = KeyChanges::between(old.config.auth.as_ref(), config.auth.as_ref());
+    runtime.store(Arc::new(Runtime::new(config, Some(&old))));
+    if !keys.is_empty() {
+        log::info!("gateway keys changed ({why}): {keys}");
+    }
+    log::info!("config reloaded ({why}): {summary}");
 }
 
 /// Why a valid `new` config must still not replace the `running` one. Keys that vanish from the file are
@@ -110,32 +120,4 @@ fn refusal(running: &Config, new: &Config) -> Option<&'static str> {
         "the new config has no auth section, which would turn off gateway keys; \
          opening the gateway takes a restart",
     )
-}
-
-/// Watches the config file and SIGHUP for the life of the server.
-pub(super) struct ReloadService(pub Arc<Gateway>);
-
-#[async_trait]
-impl BackgroundService for ReloadService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log::error!("cannot listen for SIGHUP: {e}");
-                None
-            }
-        };
-        let mut ticks = tokio::time::interval(POLL);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {
-                    self.0.reload(false, "file changed").await;
-                }
-                Some(()) = async { hangup.as_mut()?.recv().await } => {
-                    self.0.reload(true, "SIGHUP").await;
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
 }

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 
 use super::edge::Edge;
 use super::listen::Prebound;
-use super::reload::{fingerprint, ReloadService};
+use super::watch::{fingerprint, Watcher};
 use super::{Gateway, GatewayParts, Proxy};
 use crate::config::Config;
 use crate::logging;
@@ -132,8 +132,11 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
     };
     let gateway = Arc::new(Gateway::new(config, parts));
     server.add_service(background_service(
-        "config reload",
-        ReloadService(gateway.clone()),
+        "file watcher",
+        Watcher {
+            gateway: gateway.clone(),
+            certs: certs.clone(),
+        },
     ));
     let proxy = http_proxy(&server.configuration, Proxy(gateway.clone()));
     let mut service = Service::new(
@@ -141,13 +144,7 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         Edge::new(proxy, gateway.clone()),
     );
     match certs {
-        Some(store) => {
-            service.add_tls_with_settings(&args.listen, None, store.settings()?);
-            server.add_service(background_service(
-                "certificate reload",
-                tls::CertWatcher { store, gateway },
-            ));
-        }
+        Some(store) => service.add_tls_with_settings(&args.listen, None, store.settings()?),
         // No read buffer under plain HTTP: Pingora reads heads and bodies into buffers of its own, and the
         // default 64 KiB one was most of what an idle keep-alive connection costs. (TLS keeps it: rustls reads
         // 16 KiB records, where the buffer saves syscalls.)

@@ -1,26 +1,17 @@
 //! HTTPS at the edge: the listener's certificate, served through a resolver so that it can be replaced live.
 
 use std::fmt;
-use std::hash::{DefaultHasher, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::TlsPaths;
-use crate::proxy::Gateway;
-
-/// How often the certificate files (and the config's `server.tls` paths) are checked for changes.
-const POLL: Duration = Duration::from_secs(1);
+use crate::proxy::watch::fingerprint;
 
 /// Why a certificate could not be loaded; the running one (if any) stays.
 #[derive(Debug, thiserror::Error)]
@@ -138,12 +129,6 @@ fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn fingerprint(bytes: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    h.write(bytes);
-    h.finish()
-}
-
 /// Parses the PEM files into a signing key for rustls, checking that the key belongs to the leaf certificate.
 fn read_pair(paths: &TlsPaths) -> Result<(u64, Arc<CertifiedKey>), TlsError> {
     let print = fingerprint(&read(paths)?);
@@ -169,55 +154,6 @@ fn read_pair(paths: &TlsPaths) -> Result<(u64, Arc<CertifiedKey>), TlsError> {
     let certified = CertifiedKey::from_der(chain, private_key, provider)
         .map_err(|e| pair_error(e.to_string()))?;
     Ok((print, Arc::new(certified)))
-}
-
-/// Re-reads the certificate when its files change, when the config's `server.tls` paths change (a config
-/// reload), and on SIGHUP (forced). Handshakes after a reload present the new certificate.
-pub(in crate::proxy) struct CertWatcher {
-    pub store: Arc<CertStore>,
-    pub gateway: Arc<Gateway>,
-}
-
-#[async_trait]
-impl BackgroundService for CertWatcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log::error!("certificate reload: cannot listen for SIGHUP: {e}");
-                None
-            }
-        };
-        let mut ticks = tokio::time::interval(POLL);
-        let mut warned_removed = false;
-        loop {
-            let force = tokio::select! {
-                _ = ticks.tick() => false,
-                Some(()) = async { hangup.as_mut()?.recv().await } => true,
-                _ = shutdown.changed() => return,
-            };
-            let Some(paths) = self.gateway.runtime().config.server.tls.clone() else {
-                if !warned_removed {
-                    log::warn!(
-                        "server.tls was removed from the config: the listener serves HTTPS until a restart"
-                    );
-                    warned_removed = true;
-                }
-                continue;
-            };
-            warned_removed = false;
-            match self.store.reload(&paths, force) {
-                Ok(true) => log::info!(
-                    "TLS certificate reloaded from {}",
-                    paths.cert_path.display()
-                ),
-                Ok(false) => {}
-                Err(e) => {
-                    log::error!("TLS certificate reload rejected, the running one stays: {e}")
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,238 @@
+//! Admit and route (`request_filter`): framing, the one normal path, local answers, the key, rate limits,
+//! then the body read, the record opened and the candidates found.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use http::header;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::caller::{caller_ip, socket_ip};
+use super::ctx::{Caller, PendingRecord};
+use super::{body, framing, respond, Gateway, RequestCtx, Runtime};
+use crate::auth::Auth;
+use crate::config::UsageSettings;
+use crate::endpoints::{classify, normalize_path, ApiKind, Endpoint};
+use crate::error::GatewayError;
+use crate::failover::attempt::Attempt;
+use crate::failover::Attempts;
+use crate::ratelimit;
+use crate::request;
+use crate::usage::record;
+
+/// Idle time a caller's HTTP/1 connection is kept open between requests.
+const CLIENT_KEEPALIVE_SECS: u64 = 75;
+
+/// Admits the request or answers it: `Ok(true)` when it was answered here (health, models, an error).
+pub(super) async fn admit(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<bool> {
+    gw.metrics().request_started();
+    let rt = gw.runtime();
+    ctx.start(rt.clone());
+    if session.get_keepalive().is_some() {
+        // Only where the caller keeps the connection (not for `Connection: close`, nor HTTP/1.0 without
+        // `keep-alive`): Pingora's default would keep it forever.
+        session.set_keepalive(Some(CLIENT_KEEPALIVE_SECS));
+    }
+    let endpoint = match check(session, ctx, &rt) {
+        Ok(endpoint) => endpoint,
+        Err(e) => return reject(session, ctx, e, &[]).await,
+    };
+    match endpoint {
+        Endpoint::Health => {
+            respond::json(session, 200, br#"{"status":"ok"}"#.to_vec()).await?;
+            return Ok(true);
+        }
+        Endpoint::Models => {
+            answer_models(gw, session, ctx).await?;
+            return Ok(true);
+        }
+        _ => {}
+    }
+    if let Some(key) = ctx.key().cloned() {
+        let decision = gw.limiter().check(&key, Instant::now());
+        let headers = ratelimit::headers(&decision);
+        if !decision.is_allowed() {
+            let err = GatewayError::RateLimited(decision.message().unwrap_or_default());
+            return reject(session, ctx, err, &headers).await;
+        }
+        ctx.set_ratelimit_headers(headers);
+    }
+    match route(gw, session, ctx, &rt).await {
+        Ok(()) => Ok(false),
+        Err(e) => reject(session, ctx, e, &[]).await,
+    }
+}
+
+/// The head's checks, in order: framing, the normal path, the endpoint, the key (for all but `/health`).
+fn check(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rt: &Runtime,
+) -> Result<Endpoint, GatewayError> {
+    framing::check_request(session.req_header_mut())?;
+    normalize_uri(session, rt.auth.as_deref())?;
+    let req = session.req_header();
+    let endpoint = classify(req.method.as_str(), req.uri.path());
+    if endpoint == Endpoint::Health {
+        return Ok(endpoint);
+    }
+    // With keys configured, everything but /health needs one, unknown paths included.
+    if let Some(auth) = rt.auth.as_ref() {
+        let key = auth
+            .authenticate(&req.headers)
+            .ok_or(GatewayError::InvalidApiKey)?;
+        ctx.admit_key(key);
+    }
+    let path = || req.uri.path().to_owned();
+    match endpoint {
+        Endpoint::NotFound => Err(GatewayError::NotFound(path())),
+        Endpoint::MethodNotAllowed => Err(GatewayError::MethodNotAllowed {
+            method: req.method.as_str().to_owned(),
+            path: path(),
+        }),
+        Endpoint::Health | Endpoint::Models | Endpoint::Route => Ok(endpoint),
+    }
+}
+
+/// Answers locally with `err` (and `headers`) and notes it for the record.
+pub(super) async fn reject(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: GatewayError,
+    headers: &[(&'static str, String)],
+) -> Result<bool> {
+    if err.closes_connection() || !session.is_body_done() {
+        // Unread body bytes would be taken for the next request: close the connection afterwards.
+        session.set_keepalive(None);
+    }
+    respond::error_with(session, &err, headers).await?;
+    ctx.refuse(&err);
+    Ok(true)
+}
+
+/// `/v1/models`, after a reload check (the Python gateway's users reload by listing models), limited
+/// to the models the caller's key may use.
+async fn answer_models(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    gw.reload(false, "GET /v1/models").await;
+    let rt = gw.runtime();
+    ctx.use_runtime(rt.clone());
+    let caller_auth = session
+        .req_header()
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // With auth on, the caller's key is the gateway's, never a backend's.
+    let pass_through = caller_auth.as_deref().filter(|_| rt.auth.is_none());
+    let body = gw.models_body(&rt, pass_through).await;
+    let body = match ctx.key() {
+        Some(key) => crate::models::retain(&body, |id| key.allows(id)),
+        None => body.to_vec(),
+    };
+    respond::json(session, 200, body).await
+}
+
+/// Reads the body, opens the request's usage record and finds the clients for its model.
+async fn route(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rt: &Runtime,
+) -> Result<(), GatewayError> {
+    let body = body::read_full(session, &rt.config.server).await?;
+    let info = request::inspect(&body)?;
+    // Formatted once: the record, the forwarded-for header of every attempt and the log use it.
+    let socket = socket_ip(session);
+    let (ip, peer_trusted) = caller_ip(
+        session,
+        &rt.config.server.trusted_proxies,
+        socket.as_deref(),
+    );
+    let path = session.req_header().uri.path();
+    let kind = ApiKind::from_path(path);
+    if rt.config.usage.enabled {
+        let record_type = kind.record_type(path);
+        let pending = pending_record(
+            gw,
+            session,
+            &rt.config.usage,
+            &body,
+            record_type,
+            ip.clone(),
+        );
+        ctx.open_record(pending);
+    }
+    let model = info.model.clone();
+    let caller = Caller {
+        socket_ip: socket,
+        ip,
+        peer_trusted,
+    };
+    ctx.admit_request(caller, kind, body, info);
+    if ctx.key().is_some_and(|k| !k.allows(&model)) {
+        return Err(GatewayError::ModelNotAllowed(model));
+    }
+    let candidates = rt.router.candidates(&model);
+    if candidates.is_empty() {
+        return Err(GatewayError::ModelNotFound(model));
+    }
+    let max_hops = rt.config.failover.max_fallback_hops;
+    let order = Attempts::new(&model, candidates, max_hops, ctx.key().cloned());
+    if order.is_empty() {
+        return Err(GatewayError::UpstreamModelNotAllowed {
+            model,
+            skipped: order.skipped_summary(),
+        });
+    }
+    ctx.route(Attempt::new(order));
+    Ok(())
+}
+
+fn pending_record(
+    gw: &Gateway,
+    session: &Session,
+    usage: &UsageSettings,
+    body: &[u8],
+    kind: String,
+    ip: Option<String>,
+) -> PendingRecord {
+    let headers = &session.req_header().headers;
+    PendingRecord {
+        queue: gw.usage_queue().clone(),
+        time: chrono::Local::now().fixed_offset(),
+        ip: ip.unwrap_or_default(),
+        kind,
+        headers: record::capture_headers(headers),
+        request: usage
+            .record_bodies
+            .then(|| record::window(body, usage.max_body_bytes)),
+        max_body: usage.max_body_bytes,
+    }
+}
+
+/// Puts the request's one normal path in place, and takes gateway keys out of its query, before anything
+/// reads them: classification, auth, routing, the record and the backend all see the same request.
+fn normalize_uri(session: &mut Session, auth: Option<&Auth>) -> Result<(), GatewayError> {
+    let uri = &session.req_header().uri;
+    let path = normalize_path(uri.path()).map_err(|_| GatewayError::BadPath)?;
+    let query = uri.query();
+    let stripped = auth.zip(query).and_then(|(a, q)| a.strip_query_keys(q));
+    if matches!(path, Cow::Borrowed(_)) && stripped.is_none() {
+        return Ok(());
+    }
+    let query = stripped.as_deref().or(query).filter(|q| !q.is_empty());
+    let path_and_query = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| GatewayError::BadPath)?);
+    let uri = http::Uri::from_parts(parts).map_err(|_| GatewayError::BadPath)?;
+    session.req_header_mut().set_uri(uri);
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! The attempt part of a request: the state machine's transitions with their side effects, and the body sent.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::RequestCtx;
+use crate::error::GatewayError;
+use crate::failover::attempt::{Broke, Verdict};
+use crate::failover::Failure;
+use crate::metrics::Metrics;
+use crate::routing::Candidate;
+use crate::{escape, rewrite};
+
+/// The target these lines had before the per-request state was split into parts.
+const LOG: &str = "gpt_api::proxy::ctx";
+
+/// What the current attempt sends upstream.
+#[derive(Default)]
+pub(super) struct Outgoing {
+    /// The body for the current attempt (rewritten for its client, or the request's own).
+    body: Bytes,
+    /// The body still has to be handed to the current upstream attempt.
+    pending: bool,
+    /// The model named in the body sent.
+    model: Option<String>,
+}
+
+impl RequestCtx {
+    /// Moves the attempts on (the first candidate, the same one after a stale connection, the next one or a
+    /// fallback's after a failure) and readies the body for it. `None`: nothing is left to try.
+    pub fn next_attempt(&mut self) -> Result<Option<Candidate>, GatewayError> {
+        let (Some(rt), Some(attempt), Some(info)) = (
+            self.admission.runtime.as_ref(),
+            self.attempt.as_mut(),
+            self.admission.info.as_ref(),
+        ) else {
+            return Err(GatewayError::Internal("request not routed".into()));
+        };
+        let reconnect = attempt.step() == crate::failover::attempt::Step::RetrySame;
+        let Some(cand) = attempt.next(&rt.router).cloned() else {
+            return Ok(None);
+        };
+        if !reconnect {
+            let fallback = attempt.fallback_model();
+            let body = &self.admission.body;
+            let rewritten =
+                rewrite::rewrite(body, info, &cand.client, self.admission.kind, fallback);
+            self.outgoing.body = rewritten.unwrap_or_else(|| body.clone());
+            self.outgoing.model =
+                Some(rewrite::upstream_model(info, &cand.client, fallback).to_owned());
+        }
+        self.outgoing.pending = true;
+        self.answer.clear();
+        Ok(Some(cand))
+    }
+
+    /// The length of the body the current attempt sends.
+    pub fn outgoing_len(&self) -> usize {
+        self.outgoing.body.len()
+    }
+
+    /// The body bytes to hand upstream for a piece of the caller's body: nothing until its end, then the
+    /// whole body for this attempt once (Pingora replays only the tail it kept, see body.rs).
+    pub fn body_for_upstream(&mut self, end_of_stream: bool) -> Option<Bytes> {
+        match (self.outgoing.pending, end_of_stream) {
+            (true, true) => {
+                self.outgoing.pending = false;
+                Some(self.outgoing.body.clone())
+            }
+            (_, false) => Some(Bytes::new()),
+            (false, true) => None,
+        }
+    }
+
+    /// The model the current attempt sends upstream.
+    pub fn outgoing_model(&self) -> Option<&str> {
+        self.outgoing.model.as_deref()
+    }
+
+    /// Records the current attempt's failure: health, metrics, the log line, and whether another attempt may
+    /// follow.
+    pub fn fail_attempt(
+        &mut self,
+        failure: Failure,
+        retry_after: Option<Duration>,
+        metrics: &Metrics,
+    ) -> bool {
+        let on_status = match failure {
+            Failure::Status(status) => Some(status),
+            _ => None,
+        };
+        self.note_failure(&failure, retry_after, metrics);
+        let Some(attempt) = self.attempt.as_mut() else {
+            return false;
+        };
+        let more = match on_status {
+            Some(status) => attempt.fail_on_status(status),
+            None => attempt.fail(failure),
+        };
+        self.record.set_error(attempt.order().summary());
+        more
+    }
+
+    /// The health, metrics and log line of the current attempt's failure.
+    fn note_failure(&self, failure: &Failure, retry_after: Option<Duration>, metrics: &Metrics) {
+        let Some(attempt) = self.attempt.as_ref() else {
+            return;
+        };
+        let Some(c) = attempt.current() else { return };
+        let name = c.client.name.as_str();
+        if c.health.record_failure(c.client.health_policy, retry_after) {
+            log::warn!(
+                target: LOG,
+                "backend {name} cooling down after {} failure(s)",
+                c.health.failures()
+            );
+        }
+        metrics.backend_health(name, c.health.failures(), c.health.is_cooling());
+        metrics.failover(name, &failure.reason());
+        log::warn!(
+            target: LOG,
+            "attempt {} of model `{}` at {name} failed: {}",
+            attempt.count(),
+            escape::field(attempt.model()),
+            escape::text(&failure.to_string())
+        );
+    }
+
+    /// What to do about an attempt that broke after it was sent (see [`crate::failover::attempt::Attempt::broke`]).
+    pub fn attempt_broke(&mut self, seen: Broke) -> Verdict {
+        match self.attempt.as_mut() {
+            Some(attempt) => attempt.broke(seen),
+            None => Verdict::Stop,
+        }
+    }
+
+    /// The backend's answer is accepted: it is passed on, and its client counts as healthy again.
+    pub fn attempt_answered(&mut self, metrics: &Metrics) {
+        let Some(attempt) = self.attempt.as_mut() else {
+            return;
+        };
+        attempt.answered();
+        if let Some(c) = attempt.current() {
+            if c.health.failures() != 0 {
+                c.health.record_success();
+                metrics.backend_health(&c.client.name, 0, false);
+            }
+        }
+    }
+}
