@@ -25,26 +25,26 @@
 //! - `failover`  the order of attempts: candidates by priority, then fallback models, bounded hops;
 //! - `proxy/`    the only code that touches Pingora: the `ProxyHttp` impl, body handling, server setup.
 
-pub mod auth;
-pub mod client_ip;
+pub(crate) mod auth;
+pub(crate) mod client_ip;
 pub mod config;
-pub mod dns;
-pub mod duration;
-pub mod endpoints;
-pub mod error;
-pub mod escape;
-pub mod failover;
-pub mod health;
+pub(crate) mod dns;
+pub(crate) mod duration;
+pub(crate) mod endpoints;
+pub(crate) mod error;
+pub(crate) mod escape;
+pub(crate) mod failover;
+pub(crate) mod health;
 pub mod logging;
-pub mod metrics;
-pub mod models;
+pub(crate) mod metrics;
+pub(crate) mod models;
 pub mod proxy;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod report;
-pub mod request;
-pub mod rewrite;
-pub mod routing;
-pub mod secret;
+pub(crate) mod request;
+pub(crate) mod rewrite;
+pub(crate) mod routing;
+pub(crate) mod secret;
 pub mod tap;
 pub mod usage;
 

@@ -77,7 +77,8 @@ impl Router {
         Some(&self.health[i])
     }
 
-    /// Whether any client serves `model` (health aside).
+    /// Whether any client serves `model` (health aside); only the tests ask.
+    #[cfg(test)]
     pub fn serves(&self, model: &str) -> bool {
         self.exact.contains_key(model)
             || self

@@ -21,7 +21,7 @@ mod gateway;
 mod guard;
 mod listen;
 mod models;
-pub mod reload;
+mod reload;
 mod replay;
 mod respond;
 mod response;
@@ -39,11 +39,11 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, Result};
 
-pub use ctx::RequestCtx;
-pub use gateway::{Gateway, GatewayParts, Runtime};
+pub(crate) use ctx::RequestCtx;
+pub(crate) use gateway::{Gateway, GatewayParts, Runtime};
 
 /// The `ProxyHttp` service: a handle on the shared [`Gateway`] (the watcher and the edge hold others).
-pub struct Proxy(pub Arc<Gateway>);
+pub(crate) struct Proxy(pub Arc<Gateway>);
 
 #[async_trait]
 impl ProxyHttp for Proxy {
