@@ -22,8 +22,10 @@
 //! - `metrics`   Prometheus metrics, and their scrape service on `server.metrics_listen` (a small Pingora app);
 //! - `report`    the `gpt-api usage` report: sums and latency percentiles read from the monthly usage files;
 //! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
-//! - `failover`  the order of attempts: candidates by priority, then fallback models, bounded hops;
-//! - `proxy/`    the only code that touches Pingora: the `ProxyHttp` impl, body handling, server setup.
+//! - `failover`  the order of attempts (candidates by priority, then fallback models, bounded hops) and the
+//!   attempt's life as one state machine (`failover::attempt`);
+//! - `proxy/`    the only code that touches Pingora: the `ProxyHttp` hooks handing off to one module per phase
+//!   (admit, attempt, response, finish), the per-request state, the edge loop, server and services.
 
 pub(crate) mod auth;
 pub(crate) mod client_ip;
