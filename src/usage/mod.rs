@@ -1,11 +1,11 @@
-//! Usage records (`record`, their request headers in `headers`), the monthly SQLite files they go to (`store`),
+//! Usage records (`record`, their request headers in `headers`), the monthly SQLite files they go to (`sqlite`),
 //! the crash-safe spool every queued record is also appended to (`spool`), and the queue and batching writer
 //! between (`writer`).
 
 pub mod headers;
 pub mod record;
 pub mod spool;
-pub mod store;
+pub mod sqlite;
 mod throttle;
 pub mod writer;
 
@@ -13,5 +13,5 @@ pub use record::{
     capture_headers, cut, headers_json, CapturedHeaders, CapturedRecord, RawBody, RawTexts,
     TokenUsage, UsageRecord,
 };
-pub use store::{Month, Store, StoreError};
+pub use sqlite::{Month, Store, StoreError};
 pub use writer::{channel, UsageQueue, UsageStats, Writer};

@@ -15,7 +15,7 @@ use tokio::time::MissedTickBehavior;
 use super::record::{CapturedRecord, UsageRecord};
 use super::spool::frame::{Damaged, Next};
 use super::spool::{Orphan, Spool, Spooled};
-use super::store::{Entry, Month, Store, StoreError};
+use super::sqlite::{Entry, Month, Store, StoreError};
 use super::throttle::Throttle;
 use crate::config::UsageSettings;
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::usage::store::tests::{count, record, TIME};
+use crate::usage::sqlite::tests::{count, record, TIME};
 
 const FILE: &str = "record_202611.db";
 

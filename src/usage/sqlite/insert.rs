@@ -3,7 +3,8 @@
 use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat, Timelike};
 use rusqlite::{Connection, Statement};
 
-use super::{Entry, COLUMNS};
+use super::schema::{COLUMNS, TABLE};
+use super::Entry;
 use crate::usage::record::UsageRecord;
 
 /// Rows per INSERT statement, largest first, each half the one before: a batch goes in with as many
@@ -21,12 +22,12 @@ pub(super) struct Inserts {
 
 impl Inserts {
     pub(super) fn new() -> Inserts {
-        let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+        let names: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
         let row = format!("({})", vec!["?"; COLUMNS.len()].join(", "));
         Inserts {
             sql: ROWS.map(|rows| {
                 format!(
-                    "INSERT INTO records ({}) VALUES {}",
+                    "INSERT INTO {TABLE} ({}) VALUES {}",
                     names.join(", "),
                     vec![row.as_str(); rows].join(", ")
                 )

@@ -1,5 +1,5 @@
-//! Monthly SQLite files of usage records (`<dir>/record_YYYYMM.db`): schema, batched inserts, and how far each
-//! spool segment's records are committed (`spool_progress`, in the same transactions).
+//! Monthly SQLite files of usage records (`<dir>/record_YYYYMM.db`): batched inserts, and how far each spool
+//! segment's records are committed (`spool_progress`, in the same transactions). Their table is in `schema`.
 
 use std::collections::btree_map::{BTreeMap, Entry as Slot};
 use std::fmt;
@@ -12,52 +12,7 @@ use super::record::UsageRecord;
 use insert::Inserts;
 
 mod insert;
-
-/// The columns of `records` after `id`, in table order, with their types. The inserts are built from this list
-/// and so is the upgrade of files written by older versions, so the three cannot drift apart.
-const COLUMNS: &[(&str, &str)] = &[
-    ("Time", "TEXT"),
-    ("IP", "TEXT"),
-    ("Model", "TEXT"),
-    ("Type", "TEXT"),
-    ("CompletionTokens", "INTEGER"),
-    ("PromptTokens", "INTEGER"),
-    ("TotalTokens", "INTEGER"),
-    ("Tool", "INTEGER"),
-    ("Multimodal", "INTEGER"),
-    ("Headers", "TEXT"),
-    ("Request", "TEXT"),
-    ("Response", "TEXT"),
-    ("Backend", "TEXT"),
-    ("UpstreamModel", "TEXT"),
-    ("Stream", "INTEGER"),
-    ("Status", "INTEGER"),
-    ("LatencyMs", "INTEGER"),
-    ("FirstTokenMs", "INTEGER"),
-    ("Attempts", "INTEGER"),
-    ("CachedTokens", "INTEGER"),
-    ("ReasoningTokens", "INTEGER"),
-    ("Error", "TEXT"),
-    ("KeyName", "TEXT"),
-];
-
-/// WAL with `synchronous=NORMAL`: a commit is an append to the log, not an fsync, which is what makes
-/// tens of thousands of rows a second possible; a power cut can lose the last commits, never corrupt the file.
-/// WAL also lets anyone read the file while the gateway writes it.
-// busy_timeout: during a graceful upgrade two gateway processes write the same monthly file.
-// page_size: 8 KiB pages, for new files only (it must come before WAL; an existing file keeps its own). A row
-// is ~1 KB, and the larger page means fewer page splits and WAL frames per row: ~2% fewer instructions per
-// record than 4 KiB; 16 KiB gained little more and rewrites twice the bytes for each small commit.
-const PRAGMAS: &str = "PRAGMA busy_timeout=5000; PRAGMA page_size=8192; PRAGMA journal_mode=WAL; \
-                       PRAGMA synchronous=NORMAL;";
-
-const INDEXES: &str = "CREATE INDEX IF NOT EXISTS idx_records_time ON records(Time);
-CREATE INDEX IF NOT EXISTS idx_records_model ON records(Model);";
-
-/// For each spool segment (`usage::spool`), the end offset of its last frame committed to this file: its
-/// records of this month up to there are in `records`. Written in the same transaction as those rows.
-const PROGRESS: &str = "CREATE TABLE IF NOT EXISTS spool_progress \
-                        (Segment TEXT PRIMARY KEY, Offset INTEGER NOT NULL) WITHOUT ROWID;";
+pub mod schema;
 
 /// A row to insert, and where the spool holds it.
 pub trait Entry {
@@ -184,10 +139,6 @@ impl Store {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Where the records of `month` are kept.
     pub fn path(&self, month: Month) -> PathBuf {
         self.dir.join(month.file_name())
@@ -283,7 +234,7 @@ fn open(dir: &Path, path: &Path, month: Month) -> Result<Connection, StoreError>
         source,
     })?;
     let opened = Connection::open(path).and_then(|connection| {
-        create_schema(&connection)?;
+        schema::create(&connection)?;
         Ok(connection)
     });
     opened.map_err(|source| StoreError::Open {
@@ -291,28 +242,6 @@ fn open(dir: &Path, path: &Path, month: Month) -> Result<Connection, StoreError>
         month,
         source,
     })
-}
-
-/// Creates the table if needed, and adds the columns that files written by older versions lack.
-fn create_schema(connection: &Connection) -> rusqlite::Result<()> {
-    connection.execute_batch(PRAGMAS)?;
-    let columns: Vec<String> = COLUMNS.iter().map(|(n, t)| format!("{n} {t}")).collect();
-    connection.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY AUTOINCREMENT, {});",
-        columns.join(", ")
-    ))?;
-    let mut existing = Vec::new();
-    connection.pragma(None, "table_info", "records", |row| {
-        existing.push(row.get::<_, String>("name")?.to_ascii_lowercase());
-        Ok(())
-    })?;
-    for (name, kind) in COLUMNS {
-        if !existing.contains(&name.to_ascii_lowercase()) {
-            connection.execute_batch(&format!("ALTER TABLE records ADD COLUMN {name} {kind};"))?;
-        }
-    }
-    connection.execute_batch(INDEXES)?;
-    connection.execute_batch(PROGRESS)
 }
 
 #[cfg(test)]
