@@ -1,7 +1,9 @@
-//! Monthly SQLite files of usage records (`<dir>/record_YYYYMM.db`): batched inserts, and how far each spool
-//! segment's records are committed (`spool_progress`, in the same transactions). Their table is in `schema`.
+//! The first usage sink: monthly SQLite files (`<dir>/record_YYYYMM.db`), one per month of the records' own
+//! time, with batched inserts and how far each spool segment's records are committed (`spool_progress`, in
+//! the same transactions). The report reads the same files (`schema` defines their table once).
 
 use std::collections::btree_map::{BTreeMap, Entry as Slot};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -9,34 +11,11 @@ use chrono::{DateTime, Datelike, FixedOffset};
 use rusqlite::{Connection, OptionalExtension};
 
 use super::record::UsageRecord;
+use super::sink::{BatchError, Entry, Sink};
 use insert::Inserts;
 
 mod insert;
 pub mod schema;
-
-/// A row to insert, and where the spool holds it.
-pub trait Entry {
-    fn record(&self) -> &UsageRecord;
-    /// The spool segment and the end offset of the record's frame, when it was spooled.
-    fn spooled(&self) -> Option<(&str, u64)> {
-        None
-    }
-}
-
-impl Entry for UsageRecord {
-    fn record(&self) -> &UsageRecord {
-        self
-    }
-}
-
-impl<E: Entry + ?Sized> Entry for &E {
-    fn record(&self) -> &UsageRecord {
-        (**self).record()
-    }
-    fn spooled(&self) -> Option<(&str, u64)> {
-        (**self).spooled()
-    }
-}
 
 /// A calendar month; decides which file a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -122,11 +101,14 @@ impl StoreError {
     }
 }
 
-/// The monthly files of one directory, with a connection kept open for each month recently written.
+/// The monthly files of one directory, with a connection kept open for each month recently written: the
+/// first [`Sink`], and where records are split by month.
 pub struct Store {
     dir: PathBuf,
     files: BTreeMap<Month, Connection>,
     inserts: Inserts,
+    /// (segment, month) -> how far this file has that segment's records, for the imports.
+    import_progress: HashMap<(String, Month), u64>,
 }
 
 impl Store {
@@ -136,6 +118,7 @@ impl Store {
             dir: dir.into(),
             files: BTreeMap::new(),
             inserts: Inserts::new(),
+            import_progress: HashMap::new(),
         }
     }
 
@@ -205,9 +188,65 @@ impl Store {
         Ok(offset.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
+    /// Keeps the newest month and the one before it open (records near midnight on the 1st still arrive for
+    /// the old month); older files are closed so a long-running process does not hold every month open.
+    fn close_old(&mut self) {
+        if let Some(newest) = self.files.keys().next_back().copied() {
+            self.files = self.files.split_off(&newest.previous());
+        }
+    }
+}
+
+impl Sink for Store {
+    type Error = StoreError;
+
+    fn write_batch<E: Entry>(&mut self, batch: &[E]) -> Result<(), BatchError<StoreError>> {
+        self.write(batch).map_err(|error| {
+            // Months go in order, each in its own transaction, up to the failing one.
+            let failed = error.month();
+            let committed = batch
+                .iter()
+                .map(|e| Month::of(&e.record().time) < failed)
+                .collect();
+            BatchError { committed, error }
+        })
+    }
+
+    /// Nothing: every batch is committed by its own transactions when `write_batch` returns.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.files.clear();
+    }
+
+    /// Progress is kept per file: a record is committed when the file of its month has its segment up to `end`.
+    fn committed(
+        &mut self,
+        record: &UsageRecord,
+        segment: &str,
+        end: u64,
+    ) -> Result<bool, StoreError> {
+        let month = Month::of(&record.time);
+        let key = (segment.to_owned(), month);
+        let committed = match self.import_progress.get(&key) {
+            Some(&committed) => committed,
+            None => {
+                let committed = self.progress(month, segment)?;
+                *self.import_progress.entry(key).or_insert(committed)
+            }
+        };
+        Ok(end <= committed)
+    }
+
+    fn end_import(&mut self) {
+        self.import_progress.clear();
+    }
+
     /// Forgets the progress of deleted spool segments in the open files (a row left behind by a crash in
     /// between is harmless: segment names are never reused).
-    pub fn forget(&mut self, segments: &[String]) {
+    fn forget(&mut self, segments: &[String]) {
         for (month, connection) in &self.files {
             for segment in segments {
                 let sql = "DELETE FROM spool_progress WHERE Segment = ?1";
@@ -215,14 +254,6 @@ impl Store {
                     log::debug!("spool progress of {segment} in {month}: {e}");
                 }
             }
-        }
-    }
-
-    /// Keeps the newest month and the one before it open (records near midnight on the 1st still arrive for
-    /// the old month); older files are closed so a long-running process does not hold every month open.
-    fn close_old(&mut self) {
-        if let Some(newest) = self.files.keys().next_back().copied() {
-            self.files = self.files.split_off(&newest.previous());
         }
     }
 }

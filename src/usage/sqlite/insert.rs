@@ -4,8 +4,8 @@ use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat, Timelike};
 use rusqlite::{Connection, Statement};
 
 use super::schema::{COLUMNS, TABLE};
-use super::Entry;
 use crate::usage::record::UsageRecord;
+use crate::usage::sink::Entry;
 
 /// Rows per INSERT statement, largest first, each half the one before: a batch goes in with as many
 /// statements of the largest size as fit, then at most one of each smaller size. SQLite's work per statement
