@@ -14,11 +14,11 @@
 //! - `proxy/`    the only code that touches Pingora: the `ProxyHttp` impl, body handling, server setup;
 //! - `rewrite`   per-backend request rewriting (stop, caps, extra fields, model alias, stream usage);
 //! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
-//! - `usage`     usage records, their bounded queue, crash-safe spool and batching writer into monthly SQLite files;
+//! - `usage`     usage records, their bounded queue, crash-safe spool, batching writer into a `Sink` (SQLite files);
 //! - `secret`    a string type that never prints itself;
 //! - `logging`   the logger: stderr, or rotated info and error files (the `logging:` section);
 //! - `metrics`   Prometheus metrics, and their scrape service on `server.metrics_listen` (a small Pingora app);
-//! - `report`    the `gpt-api usage` report: sums and latency percentiles read from the monthly usage files;
+//! - `report`    the `gpt-api usage` report: sums and latency percentiles read from a `Source` (the monthly files);
 //! - `client_ip` the caller's address: the socket peer, or what a trusted proxy says it forwarded;
 //! - `auth`      gateway keys: finding the caller's key in its headers, each key's model allow-list;
 //! - `ratelimit` per-key requests/tokens-per-minute limits over a sliding window, and their headers.
