@@ -16,11 +16,11 @@
 //! - `logging`   the logger: stderr, or rotated info and error files (the `logging:` section);
 //! - `models`    the `/v1/models` list;
 //! - `rewrite`   per-backend request rewriting (stop, caps, extra fields, model alias, stream usage);
-//! - `usage`     usage records, their bounded queue, crash-safe spool and batching writer into monthly SQLite files;
+//! - `usage`     usage records, their bounded queue, crash-safe spool, batching writer into a `Sink` (SQLite files);
 //! - `ratelimit` per-key requests/tokens-per-minute limits over a sliding window, their store, their headers;
 //! - `routing`   model -> ordered candidate clients (exact/keyword match, priority, weighted round robin);
 //! - `metrics`   Prometheus metrics, and their scrape service on `server.metrics_listen` (a small Pingora app);
-//! - `report`    the `gpt-api usage` report: sums and latency percentiles read from the monthly usage files;
+//! - `report`    the `gpt-api usage` report: sums and latency percentiles read from a `Source` (the monthly files);
 //! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
 //! - `failover`  the order of attempts (candidates by priority, then fallback models, bounded hops) and the
 //!   attempt's life as one state machine (`failover::attempt`);

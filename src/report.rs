@@ -1,23 +1,22 @@
-//! `gpt-api usage`: requests, tokens, errors and latency percentiles read (read-only) from the monthly usage files.
+//! `gpt-api usage`: requests, tokens, errors and latency percentiles summed from a [`Source`] of usage records
+//! (`source`): the monthly usage files, read-only (`sqlite`).
 
 mod range;
 mod render;
+mod source;
+mod sqlite;
 
 pub use range::Range;
+pub use source::{Fields, Source};
+pub use sqlite::MonthFiles;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use chrono::NaiveDate;
 use clap::{Args, ValueEnum};
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags, Row};
 
 use crate::config::Config;
-
-/// How long a read waits when the gateway holds a lock on the file (a WAL checkpoint or recovery).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Print requests, tokens, errors and p50/p99 latency from the usage records.
 #[derive(Debug, Clone, Args)]
@@ -169,17 +168,6 @@ pub struct Report {
     pub total: Stats,
 }
 
-/// The columns of one record that the report needs, as read.
-#[derive(Debug, Clone, Copy, Default)]
-struct Fields {
-    prompt: Option<i64>,
-    completion: Option<i64>,
-    total: Option<i64>,
-    status: Option<i64>,
-    has_error: bool,
-    latency_ms: Option<i64>,
-}
-
 /// Running sums of a group. Latencies are kept (as u32: 4 bytes a record) for the exact percentiles.
 #[derive(Debug, Clone, Default)]
 struct Acc {
@@ -272,20 +260,18 @@ pub fn run(
 
 /// Reads the records of `range` from the month files in `dirs` and groups them by `by`.
 pub fn collect(dirs: &[PathBuf], range: Range, by: &[Dim]) -> Result<Report, ReportError> {
+    summarize(&mut MonthFiles::new(dirs)?, range, by)
+}
+
+/// Reads the records of `range` from `source` and groups them by `by`.
+pub fn summarize(source: &mut dyn Source, range: Range, by: &[Dim]) -> Result<Report, ReportError> {
     let mut groups: BTreeMap<Vec<Option<String>>, Acc> = BTreeMap::new();
     if by.is_empty() {
         groups.insert(Vec::new(), Acc::default());
     }
-    let mut files = Vec::new();
-    for dir in distinct_dirs(dirs)? {
-        for month in range.months() {
-            let path = dir.join(month.file_name());
-            if path.is_file() {
-                read_file(&path, range, by, &mut groups)?;
-                files.push(path);
-            }
-        }
-    }
+    let files = source.read(range, by, &mut |key, fields| {
+        groups.entry(key).or_default().add(fields);
+    })?;
     let mut total = Acc::default();
     for acc in groups.values() {
         total.merge(acc);
@@ -303,145 +289,6 @@ pub fn collect(dirs: &[PathBuf], range: Range, by: &[Dim]) -> Result<Report, Rep
         files,
         rows,
         total: total.finish(),
-    })
-}
-
-/// The directories, each checked to exist, and each read once even when named twice (its records would count twice).
-fn distinct_dirs(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
-    let mut seen = Vec::new();
-    let mut distinct = Vec::new();
-    for dir in dirs {
-        match std::fs::metadata(dir) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(ReportError::NotADir(dir.clone())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ReportError::NoDir(dir.clone()))
-            }
-            Err(source) => {
-                return Err(ReportError::Io {
-                    path: dir.clone(),
-                    source,
-                })
-            }
-        }
-        let canonical = dir.canonicalize().map_err(|source| ReportError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        if !seen.contains(&canonical) {
-            seen.push(canonical);
-            distinct.push(dir.clone());
-        }
-    }
-    Ok(distinct)
-}
-
-/// Adds the records of `range` in one month file to `groups`, in one read transaction.
-fn read_file(
-    path: &Path,
-    range: Range,
-    by: &[Dim],
-    groups: &mut BTreeMap<Vec<Option<String>>, Acc>,
-) -> Result<(), ReportError> {
-    let fail = |source| ReportError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let connection = Connection::open_with_flags(path, flags).map_err(fail)?;
-    connection.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
-    let columns = column_names(&connection).map_err(fail)?;
-    if columns.is_empty() {
-        // No `records` table: a file created but never written to.
-        return Ok(());
-    }
-    let mut select = connection
-        .prepare(&select_sql(by, &columns))
-        .map_err(fail)?;
-    let (lower, upper) = range.bounds();
-    let mut rows = select.query([lower, upper]).map_err(fail)?;
-    while let Some(row) = rows.next().map_err(fail)? {
-        let key = (0..by.len())
-            .map(|i| text(row, i))
-            .collect::<Result<_, _>>()
-            .map_err(fail)?;
-        let fields = fields(row, by.len()).map_err(fail)?;
-        groups.entry(key).or_default().add(fields);
-    }
-    Ok(())
-}
-
-/// The columns of `records`, lower-case; empty when there is no such table.
-fn column_names(connection: &Connection) -> rusqlite::Result<Vec<String>> {
-    let mut names = Vec::new();
-    connection.pragma(None, "table_info", "records", |row| {
-        names.push(row.get::<_, String>("name")?.to_ascii_lowercase());
-        Ok(())
-    })?;
-    Ok(names)
-}
-
-/// Only the columns the report needs (never the bodies); a column an older file lacks reads as NULL.
-fn select_sql(by: &[Dim], columns: &[String]) -> String {
-    let column = |name: &str| {
-        if columns.contains(&name.to_ascii_lowercase()) {
-            name.to_string()
-        } else {
-            "NULL".to_string()
-        }
-    };
-    let mut select: Vec<String> = by
-        .iter()
-        .map(|dim| match dim {
-            Dim::Day => format!("substr({}, 1, 10)", column("Time")),
-            Dim::Model => column("Model"),
-            Dim::Backend => column("Backend"),
-            Dim::Key => column("KeyName"),
-        })
-        .collect();
-    for name in ["PromptTokens", "CompletionTokens", "TotalTokens", "Status"] {
-        select.push(column(name));
-    }
-    select.push(format!("{} IS NOT NULL", column("Error")));
-    select.push(column("LatencyMs"));
-    format!(
-        "SELECT {} FROM records WHERE {time} >= ?1 AND {time} < ?2",
-        select.join(", "),
-        time = column("Time")
-    )
-}
-
-/// The figures after the `keys` group columns of a row of [`select_sql`].
-fn fields(row: &Row<'_>, keys: usize) -> rusqlite::Result<Fields> {
-    Ok(Fields {
-        prompt: int(row, keys)?,
-        completion: int(row, keys + 1)?,
-        total: int(row, keys + 2)?,
-        status: int(row, keys + 3)?,
-        has_error: int(row, keys + 4)?.is_some_and(|n| n != 0),
-        latency_ms: int(row, keys + 5)?,
-    })
-}
-
-/// An integer whatever type an older writer stored it as (SQLite columns are not strictly typed).
-fn int(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<i64>> {
-    Ok(match row.get_ref(i)? {
-        ValueRef::Integer(n) => Some(n),
-        ValueRef::Real(x) => Some(x as i64),
-        ValueRef::Text(t) => std::str::from_utf8(t)
-            .ok()
-            .and_then(|t| t.trim().parse().ok()),
-        ValueRef::Null | ValueRef::Blob(_) => None,
-    })
-}
-
-/// A group value as text; NULL (or empty) is `None`.
-fn text(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<String>> {
-    Ok(match row.get_ref(i)? {
-        ValueRef::Text(t) if !t.is_empty() => Some(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Integer(n) => Some(n.to_string()),
-        ValueRef::Real(x) => Some(x.to_string()),
-        ValueRef::Text(_) | ValueRef::Null | ValueRef::Blob(_) => None,
     })
 }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use chrono::DateTime;
 use clap::Parser;
+use rusqlite::Connection;
 
 use super::*;
 use crate::usage::{Store, TokenUsage, UsageRecord};

@@ -1,17 +1,21 @@
-//! Usage records (`record`, their request headers in `headers`), the monthly SQLite files they go to (`store`),
-//! the crash-safe spool every queued record is also appended to (`spool`), and the queue and batching writer
-//! between (`writer`).
+//! Usage records (`record`, their request headers in `headers`), the queue requests hand them to (`queue`) with
+//! the crash-safe spool every queued record is also appended to (`spool`), the batching writer (`writer`), and
+//! the sink it commits to (`sink`): the monthly SQLite files (`sqlite`), which the report reads too.
 
 pub mod headers;
+pub mod queue;
 pub mod record;
+pub mod sink;
 pub mod spool;
-pub mod store;
+pub mod sqlite;
 mod throttle;
 pub mod writer;
 
+pub use queue::{UsageQueue, UsageStats};
 pub use record::{
     capture_headers, cut, headers_json, CapturedHeaders, CapturedRecord, RawBody, RawTexts,
     TokenUsage, UsageRecord,
 };
-pub use store::{Month, Store, StoreError};
-pub use writer::{channel, UsageQueue, UsageStats, Writer};
+pub use sink::{BatchError, Entry, Sink};
+pub use sqlite::{Month, Store, StoreError};
+pub use writer::{channel, channel_to, Writer};

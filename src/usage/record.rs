@@ -217,7 +217,7 @@ mod tests {
             !format!("{captured:?}").contains("sk-secret"),
             "a credential is never held"
         );
-        let row = crate::usage::store::tests::record("2026-11-26T10:00:00+01:00");
+        let row = crate::usage::sqlite::tests::record("2026-11-26T10:00:00+01:00");
         let raw = RawTexts {
             headers: captured,
             request: Some(Bytes::from_static(b"{\"model\":\"m\"}")),

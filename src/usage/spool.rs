@@ -10,9 +10,9 @@
 //!   in file order.
 //! - Each queued record holds its segment ([`Spooled`]); a segment that is full (or finished) and no longer held
 //!   by any record, all of its records committed, is deleted.
-//! - Exactly once: the writer commits, in the same transaction as the rows, the end offset of the last frame of
-//!   each segment in that batch (`spool_progress` of the monthly file, per month). An import skips the frames
-//!   below that offset, so a crash between a commit and a deletion imports nothing twice.
+//! - Exactly once: the writer's sink commits, with the rows, the end offset of the last frame of each segment
+//!   in that batch (`usage::sink`; the SQLite files: `spool_progress`, per month). An import skips the frames
+//!   the sink has, so a crash between a commit and a deletion imports nothing twice.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions, TryLockError};

@@ -1,96 +1,36 @@
-//! The bounded queue requests hand their usage records to, and the background writer that batches them into the
-//! store. The queue is bounded in records and in bytes; every record it accepts is also in the spool until it is
-//! committed, and the writer imports what dead processes left in the spool.
+//! The background writer: it takes the records the queue (`queue`) hands over, batches them to the sink
+//! (`sink`), retries what was not committed, and imports what dead processes left in the spool (`import`).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
+use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::sync::watch;
 use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
-use super::record::{CapturedRecord, UsageRecord};
-use super::spool::frame::{Damaged, Next};
+use super::queue::{count, Queued, UsageQueue, UsageStats};
+use super::record::UsageRecord;
+use super::sink::{BatchError, Entry, Sink};
 use super::spool::{Orphan, Spool, Spooled};
-use super::store::{Entry, Month, Store, StoreError};
+use super::sqlite::Store;
 use super::throttle::Throttle;
 use crate::config::UsageSettings;
+
+mod import;
 
 /// Attempts at the very end (channel closed, or `drain_now`) before what is left is given up on.
 const FINAL_ATTEMPTS: u32 = 3;
 const FINAL_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// How often the writer looks at the queue once the server is shutting down.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
-/// Drops are warned about at most this often, with the running count.
-const DROP_WARNING_EVERY: Duration = Duration::from_secs(1);
-/// A failing store is retried every flush interval, but logged at most this often (and at least once).
+/// A failing sink is retried every flush interval, but logged at most this often (and at least once).
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Besides at start, the spool is searched this often for what a process that died meanwhile left (the old
 /// process of a graceful upgrade).
 const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(60);
-/// tokio's channel panics above `usize::MAX >> 3` records; no memory holds this many anyway.
-const MAX_QUEUE: usize = 1 << 30;
-
-/// Counters shared by the queue and the writer, for logs and metrics.
-#[derive(Debug, Default)]
-pub struct UsageStats {
-    /// Records in the channel, not yet taken by the writer (approximate).
-    pub queued: AtomicU64,
-    /// Records accepted and not yet committed: in the channel or at the writer, a batch being retried and
-    /// records imported from the spool included. The queue depth metric; bounded by `queue_capacity`.
-    pub waiting: AtomicU64,
-    /// Roughly the bytes those records hold; bounded by `queue_max_mb`.
-    pub waiting_bytes: AtomicU64,
-    /// Records committed to a file.
-    pub written: AtomicU64,
-    /// Records lost: queue full (in records or bytes), writer gone, or given up on at shutdown.
-    pub dropped: AtomicU64,
-    /// Failed write attempts (each may concern many records).
-    pub write_errors: AtomicU64,
-}
-
-impl UsageStats {
-    /// Adds `n` to `dropped` and returns the new total.
-    fn drop_records(&self, n: usize) -> u64 {
-        let n = count(n);
-        self.dropped.fetch_add(n, Relaxed) + n
-    }
-
-    /// `n` records of `bytes` in all are waiting no more.
-    fn release(&self, n: usize, bytes: u64) {
-        self.waiting.fetch_sub(count(n), Relaxed);
-        self.waiting_bytes.fetch_sub(bytes, Relaxed);
-    }
-}
-
-/// The sending side, held by every request. Cloning it is cheap; sending never waits.
-#[derive(Clone, Debug)]
-pub struct UsageQueue {
-    sender: mpsc::Sender<Queued>,
-    stats: Arc<UsageStats>,
-    warnings: Arc<Throttle>,
-    /// Wakes the writer early once a full batch is waiting; otherwise it wakes once per flush interval,
-    /// not once per record (a wake-up per request would cost a context switch per request).
-    wake: Arc<Notify>,
-    batch: u64,
-    /// `queue_capacity` and `queue_max_mb` in bytes.
-    max_records: u64,
-    max_bytes: u64,
-    /// Recorded headers are cut here (`max_body_bytes`, like the bodies).
-    max_headers: usize,
-    spool: Arc<Spool>,
-}
-
-/// A record in the channel: the bytes counted for it, and where the spool holds it.
-#[derive(Debug)]
-pub struct Queued {
-    record: CapturedRecord,
-    size: u64,
-    spooled: Option<Spooled>,
-}
 
 impl Queued {
     /// The record rendered into its row, on the writer's thread.
@@ -121,118 +61,29 @@ impl Entry for Pending {
     }
 }
 
-impl UsageQueue {
-    /// Queues `record` for writing, after appending it to the spool; drops and counts it when the queue is
-    /// full (`queue_capacity` records or `queue_max_mb` waiting) or the writer is gone.
-    pub fn send(&self, record: impl Into<CapturedRecord>) {
-        let mut record = record.into();
-        record.limit_headers(self.max_headers);
-        // The spool keeps every text; a stream's body is made here, then, not by the writer.
-        record.settle();
-        let size = count(record.size());
-        if !self.admit(size) {
-            self.warn_dropped(None);
-            return;
-        }
-        if self.sender.is_closed() {
-            self.stats.release(1, size);
-            self.warn_dropped(Some(TrySendError::Closed(())));
-            return;
-        }
-        // Counted before sending, so the writer's decrement can never come first and wrap around.
-        let depth = self.stats.queued.fetch_add(1, Relaxed) + 1;
-        // Appended and queued under the shard's lock: the writer receives a segment's records in file order.
-        let mut shard = self.spool.shard();
-        let spooled = shard.append(&record);
-        let sent = self.sender.try_send(Queued {
-            record,
-            size,
-            spooled,
-        });
-        drop(shard);
-        let Err(failed) = sent else {
-            if depth >= self.batch {
-                self.wake.notify_one();
-            }
-            return;
-        };
-        self.stats.queued.fetch_sub(1, Relaxed);
-        self.stats.release(1, size);
-        self.warn_dropped(Some(match failed {
-            TrySendError::Full(_) => TrySendError::Full(()),
-            TrySendError::Closed(_) => TrySendError::Closed(()),
-        }));
-    }
-
-    /// Counts a record of `size` bytes as waiting, if the queue has room for it. A record always fits an
-    /// empty queue, so a `queue_max_mb` smaller than one record still lets records through one at a time.
-    fn admit(&self, size: u64) -> bool {
-        let records = self.stats.waiting.fetch_add(1, Relaxed) + 1;
-        let bytes = self.stats.waiting_bytes.fetch_add(size, Relaxed) + size;
-        if records <= self.max_records && (bytes <= self.max_bytes || records == 1) {
-            return true;
-        }
-        self.stats.release(1, size);
-        false
-    }
-
-    /// Counts a dropped record and warns (at most once a second). `None`: the queue was full.
-    fn warn_dropped(&self, failed: Option<TrySendError<()>>) {
-        let dropped = self.stats.drop_records(1);
-        if !self.warnings.ready() {
-            return;
-        }
-        match failed {
-            None | Some(TrySendError::Full(())) => log::warn!(
-                "usage queue full ({} records, {} MB waiting; at most {} records, {} MB): {dropped} \
-                 record(s) dropped so far",
-                self.stats.waiting.load(Relaxed),
-                self.stats.waiting_bytes.load(Relaxed) >> 20,
-                self.max_records,
-                self.max_bytes >> 20,
-            ),
-            Some(TrySendError::Closed(())) => {
-                log::warn!("usage writer has stopped: {dropped} record(s) dropped so far")
-            }
-        }
-    }
-
-    pub fn stats(&self) -> Arc<UsageStats> {
-        Arc::clone(&self.stats)
-    }
+/// A queue and the writer that drains it into the monthly SQLite files of `settings.dir`, sized by `settings`.
+/// Nothing touches the disk until a record arrives, or the writer starts (it then looks for what dead
+/// processes left in the spool).
+pub fn channel(settings: &UsageSettings) -> (UsageQueue, Writer) {
+    channel_to(settings, Store::new(settings.dir.clone()))
 }
 
-/// A queue and the writer that drains it, sized by `settings`. Nothing touches the disk until a record
-/// arrives, or the writer starts (it then looks for what dead processes left in the spool).
-pub fn channel(settings: &UsageSettings) -> (UsageQueue, Writer) {
-    let (sender, receiver) = mpsc::channel(settings.queue_capacity.clamp(1, MAX_QUEUE));
-    let stats = Arc::new(UsageStats::default());
-    let wake = Arc::new(Notify::new());
+/// A queue and the writer that drains it into `sink`.
+pub fn channel_to<S: Sink>(settings: &UsageSettings, sink: S) -> (UsageQueue, Writer<S>) {
     let spool = Arc::new(Spool::new(&settings.dir));
-    let queue = UsageQueue {
-        sender,
-        stats: Arc::clone(&stats),
-        warnings: Arc::new(Throttle::new(DROP_WARNING_EVERY)),
-        wake: Arc::clone(&wake),
-        batch: count(settings.batch_size.max(1)),
-        max_records: count(settings.queue_capacity),
-        max_bytes: count(settings.queue_max_bytes),
-        max_headers: settings.max_body_bytes,
-        spool: Arc::clone(&spool),
-    };
+    let (queue, receiver) = UsageQueue::new(settings, Arc::clone(&spool));
     let writer = Writer {
         receiver,
-        wake,
-        store: Store::new(settings.dir.clone()),
+        wake: Arc::clone(&queue.wake),
+        sink,
         pending: Vec::new(),
         settings: settings.clone(),
-        stats,
+        stats: queue.stats(),
         failing: false,
         failures_unlogged: 0,
         error_log: Throttle::new(ERROR_LOG_EVERY.max(settings.flush_interval)),
         spool,
         imports: VecDeque::new(),
-        import_progress: HashMap::new(),
         imported: 0,
         last_scan: None,
         gave_up: false,
@@ -240,11 +91,12 @@ pub fn channel(settings: &UsageSettings) -> (UsageQueue, Writer) {
     (queue, writer)
 }
 
-/// The receiving side: owns the store and the records received but not yet written.
-pub struct Writer {
+/// The receiving side: owns the sink and the records received but not yet written. It knows nothing of
+/// where the sink keeps them: the sink says which records of a failed batch are committed.
+pub struct Writer<S = Store> {
     receiver: mpsc::Receiver<Queued>,
     wake: Arc<Notify>,
-    store: Store,
+    sink: S,
     /// Received (or imported), not yet written.
     pending: Vec<Pending>,
     settings: UsageSettings,
@@ -256,23 +108,21 @@ pub struct Writer {
     spool: Arc<Spool>,
     /// Segments of dead processes being imported, in order.
     imports: VecDeque<Orphan>,
-    /// (segment, month) -> how far the store has that segment's records, for the imports.
-    import_progress: HashMap<(String, Month), u64>,
     imported: u64,
     last_scan: Option<Instant>,
     /// Records were given up on: their spool files stay for the next start.
     gave_up: bool,
 }
 
-impl Writer {
+impl<S: Sink> Writer<S> {
     pub fn stats(&self) -> Arc<UsageStats> {
         Arc::clone(&self.stats)
     }
 
     /// Batching loop: imports what dead processes left in the spool, waits for records, writes each full batch
-    /// (`batch_size`) at once and whatever has arrived every flush interval, one transaction per batch per
-    /// file. Returns when every [`UsageQueue`] has been dropped and everything received has been written (or,
-    /// if the store keeps failing, given up on).
+    /// (`batch_size`) at once and whatever has arrived every flush interval, each batch handed to the sink.
+    /// Returns when every [`UsageQueue`] has been dropped and everything received has been written (or,
+    /// if the sink keeps failing, given up on).
     ///
     /// `shutdown` turning true flushes right away; the loop then keeps running, because requests still finish
     /// during the server's grace period, until the channel closes.
@@ -291,7 +141,7 @@ impl Writer {
             self.scan_spool();
         }
         loop {
-            // An import goes on batch after batch while the store takes them.
+            // An import goes on batch after batch while the sink takes them.
             let importing = !self.imports.is_empty()
                 && !self.failing
                 && self.pending.len() < self.settings.batch_size;
@@ -320,7 +170,7 @@ impl Writer {
             if watching {
                 self.take_imported();
             }
-            // A failing store is retried at the flush interval, not at every full batch.
+            // A failing sink is retried at the flush interval, not at every full batch.
             if timed || (!self.failing && self.pending.len() >= self.settings.batch_size) {
                 self.flush();
             }
@@ -361,9 +211,10 @@ impl Writer {
         self.close();
     }
 
-    /// After the final attempts: once everything was written, this process's spool files go (a clean
-    /// shutdown leaves none behind).
+    /// After the final attempts: the sink lets go of its files; once everything was written, this process's
+    /// spool files go (a clean shutdown leaves none behind).
     fn close(&mut self) {
+        self.sink.close();
         if !self.gave_up && self.pending.is_empty() {
             self.spool.finish();
         }
@@ -417,126 +268,19 @@ impl Writer {
         self.pending.append(received);
     }
 
-    /// Looks for the spool files of dead processes, to import.
-    fn scan_spool(&mut self) {
-        self.last_scan = Some(Instant::now());
-        let found = self.spool.orphans();
-        if !found.is_empty() {
-            log::info!(
-                "importing {} usage spool file(s) left by a process that stopped without writing them",
-                found.len()
-            );
-            self.imports.extend(found);
-        }
-    }
-
-    /// Takes records from the spool files being imported while the writer has room (up to a batch, and half
-    /// the byte bound of the queue), skipping those the store already has.
-    fn take_imported(&mut self) {
-        let batch = self.settings.batch_size.max(1);
-        let bytes = count(self.settings.queue_max_bytes) / 2;
-        while self.pending.len() < batch && !self.failing {
-            if !self.pending.is_empty() && self.stats.waiting_bytes.load(Relaxed) >= bytes {
-                return;
-            }
-            let Some(orphan) = self.imports.front_mut() else {
-                return;
-            };
-            let next = orphan.frames.read_next();
-            let segment = Arc::clone(&orphan.segment);
-            let offset = orphan.frames.offset();
-            let (record, end) = match next {
-                Ok(Next::Record(record, end)) => (record, end),
-                Ok(Next::End) => {
-                    self.imported_segment();
-                    continue;
-                }
-                Ok(Next::Torn(at)) => {
-                    log::warn!(
-                        "usage spool {}: the record at offset {at} was cut short when its process died; skipped",
-                        segment.name()
-                    );
-                    self.imported_segment();
-                    continue;
-                }
-                Err(Damaged::Io(e)) => {
-                    log::error!(
-                        "cannot read the usage spool {} (import postponed): {e}",
-                        segment.name()
-                    );
-                    self.stop_imports();
-                    return;
-                }
-                Err(e) => {
-                    log::error!(
-                        "usage spool {} is damaged at offset {offset} ({e}); the rest of it is skipped",
-                        segment.name()
-                    );
-                    self.imported_segment();
-                    continue;
-                }
-            };
-            let month = Month::of(&record.row.time);
-            let key = (segment.name().to_owned(), month);
-            let committed = match self.import_progress.get(&key) {
-                Some(&committed) => committed,
-                None => match self.store.progress(month, segment.name()) {
-                    Ok(committed) => *self.import_progress.entry(key).or_insert(committed),
-                    Err(e) => {
-                        log::error!("usage spool import postponed: {e}");
-                        self.stop_imports();
-                        return;
-                    }
-                },
-            };
-            if end <= committed {
-                continue;
-            }
-            let size = count(record.size());
-            self.stats.waiting.fetch_add(1, Relaxed);
-            self.stats.waiting_bytes.fetch_add(size, Relaxed);
-            self.imported += 1;
-            self.pending.push(Pending {
-                record: record.render(),
-                size,
-                spooled: Some(Spooled { segment, end }),
-            });
-        }
-    }
-
-    /// The first import has been read to its end.
-    fn imported_segment(&mut self) {
-        if let Some(done) = self.imports.pop_front() {
-            self.spool.imported(&done.segment);
-        }
-        if self.imports.is_empty() {
-            self.import_progress.clear();
-            log::info!(
-                "usage spool imported: {} record(s) that were not written before",
-                self.imported
-            );
-            self.imported = 0;
-        }
-    }
-
-    /// Stops importing; what was not read stays in the spool for a later import.
-    fn stop_imports(&mut self) {
-        if !self.imports.is_empty() {
-            self.spool.abandon(self.imports.drain(..).collect());
-            self.import_progress.clear();
-        }
-    }
-
-    /// Writes every pending record, one batch per transaction; what fails stays pending for the next attempt.
+    /// Writes every pending record, one batch at a time; what fails stays pending for the next attempt.
     /// Then deletes the spool files whose records are all committed.
     fn flush(&mut self) {
-        let (written, failure) = self.write_pending();
+        let (written, mut failure) = self.write_pending();
         self.stats.written.fetch_add(count(written), Relaxed);
         if written > 0 {
             let deleted = self.spool.collect();
             if !deleted.is_empty() {
-                self.store.forget(&deleted);
+                self.sink.forget(&deleted);
             }
+        }
+        if let Err(error) = self.sink.flush() {
+            failure = failure.or(Some(error));
         }
         match failure {
             None => {
@@ -550,13 +294,13 @@ impl Writer {
     }
 
     /// Returns how many records were written, and the failure that stopped the rest.
-    fn write_pending(&mut self) -> (usize, Option<StoreError>) {
+    fn write_pending(&mut self) -> (usize, Option<S::Error>) {
         let batch = self.settings.batch_size.max(1);
         let mut done = 0;
         let mut failure = None;
         while done < self.pending.len() {
             let end = self.pending.len().min(done + batch);
-            match self.store.write(&self.pending[done..end]) {
+            match self.sink.write_batch(&self.pending[done..end]) {
                 Ok(()) => done = end,
                 Err(error) => {
                     failure = Some(error);
@@ -567,26 +311,24 @@ impl Writer {
         let bytes = self.pending[..done].iter().map(|p| p.size).sum();
         self.stats.release(done, bytes);
         self.pending.drain(..done);
-        let Some(error) = failure else {
+        let Some(BatchError { committed, error }) = failure else {
             return (done, None);
         };
-        // The store committed the failed batch's months before the failing one: a retry must skip those.
-        let failed = error.month();
-        let rest = self.pending.split_off(batch.min(self.pending.len()));
-        let (mut committed, mut bytes) = (0, 0);
+        // The sink may have committed part of the failed batch, now at the front: a retry must skip those.
+        let mut flags = committed.into_iter().take(batch.min(self.pending.len()));
+        let (mut skipped, mut bytes) = (0, 0);
         self.pending.retain(|p| {
-            let keep = Month::of(&p.record.time) >= failed;
-            if !keep {
-                (committed, bytes) = (committed + 1, bytes + p.size);
+            let committed = flags.next().unwrap_or(false);
+            if committed {
+                (skipped, bytes) = (skipped + 1, bytes + p.size);
             }
-            keep
+            !committed
         });
-        self.stats.release(committed, bytes);
-        self.pending.extend(rest);
-        (done + committed, Some(error))
+        self.stats.release(skipped, bytes);
+        (done + skipped, Some(error))
     }
 
-    fn report(&mut self, error: &StoreError) {
+    fn report(&mut self, error: &S::Error) {
         self.failing = true;
         self.stats.write_errors.fetch_add(1, Relaxed);
         self.failures_unlogged += 1;
@@ -600,10 +342,6 @@ impl Writer {
             self.failures_unlogged = 0;
         }
     }
-}
-
-fn count(n: usize) -> u64 {
-    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

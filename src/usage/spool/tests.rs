@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue};
 use super::frame::{self, Damaged, Frames, Next};
 use super::*;
 use crate::usage::record::{capture_headers, RawBody, RawTexts};
-use crate::usage::store::tests::{record, TIME};
+use crate::usage::sqlite::tests::{record, TIME};
 use crate::usage::UsageRecord;
 
 /// A record as a request hands it over: raw headers (one of them cut), request and response bytes.

@@ -4,7 +4,11 @@
 use std::path::Path;
 
 use super::*;
-use crate::usage::store::tests::{count, record, TIME};
+use crate::usage::record::CapturedRecord;
+use crate::usage::sqlite::tests::{count, record, TIME};
+use crate::usage::sqlite::Month;
+
+mod fake;
 
 const FILE: &str = "record_202611.db";
 
@@ -151,7 +155,7 @@ async fn an_unwritable_directory_is_retried_until_it_works() {
 fn a_batch_split_by_a_failing_month_is_not_written_twice() {
     let dir = tempfile::tempdir().unwrap();
     let (queue, mut writer) = channel(&settings(dir.path()));
-    let february = writer.store.path(Month {
+    let february = writer.sink.path(Month {
         year: 2026,
         month: 2,
     });

@@ -1,7 +1,9 @@
-//! Monthly SQLite files of usage records (`<dir>/record_YYYYMM.db`): schema, batched inserts, and how far each
-//! spool segment's records are committed (`spool_progress`, in the same transactions).
+//! The first usage sink: monthly SQLite files (`<dir>/record_YYYYMM.db`), one per month of the records' own
+//! time, with batched inserts and how far each spool segment's records are committed (`spool_progress`, in
+//! the same transactions). The report reads the same files (`schema` defines their table once).
 
 use std::collections::btree_map::{BTreeMap, Entry as Slot};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -9,79 +11,11 @@ use chrono::{DateTime, Datelike, FixedOffset};
 use rusqlite::{Connection, OptionalExtension};
 
 use super::record::UsageRecord;
+use super::sink::{BatchError, Entry, Sink};
 use insert::Inserts;
 
 mod insert;
-
-/// The columns of `records` after `id`, in table order, with their types. The inserts are built from this list
-/// and so is the upgrade of files written by older versions, so the three cannot drift apart.
-const COLUMNS: &[(&str, &str)] = &[
-    ("Time", "TEXT"),
-    ("IP", "TEXT"),
-    ("Model", "TEXT"),
-    ("Type", "TEXT"),
-    ("CompletionTokens", "INTEGER"),
-    ("PromptTokens", "INTEGER"),
-    ("TotalTokens", "INTEGER"),
-    ("Tool", "INTEGER"),
-    ("Multimodal", "INTEGER"),
-    ("Headers", "TEXT"),
-    ("Request", "TEXT"),
-    ("Response", "TEXT"),
-    ("Backend", "TEXT"),
-    ("UpstreamModel", "TEXT"),
-    ("Stream", "INTEGER"),
-    ("Status", "INTEGER"),
-    ("LatencyMs", "INTEGER"),
-    ("FirstTokenMs", "INTEGER"),
-    ("Attempts", "INTEGER"),
-    ("CachedTokens", "INTEGER"),
-    ("ReasoningTokens", "INTEGER"),
-    ("Error", "TEXT"),
-    ("KeyName", "TEXT"),
-];
-
-/// WAL with `synchronous=NORMAL`: a commit is an append to the log, not an fsync, which is what makes
-/// tens of thousands of rows a second possible; a power cut can lose the last commits, never corrupt the file.
-/// WAL also lets anyone read the file while the gateway writes it.
-// busy_timeout: during a graceful upgrade two gateway processes write the same monthly file.
-// page_size: 8 KiB pages, for new files only (it must come before WAL; an existing file keeps its own). A row
-// is ~1 KB, and the larger page means fewer page splits and WAL frames per row: ~2% fewer instructions per
-// record than 4 KiB; 16 KiB gained little more and rewrites twice the bytes for each small commit.
-const PRAGMAS: &str = "PRAGMA busy_timeout=5000; PRAGMA page_size=8192; PRAGMA journal_mode=WAL; \
-                       PRAGMA synchronous=NORMAL;";
-
-const INDEXES: &str = "CREATE INDEX IF NOT EXISTS idx_records_time ON records(Time);
-CREATE INDEX IF NOT EXISTS idx_records_model ON records(Model);";
-
-/// For each spool segment (`usage::spool`), the end offset of its last frame committed to this file: its
-/// records of this month up to there are in `records`. Written in the same transaction as those rows.
-const PROGRESS: &str = "CREATE TABLE IF NOT EXISTS spool_progress \
-                        (Segment TEXT PRIMARY KEY, Offset INTEGER NOT NULL) WITHOUT ROWID;";
-
-/// A row to insert, and where the spool holds it.
-pub trait Entry {
-    fn record(&self) -> &UsageRecord;
-    /// The spool segment and the end offset of the record's frame, when it was spooled.
-    fn spooled(&self) -> Option<(&str, u64)> {
-        None
-    }
-}
-
-impl Entry for UsageRecord {
-    fn record(&self) -> &UsageRecord {
-        self
-    }
-}
-
-impl<E: Entry + ?Sized> Entry for &E {
-    fn record(&self) -> &UsageRecord {
-        (**self).record()
-    }
-    fn spooled(&self) -> Option<(&str, u64)> {
-        (**self).spooled()
-    }
-}
+pub mod schema;
 
 /// A calendar month; decides which file a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -167,11 +101,14 @@ impl StoreError {
     }
 }
 
-/// The monthly files of one directory, with a connection kept open for each month recently written.
+/// The monthly files of one directory, with a connection kept open for each month recently written: the
+/// first [`Sink`], and where records are split by month.
 pub struct Store {
     dir: PathBuf,
     files: BTreeMap<Month, Connection>,
     inserts: Inserts,
+    /// (segment, month) -> how far this file has that segment's records, for the imports.
+    import_progress: HashMap<(String, Month), u64>,
 }
 
 impl Store {
@@ -181,11 +118,8 @@ impl Store {
             dir: dir.into(),
             files: BTreeMap::new(),
             inserts: Inserts::new(),
+            import_progress: HashMap::new(),
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Where the records of `month` are kept.
@@ -254,9 +188,65 @@ impl Store {
         Ok(offset.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
+    /// Keeps the newest month and the one before it open (records near midnight on the 1st still arrive for
+    /// the old month); older files are closed so a long-running process does not hold every month open.
+    fn close_old(&mut self) {
+        if let Some(newest) = self.files.keys().next_back().copied() {
+            self.files = self.files.split_off(&newest.previous());
+        }
+    }
+}
+
+impl Sink for Store {
+    type Error = StoreError;
+
+    fn write_batch<E: Entry>(&mut self, batch: &[E]) -> Result<(), BatchError<StoreError>> {
+        self.write(batch).map_err(|error| {
+            // Months go in order, each in its own transaction, up to the failing one.
+            let failed = error.month();
+            let committed = batch
+                .iter()
+                .map(|e| Month::of(&e.record().time) < failed)
+                .collect();
+            BatchError { committed, error }
+        })
+    }
+
+    /// Nothing: every batch is committed by its own transactions when `write_batch` returns.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.files.clear();
+    }
+
+    /// Progress is kept per file: a record is committed when the file of its month has its segment up to `end`.
+    fn committed(
+        &mut self,
+        record: &UsageRecord,
+        segment: &str,
+        end: u64,
+    ) -> Result<bool, StoreError> {
+        let month = Month::of(&record.time);
+        let key = (segment.to_owned(), month);
+        let committed = match self.import_progress.get(&key) {
+            Some(&committed) => committed,
+            None => {
+                let committed = self.progress(month, segment)?;
+                *self.import_progress.entry(key).or_insert(committed)
+            }
+        };
+        Ok(end <= committed)
+    }
+
+    fn end_import(&mut self) {
+        self.import_progress.clear();
+    }
+
     /// Forgets the progress of deleted spool segments in the open files (a row left behind by a crash in
     /// between is harmless: segment names are never reused).
-    pub fn forget(&mut self, segments: &[String]) {
+    fn forget(&mut self, segments: &[String]) {
         for (month, connection) in &self.files {
             for segment in segments {
                 let sql = "DELETE FROM spool_progress WHERE Segment = ?1";
@@ -264,14 +254,6 @@ impl Store {
                     log::debug!("spool progress of {segment} in {month}: {e}");
                 }
             }
-        }
-    }
-
-    /// Keeps the newest month and the one before it open (records near midnight on the 1st still arrive for
-    /// the old month); older files are closed so a long-running process does not hold every month open.
-    fn close_old(&mut self) {
-        if let Some(newest) = self.files.keys().next_back().copied() {
-            self.files = self.files.split_off(&newest.previous());
         }
     }
 }
@@ -283,7 +265,7 @@ fn open(dir: &Path, path: &Path, month: Month) -> Result<Connection, StoreError>
         source,
     })?;
     let opened = Connection::open(path).and_then(|connection| {
-        create_schema(&connection)?;
+        schema::create(&connection)?;
         Ok(connection)
     });
     opened.map_err(|source| StoreError::Open {
@@ -291,28 +273,6 @@ fn open(dir: &Path, path: &Path, month: Month) -> Result<Connection, StoreError>
         month,
         source,
     })
-}
-
-/// Creates the table if needed, and adds the columns that files written by older versions lack.
-fn create_schema(connection: &Connection) -> rusqlite::Result<()> {
-    connection.execute_batch(PRAGMAS)?;
-    let columns: Vec<String> = COLUMNS.iter().map(|(n, t)| format!("{n} {t}")).collect();
-    connection.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY AUTOINCREMENT, {});",
-        columns.join(", ")
-    ))?;
-    let mut existing = Vec::new();
-    connection.pragma(None, "table_info", "records", |row| {
-        existing.push(row.get::<_, String>("name")?.to_ascii_lowercase());
-        Ok(())
-    })?;
-    for (name, kind) in COLUMNS {
-        if !existing.contains(&name.to_ascii_lowercase()) {
-            connection.execute_batch(&format!("ALTER TABLE records ADD COLUMN {name} {kind};"))?;
-        }
-    }
-    connection.execute_batch(INDEXES)?;
-    connection.execute_batch(PROGRESS)
 }
 
 #[cfg(test)]

@@ -283,3 +283,57 @@ fn an_unusable_directory_is_an_error_until_it_is_fixed() {
     store.write(&[record(TIME)]).unwrap();
     assert_eq!(count(&blocker.join("db/record_202611.db")), 1);
 }
+
+#[test]
+fn as_a_sink_a_failing_month_flags_the_records_of_earlier_months_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::new(dir.path());
+    std::fs::create_dir(store.path(month(2026, 2))).unwrap();
+    let batch = [
+        record("2026-03-05T00:00:00Z"),
+        record("2026-01-05T00:00:00Z"),
+        record("2026-02-05T00:00:00Z"),
+        record("2026-01-06T00:00:00Z"),
+    ];
+    let err = store.write_batch(&batch).unwrap_err();
+    assert_eq!(err.committed, [false, true, false, true]);
+    assert!(err.to_string().contains("record_202602.db"), "{err}");
+    assert_eq!(count(&store.path(month(2026, 1))), 2);
+}
+
+#[test]
+fn as_a_sink_it_answers_from_the_progress_of_the_records_month_until_the_import_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::new(dir.path());
+    let spooled = |time: &str, end: u64| Spooled(record(time), end);
+    store
+        .write_batch(&[
+            spooled(TIME, 100),
+            spooled("2026-10-31T23:00:00+08:00", 200),
+        ])
+        .unwrap();
+    let november = record(TIME);
+    assert!(store.committed(&november, "s", 100).unwrap());
+    assert!(
+        !store.committed(&november, "s", 150).unwrap(),
+        "only October's file has it up to 200"
+    );
+    assert!(!store.committed(&november, "other", 1).unwrap());
+    // Remembered: a commit meanwhile is seen once the import has ended.
+    store.write_batch(&[spooled(TIME, 300)]).unwrap();
+    assert!(!store.committed(&november, "s", 150).unwrap());
+    store.end_import();
+    assert!(store.committed(&november, "s", 150).unwrap());
+}
+
+/// A record spooled in segment `s`, its frame ending at the offset.
+struct Spooled(UsageRecord, u64);
+
+impl Entry for Spooled {
+    fn record(&self) -> &UsageRecord {
+        &self.0
+    }
+    fn spooled(&self) -> Option<(&str, u64)> {
+        Some(("s", self.1))
+    }
+}

@@ -3,8 +3,9 @@
 use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat, Timelike};
 use rusqlite::{Connection, Statement};
 
-use super::{Entry, COLUMNS};
+use super::schema::{COLUMNS, TABLE};
 use crate::usage::record::UsageRecord;
+use crate::usage::sink::Entry;
 
 /// Rows per INSERT statement, largest first, each half the one before: a batch goes in with as many
 /// statements of the largest size as fit, then at most one of each smaller size. SQLite's work per statement
@@ -21,12 +22,12 @@ pub(super) struct Inserts {
 
 impl Inserts {
     pub(super) fn new() -> Inserts {
-        let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+        let names: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
         let row = format!("({})", vec!["?"; COLUMNS.len()].join(", "));
         Inserts {
             sql: ROWS.map(|rows| {
                 format!(
-                    "INSERT INTO records ({}) VALUES {}",
+                    "INSERT INTO {TABLE} ({}) VALUES {}",
                     names.join(", "),
                     vec![row.as_str(); rows].join(", ")
                 )

@@ -7,8 +7,8 @@ use chrono::{Duration, TimeZone};
 use rusqlite::types::Value;
 
 use super::*;
-use crate::usage::store::tests::{self as store_tests, record, TIME};
-use crate::usage::store::{Month, Store};
+use crate::usage::sqlite::tests::{self as store_tests, record, TIME};
+use crate::usage::sqlite::{Month, Store};
 
 /// Record `i` of a sequence whose columns change at different paces: some every record, some in runs longer
 /// than a chunk, some with a period that divides the chunk sizes, so a parameter's new value is sometimes the
