@@ -15,14 +15,15 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::usage::{TokenUsage, UsageStats};
+use registry::{histogram, insert, raise, Reg};
 
+mod registry;
 mod serve;
 pub use serve::service;
 
@@ -409,43 +410,6 @@ impl Series {
             }
             list
         });
-    }
-}
-
-/// Adds `value` under `key` unless another thread was first; returns what the map holds then.
-fn insert<T>(map: &ArcSwap<HashMap<String, Arc<T>>>, key: &str, value: Arc<T>) -> Arc<T> {
-    let mut kept = value.clone();
-    map.rcu(|old| {
-        let mut new = HashMap::clone(old);
-        kept = new
-            .entry(key.to_owned())
-            .or_insert_with(|| value.clone())
-            .clone();
-        new
-    });
-    kept
-}
-
-/// Moves a counter up to a total counted elsewhere.
-fn raise(counter: &IntCounter, total: u64) {
-    let shown = counter.get();
-    if total > shown {
-        counter.inc_by(total - shown);
-    }
-}
-
-fn histogram(name: &str, help: &str) -> Result<HistogramVec, prometheus::Error> {
-    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
-    HistogramVec::new(opts, &["model", "backend"])
-}
-
-/// Registers collectors and hands them back for use.
-struct Reg<'a>(&'a Registry);
-
-impl Reg<'_> {
-    fn add<C: Collector + Clone + 'static>(&self, collector: C) -> Result<C, prometheus::Error> {
-        self.0.register(Box::new(collector.clone()))?;
-        Ok(collector)
     }
 }
 
