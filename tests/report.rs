@@ -1,5 +1,4 @@
 //! `gpt-api usage`: the real binary reads the monthly files of two gateways and adds them up; table, JSON, bad input.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,14 +1,12 @@
 //! Deadlines for slow callers (`client_header_timeout_ms`, `client_body_timeout_ms`, `send_timeout_ms`) and
 //! what idle connections cost. Raw sockets on loopback, short deadlines, every wait bounded.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::raw::*;
-use common::{client, Gateway, Mock};
+use crate::common;
+use crate::common::raw::*;
+use crate::common::{client, Gateway, Mock};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
