@@ -233,7 +233,8 @@ async fn a_caller_that_reads_nothing_is_dropped_with_its_backend_at_send_timeout
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Memory of idle connections (a measurement: `cargo nextest run --test slow_callers --run-ignored only idle`)
+// Memory of idle connections (a measurement, ignored by default:
+// `cargo nextest run --test integration --run-ignored only slow_callers::idle`)
 // ---------------------------------------------------------------------------------------------------------------
 
 fn vm_rss_kb(pid: u32) -> u64 {
