@@ -2,17 +2,17 @@
 //! per-key model lists (403), rpm and tpm limits (429 with OpenAI's headers), the gateway key never forwarded,
 //! `/v1/models` filtered per key, `/health` open, the key's name (never the key) in the record and the access
 //! log, and `--check` refusing a keyless client.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::records::{files, usage_config, wait_exact_rows, wait_rows};
-use common::reload::reloaded;
-use common::{chat_body, check, client, http_client, post_with, Behavior, Gateway, Mock, Resp};
+use crate::common;
+use crate::common::records::{files, usage_config, wait_exact_rows, wait_rows};
+use crate::common::reload::reloaded;
+use crate::common::{
+    chat_body, check, client, http_client, post_with, Behavior, Gateway, Mock, Resp,
+};
 use serde_json::{json, Value};
 
 const RELOAD_WAIT: Duration = Duration::from_secs(10);

@@ -1,13 +1,11 @@
 //! Request bodies: big Content-Length and chunked bodies arrive byte-identical, the size limit answers 413, many in parallel.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use bytes::Bytes;
-use common::{
+use crate::common;
+use crate::common::{
     chat_body, chat_body_exact_len, client, config, config_with_max_body, http_client, post_bytes,
     Gateway, Mock,
 };
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
 

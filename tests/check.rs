@@ -1,9 +1,7 @@
 //! `gpt-api --check`: exit 0 with a one-line summary for a good config, exit 1 with field paths for a bad one.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::check;
+use crate::common;
+use crate::common::check;
 
 const GOOD: &str = r#"
 server:

@@ -1,14 +1,11 @@
 //! Backends that compress their answers (gzip, deflate, br, zstd) whatever they are asked: the usage, the prefix,
 //! the hidden usage chunk and the recorded body still work, and the caller gets a body it can read.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::records::{usage_config, wait_rows};
-use common::{client, http_client, Gateway};
+use crate::common::records::{usage_config, wait_rows};
+use crate::common::{client, http_client, Gateway};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

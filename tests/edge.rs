@@ -1,14 +1,12 @@
 //! The HTTP edge against hostile or odd callers: busy ports at start, request framing, HTTP/1.0, header size
 //! and pipelining (slow callers: `slow_callers.rs`). Raw sockets on loopback, every wait with a deadline.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use common::raw::*;
-use common::{client, config, free_port, run_bin, to_yaml, Gateway, Mock};
+use crate::common;
+use crate::common::raw::*;
+use crate::common::{client, config, free_port, run_bin, to_yaml, Gateway, Mock};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -1,11 +1,9 @@
 //! Error answers: OpenAI-shaped JSON with the right status, type, param and code, and no API key in the body or log.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common;
+use crate::common::{
     chat_body, client, config, free_port, get, http_client, post_bytes, post_json, Behavior,
     Gateway, Mock,
 };

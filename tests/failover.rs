@@ -1,13 +1,11 @@
 //! Failover: which failures move a request to the next candidate or the fallback model, what the caller gets when
 //! all fail, streams, retried bodies, passive health (threshold, cooldown, Retry-After) and the backend header.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::tls::{server_conf, SelfSigned};
-use common::{
+use crate::common;
+use crate::common::tls::{server_conf, SelfSigned};
+use crate::common::{
     chat_body, chat_body_exact_len, check, client, config, free_port, http_client, post_bytes,
     post_json, wait_until, Behavior, Gateway, Mock, Resp,
 };

@@ -1,14 +1,12 @@
 //! Logging: with `logging.dir`, an info log holding one access line per request and an error log holding the
 //! errors; and no key in any line, even at `RUST_LOG=trace`.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::reload::{rejected, reloaded};
-use common::{
+use crate::common;
+use crate::common::reload::{rejected, reloaded};
+use crate::common::{
     chat_body, client, free_port, http_client, post_json, wait_until, Gateway, Mock, Resp,
 };
 use serde_json::{json, Value};

@@ -1,15 +1,12 @@
 //! Prometheus metrics on `server.metrics_listen`: requests by model, backend and status, failovers by reason,
 //! tokens, histograms, in-flight requests, the usage writer and config reloads; nothing listens without it.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::records::{usage_config, wait_exact_rows};
-use common::reload::{rejected, reloaded};
-use common::{chat_body, client, free_port, get, http_client, post_json, Gateway, Mock};
+use crate::common::records::{usage_config, wait_exact_rows};
+use crate::common::reload::{rejected, reloaded};
+use crate::common::{chat_body, client, free_port, get, http_client, post_json, Gateway, Mock};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);

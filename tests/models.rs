@@ -1,14 +1,12 @@
 //! `GET /v1/models`: backends' own lists merged with the `exact` models, filtered by routing, de-duplicated by
 //! priority; failing and hanging backends skipped; the cache, its clearing on reload, and per-caller caching.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::reload::reloaded;
-use common::{client, free_port, http_client, Behavior, Gateway, Mock, Resp};
+use crate::common;
+use crate::common::reload::reloaded;
+use crate::common::{client, free_port, http_client, Behavior, Gateway, Mock, Resp};
 use serde_json::{json, Value};
 
 /// `GET path` with this caller `Authorization` (or none).

@@ -1,15 +1,13 @@
 //! Config reload without a restart: by the file watch, by SIGHUP and by `GET /v1/models`; invalid versions
 //! rejected while serving goes on; running requests finish on their config; no request fails across reloads.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::reload::{rejected, reloaded};
-use common::{
+use crate::common;
+use crate::common::reload::{rejected, reloaded};
+use crate::common::{
     chat_body, client, error_object, free_port, get, http_client, post_json, Gateway, Mock, Resp,
 };
 use futures_util::StreamExt;

@@ -1,14 +1,12 @@
 //! `gpt-api usage`: the real binary reads the monthly files of two gateways and adds them up; table, JSON, bad input.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::common::BIN;
 use rusqlite::{params, Connection};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_gpt-api");
 
 /// The columns a gateway writes (`usage::store`), KeyName last.
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY AUTOINCREMENT, Time TEXT, IP TEXT,

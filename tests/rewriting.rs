@@ -1,17 +1,15 @@
 //! Per-client rewriting: what the backend receives (stop, max_tokens, extra_body, model alias, stream usage,
 //! untouched bytes) and what the caller receives (special_prefix in bodies and streams, the usage-only chunk).
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::fmt;
 
-use common::mock::{
+use crate::common;
+use crate::common::mock::{
     chat_chunk, chat_stream_events, reasoning_stream_events, text_stream_events,
     tool_call_stream_events, usage_chunk, usage_json, Reply,
 };
-use common::records::{usage_config, wait_one_row};
-use common::{
+use crate::common::records::{usage_config, wait_one_row};
+use crate::common::{
     client, config, http_client, post_bytes, raw_http, Behavior, Gateway, Mock, Recorded, Resp,
 };
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};

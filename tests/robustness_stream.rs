@@ -1,17 +1,14 @@
 //! Hostile or odd streams: an endless stream keeps the gateway's memory bounded and its record cut to size; a
 //! stream the caller read to its end and closed at once is complete (200); a backend that cuts its answer
 //! short leaves a 502 in the record, the access log and the metrics alike.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::records::{usage_config, wait_exact_rows, wait_one_row, Row};
-use common::{client, free_port, http_client, wait_until, Behavior, Gateway, Mock};
+use crate::common::records::{usage_config, wait_exact_rows, wait_one_row, Row};
+use crate::common::{client, free_port, http_client, wait_until, Behavior, Gateway, Mock};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

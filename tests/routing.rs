@@ -1,9 +1,9 @@
 //! Routing and forwarding: model matching, priority, round robin, upstream URL, headers, `${VAR}` keys, /v1/models, /health.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{chat_body, client, config, get, http_client, post_json, raw_http, Gateway, Mock};
+use crate::common;
+use crate::common::{
+    chat_body, client, config, get, http_client, post_json, raw_http, Gateway, Mock,
+};
 use serde_json::{json, Value};
 
 /// Which mock answered a response (the mock tags every answer with `x-mock`).

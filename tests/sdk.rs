@@ -1,9 +1,7 @@
 //! The official OpenAI Python SDK (pinned, in a virtualenv under target/) against the gateway: chat, streaming chat, models, 404.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{client, config, Gateway, Mock};
+use crate::common;
+use crate::common::{client, config, Gateway, Mock};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn openai_python_sdk_works_against_gateway() {

@@ -1,14 +1,12 @@
 //! Attacks on the gateway's accounting and logs: a key's model list against aliases and fallbacks, usage that a
 //! `stream` of the wrong type or an odd path would skip, forged log lines and forwarded-for headers, long model
 //! names, gateway keys in the query, and error bodies that say too much.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::records::{usage_config, wait_one_row, wait_rows};
-use common::{chat_body, client, http_client, post_with, Gateway, Mock};
+use crate::common;
+use crate::common::records::{usage_config, wait_one_row, wait_rows};
+use crate::common::{chat_body, client, http_client, post_with, Gateway, Mock};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -1,14 +1,12 @@
 //! Deadlines for slow callers (`client_header_timeout_ms`, `client_body_timeout_ms`, `send_timeout_ms`) and
 //! what idle connections cost. Raw sockets on loopback, short deadlines, every wait bounded.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::raw::*;
-use common::{client, Gateway, Mock};
+use crate::common;
+use crate::common::raw::*;
+use crate::common::{client, Gateway, Mock};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -235,7 +233,8 @@ async fn a_caller_that_reads_nothing_is_dropped_with_its_backend_at_send_timeout
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Memory of idle connections (a measurement: `cargo nextest run --test slow_callers --run-ignored only idle`)
+// Memory of idle connections (a measurement, ignored by default:
+// `cargo nextest run --test integration --run-ignored only slow_callers::idle`)
 // ---------------------------------------------------------------------------------------------------------------
 
 fn vm_rss_kb(pid: u32) -> u64 {

@@ -1,8 +1,5 @@
 //! The usage spool: after `kill -9` under load, every request that got its whole answer has its record once the
 //! gateway is started again on the same usage directory, none twice; a SIGTERM'd gateway leaves no spool behind.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,8 +7,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::records::{fast_shutdown_conf, rows, usage_config, RECORD_TIMEOUT};
-use common::{client, http_client, wait_until, Gateway, Mock};
+use crate::common::records::{fast_shutdown_conf, rows, usage_config, RECORD_TIMEOUT};
+use crate::common::{client, http_client, wait_until, Gateway, Mock};
 use serde_json::json;
 
 /// Each request carries its number in this header, which lands in the record's Headers column.

@@ -1,11 +1,9 @@
 //! SSE streaming: events reach the caller one by one while the backend is still writing, and arrive unchanged.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, config, http_client, Gateway, Mock};
+use crate::common;
+use crate::common::{client, config, http_client, Gateway, Mock};
 use futures_util::StreamExt;
 use serde_json::json;
 

@@ -1,16 +1,14 @@
 //! HTTPS at the edge (`server.tls`): the OpenAI SDK over TLS, HTTP/2 through ALPN with bodies byte-identical
 //! upstream, and the certificate replaced while the gateway runs.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::process::{curl, gateway_args, https_healthy, start, Proc};
-use common::tls::SelfSigned;
-use common::{chat_body, chat_body_exact_len, client, config, Mock};
+use crate::common;
+use crate::common::process::{curl, gateway_args, https_healthy, start, Proc};
+use crate::common::tls::SelfSigned;
+use crate::common::{chat_body, chat_body_exact_len, client, config, Mock};
 use serde_json::{json, Value};
 
 /// A gateway serving HTTPS with `cert`, routing `m1` to `mock`; its files live in the returned tempdir.

@@ -1,12 +1,9 @@
 //! HTTPS backends: SNI and Host from `base_url`, certificates verified against Pingora's `ca_file` or the system roots.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::tls::{server_conf, SelfSigned};
-use common::{chat_body, client, config, post_json, wait_until, Gateway, Mock};
+use crate::common::tls::{server_conf, SelfSigned};
+use crate::common::{chat_body, client, config, post_json, wait_until, Gateway, Mock};
 use serde_json::Value;
 
 /// A TLS mock with a self-signed `localhost` certificate, and a gateway routing `m1` to `https://localhost:PORT/v1`

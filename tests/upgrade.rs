@@ -1,8 +1,5 @@
 //! Pingora graceful upgrade under load: a new process takes the listening socket (`-u`), the old one drains after
 //! SIGQUIT; no request fails, every stream completes, and each request leaves exactly one usage record.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::process::{gateway_args, http_healthy, start, Proc};
-use common::records::{rows, usage_config};
-use common::{chat_body, client, wait_until, Mock};
+use crate::common;
+use crate::common::process::{gateway_args, http_healthy, start, Proc};
+use crate::common::records::{rows, usage_config};
+use crate::common::{chat_body, client, wait_until, Mock};
 use serde_json::{json, Value};
 
 const MODEL: &str = "m1";

@@ -1,16 +1,16 @@
 //! Usage records: one row in `<usage.dir>/record_YYYYMM.db` per routed request, whatever its outcome, with
 //! credentials redacted, bodies kept or cut as configured, and every row written before a SIGTERM'd gateway exits.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::mock::{chat_chunk, Reply};
-use common::records::{
+use crate::common;
+use crate::common::mock::{chat_chunk, Reply};
+use crate::common::records::{
     fast_shutdown_conf, rows, usage_config, wait_exact_rows, wait_one_row, wait_rows, Row,
 };
-use common::{client, http_client, post_bytes, post_json, wait_until, Behavior, Gateway, Mock};
+use crate::common::{
+    client, http_client, post_bytes, post_json, wait_until, Behavior, Gateway, Mock,
+};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 

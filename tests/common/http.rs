@@ -1,6 +1,4 @@
 //! HTTP helpers for the tests: a proxy-free reqwest client, fully read responses, OpenAI error checks, raw HTTP/1.1.
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};

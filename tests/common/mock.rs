@@ -1,6 +1,4 @@
 //! A mock OpenAI backend on 127.0.0.1:0 that records every request and answers as the test tells it to.
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,6 +1,4 @@
 //! Integration-test harness: a recording mock OpenAI backend, the real gateway binary on a free port, and HTTP helpers.
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
 
 pub mod http;
 pub mod mock;
@@ -18,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-#[allow(unused_imports)]
 pub use http::*;
-#[allow(unused_imports)]
 pub use mock::{Behavior, Mock, Recorded};
 
 /// Path of the gateway binary built by cargo for these tests.

@@ -1,6 +1,4 @@
 //! Gateway processes under the test's full control: chosen arguments and port, signals, exit, HTTPS readiness.
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

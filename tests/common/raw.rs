@@ -1,7 +1,5 @@
 //! A raw HTTP/1 client for the edge tests: what the gateway sends back, byte for byte, parsed into responses,
 //! and whether it closes the connection. Every wait has a deadline.
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

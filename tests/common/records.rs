@@ -1,7 +1,5 @@
 //! Usage records: a config with a `usage:` section, the rows of `<dir>/record_YYYYMM.db` read with rusqlite
 //! (read-only), waiting for them, and a Pingora server conf that shuts down fast.
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

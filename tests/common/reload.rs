@@ -1,6 +1,4 @@
 //! Reload helpers: rewrite a running gateway's config file, signal the process, read its reload log lines.
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 use std::time::Duration;

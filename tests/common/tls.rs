@@ -1,6 +1,4 @@
 //! TLS helpers: a self-signed `localhost` certificate made with the `openssl` CLI, a rustls acceptor, a Pingora server conf.
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

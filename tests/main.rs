@@ -1,0 +1,33 @@
+//! The integration tests: one test crate (`cargo nextest run --test integration`), so the harness in `common/`
+//! builds once and the gateway's library is linked into one test binary instead of one per file. Each module is
+//! one area, tested by starting the real `gpt-api` binary against mock backends (`common/`). A new file in
+//! `tests/` needs its `mod` line here: Cargo.toml sets `autotests = false`, so Cargo no longer finds it alone.
+// Test helpers fail loudly by design: a panic is the test's failure report.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+mod auth;
+mod bodies;
+mod check;
+mod compression;
+mod edge;
+mod errors;
+mod failover;
+mod logs;
+mod metrics;
+mod models;
+mod reload;
+mod report;
+mod rewriting;
+mod robustness_stream;
+mod routing;
+mod sdk;
+mod security;
+mod slow_callers;
+mod spool;
+mod streaming;
+mod tls_edge;
+mod tls_upstream;
+mod upgrade;
+mod usage;
