@@ -453,15 +453,8 @@ async fn pipelined_requests_are_all_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_sent_while_the_previous_streams_is_answered_after_it() {
-    let mock = Mock::start("edge").await;
+    let (gw, mock) = gateway_with_mock().await;
     mock.set_sse(5, Duration::from_millis(100));
-    let gw = Gateway::start(&config(vec![client(
-        "a",
-        &mock.base_url("/v1"),
-        "exact",
-        &["m1"],
-    )]))
-    .await;
     let mut conn = TcpStream::connect(gw.addr()).await.unwrap();
     conn.write_all(&post("HTTP/1.1", "", STREAM_CHAT))
         .await

@@ -101,17 +101,10 @@ impl Attempt {
         self.step = Step::Trying { reconnected: false };
     }
 
-    /// Counts the current attempt's failure; returns whether another attempt may follow.
+    /// Counts the current attempt's failure; returns whether another attempt may follow. A status failure
+    /// (in `retry_on`) is decided from the answer's head, before any byte of it reached the caller.
     pub fn fail(&mut self, failure: Failure) -> bool {
-        self.fail_as(failure, false)
-    }
-
-    /// Counts a failure decided from the answer's status (in `retry_on`); returns whether another may follow.
-    pub fn fail_on_status(&mut self, status: u16) -> bool {
-        self.fail_as(Failure::Status(status), true)
-    }
-
-    fn fail_as(&mut self, failure: Failure, on_status: bool) -> bool {
+        let on_status = matches!(failure, Failure::Status(_));
         self.order.fail(failure);
         let more = self.order.has_next();
         self.step = Step::Failed { more, on_status };
@@ -164,14 +157,9 @@ fn verdict(retry: bool) -> Verdict {
     }
 }
 
-/// A failure's `Retry-After` only matters for a 429; other statuses' headers are not read.
-pub fn retry_after_applies(status: u16) -> bool {
-    status == 429
-}
-
-/// The pause a backend asked for, when it applies (see [`retry_after_applies`]).
+/// The pause a backend asked for (`Retry-After`), read only for a 429; other statuses' headers are not read.
 pub fn pause(status: u16, asked: impl FnOnce() -> Option<Duration>) -> Option<Duration> {
-    retry_after_applies(status).then(asked).flatten()
+    (status == 429).then(asked).flatten()
 }
 
 #[cfg(test)]
@@ -260,7 +248,7 @@ mod tests {
     fn a_status_failure_retries_only_while_nothing_reached_the_caller() {
         let (r, mut a) = setup();
         a.next(&r);
-        assert!(a.fail_on_status(503));
+        assert!(a.fail(Failure::Status(503)));
         assert_eq!(a.broke(UNTOUCHED), Verdict::Retry);
         let touched = Broke {
             untouched: false,
@@ -278,7 +266,7 @@ mod tests {
         a.next(&r);
         a.fail(Failure::Status(500));
         a.next(&r);
-        assert!(!a.fail_on_status(500));
+        assert!(!a.fail(Failure::Status(500)));
         assert_eq!(a.broke(UNTOUCHED), Verdict::Stop);
     }
 

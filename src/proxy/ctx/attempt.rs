@@ -86,18 +86,11 @@ impl RequestCtx {
         retry_after: Option<Duration>,
         metrics: &Metrics,
     ) -> bool {
-        let on_status = match failure {
-            Failure::Status(status) => Some(status),
-            _ => None,
-        };
         self.note_failure(&failure, retry_after, metrics);
         let Some(attempt) = self.attempt.as_mut() else {
             return false;
         };
-        let more = match on_status {
-            Some(status) => attempt.fail_on_status(status),
-            None => attempt.fail(failure),
-        };
+        let more = attempt.fail(failure);
         self.record.set_error(attempt.order().summary());
         more
     }
