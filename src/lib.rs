@@ -4,6 +4,7 @@
 //! it, and nothing but `main` imports `proxy` (`.ci/imports.py` lists the imports and fails on a circle).
 //! - `secret`    a string type that never prints itself;
 //! - `escape`    caller-controlled text made safe for log lines (control characters escaped, length cut);
+//! - `tokens`    the token counts of one request (reported or estimated);
 //! - `duration`  the one `Duration` -> whole milliseconds conversion;
 //! - `error`     typed gateway errors and their one rendering into OpenAI-shaped JSON;
 //! - `endpoints` which method+path is answered locally, routed, or an error; the one `/v1` strip;
@@ -48,6 +49,7 @@ pub(crate) mod rewrite;
 pub(crate) mod routing;
 pub(crate) mod secret;
 pub mod tap;
+pub mod tokens;
 pub mod usage;
 
 /// The property tests' settings: 256 cases each (a few seconds), and no failure files written into the source tree.

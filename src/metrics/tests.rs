@@ -10,6 +10,7 @@ fn tokens(prompt: i64, completion: i64) -> TokenUsage {
         total: Some(prompt + completion),
         cached: Some(0),
         reasoning: None,
+        cache_write: None,
     }
 }
 

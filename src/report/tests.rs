@@ -33,6 +33,7 @@ fn record(time: &str, model: &str, prompt: i64, completion: i64, latency_ms: u64
             total: Some(prompt + completion),
             cached: None,
             reasoning: None,
+            cache_write: None,
         },
         tool: false,
         multimodal: false,

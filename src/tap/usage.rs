@@ -50,6 +50,7 @@ pub fn parse(raw: &RawValue) -> Option<TokenUsage> {
         total: count(wire.total_tokens),
         cached: prompt_details.and_then(|d| count(d.cached_tokens)),
         reasoning: completion_details.and_then(|d| count(d.reasoning_tokens)),
+        cache_write: None,
     };
     (usage != TokenUsage::default()).then_some(usage)
 }
@@ -89,6 +90,7 @@ mod tests {
             total: Some(30),
             cached: Some(4),
             reasoning: Some(7),
+            cache_write: None,
         };
         assert_eq!(u, Some(want));
     }

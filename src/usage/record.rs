@@ -6,16 +6,7 @@ use chrono::{DateTime, FixedOffset};
 
 use super::headers::lossy;
 pub use super::headers::{capture_headers, headers_json, CapturedHeaders};
-
-/// Token counts from a backend's `usage` object; a count the backend did not report stays `None`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenUsage {
-    pub prompt: Option<i64>,
-    pub completion: Option<i64>,
-    pub total: Option<i64>,
-    pub cached: Option<i64>,
-    pub reasoning: Option<i64>,
-}
+pub use crate::tokens::TokenUsage;
 
 /// Everything recorded about one routed request. Field order follows the table's columns.
 #[derive(Debug, Clone, PartialEq)]

@@ -48,6 +48,7 @@ fn chat_usage() -> TokenUsage {
         total: Some(46),
         cached: Some(0),
         reasoning: Some(5),
+        cache_write: None,
     }
 }
 

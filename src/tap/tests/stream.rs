@@ -210,6 +210,7 @@ fn responses_stream_usage_and_record() {
         total: Some(13),
         cached: Some(3),
         reasoning: Some(0),
+        cache_write: None,
     };
     assert_eq!(r.usage, Some(want));
     let record = record_json(&r);

@@ -213,6 +213,7 @@ pub fn decode(payload: &[u8]) -> Result<CapturedRecord, Damaged> {
         total: at.opt_i64()?,
         cached: at.opt_i64()?,
         reasoning: at.opt_i64()?,
+        cache_write: None,
     };
     let flags = at.u8()?;
     let row = UsageRecord {

@@ -21,6 +21,7 @@ pub(crate) fn record(time: &str) -> UsageRecord {
             total: Some(46),
             cached: Some(0),
             reasoning: None,
+            cache_write: None,
         },
         tool: true,
         multimodal: false,
