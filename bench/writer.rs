@@ -135,6 +135,7 @@ fn record(start: DateTime<FixedOffset>, texts: &Texts, i: usize) -> CapturedReco
             total: Some(24 + n % 37 + n % 50),
             cached: Some(0),
             reasoning: Some(0),
+            cache_write: None,
         },
         tool: i.is_multiple_of(7),
         multimodal: false,
