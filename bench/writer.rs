@@ -152,6 +152,8 @@ fn record(start: DateTime<FixedOffset>, texts: &Texts, i: usize) -> CapturedReco
         attempts: 1,
         error: None,
         key_name: Some("team-a".to_string()),
+        cost_usd: None,
+        usage_estimated: false,
     };
     // Copies, as the proxy hands over copies of the request's headers and body and the tap's own buffer.
     let raw = RawTexts {

@@ -13,3 +13,13 @@ pub struct TokenUsage {
     pub reasoning: Option<i64>,
     pub cache_write: Option<i64>,
 }
+
+/// The tokenizer that counts a model's tokens when the backend reports none (tiktoken's encodings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tokenizer {
+    /// GPT-4o, GPT-4.1, GPT-5, o1/o3/o4 and later OpenAI models.
+    O200kBase,
+    /// GPT-4, GPT-3.5 and the default for every other model (an estimate for non-OpenAI models).
+    Cl100kBase,
+}

@@ -49,6 +49,8 @@ fn record(time: &str, model: &str, prompt: i64, completion: i64, latency_ms: u64
         attempts: 1,
         error: None,
         key_name: None,
+        cost_usd: None,
+        usage_estimated: false,
     }
 }
 

@@ -41,6 +41,10 @@ pub struct UsageRecord {
     pub error: Option<String>,
     /// Name of the gateway key the caller authenticated with (`auth.keys[i].name`); `None` with auth off.
     pub key_name: Option<String>,
+    /// What the request cost in USD by the price table; `None` when its model has no price.
+    pub cost_usd: Option<f64>,
+    /// The token counts are the gateway's estimate (the backend reported none), not the backend's.
+    pub usage_estimated: bool,
 }
 
 /// A record as a request hands it over: the row, and the texts that take time to render (the headers as

@@ -74,6 +74,8 @@ impl RequestCtx {
             attempts: self.attempt.as_ref().map_or(0, |a| a.count()),
             error: self.record.error.take(),
             key_name: self.admission.key.as_ref().map(|k| k.name().to_owned()),
+            cost_usd: None,
+            usage_estimated: false,
         };
         let raw = RawTexts {
             headers: p.headers,

@@ -236,6 +236,8 @@ pub fn decode(payload: &[u8]) -> Result<CapturedRecord, Damaged> {
         attempts: at.u32()?,
         error: at.opt_string()?,
         key_name: at.opt_string()?,
+        cost_usd: None,
+        usage_estimated: false,
     };
     if !at.flag()? {
         return at.end().map(|()| CapturedRecord { row, raw: None });

@@ -37,6 +37,8 @@ pub(crate) fn record(time: &str) -> UsageRecord {
         attempts: 1,
         error: None,
         key_name: Some("team".into()),
+        cost_usd: None,
+        usage_estimated: false,
     }
 }
 
