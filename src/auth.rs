@@ -8,7 +8,7 @@ use http::HeaderMap;
 use ring::digest::{digest, SHA256};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
-use crate::config::{AuthSettings, KeySettings};
+use crate::config::{AuthSettings, Budget, KeySettings};
 
 /// The headers a caller may send its key in, besides `Authorization: Bearer <key>` (Azure and Anthropic SDKs).
 const KEY_HEADERS: [&str; 2] = ["api-key", "x-api-key"];
@@ -23,6 +23,7 @@ pub struct KeyInfo {
     pub name: String,
     rpm: Option<u32>,
     tpm: Option<u64>,
+    budget: Option<Budget>,
     /// `None`: every model.
     models: Option<Vec<Pattern>>,
 }
@@ -33,6 +34,7 @@ impl KeyInfo {
             name: settings.name.clone(),
             rpm: settings.rpm,
             tpm: settings.tpm,
+            budget: settings.budget,
             models: settings
                 .models
                 .as_ref()
@@ -52,6 +54,11 @@ impl KeyInfo {
     /// Tokens per minute, if limited.
     pub fn tpm(&self) -> Option<u64> {
         self.tpm
+    }
+
+    /// What the key may spend per day and month, if limited.
+    pub fn budget(&self) -> Option<Budget> {
+        self.budget
     }
 
     /// Whether this key may use `model` (the model as the caller requested it).
@@ -227,6 +234,7 @@ mod tests {
             models: models.map(|m| m.iter().map(|s| s.to_string()).collect()),
             rpm: None,
             tpm: None,
+            budget: None,
         }
     }
 

@@ -62,6 +62,9 @@ pub enum GatewayError {
     /// Over a key's rpm or tpm; the message says which and when to retry.
     #[error("{0}")]
     RateLimited(String),
+    /// The key's spend (with its requests in flight) reached a budget; the message names it and its reset.
+    #[error("{0}")]
+    BudgetExceeded(String),
     /// Every attempt failed; `tried` lists each client and why (`name for `model`: reason; ...`).
     #[error("No backend could serve model `{model}`. Tried: {tried}")]
     UpstreamUnreachable { model: String, tried: String },
@@ -86,7 +89,7 @@ impl GatewayError {
             | Self::BodyRead(_) => 400,
             Self::InvalidApiKey => 401,
             Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => 403,
-            Self::RateLimited(_) => 429,
+            Self::RateLimited(_) | Self::BudgetExceeded(_) => 429,
             Self::ModelNotFound(_) | Self::NotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTimeout(_) => 408,
@@ -114,6 +117,10 @@ impl GatewayError {
     }
 
     fn kind(&self) -> &'static str {
+        if let Self::BudgetExceeded(_) = self {
+            // OpenAI's type and code when an account is out of credit.
+            return "insufficient_quota";
+        }
         match self.status() {
             // The caller's request is what is not supported.
             501 => "invalid_request_error",
@@ -151,6 +158,7 @@ impl GatewayError {
             Self::BadHost => "invalid_host",
             Self::UnsupportedTransferEncoding(_) => "unsupported_transfer_encoding",
             Self::RateLimited(_) => "rate_limit_exceeded",
+            Self::BudgetExceeded(_) => "insufficient_quota",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::HeaderTooLarge { .. } => "request_header_too_large",
             Self::RequestTimeout(_) => "request_timeout",

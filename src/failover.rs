@@ -317,6 +317,7 @@ mod tests {
             models: Some(vec!["cheap*".into()]),
             rpm: None,
             tpm: None,
+            budget: None,
         }));
         let mut a = Attempts::new(
             "cheap-premium",

@@ -4,6 +4,7 @@
 //! it, and nothing but `main` imports `proxy` (`.ci/imports.py` lists the imports and fails on a circle).
 //! - `secret`    a string type that never prints itself;
 //! - `escape`    caller-controlled text made safe for log lines (control characters escaped, length cut);
+//! - `money`     amounts of dollars as whole nano-dollars (budgets, spend, reservations);
 //! - `tokens`    the token counts of one request (reported or estimated);
 //! - `duration`  the one `Duration` -> whole milliseconds conversion;
 //! - `error`     typed gateway errors and their one rendering into OpenAI-shaped JSON;
@@ -41,6 +42,7 @@ pub(crate) mod health;
 pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod models;
+pub mod money;
 pub mod proxy;
 pub(crate) mod ratelimit;
 pub mod report;

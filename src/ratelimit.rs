@@ -1,18 +1,28 @@
-//! Per-key requests- and tokens-per-minute limits over a sliding 60 s window, and their OpenAI-style headers.
+//! Per-key limits: requests and tokens per minute over a sliding 60 s window with their OpenAI-style headers,
+//! and budgets in dollars per day and month (`budget.rs`).
 //!
 //! [`Limiter`] is what the proxy calls; it keeps the windows in a [`LimitStore`] (`store.rs`), today the
 //! in-process [`MemoryStore`] (`memory.rs`). A store shared across nodes is a new file beside it.
 
+pub mod budget;
 mod memory;
 mod store;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use budget::{BudgetRefusal, Reservation};
 pub use memory::MemoryStore;
 pub use store::{LimitStore, Limits};
 
+use budget::{BudgetCheck, Period, Spent};
+use chrono::{DateTime, Local};
+
 use crate::auth::{Auth, KeyInfo};
+use crate::money::Usd;
+
+/// The answer header with what is left of a key's smallest budget, this request's reservation deducted.
+pub const BUDGET_REMAINING: &str = "x-budget-remaining-usd";
 
 /// The limits of the configured keys, kept in a [`LimitStore`]; state outlives a config reload that keeps
 /// the key.
@@ -105,6 +115,50 @@ impl Limiter {
             tpm: key.tpm(),
         };
         self.store.check(&key.name, limits, now)
+    }
+
+    /// Reserves `amount` for a request of `key` under its budget: `Ok(None)` for a key without one, the 429's
+    /// words when the key's spend plus its reservations has reached a budget.
+    pub fn reserve(
+        &self,
+        key: &KeyInfo,
+        amount: Usd,
+        now: DateTime<Local>,
+    ) -> Result<Option<Reservation>, BudgetRefusal> {
+        let Some(budget) = key.budget() else {
+            return Ok(None);
+        };
+        match self
+            .store
+            .reserve(&key.name, budget, amount, Period::of(&now))
+        {
+            BudgetCheck::Allow { remaining } => Ok(Some(Reservation::new(
+                Arc::clone(&self.store),
+                &key.name,
+                amount,
+                remaining,
+            ))),
+            BudgetCheck::Deny { reached } => Err(BudgetRefusal::new(&reached, now)),
+        }
+    }
+
+    /// Adds the cost of a request that held no reservation (its key has no budget, yet) to the key's spend,
+    /// so that a budget a reload gives the key counts what it spent before.
+    pub fn spend(&self, key: &KeyInfo, cost: Usd) {
+        if cost > Usd::ZERO {
+            self.store
+                .settle(&key.name, Usd::ZERO, cost, Period::of(&Local::now()));
+        }
+    }
+
+    /// Adds the spend of `key` read back from the records at startup.
+    pub fn seed(&self, key: &str, spent: Spent, now: DateTime<Local>) {
+        self.store.seed(key, spent, Period::of(&now));
+    }
+
+    /// What `key` spent today and this month, and its reservations in flight.
+    pub fn spent(&self, key: &str, now: DateTime<Local>) -> (Spent, Usd) {
+        self.store.spent(key, Period::of(&now))
     }
 
     /// Adds the tokens of a finished request (from streamed or JSON usage) to the key's tpm window.

@@ -6,8 +6,9 @@ use std::fmt;
 use http::HeaderValue;
 
 use super::compile::{Errors, Section, MISSING};
-use super::file::{index_path, key_path, AuthFile, ClientFile, KeyFile, OneOrMany};
+use super::file::{index_path, key_path, AuthFile, BudgetFile, ClientFile, KeyFile, OneOrMany};
 use super::ConfigError;
+use crate::money::Usd;
 use crate::secret::Secret;
 
 /// The `auth:` section, validated. Present means the gateway asks every caller for one of these keys.
@@ -29,6 +30,15 @@ pub struct KeySettings {
     pub rpm: Option<u32>,
     /// Tokens per minute.
     pub tpm: Option<u64>,
+    /// What the key may spend per local calendar day and month; `None`: no budget.
+    pub budget: Option<Budget>,
+}
+
+/// `auth.keys[i].budget_usd`: at least one of the two is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub day: Option<Usd>,
+    pub month: Option<Usd>,
 }
 
 /// What a new `auth:` section changes against the running one, by key name: the keys never leave the config.
@@ -148,6 +158,7 @@ fn compile_key(k: KeyFile, path: String, errors: &mut Errors) -> Option<KeySetti
         s.ok("rpm", n)
     });
     let tpm = k.tpm.map(|n| s.positive("tpm", Some(n), 0));
+    let budget = k.budget_usd.and_then(|b| budget(b, s));
     if s.failed {
         return None;
     }
@@ -157,7 +168,38 @@ fn compile_key(k: KeyFile, path: String, errors: &mut Errors) -> Option<KeySetti
         models,
         rpm,
         tpm,
+        budget,
     })
+}
+
+/// Dollars, at least 0 (a budget of 0 refuses every request of the key: a way to freeze it).
+fn budget(b: BudgetFile, s: &mut Section) -> Option<Budget> {
+    if b.day.is_none() && b.month.is_none() {
+        s.report("budget_usd", "expected `day`, `month` or both");
+        return None;
+    }
+    let mut amount = |field: &str, usd: Option<f64>| {
+        let usd = usd?;
+        if !usd.is_finite() || usd < 0.0 {
+            s.report(field, "must be a number of dollars >= 0");
+            return None;
+        }
+        Some(Usd::from_f64(usd))
+    };
+    let day = amount("budget_usd.day", b.day);
+    let month = amount("budget_usd.month", b.month);
+    Some(Budget { day, month })
+}
+
+/// Spend is what a key's records cost, read back from them after a restart: budgets need the records.
+pub(super) fn report_budgets_without_records(auth: Option<&AuthSettings>, errors: &mut Errors) {
+    for (i, key) in auth.map_or(&[][..], |a| &a.keys).iter().enumerate() {
+        if key.budget.is_some() {
+            let path = key_path(&index_path("auth.keys", i), "budget_usd");
+            let message = "needs usage records (usage.enabled: true): spend is counted from them";
+            errors.push(ConfigError::new(path, message));
+        }
+    }
 }
 
 /// The value is never echoed: it is a credential.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_yaml::{Mapping, Value};
 
-use super::auth::{compile_auth, keyless_clients, report_keyless};
+use super::auth::{compile_auth, keyless_clients, report_budgets_without_records, report_keyless};
 use super::client::compile_clients;
 use super::failover::{check_fallbacks, compile_failover};
 use super::file::{self, key_path, FileConfig};
@@ -45,6 +45,9 @@ pub(super) fn compile(
     let clients = compile_clients(file.openai_clients, &defaults, &mut errors);
     if auth.is_some() {
         report_keyless(&keyless, &mut errors);
+    }
+    if !usage.enabled {
+        report_budgets_without_records(auth.as_ref(), &mut errors);
     }
     if errors.is_empty() {
         // Client indices in paths are only right when every client compiled.

@@ -50,6 +50,15 @@ pub(super) struct KeyFile {
     pub models: Option<OneOrMany>,
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
+    pub budget_usd: Option<BudgetFile>,
+}
+
+/// `auth.keys[i].budget_usd`: dollars per local calendar day and month.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BudgetFile {
+    pub day: Option<f64>,
+    pub month: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +161,8 @@ pub(super) enum FallbackFile {
 pub(super) enum Shape {
     Str,
     Int,
+    /// An integer or a decimal number.
+    Number,
     Bool,
     StrOrList,
     ModelOrFalse,
@@ -227,7 +238,10 @@ const AUTH_KEY: Shape = Shape::Section(&[
     ("models", Shape::StrOrList),
     ("rpm", Shape::Int),
     ("tpm", Shape::Int),
+    ("budget_usd", BUDGET),
 ]);
+
+const BUDGET: Shape = Shape::Section(&[("day", Shape::Number), ("month", Shape::Number)]);
 
 const AUTH: Shape = Shape::Section(&[("keys", Shape::ListOf(&AUTH_KEY))]);
 
@@ -255,6 +269,7 @@ impl Shape {
         match self {
             Shape::Str => "expected a string",
             Shape::Int => "expected an integer",
+            Shape::Number => "expected a number",
             Shape::Bool => "expected true or false",
             Shape::StrOrList => "expected a string or a list of strings",
             Shape::ModelOrFalse => "expected a model name or false",
@@ -277,6 +292,7 @@ pub(super) fn conform(value: &mut Value, shape: &Shape, path: &str, errors: &mut
     let fits = match shape {
         Shape::Str => value.is_string(),
         Shape::Int => value.is_i64(),
+        Shape::Number => value.is_number(),
         Shape::Bool => value.is_bool(),
         Shape::ModelOrFalse => value.is_string() || value.as_bool() == Some(false),
         Shape::StrOrList => conform_str_or_list(value, path, errors),

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use auth::{AuthSettings, KeyChanges, KeySettings};
+pub use auth::{AuthSettings, Budget, KeyChanges, KeySettings};
 pub use base_url::{mask_userinfo, BaseUrl, BaseUrlError};
 pub use logging::{LoggingSettings, DEFAULT_LOG_LEVEL};
 

@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use super::budget::{BudgetCheck, Period, Spent};
 use super::store::{LimitStore, Limits};
 use super::{Decision, Quota};
+use crate::config::Budget;
+use crate::money::Usd;
 
 /// The window, in seconds; one bucket per second.
 const WINDOW: u64 = 60;
@@ -20,6 +23,38 @@ pub struct MemoryStore {
     /// Bucket seconds count from here.
     pub(super) origin: Instant,
     pub(super) windows: ArcSwap<HashMap<String, Arc<Mutex<Window>>>>,
+    /// Spend and reservations per key (never released: config-bounded, and a key added back keeps its spend).
+    spend: ArcSwap<HashMap<String, Arc<Mutex<Spending>>>>,
+}
+
+/// One key's spend in its current day and month, and its requests' reservations.
+#[derive(Debug, Default)]
+struct Spending {
+    period: Option<Period>,
+    spent: Spent,
+    reserved: Usd,
+}
+
+impl Spending {
+    /// Moves to `period`: a new day starts the day's spend at zero, a new month the month's. A period older
+    /// than the one held (a request that started before midnight settling after) counts in the current one.
+    fn roll(&mut self, period: Period) {
+        let Some(held) = self.period else {
+            self.period = Some(period);
+            return;
+        };
+        if period.day > held.day {
+            self.spent.day = Usd::ZERO;
+            self.period = Some(Period {
+                day: period.day,
+                ..held
+            });
+        }
+        if period.month > held.month {
+            self.spent.month = Usd::ZERO;
+            self.period = Some(period);
+        }
+    }
 }
 
 impl Default for MemoryStore {
@@ -33,6 +68,7 @@ impl MemoryStore {
         MemoryStore {
             origin: Instant::now(),
             windows: ArcSwap::from_pointee(HashMap::new()),
+            spend: ArcSwap::from_pointee(HashMap::new()),
         }
     }
 
@@ -43,17 +79,30 @@ impl MemoryStore {
     /// The key's state; created on first use (a key checked before [`LimitStore::release`] saw it, e.g.
     /// during a reload, still gets limited).
     fn window(&self, name: &str) -> Arc<Mutex<Window>> {
-        if let Some(window) = self.windows.load().get(name) {
-            return Arc::clone(window);
-        }
-        let mut created = Arc::default();
-        self.windows.rcu(|old| {
-            let mut map = HashMap::clone(old);
-            created = Arc::clone(map.entry(name.to_owned()).or_default());
-            map
-        });
-        created
+        entry(&self.windows, name)
     }
+
+    /// Runs `f` on the key's spending, moved to `period`.
+    fn spending<T>(&self, name: &str, period: Period, f: impl FnOnce(&mut Spending) -> T) -> T {
+        let spending = entry(&self.spend, name);
+        let mut spending = spending.lock().unwrap_or_else(PoisonError::into_inner);
+        spending.roll(period);
+        f(&mut spending)
+    }
+}
+
+/// The state of `name` in `map`, created on first use (copy on write: reads take no lock).
+fn entry<T: Default>(map: &ArcSwap<HashMap<String, Arc<Mutex<T>>>>, name: &str) -> Arc<Mutex<T>> {
+    if let Some(found) = map.load().get(name) {
+        return Arc::clone(found);
+    }
+    let mut created = Arc::default();
+    map.rcu(|old| {
+        let mut map = HashMap::clone(old);
+        created = Arc::clone(map.entry(name.to_owned()).or_default());
+        map
+    });
+    created
 }
 
 impl LimitStore for MemoryStore {
@@ -77,6 +126,35 @@ impl LimitStore for MemoryStore {
                 .map(|&name| (name.to_owned(), old.get(name).cloned().unwrap_or_default()))
                 .collect::<HashMap<_, _>>()
         });
+    }
+
+    fn reserve(&self, key: &str, budget: Budget, amount: Usd, period: Period) -> BudgetCheck {
+        self.spending(key, period, |s| {
+            let check = BudgetCheck::decide(budget, s.spent, s.reserved, amount);
+            if let BudgetCheck::Allow { .. } = check {
+                s.reserved = s.reserved.saturating_add(amount);
+            }
+            check
+        })
+    }
+
+    fn settle(&self, key: &str, reserved: Usd, cost: Usd, period: Period) {
+        self.spending(key, period, |s| {
+            s.reserved = s.reserved.saturating_sub(reserved);
+            s.spent.day = s.spent.day.saturating_add(cost);
+            s.spent.month = s.spent.month.saturating_add(cost);
+        });
+    }
+
+    fn seed(&self, key: &str, spent: Spent, period: Period) {
+        self.spending(key, period, |s| {
+            s.spent.day = s.spent.day.saturating_add(spent.day);
+            s.spent.month = s.spent.month.saturating_add(spent.month);
+        });
+    }
+
+    fn spent(&self, key: &str, period: Period) -> (Spent, Usd) {
+        self.spending(key, period, |s| (s.spent, s.reserved))
     }
 }
 

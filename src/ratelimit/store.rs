@@ -2,7 +2,10 @@
 
 use std::time::Instant;
 
+use super::budget::{BudgetCheck, Period, Spent};
 use super::Decision;
+use crate::config::Budget;
+use crate::money::Usd;
 
 /// A key's limits, read from its `KeyInfo` at every call so that limits changed by a reload apply at once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,5 +31,21 @@ pub trait LimitStore: Send + Sync {
     fn add_tokens(&self, key: &str, tokens: u64, now: Instant);
 
     /// Releases the state of every key not in `keep` (keys a reload removed); the kept keys keep their counts.
+    /// Spend is kept for every key: a key removed and added back keeps what it spent this month.
     fn release(&self, keep: &[&str]);
+
+    /// Reserves `amount` for a request of `key` unless its spend plus its reservations has reached `budget`
+    /// in `period` ([`BudgetCheck::decide`]); a refused request reserves nothing. Spend of an earlier day or
+    /// month is forgotten when `period` moves on.
+    fn reserve(&self, key: &str, budget: Budget, amount: Usd, period: Period) -> BudgetCheck;
+
+    /// A request of `key` ended: its reservation `reserved` (zero when it had none) is released and `cost`
+    /// added to the key's spend of `period`.
+    fn settle(&self, key: &str, reserved: Usd, cost: Usd, period: Period);
+
+    /// Adds spend read back from the records (at startup) to `key`'s spend of `period`.
+    fn seed(&self, key: &str, spent: Spent, period: Period);
+
+    /// What `key` spent in `period`, and its reservations in flight.
+    fn spent(&self, key: &str, period: Period) -> (Spent, Usd);
 }

@@ -12,6 +12,7 @@ fn settings(name: &str, rpm: Option<u32>, tpm: Option<u64>) -> KeySettings {
         models: None,
         rpm,
         tpm,
+        budget: None,
     }
 }
 
