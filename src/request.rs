@@ -26,6 +26,9 @@ pub struct RequestInfo {
     /// image_url, input_audio, file) or the Responses API `input[].content[]` parts whose type is not
     /// "input_text"/"output_text"/"text". A "refusal" part counts as text in both.
     pub multimodal: bool,
+    /// The caller's cap on output tokens: `max_completion_tokens`, else `max_tokens`, else the Responses API's
+    /// `max_output_tokens` (a non-negative integer; anything else reads as absent and the backend judges it).
+    pub max_tokens: Option<u64>,
 }
 
 /// The top level of a request. Everything but `model` is read leniently: a field of an unexpected shape
@@ -37,6 +40,9 @@ struct Peek<'a> {
     include_usage: bool,
     tool: bool,
     multimodal: bool,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
     /// A field the gateway acts on had a type it must refuse (read as `false` would skip usage accounting).
     wrong_type: Option<WrongType>,
 }
@@ -84,6 +90,9 @@ enum TopKey {
     Functions,
     Messages,
     Input,
+    MaxTokens,
+    MaxCompletionTokens,
+    MaxOutputTokens,
     #[serde(other)]
     Other,
 }
@@ -128,6 +137,9 @@ impl<'de> Visitor<'de> for PeekVisitor {
                 TopKey::Tools | TopKey::Functions => p.tool |= probe::<A, NonEmpty>(&mut map)?,
                 TopKey::Messages => p.multimodal |= probe::<A, AnyItem<Message<false>>>(&mut map)?,
                 TopKey::Input => p.multimodal |= probe::<A, AnyItem<Message<true>>>(&mut map)?,
+                TopKey::MaxTokens => p.max_tokens = map.next_value::<Count>()?.0,
+                TopKey::MaxCompletionTokens => p.max_completion_tokens = map.next_value::<Count>()?.0,
+                TopKey::MaxOutputTokens => p.max_output_tokens = map.next_value::<Count>()?.0,
                 TopKey::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -195,7 +207,57 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, GatewayError> {
         include_usage: peek.include_usage,
         tool: peek.tool,
         multimodal: peek.multimodal,
+        max_tokens: peek
+            .max_completion_tokens
+            .or(peek.max_tokens)
+            .or(peek.max_output_tokens),
     })
+}
+
+/// A count of tokens: a non-negative integer (also written as `100.0`); any other value reads as `None`.
+struct Count(Option<u64>);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CountVisitor).map(Count)
+    }
+}
+
+struct CountVisitor;
+
+impl<'de> Visitor<'de> for CountVisitor {
+    type Value = Option<u64>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(u64::try_from(v).ok())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        let whole = v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < u64::MAX as f64;
+        Ok(whole.then_some(v as u64))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
 }
 
 /// One question asked of a JSON value while it is parsed. Each hook answers for one JSON type; the defaults

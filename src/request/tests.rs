@@ -17,6 +17,7 @@ fn reads_model_and_stream() {
             include_usage: false,
             tool: false,
             multimodal: false,
+            max_tokens: None,
         }
     );
     let r = info(r#" {"model":"a\u00e9"} "#);
@@ -27,6 +28,20 @@ fn reads_model_and_stream() {
     let twice = r#"{"stream":true,"model":"m","stream":false,"messages":[],"messages":3}"#;
     assert!(!info(twice).stream);
     assert!(info(r#"{"stream":false,"model":"m","stream":true}"#).stream);
+}
+
+#[test]
+fn reads_the_output_cap() {
+    let cap = |body: &str| info(body).max_tokens;
+    assert_eq!(cap(r#"{"model":"m","max_tokens":100}"#), Some(100));
+    assert_eq!(cap(r#"{"model":"m","max_tokens":100,"max_completion_tokens":50}"#), Some(50));
+    assert_eq!(cap(r#"{"max_completion_tokens":7,"model":"m","max_tokens":100}"#), Some(7));
+    assert_eq!(cap(r#"{"model":"m","max_output_tokens":3000}"#), Some(3000));
+    assert_eq!(cap(r#"{"model":"m","max_tokens":2.0}"#), Some(2));
+    for odd in ["-1", "2.5", "\"9\"", "null", "true", "[1]", "{\"a\":1}", "1e400"] {
+        let body = format!(r#"{{"model":"m","max_tokens":{odd}}}"#);
+        assert_eq!(inspect(body.as_bytes()).ok().and_then(|i| i.max_tokens), None, "{odd}");
+    }
 }
 
 #[test]
@@ -205,6 +220,9 @@ mod fuzz {
         "model",
         "stream",
         "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
         "include_usage",
         "messages",
         "input",
@@ -247,6 +265,13 @@ mod fuzz {
         let model = body.get("model")?.as_str()?;
         let typed =
             |key: &str, ok: fn(&Value) -> bool| body.get(key).is_none_or(|v| v.is_null() || ok(v));
+        let count = |key: &str| {
+            let v = body.get(key)?;
+            v.as_u64().or_else(|| {
+                let f = v.as_f64()?;
+                (f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64).then_some(f as u64)
+            })
+        };
         let valid = model.len() <= MAX_MODEL_BYTES
             && typed("stream", Value::is_boolean)
             && typed("stream_options", Value::is_object);
@@ -259,6 +284,9 @@ mod fuzz {
                 == Some(&Value::Bool(true)),
             tool: false,
             multimodal: false,
+            max_tokens: count("max_completion_tokens")
+                .or_else(|| count("max_tokens"))
+                .or_else(|| count("max_output_tokens")),
         })
     }
 
