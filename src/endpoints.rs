@@ -58,6 +58,14 @@ impl ApiKind {
         }
     }
 
+    /// The model writes text (counted as completion tokens when a backend reports no usage).
+    pub fn generates_text(self) -> bool {
+        matches!(
+            self,
+            ApiKind::Chat | ApiKind::Completions | ApiKind::Responses
+        )
+    }
+
     /// Chat and completions streams can be asked for usage (`stream_options.include_usage`).
     pub fn streams_usage_option(self) -> bool {
         matches!(self, ApiKind::Chat | ApiKind::Completions)

@@ -138,7 +138,9 @@ impl<'de> Visitor<'de> for PeekVisitor {
                 TopKey::Messages => p.multimodal |= probe::<A, AnyItem<Message<false>>>(&mut map)?,
                 TopKey::Input => p.multimodal |= probe::<A, AnyItem<Message<true>>>(&mut map)?,
                 TopKey::MaxTokens => p.max_tokens = map.next_value::<Count>()?.0,
-                TopKey::MaxCompletionTokens => p.max_completion_tokens = map.next_value::<Count>()?.0,
+                TopKey::MaxCompletionTokens => {
+                    p.max_completion_tokens = map.next_value::<Count>()?.0
+                }
                 TopKey::MaxOutputTokens => p.max_output_tokens = map.next_value::<Count>()?.0,
                 TopKey::Other => {
                     map.next_value::<IgnoredAny>()?;

@@ -34,13 +34,32 @@ fn reads_model_and_stream() {
 fn reads_the_output_cap() {
     let cap = |body: &str| info(body).max_tokens;
     assert_eq!(cap(r#"{"model":"m","max_tokens":100}"#), Some(100));
-    assert_eq!(cap(r#"{"model":"m","max_tokens":100,"max_completion_tokens":50}"#), Some(50));
-    assert_eq!(cap(r#"{"max_completion_tokens":7,"model":"m","max_tokens":100}"#), Some(7));
+    assert_eq!(
+        cap(r#"{"model":"m","max_tokens":100,"max_completion_tokens":50}"#),
+        Some(50)
+    );
+    assert_eq!(
+        cap(r#"{"max_completion_tokens":7,"model":"m","max_tokens":100}"#),
+        Some(7)
+    );
     assert_eq!(cap(r#"{"model":"m","max_output_tokens":3000}"#), Some(3000));
     assert_eq!(cap(r#"{"model":"m","max_tokens":2.0}"#), Some(2));
-    for odd in ["-1", "2.5", "\"9\"", "null", "true", "[1]", "{\"a\":1}", "1e400"] {
+    for odd in [
+        "-1",
+        "2.5",
+        "\"9\"",
+        "null",
+        "true",
+        "[1]",
+        "{\"a\":1}",
+        "1e400",
+    ] {
         let body = format!(r#"{{"model":"m","max_tokens":{odd}}}"#);
-        assert_eq!(inspect(body.as_bytes()).ok().and_then(|i| i.max_tokens), None, "{odd}");
+        assert_eq!(
+            inspect(body.as_bytes()).ok().and_then(|i| i.max_tokens),
+            None,
+            "{odd}"
+        );
     }
 }
 

@@ -7,6 +7,7 @@ mod prefix;
 mod reconstruct;
 mod sse;
 mod stream;
+pub mod text;
 mod usage;
 mod wire;
 
@@ -20,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use decode::{Decoder, Encoding};
 use reconstruct::Reconstruction;
 use serde_json::value::RawValue;
+use text::{Generated, Seen};
 use wire::Envelope;
 
 /// How much of a non-stream body is kept to read its usage (and splice the prefix) at its end, at least.
@@ -83,6 +85,10 @@ pub struct ResponseTap {
     model: Option<String>,
     first_token: bool,
     recon: Option<Reconstruction>,
+    /// A stream's first bytes, for counting its tokens if the backend reports no usage.
+    seen: Option<Seen>,
+    /// The body, once handed out by [`ResponseTap::generated`] (the record may still take it).
+    frozen: Option<Bytes>,
     decoder: Option<Decoder>,
     /// Why the body could not be decoded; nothing more is passed on after it.
     broken: Option<String>,
@@ -100,6 +106,7 @@ impl ResponseTap {
         let rebuilt = opts.sse && (spliceable || opts.kind == ApiKind::Responses);
         let recon = opts.keep_body.filter(|_| rebuilt).map(Reconstruction::new);
         let kept = opts.keep_body.unwrap_or(0);
+        let seen = (opts.sse && opts.kind.generates_text()).then(Seen::default);
         let body_cap = match (opts.sse, rebuilt) {
             (false, _) => kept.max(BODY_CAP),
             (true, false) => kept,
@@ -127,6 +134,8 @@ impl ResponseTap {
             model: None,
             first_token: false,
             recon,
+            seen,
+            frozen: None,
             decoder: None,
             broken: None,
         }
@@ -267,12 +276,30 @@ impl ResponseTap {
             let kind = self.opts.kind;
             return Some(RawBody::Later(Box::new(move || recon.render(kind))));
         }
-        let body = std::mem::take(&mut self.body);
+        let body = match self.frozen.take() {
+            Some(body) => body,
+            None => std::mem::take(&mut self.body).freeze(),
+        };
         // The tap's own buffer: handed over as is, unless it holds more than the record keeps.
         Some(RawBody::Bytes(match body.len() > limit.saturating_add(4) {
             true => crate::usage::record::window(&body, limit),
-            false => body.freeze(),
+            false => body,
         }))
+    }
+
+    /// What the backend generated, for counting its tokens when it reported no usage: a stream's first bytes
+    /// (and how many there were in all), or a whole JSON body (none if it was cut). Call at the end, before
+    /// [`ResponseTap::take_record_body`].
+    pub fn generated(&mut self) -> Option<Generated> {
+        if self.opts.sse {
+            return self.seen.as_mut()?.take();
+        }
+        if self.body_full || self.body.is_empty() || !self.opts.kind.generates_text() {
+            return None;
+        }
+        let body = std::mem::take(&mut self.body).freeze();
+        self.frozen = Some(body.clone());
+        Some(Generated::body(body))
     }
 
     /// The Response column as the usage writer renders it from [`ResponseTap::take_record_body`].
@@ -287,7 +314,8 @@ impl ResponseTap {
     pub fn held(&self) -> usize {
         let recon = self.recon.as_ref().map_or(0, Reconstruction::held);
         let model = self.model.as_ref().map_or(0, String::len);
-        self.pending.len() + self.body.len() + recon + model + self.prefixed.len() * 4
+        let seen = self.seen.as_ref().map_or(0, Seen::held);
+        self.pending.len() + self.body.len() + recon + model + self.prefixed.len() * 4 + seen
     }
 
     /// The most [`ResponseTap::held`] can reach with these options, whatever the backend sends.
@@ -296,7 +324,7 @@ impl ResponseTap {
         let kept = opts.keep_body.unwrap_or(0);
         let body = kept.max(BODY_CAP);
         let recon = Reconstruction::held_bound(kept);
-        stream::EVENT_CAP + body + recon + MAX_MODEL_BYTES + PREFIXED_CHOICES * 4
+        stream::EVENT_CAP + body + recon + MAX_MODEL_BYTES + PREFIXED_CHOICES * 4 + text::SEEN_CAP
     }
 
     /// An SSE error event `data: {"error":{"message":..,"type":"api_error","param":null,"code":..}}\n\n` that
@@ -338,6 +366,9 @@ impl ResponseTap {
     fn note(&mut self, usage: Option<&RawValue>, model: Option<&RawValue>) {
         if let Some(usage) = usage.and_then(usage::parse) {
             self.usage = Some(usage);
+            if let Some(seen) = &mut self.seen {
+                seen.stop();
+            }
         }
         if self.model.is_none() {
             let model = model.and_then(wire::as_str);

@@ -20,6 +20,9 @@ impl ResponseTap {
         if self.recon.is_none() {
             self.keep(&chunk);
         }
+        if let Some(seen) = &mut self.seen {
+            seen.add(&chunk);
+        }
         self.ends.clear();
         let held = self.pending.len();
         self.scanner.scan(&chunk, held, &mut self.ends);
