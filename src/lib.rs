@@ -26,9 +26,11 @@
 //! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
 //! - `failover`  the order of attempts (candidates by priority, then fallback models, bounded hops) and the
 //!   attempt's life as one state machine (`failover::attempt`);
+//! - `accounting` what a finished request cost: tokens counted when none were reported, price, budget, metric;
 //! - `proxy/`    the only code that touches Pingora: the `ProxyHttp` hooks handing off to one module per phase
 //!   (admit, attempt, response, finish), the per-request state, the edge loop, server and services.
 
+pub(crate) mod accounting;
 pub(crate) mod auth;
 pub(crate) mod client_ip;
 pub mod config;

@@ -17,6 +17,7 @@ mod failover;
 mod logs;
 mod metrics;
 mod models;
+mod money;
 mod reload;
 mod report;
 mod rewriting;

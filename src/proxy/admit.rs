@@ -2,6 +2,7 @@
 //! then the body read, the record opened and the candidates found.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::header;
@@ -11,6 +12,7 @@ use pingora::Result;
 use super::caller::{caller_ip, socket_ip};
 use super::ctx::{Caller, PendingRecord};
 use super::{body, framing, respond, Gateway, RequestCtx, Runtime};
+use crate::accounting;
 use crate::auth::Auth;
 use crate::config::UsageSettings;
 use crate::endpoints::{classify, normalize_path, ApiKind, Endpoint};
@@ -62,9 +64,46 @@ pub(super) async fn admit(
         }
         ctx.set_ratelimit_headers(headers);
     }
-    match route(gw, session, ctx, &rt).await {
+    if let Err(e) = route(gw, session, ctx, &rt).await {
+        return reject(session, ctx, e, &[]).await;
+    }
+    match reserve(gw, ctx, &rt) {
         Ok(()) => Ok(false),
-        Err(e) => reject(session, ctx, e, &[]).await,
+        Err((e, headers)) => reject(session, ctx, e, &headers).await,
+    }
+}
+
+/// Reserves the request's likely maximum cost under its key's budget (priced by the model the first
+/// candidate is sent), or refuses it with 429 `insufficient_quota` and `Retry-After` once the budget is reached.
+fn reserve(
+    gw: &Gateway,
+    ctx: &mut RequestCtx,
+    rt: &Runtime,
+) -> Result<(), (GatewayError, Vec<(&'static str, String)>)> {
+    let Some(key) = ctx.key().filter(|k| k.budget().is_some()).cloned() else {
+        return Ok(());
+    };
+    let model = ctx.model();
+    let sent = ctx
+        .attempt()
+        .and_then(|a| a.current())
+        .map(|c| c.client.outgoing_model(model, None));
+    let price = rt.config.prices.first(sent.into_iter().chain([model]));
+    let max_tokens = ctx.info().and_then(|i| i.max_tokens);
+    let amount = accounting::reservation(price, ctx.body_len(), max_tokens);
+    match gw.limiter().reserve(&key, amount, chrono::Local::now()) {
+        Ok(Some(reservation)) => {
+            let remaining = reservation.remaining().six_decimals();
+            ctx.add_answer_header(ratelimit::BUDGET_REMAINING, remaining);
+            ctx.hold_reservation(reservation);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(refusal) => {
+            let seconds = refusal.retry_after.as_secs().max(1).to_string();
+            let err = GatewayError::BudgetExceeded(refusal.message);
+            Err((err, vec![("retry-after", seconds)]))
+        }
     }
 }
 
@@ -167,6 +206,7 @@ async fn route(
         );
         ctx.open_record(pending);
     }
+    ctx.open_accounts(Arc::clone(gw.accountant()));
     let model = info.model.clone();
     let caller = Caller {
         socket_ip: socket,

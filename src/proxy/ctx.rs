@@ -128,6 +128,16 @@ impl RequestCtx {
         self.admission.ratelimit_headers = headers;
     }
 
+    /// Adds a header to the answer (with the rate-limit headers).
+    pub fn add_answer_header(&mut self, name: &'static str, value: String) {
+        self.admission.ratelimit_headers.push((name, value));
+    }
+
+    /// Bytes of the request body.
+    pub fn body_len(&self) -> usize {
+        self.admission.body.len()
+    }
+
     pub fn ratelimit_headers(&self) -> &[(&'static str, String)] {
         &self.admission.ratelimit_headers
     }

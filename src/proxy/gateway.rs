@@ -9,6 +9,7 @@ use pingora::connectors::ConnectorOptions;
 
 use super::models::{ModelLists, ModelsCache};
 use super::reload::{Reload, Reloader};
+use crate::accounting::Accountant;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::dns::DnsCache;
@@ -52,8 +53,10 @@ pub struct Gateway {
     dns: DnsCache,
     usage: UsageQueue,
     metrics: Arc<Metrics>,
-    /// Per-key request and token windows; kept across reloads by key name.
-    limiter: Limiter,
+    /// Per-key request and token windows and budgets; kept across reloads by key name.
+    limiter: Arc<Limiter>,
+    /// Settles each request's accounts: cost, budget, counted tokens.
+    accountant: Arc<Accountant>,
     models: ModelLists,
     reloader: Reloader,
 }
@@ -73,8 +76,9 @@ pub struct GatewayParts {
 impl Gateway {
     pub fn new(config: Config, parts: GatewayParts) -> Self {
         let runtime = Runtime::new(config, None);
-        let limiter = Limiter::new();
+        let limiter = Arc::new(Limiter::new());
         note_auth(&runtime, &limiter);
+        let accountant = Arc::new(Accountant::new(Arc::clone(&limiter), Arc::clone(&parts.metrics)));
         parts
             .metrics
             .set_known_models(crate::metrics::known_models(&runtime.config));
@@ -84,6 +88,7 @@ impl Gateway {
             usage: parts.usage,
             metrics: parts.metrics,
             limiter,
+            accountant,
             models: ModelLists::new(parts.connector),
             reloader: Reloader::new(parts.config_path, parts.fingerprint),
         }
@@ -104,6 +109,10 @@ impl Gateway {
 
     pub fn limiter(&self) -> &Limiter {
         &self.limiter
+    }
+
+    pub fn accountant(&self) -> &Arc<Accountant> {
+        &self.accountant
     }
 
     pub fn usage_queue(&self) -> &UsageQueue {

@@ -24,6 +24,9 @@ use pingora::connectors::ConnectorOptions;
 
 pub mod tls;
 
+/// How long the token estimates still queued at shutdown may take.
+const ESTIMATE_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs the usage writer's batching loop on its own Pingora runtime.
 struct UsageWriterService(Arc<Mutex<Writer>>);
 
@@ -154,7 +157,12 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
     }
     server.add_service(Prebound::new(service, args.upgrade)?);
     server.run(RunArgs::default());
-    // Every request has ended (or was dropped with its runtime, leaving its record): write what is queued.
+    // Every request has ended (or was dropped with its runtime, leaving its record): count the tokens still
+    // to be counted, whose records then join the queue, and write what is queued.
+    let dropped = gateway.accountant().drain(ESTIMATE_DRAIN);
+    if dropped > 0 {
+        log::error!("{dropped} token estimate(s) not finished in {ESTIMATE_DRAIN:?}: their records are lost");
+    }
     writer.blocking_lock().drain_now();
     log::info!("usage records written; exiting");
     Ok(())

@@ -48,6 +48,9 @@ pub struct Row {
     pub cached_tokens: Option<i64>,
     pub reasoning_tokens: Option<i64>,
     pub error: Option<String>,
+    pub key_name: Option<String>,
+    pub cost_usd: Option<f64>,
+    pub usage_estimated: Option<i64>,
 }
 
 impl Row {
@@ -84,7 +87,7 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
 
 const SELECT: &str = "SELECT id, Time, IP, Model, Type, CompletionTokens, PromptTokens, TotalTokens, Tool, \
      Multimodal, Headers, Request, Response, Backend, UpstreamModel, Stream, Status, LatencyMs, FirstTokenMs, \
-     Attempts, CachedTokens, ReasoningTokens, Error FROM records ORDER BY id";
+     Attempts, CachedTokens, ReasoningTokens, Error, KeyName, CostUsd, UsageEstimated FROM records ORDER BY id";
 
 fn read_file(path: &Path) -> rusqlite::Result<Vec<Row>> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -116,6 +119,9 @@ fn read_file(path: &Path) -> rusqlite::Result<Vec<Row>> {
             cached_tokens: r.get(20)?,
             reasoning_tokens: r.get(21)?,
             error: r.get(22)?,
+            key_name: r.get(23)?,
+            cost_usd: r.get(24)?,
+            usage_estimated: r.get(25)?,
         })
     })?;
     rows.collect()

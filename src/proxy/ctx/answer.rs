@@ -38,6 +38,11 @@ impl Answer {
     pub(super) fn tap_mut(&mut self) -> Option<&mut ResponseTap> {
         self.tap.as_deref_mut()
     }
+
+    /// The backend broke off its answer after the header reached the caller.
+    pub(super) fn was_cut_short(&self) -> bool {
+        self.cut_short
+    }
 }
 
 impl RequestCtx {

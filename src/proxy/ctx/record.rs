@@ -1,11 +1,17 @@
-//! The record part of a request: the one usage record each routed request leaves, whatever ends it.
+//! The record part of a request: its accounts (cost, budget, counted tokens) and the one usage record each
+//! routed request leaves, whatever ends it.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 
 use super::answer::CLIENT_CLOSED;
 use super::RequestCtx;
+use crate::accounting::{Accountant, Bill, Settled, ToCount};
 use crate::duration::millis;
+use crate::endpoints::ApiKind;
+use crate::ratelimit::Reservation;
 use crate::usage::{CapturedHeaders, CapturedRecord, RawTexts, UsageQueue, UsageRecord};
 
 /// What is known of a record before the request ends.
@@ -28,6 +34,10 @@ pub(super) struct Record {
     pending: Option<Box<PendingRecord>>,
     /// What went wrong, for the record and the log (never a key).
     error: Option<String>,
+    /// Set once the request reached routing: its accounts are settled when it ends.
+    accountant: Option<Arc<Accountant>>,
+    /// The cost reserved under the key's budget, settled when the request ends.
+    reservation: Option<Reservation>,
 }
 
 impl Record {
@@ -42,12 +52,74 @@ impl RequestCtx {
         self.record.pending = Some(Box::new(pending));
     }
 
-    /// Sends this request's record (once): `status` as the caller saw it.
+    /// The request reached routing: its accounts are settled by `accountant` when it ends.
+    pub fn open_accounts(&mut self, accountant: Arc<Accountant>) {
+        self.record.accountant = Some(accountant);
+    }
+
+    /// Holds the cost reserved under the key's budget until the request ends.
+    pub fn hold_reservation(&mut self, reservation: Reservation) {
+        self.record.reservation = Some(reservation);
+    }
+
+    /// Settles this request's accounts and sends its record (once): `status` as the caller saw it. When the
+    /// backend reported no usage, the record goes once its tokens are counted, off this thread.
     pub fn send_record(&mut self, status: u16) {
-        let Some(p) = self.record.pending.take() else {
+        let Some(accountant) = self.record.accountant.take() else {
             return;
         };
-        let p = *p;
+        let bill = self.bill(status);
+        let record = self.captured_record(status);
+        accountant.settle(bill, move |settled: Settled| {
+            if let Some((queue, mut record)) = record {
+                record.row.tokens = settled.tokens;
+                record.row.cost_usd = settled.cost_usd;
+                record.row.usage_estimated = settled.estimated;
+                queue.send(record);
+            }
+        });
+    }
+
+    /// What the request's accounts need; the tap hands over what the backend generated when it must be
+    /// counted (it reported no usage, and the request is billable: answered, cut short, or left by the caller).
+    fn bill(&mut self, status: u16) -> Bill {
+        let reported = self.answer.tap().and_then(|t| t.usage());
+        let kind = self.kind();
+        let countable = matches!(
+            kind,
+            ApiKind::Chat | ApiKind::Completions | ApiKind::Responses | ApiKind::Embeddings
+        );
+        let billable = (200..300).contains(&status) || status == CLIENT_CLOSED || self.answer.was_cut_short();
+        let tried = self.attempt.as_ref().is_some_and(|a| a.count() > 0);
+        let count = (reported.is_none() && countable && billable && tried).then(|| ToCount {
+            request: self.admission.body.clone(),
+            generated: self.answer.tap_mut().and_then(|t| t.generated()),
+        });
+        let prices = self
+            .runtime()
+            .map(|rt| Arc::clone(&rt.config.prices))
+            .unwrap_or_default();
+        Bill {
+            kind,
+            prices,
+            answered_model: self
+                .answer
+                .tap()
+                .and_then(|t| t.upstream_model().map(str::to_owned)),
+            sent_model: self.outgoing_model().map(str::to_owned),
+            requested_model: self.model().to_owned(),
+            model_label: self.model_label().to_owned(),
+            backend: self.client().map(|c| c.name.clone()),
+            key: self.admission.key.clone(),
+            reservation: self.record.reservation.take(),
+            reported,
+            count,
+        }
+    }
+
+    /// The record to send, with its queue, once the request reached routing with recording on.
+    fn captured_record(&mut self, status: u16) -> Option<(UsageQueue, CapturedRecord)> {
+        let p = *self.record.pending.take()?;
         let response = self.answer.tap_mut().and_then(|t| t.take_record_body());
         let tap = self.answer.tap();
         let info = self.admission.info.as_ref();
@@ -83,17 +155,18 @@ impl RequestCtx {
             response,
             max_body: p.max_body,
         };
-        p.queue.send(CapturedRecord {
+        let record = CapturedRecord {
             row,
             raw: Some(Box::new(raw)),
-        });
+        };
+        Some((p.queue, record))
     }
 }
 
 impl Drop for RequestCtx {
     /// A request dropped before `logging` ran (the server stopped under it) still leaves its record.
     fn drop(&mut self) {
-        if self.record.pending.is_some() {
+        if self.record.accountant.is_some() {
             self.record
                 .error
                 .get_or_insert_with(|| "request cancelled before it finished".into());

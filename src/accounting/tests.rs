@@ -1,0 +1,158 @@
+//! Unit tests of the accounts: reservations, costs, settling budgets, counting tokens on the worker.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::mpsc;
+
+use chrono::Local;
+
+use super::*;
+use crate::config::{Budget, KeySettings};
+use crate::secret::Secret;
+
+fn prices() -> Arc<Prices> {
+    let priced = ("priced".to_string(), Price::new(1.0, 10.0));
+    let mut flat = Price::new(0.0, 10.0);
+    flat.per_request = 0.001;
+    Arc::new(Prices::new([priced, ("flat".to_string(), flat)], []))
+}
+
+fn key(budget: Option<Budget>) -> Arc<KeyInfo> {
+    Arc::new(KeyInfo::new(&KeySettings {
+        name: "team".into(),
+        key: Secret::new("sk-team".into()),
+        models: None,
+        rpm: None,
+        tpm: None,
+        budget,
+    }))
+}
+
+fn accountant() -> Arc<Accountant> {
+    let metrics = Arc::new(Metrics::new().unwrap());
+    Arc::new(Accountant::new(Arc::new(Limiter::new()), metrics))
+}
+
+fn bill(model: &str, reported: Option<TokenUsage>, count: Option<ToCount>) -> Bill {
+    Bill {
+        kind: ApiKind::Chat,
+        prices: prices(),
+        answered_model: None,
+        sent_model: None,
+        requested_model: model.into(),
+        model_label: model.into(),
+        backend: Some("a".into()),
+        key: Some(key(None)),
+        reservation: None,
+        reported,
+        count,
+    }
+}
+
+fn usage(prompt: i64, completion: i64) -> TokenUsage {
+    TokenUsage {
+        prompt: Some(prompt),
+        completion: Some(completion),
+        total: Some(prompt + completion),
+        ..TokenUsage::default()
+    }
+}
+
+/// Settles `bill` and waits for what `then` got.
+fn settle(a: &Arc<Accountant>, bill: Bill) -> Settled {
+    let (tx, rx) = mpsc::channel();
+    a.settle(bill, move |s| tx.send(s).unwrap());
+    rx.recv_timeout(Duration::from_secs(30)).unwrap()
+}
+
+#[test]
+fn a_reservation_is_the_prompt_by_size_and_the_output_cap() {
+    let p = Price::new(1.0, 10.0);
+    // 3000 bytes: 1000 prompt tokens at $1, 1000 output tokens at $10, per 1M.
+    assert_eq!(reservation(Some(&p), 3000, Some(1000)), Usd(11_000_000));
+    // No cap: 4096 output tokens.
+    assert_eq!(reservation(Some(&p), 0, None), Usd(40_960_000));
+    assert_eq!(reservation(None, 3000, Some(1000)), Usd::ZERO);
+}
+
+#[test]
+fn a_request_without_counts_costs_nothing_not_even_per_request() {
+    let mut p = Price::new(1.0, 10.0);
+    p.per_request = 0.5;
+    assert!(cost(&p, &TokenUsage::default()).abs() < 1e-12);
+    assert!((cost(&p, &usage(0, 0)) - 0.5).abs() < 1e-12);
+}
+
+#[test]
+fn reported_usage_is_priced_at_once_by_the_first_model_with_a_price() {
+    let a = accountant();
+    let mut b = bill("unknown", Some(usage(1000, 100)), None);
+    b.answered_model = Some("answered-unknown".into());
+    b.sent_model = Some("priced".into());
+    let s = settle(&a, b);
+    assert!(!s.estimated);
+    assert!((s.cost_usd.unwrap() - 0.002).abs() < 1e-12, "{s:?}");
+    let s = settle(&a, bill("unknown", Some(usage(1000, 100)), None));
+    assert_eq!(s.cost_usd, None);
+    // The key's spend (no budget yet) counts the priced request.
+    let (spent, reserved) = a.limiter().spent("team", Local::now());
+    assert_eq!((spent.day, reserved), (Usd(2_000_000), Usd::ZERO));
+}
+
+#[test]
+fn a_budgeted_request_settles_its_reservation_to_its_cost() {
+    let a = accountant();
+    let budget = Budget {
+        day: Some(Usd(50_000_000)),
+        month: None,
+    };
+    let k = key(Some(budget));
+    let r = a
+        .limiter()
+        .reserve(&k, Usd(10_000_000), Local::now())
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.remaining(), Usd(40_000_000));
+    assert_eq!(a.limiter().spent("team", Local::now()).1, Usd(10_000_000));
+    let mut b = bill("flat", Some(usage(7, 1000)), None);
+    b.key = Some(k);
+    b.reservation = Some(r);
+    let s = settle(&a, b);
+    assert!((s.cost_usd.unwrap() - 0.011).abs() < 1e-12, "{s:?}");
+    assert_eq!(
+        a.limiter().spent("team", Local::now()),
+        (
+            crate::ratelimit::budget::Spent {
+                day: Usd(11_000_000),
+                month: Usd(11_000_000)
+            },
+            Usd::ZERO
+        )
+    );
+}
+
+#[test]
+fn missing_usage_is_counted_on_the_worker_and_priced() {
+    let a = accountant();
+    let request = Bytes::from_static(br#"{"model":"priced","messages":[{"role":"user","content":"Say hello"}]}"#);
+    let generated = Generated::body(Bytes::from_static(
+        br#"{"choices":[{"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog"}}]}"#,
+    ));
+    let count = ToCount {
+        request,
+        generated: Some(generated),
+    };
+    let caller = std::thread::current().id();
+    let (tx, rx) = mpsc::channel();
+    a.settle(bill("priced", None, Some(count)), move |s| {
+        tx.send((s, std::thread::current().id())).unwrap()
+    });
+    let (s, thread) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_ne!(thread, caller, "counted off the caller's thread");
+    assert!(s.estimated);
+    assert_eq!(s.tokens.completion, Some(9), "{s:?}");
+    let prompt = s.tokens.prompt.unwrap();
+    assert!((5..20).contains(&prompt), "{s:?}");
+    let expected = (prompt as f64 + 90.0) / 1e6;
+    assert!((s.cost_usd.unwrap() - expected).abs() < 1e-12, "{s:?}");
+    assert_eq!(a.drain(Duration::from_secs(5)), 0);
+}
