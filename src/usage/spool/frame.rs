@@ -52,12 +52,10 @@ pub fn encode<'a>(record: &'a CapturedRecord, buf: &mut Vec<u8>) -> Option<[&'a 
     for count in [t.prompt, t.completion, t.total, t.cached, t.reasoning] {
         out.opt_i64(count);
     }
-    out.u8(
-        u8::from(r.tool)
-            | u8::from(r.multimodal) << 1
-            | u8::from(r.stream) << 2
-            | u8::from(r.usage_estimated) << 3,
-    );
+    out.u8(u8::from(r.tool)
+        | u8::from(r.multimodal) << 1
+        | u8::from(r.stream) << 2
+        | u8::from(r.usage_estimated) << 3);
     out.str(&r.headers)?;
     out.opt_str(r.request.as_deref())?;
     out.opt_str(r.response.as_deref())?;

@@ -83,7 +83,10 @@ fn frames_read_back_as_written() {
     assert!(matches!(last, Next::End), "{last:?}");
     let rows: Vec<UsageRecord> = read.iter().map(|(r, _)| r.clone()).collect();
     assert_eq!(rows, expected);
-    assert_eq!((rows[1].cost_usd, rows[1].usage_estimated), (Some(0.000_123_4), true));
+    assert_eq!(
+        (rows[1].cost_usd, rows[1].usage_estimated),
+        (Some(0.000_123_4), true)
+    );
     assert_eq!((rows[0].cost_usd, rows[0].usage_estimated), (None, false));
     assert_eq!(read.iter().map(|(_, e)| *e).collect::<Vec<_>>(), ends);
     // The cut headers keep their cut and marker through the spool.
@@ -300,7 +303,11 @@ fn frames_of_version_1_read_as_unpriced_and_not_estimated() {
         let record = CapturedRecord::from(row.clone());
         frame::encode(&record, &mut buf).unwrap();
         assert_eq!(buf[frame::HEADER], 2, "version");
-        assert_eq!(frame::decode(&buf[frame::HEADER..]).unwrap().row, *row, "{i}");
+        assert_eq!(
+            frame::decode(&buf[frame::HEADER..]).unwrap().row,
+            *row,
+            "{i}"
+        );
         // An unknown later version is refused, not misread.
         buf[frame::HEADER] = 3;
         assert!(matches!(

@@ -268,14 +268,23 @@ fn a_file_of_the_previous_version_gains_the_cost_columns_and_its_rows_read_as_un
          INSERT INTO records (Time, Model, KeyName) VALUES ('2026-11-01T00:00:00+08:00', 'old', 'team');",
         before.join(", ")
     );
-    Connection::open(&path).unwrap().execute_batch(&old).unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(&old)
+        .unwrap();
     let mut priced = record(TIME);
     (priced.cost_usd, priced.usage_estimated) = (Some(0.000_25), true);
     Store::new(dir.path()).write(&[priced]).unwrap();
     let rows = rows(&path);
     assert_eq!(rows.len(), 2);
-    assert_eq!((&rows[0][3], &rows[0][24], &rows[0][25]), (&text("old"), &Value::Null, &Value::Null));
-    assert_eq!((&rows[1][24], &rows[1][25]), (&Value::Real(0.000_25), &Value::Integer(1)));
+    assert_eq!(
+        (&rows[0][3], &rows[0][24], &rows[0][25]),
+        (&text("old"), &Value::Null, &Value::Null)
+    );
+    assert_eq!(
+        (&rows[1][24], &rows[1][25]),
+        (&Value::Real(0.000_25), &Value::Integer(1))
+    );
 }
 
 #[test]
