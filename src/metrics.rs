@@ -1,11 +1,12 @@
-//! Prometheus metrics: requests, latency, tokens, failovers, backend health, usage queue, reloads; and their scraping.
+//! Prometheus metrics: requests, latency, tokens, cost, failovers, backend health, usage queue, reloads; and
+//! their scraping.
 //!
 //! Everything lives in the [`Metrics`] value's own registry, so tests and servers never share series. Label
 //! values are bounded: a model is its own label only when it equals a configured `model_match` value (else
 //! [`OTHER_MODEL`]), backends are client names, statuses are HTTP codes and failover reasons a fixed list.
 //!
-//! The hot path ([`Metrics::request_finished`]) takes no lock: the series of each (model, backend) pair are
-//! created once and found again through lock-free copy-on-write maps ([`ArcSwap`]).
+//! The hot path ([`Metrics::request_finished`], [`Metrics::add_cost`]) takes no lock: the series of each
+//! (model, backend) pair are created once and found again through lock-free copy-on-write maps ([`ArcSwap`]).
 //!
 //! `serve.rs` is the scrape endpoint (the only Pingora code here); `tests.rs` the unit tests.
 
@@ -16,8 +17,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus::{
-    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Counter, CounterVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::usage::{TokenUsage, UsageStats};
@@ -67,6 +68,7 @@ pub struct Metrics {
     latency: HistogramVec,
     ttfb: HistogramVec,
     tokens: IntCounterVec,
+    cost: CounterVec,
     failovers: IntCounterVec,
     backend_failures: IntGaugeVec,
     backend_cooling: IntGaugeVec,
@@ -99,6 +101,8 @@ struct Series {
     latency: Histogram,
     ttfb: Histogram,
     tokens: [IntCounter; 4],
+    /// Created with the first known cost: a pair whose model has no price shows no cost, rather than 0.
+    cost: OnceLock<Counter>,
     /// Request counters by status, created on first use (a handful per pair).
     statuses: ArcSwap<Vec<(u16, IntCounter)>>,
 }
@@ -154,6 +158,10 @@ impl Metrics {
             tokens: reg.add(IntCounterVec::new(
                 Opts::new("gpt_api_tokens_total", "Tokens reported by backends, by model, backend and kind."),
                 &["model", "backend", "kind"],
+            )?)?,
+            cost: reg.add(CounterVec::new(
+                Opts::new("gpt_api_cost_usd_total", "What requests cost in USD by the price table, by model and backend."),
+                &["model", "backend"],
             )?)?,
             failovers: reg.add(IntCounterVec::new(
                 Opts::new("gpt_api_failovers_total", "Attempts that moved on from a backend, by reason."),
@@ -231,18 +239,41 @@ impl Metrics {
         ttfb: Option<Duration>,
         tokens: &TokenUsage,
     ) {
+        self.with_series(model, backend, |s| {
+            s.record(self, status, latency, ttfb, tokens);
+        });
+        // Last, so that a scrape that no longer sees the request in flight sees it counted.
+        self.in_flight.dec();
+    }
+
+    /// What a request cost in USD, under the same (model, backend) labels as its
+    /// [`Metrics::request_finished`]; at most once per request, and only when its cost is known. It may come
+    /// later than the request's end, from another thread. A cost that is negative, infinite or not a number
+    /// is ignored (a counter only goes up).
+    #[allow(dead_code, reason = "the proxy calls it once it prices requests (#16)")]
+    pub fn add_cost(&self, model: &str, backend: Option<&str>, usd: f64) {
+        if !(usd.is_finite() && usd >= 0.0) {
+            return;
+        }
+        self.with_series(model, backend, |s| {
+            let counter = s.cost.get_or_init(|| {
+                self.cost
+                    .with_label_values(&[s.model.as_str(), s.backend.as_str()])
+            });
+            counter.inc_by(usd);
+        });
+    }
+
+    /// Runs `f` on the series of `model` (or [`OTHER_MODEL`]) and `backend` (or [`NO_BACKEND`]), created on first use.
+    fn with_series(&self, model: &str, backend: Option<&str>, f: impl FnOnce(&Series)) {
         let models = self.models.load();
         let model = models.get(model).unwrap_or(&self.other);
         let backend = backend.unwrap_or(NO_BACKEND);
         let series = model.backends.load();
         match series.get(backend) {
-            Some(s) => s.record(self, status, latency, ttfb, tokens),
-            None => model
-                .add(self, backend)
-                .record(self, status, latency, ttfb, tokens),
+            Some(s) => f(s),
+            None => f(&model.add(self, backend)),
         }
-        // Last, so that a scrape that no longer sees the request in flight sees it counted.
-        self.in_flight.dec();
     }
 
     /// One attempt moved on from `backend`. `reason`: "connect", "timeout", a status class from
@@ -360,6 +391,7 @@ impl ModelSeries {
             latency: m.latency.with_label_values(&labels),
             ttfb: m.ttfb.with_label_values(&labels),
             tokens,
+            cost: OnceLock::new(),
             statuses: ArcSwap::from_pointee(Vec::new()),
         });
         insert(&self.backends, backend, series)

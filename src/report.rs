@@ -1,11 +1,13 @@
 //! `gpt-api usage`: requests, tokens, errors and latency percentiles summed from a [`Source`] of usage records
 //! (`source`): the monthly usage files, read-only (`sqlite`).
 
+mod money;
 mod range;
 mod render;
 mod source;
 mod sqlite;
 
+pub use money::Usd;
 pub use range::Range;
 pub use source::{Fields, Source};
 pub use sqlite::MonthFiles;
@@ -18,10 +20,10 @@ use clap::{Args, ValueEnum};
 
 use crate::config::Config;
 
-/// Print requests, tokens, errors and p50/p99 latency from the usage records.
+/// Print requests, tokens, errors, p50/p99 latency and cost from the usage records.
 #[derive(Debug, Clone, Args)]
 #[command(long_about = "\
-Print requests, tokens, errors and p50/p99 latency from the usage records (the monthly
+Print requests, tokens, errors, p50/p99 latency and cost from the usage records (the monthly
 <dir>/record_YYYYMM.db files the gateway writes).
 
 The files are opened read-only (safe while a gateway writes them); no record file or directory is
@@ -36,14 +38,21 @@ zone. --from and --to are inclusive. Default range: the current month (this mach
 Columns: requests; prompt_tokens, completion_tokens, total_tokens (sums of the recorded counts, a
 missing count adds 0); no_usage (records without any token count, errors included); errors
 (Status >= 400 or an Error recorded); p50_ms, p99_ms (nearest-rank percentiles of LatencyMs over
-the group's records that have one, errors included). Grouped by key, a record without a key name
-(or from a file written before the KeyName column existed) is in the group \"-\" (null in JSON,
-empty in CSV); likewise a record without a backend. Rows are sorted by their group values; table
-and JSON add a total.
+the group's records that have one, errors included); estimated (records whose token counts are
+the gateway's estimate, the backend having reported none; they count in the token sums); cost_usd
+(the sum of the recorded costs in US dollars, 4 decimals in the table, 6 in CSV and JSON; a
+record without a cost, i.e. its model has no price or its file was written before costs were
+recorded, adds nothing; a group without any cost shows - in the table, empty in CSV, null in
+JSON). Grouped by key, a record without a key name (or from a file written before the KeyName
+column existed) is in the group \"-\" (null in JSON, empty in CSV); likewise a record without a
+backend. Rows are sorted by their group values; table and JSON add a total.
+
+The bill of each gateway key for a month: gpt-api usage --by key --month 2026-12 [--format csv].
 
 Stored values are shown safely: in the table a group value is cut to 64 characters (ending in …)
 and control characters are escaped (\\n, \\t, \\u001b, NUL as \\u0000); CSV has the whole value with
-the same escapes except line breaks, which it quotes; JSON has the whole value, escaped.")]
+the same escapes except line breaks, which it quotes, and a value starting with =, +, - or @ gets
+a leading ' so that a spreadsheet does not take it for a formula; JSON has the whole value, escaped.")]
 pub struct UsageArgs {
     /// Read the `usage.dir` of this gateway config (default: the top-level --config, config/config.yaml).
     ///
@@ -148,6 +157,10 @@ pub struct Stats {
     pub errors: u64,
     pub p50_ms: Option<u32>,
     pub p99_ms: Option<u32>,
+    /// Records whose token counts are the gateway's estimate (the backend reported none).
+    pub estimated: u64,
+    /// The sum of the known costs; `None` when no record of the group has one.
+    pub cost_usd: Option<Usd>,
 }
 
 /// One output row: the group's values in `--by` order (`None`: not recorded) and its figures.
@@ -194,6 +207,8 @@ impl Acc {
             self.latencies
                 .push(u32::try_from(ms.max(0)).unwrap_or(u32::MAX));
         }
+        s.estimated += u64::from(f.estimated);
+        s.cost_usd = add_cost(s.cost_usd, f.cost_usd.and_then(Usd::from_f64));
     }
 
     fn merge(&mut self, other: &Acc) {
@@ -204,6 +219,8 @@ impl Acc {
         s.total_tokens = s.total_tokens.saturating_add(o.total_tokens);
         s.no_usage += o.no_usage;
         s.errors += o.errors;
+        s.estimated += o.estimated;
+        s.cost_usd = add_cost(s.cost_usd, o.cost_usd);
         self.latencies.extend_from_slice(&other.latencies);
     }
 
@@ -212,6 +229,14 @@ impl Acc {
         self.stats.p50_ms = nearest_rank(&self.latencies, 50);
         self.stats.p99_ms = nearest_rank(&self.latencies, 99);
         self.stats
+    }
+}
+
+/// A sum of costs that stays unknown until a known cost is added: unknown costs add nothing.
+fn add_cost(sum: Option<Usd>, cost: Option<Usd>) -> Option<Usd> {
+    match (sum, cost) {
+        (Some(sum), Some(cost)) => Some(sum.saturating_add(cost)),
+        (sum, cost) => sum.or(cost),
     }
 }
 

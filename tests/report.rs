@@ -8,12 +8,13 @@ use crate::common::BIN;
 use rusqlite::{params, Connection};
 use serde_json::Value;
 
-/// The columns a gateway writes (`usage::store`), KeyName last.
+/// The columns a gateway writes (`usage::store`), the cost columns last.
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY AUTOINCREMENT, Time TEXT, IP TEXT,
     Model TEXT, Type TEXT, CompletionTokens INTEGER, PromptTokens INTEGER, TotalTokens INTEGER, Tool INTEGER,
     Multimodal INTEGER, Headers TEXT, Request TEXT, Response TEXT, Backend TEXT, UpstreamModel TEXT,
     Stream INTEGER, Status INTEGER, LatencyMs INTEGER, FirstTokenMs INTEGER, Attempts INTEGER,
-    CachedTokens INTEGER, ReasoningTokens INTEGER, Error TEXT, KeyName TEXT)";
+    CachedTokens INTEGER, ReasoningTokens INTEGER, Error TEXT, KeyName TEXT, CostUsd REAL,
+    UsageEstimated INTEGER)";
 
 /// One record as the test writes it.
 #[derive(Debug, Clone)]
@@ -31,7 +32,7 @@ struct Rec {
 struct Gateway {
     dir: tempfile::TempDir,
     open: BTreeMap<String, Connection>,
-    /// Whether its files have the KeyName column (older gateways' files do not).
+    /// Whether its files have the KeyName and cost columns (older gateways' files do not).
     key_column: bool,
 }
 
@@ -59,7 +60,10 @@ impl Gateway {
             let schema = if key_column {
                 SCHEMA.to_string()
             } else {
-                SCHEMA.replace(", KeyName TEXT", "")
+                SCHEMA.replace(
+                    ", KeyName TEXT, CostUsd REAL,\n    UsageEstimated INTEGER",
+                    "",
+                )
             };
             db.execute_batch(&schema).unwrap();
             db
@@ -254,7 +258,7 @@ fn the_table_lines_up() {
     // Every figure column is right-aligned under its header.
     let header_ends = cell_ends(lines[0]);
     let figure_ends = &header_ends[2..];
-    assert_eq!(figure_ends.len(), 8, "{table}");
+    assert_eq!(figure_ends.len(), 10, "{table}");
     for line in &lines[1..] {
         let ends = cell_ends(line);
         assert!(
@@ -448,7 +452,7 @@ fn strange_stored_values_are_quoted_and_escaped_in_csv() {
     assert_eq!(raw_control(&csv, &['\n']), None, "{csv:?}");
     let records = read_csv(&csv);
     assert_eq!(records.len(), values.len() + 1, "{csv:?}");
-    assert!(records.iter().all(|r| r.len() == 11), "{records:?}");
+    assert!(records.iter().all(|r| r.len() == 13), "{records:?}");
     let models: Vec<&str> = records[1..].iter().map(|r| r[0].as_str()).collect();
     for expected in [
         "x".repeat(70_000),
@@ -484,4 +488,71 @@ fn strange_stored_values_come_back_whole_from_json() {
         assert_eq!(row["requests"], 1);
     }
     assert_eq!(report["total"]["requests"], values.len());
+}
+
+#[test]
+fn the_monthly_bill_per_key_and_an_older_gateway_without_costs() {
+    let (mut a, mut b) = (Gateway::new(true), Gateway::new(false));
+    let priced = [
+        ("2026-11-30T23:59:59.999+08:00", "team-a", Some(5.0), 0),
+        ("2026-12-01T00:00:00.000+08:00", "team-a", Some(0.001_25), 0),
+        (
+            "2026-12-31T23:59:59.999-05:00",
+            "team-a",
+            Some(0.000_000_4),
+            1,
+        ),
+        ("2026-12-10T10:00:00+08:00", "team-b", None, 0),
+        ("2026-12-11T10:00:00+08:00", "@team-c", Some(2.5), 0),
+        ("2027-01-01T00:00:00+08:00", "team-a", Some(7.0), 0),
+    ];
+    for (time, key, cost, estimated) in priced {
+        a.write_values(time, "m", key, "openai");
+        a.db(time)
+            .execute(
+                "UPDATE records SET CostUsd = ?1, UsageEstimated = ?2 WHERE id = last_insert_rowid()",
+                params![cost, estimated],
+            )
+            .unwrap();
+    }
+    b.write(&[rec("2026-12-05T10:00:00+01:00", "m", 1, 1, 1)]);
+    let mut args = dirs(&a, &b).to_vec();
+    args.extend(["--by", "key", "--month", "2026-12"]);
+    let out = usage(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let cost_of = |prefix: &str| {
+        let line = table.lines().find(|l| l.starts_with(prefix));
+        let line = line.unwrap_or_else(|| panic!("no {prefix} in\n{table}"));
+        line.split_whitespace().last().unwrap().to_string()
+    };
+    assert_eq!(cost_of("team-a"), "0.0013", "{table}");
+    assert_eq!(cost_of("team-b"), "-", "no price: unknown");
+    assert_eq!(cost_of("@team-c"), "2.5000");
+    assert_eq!(
+        cost_of("- "),
+        "-",
+        "the older gateway's record: no key, no cost"
+    );
+    assert_eq!(cost_of("total"), "2.5013");
+
+    args.extend(["--format", "csv"]);
+    let out = usage(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let csv = read_csv(&text(&out.stdout));
+    assert_eq!(csv[0][0], "key");
+    assert_eq!(csv[0][9..], ["estimated", "cost_usd"]);
+    let bill: Vec<[&str; 3]> = csv[1..]
+        .iter()
+        .map(|r| [r[0].as_str(), r[9].as_str(), r[10].as_str()])
+        .collect();
+    assert_eq!(
+        bill,
+        [
+            ["", "0", ""],
+            ["'@team-c", "0", "2.500000"],
+            ["team-a", "1", "0.001250"],
+            ["team-b", "0", ""],
+        ]
+    );
 }

@@ -231,3 +231,78 @@ fn known_models_are_the_configured_match_values() {
     let config = crate::config::Config::parse(text, &|_| None).unwrap();
     assert_eq!(known_models(&config), ["gpt-4", "o1"]);
 }
+
+#[test]
+fn costs_are_counted_by_model_and_backend_with_the_request_labels() {
+    let m = Metrics::new().unwrap();
+    m.set_known_models(["gpt-4".to_string()]);
+    finish(&m, "gpt-4", Some("openai"), 200);
+    m.add_cost("gpt-4", Some("openai"), 0.25);
+    m.add_cost("gpt-4", Some("openai"), 0.000_125);
+    // An unknown model is "other" and no backend is "none", as for the other series.
+    m.add_cost("made-up", Some("openai"), 1.5);
+    m.add_cost("gpt-4", None, 0.0);
+    // A pair that is never priced has no cost series (not a misleading 0).
+    finish(&m, "gpt-4", Some("azure"), 200);
+    let text = m.render();
+    assert_eq!(
+        samples(&text, "gpt_api_cost_usd_total"),
+        [
+            r#"gpt_api_cost_usd_total{backend="none",model="gpt-4"} 0"#,
+            r#"gpt_api_cost_usd_total{backend="openai",model="gpt-4"} 0.250125"#,
+            r#"gpt_api_cost_usd_total{backend="openai",model="other"} 1.5"#,
+        ]
+    );
+    assert!(
+        text.contains("# TYPE gpt_api_cost_usd_total counter"),
+        "{text}"
+    );
+    assert!(!text.contains("made-up"));
+}
+
+#[test]
+fn a_cost_that_is_negative_infinite_or_not_a_number_is_ignored() {
+    let m = Metrics::new().unwrap();
+    for bad in [
+        -0.01,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        -f64::MIN_POSITIVE,
+    ] {
+        m.add_cost("m", Some("x"), bad);
+    }
+    assert!(samples(&m.render(), "gpt_api_cost_usd_total").is_empty());
+    m.add_cost("m", Some("x"), 2.0);
+    m.add_cost("m", Some("x"), f64::NAN);
+    m.add_cost("m", Some("x"), -1.0);
+    assert_eq!(
+        samples(&m.render(), "gpt_api_cost_usd_total"),
+        [r#"gpt_api_cost_usd_total{backend="x",model="other"} 2"#]
+    );
+}
+
+#[test]
+fn costs_from_other_threads_after_the_requests_add_up() {
+    let m = Metrics::new().unwrap();
+    m.set_known_models(["m".to_string()]);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                for _ in 0..250 {
+                    if t % 2 == 0 {
+                        finish(&m, "m", Some("x"), 200);
+                    }
+                    // Quarters and halves add up exactly in binary.
+                    m.add_cost("m", Some("x"), if t < 2 { 0.25 } else { 0.5 });
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(
+        samples(&m.render(), "gpt_api_cost_usd_total"),
+        [r#"gpt_api_cost_usd_total{backend="x",model="m"} 375"#]
+    );
+}

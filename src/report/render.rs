@@ -9,8 +9,9 @@ use super::{Report, Stats};
 /// The widest a group value is shown in the table, in characters; a longer one is cut and ends in `…`.
 pub const MAX_CELL: usize = 64;
 
-/// The figure columns, after the group columns, in every format.
-const FIGURES: [&str; 8] = [
+/// The figure columns, after the group columns, in every format. Columns added later go at the end, so that
+/// a script reading the CSV by position keeps reading the same figures.
+const FIGURES: [&str; 10] = [
     "requests",
     "prompt_tokens",
     "completion_tokens",
@@ -19,9 +20,16 @@ const FIGURES: [&str; 8] = [
     "errors",
     "p50_ms",
     "p99_ms",
+    "estimated",
+    "cost_usd",
 ];
 
-fn figures(s: &Stats) -> [Option<String>; 8] {
+/// Decimals of a cost in the table: a hundredth of a cent, enough to tell small sums apart at a glance.
+const TABLE_CENTS: u32 = 4;
+/// Decimals of a cost in CSV and JSON: a millionth of a dollar, about what one small request costs.
+const COST_DECIMALS: u32 = 6;
+
+fn figures(s: &Stats, cost_decimals: u32) -> [Option<String>; 10] {
     [
         Some(s.requests.to_string()),
         Some(s.prompt_tokens.to_string()),
@@ -31,6 +39,8 @@ fn figures(s: &Stats) -> [Option<String>; 8] {
         Some(s.errors.to_string()),
         s.p50_ms.map(|ms| ms.to_string()),
         s.p99_ms.map(|ms| ms.to_string()),
+        Some(s.estimated.to_string()),
+        s.cost_usd.map(|usd| usd.decimal(cost_decimals)),
     ]
 }
 
@@ -49,14 +59,15 @@ pub fn table(report: &Report) -> String {
     let mut lines: Vec<Vec<String>> = vec![header(report)];
     for row in &report.rows {
         let groups = row.key.iter().map(group);
-        lines.push(groups.chain(figures(&row.stats).iter().map(dash)).collect());
+        let figures = figures(&row.stats, TABLE_CENTS);
+        lines.push(groups.chain(figures.iter().map(dash)).collect());
     }
     let grouped = !report.by.is_empty();
     if grouped {
         let label = (0..report.by.len()).map(|i| if i == 0 { "total" } else { "" }.to_string());
         lines.push(
             label
-                .chain(figures(&report.total).iter().map(dash))
+                .chain(figures(&report.total, TABLE_CENTS).iter().map(dash))
                 .collect(),
         );
     }
@@ -110,13 +121,24 @@ pub fn csv(report: &Report) -> String {
     };
     line(header(report));
     for row in &report.rows {
-        let groups = row.key.iter().cloned();
+        let groups = row.key.iter().map(|v| v.as_deref().map(defuse));
         let cells = groups
-            .chain(figures(&row.stats))
+            .chain(figures(&row.stats, COST_DECIMALS))
             .map(Option::unwrap_or_default);
         line(cells.collect());
     }
     out
+}
+
+/// A stored value for a CSV cell: one that a spreadsheet would run as a formula (starting with `=`, `+`, `-`
+/// or `@`) gets a leading `'`, which shows it as text. Group values come from records, and a model name is
+/// whatever a caller sent.
+pub fn defuse(value: &str) -> String {
+    if value.starts_with(['=', '+', '-', '@']) {
+        format!("'{value}")
+    } else {
+        value.to_string()
+    }
 }
 
 /// RFC 4180: a field with a comma, a quote or a line break is quoted, its quotes doubled. Other control
@@ -189,6 +211,8 @@ fn stats_json(s: &Stats) -> Map<String, Value> {
         json!(s.errors),
         json!(s.p50_ms),
         json!(s.p99_ms),
+        json!(s.estimated),
+        json!(s.cost_usd.map(|usd| usd.rounded(COST_DECIMALS))),
     ];
     FIGURES.iter().map(|f| f.to_string()).zip(values).collect()
 }

@@ -14,6 +14,10 @@ pub struct Fields {
     pub status: Option<i64>,
     pub has_error: bool,
     pub latency_ms: Option<i64>,
+    /// The token counts are the gateway's estimate.
+    pub estimated: bool,
+    /// What the request cost in USD; `None`: unknown (no price, or recorded before costs were).
+    pub cost_usd: Option<f64>,
 }
 
 /// Records to report on. The report only groups and sums; a source decides what to read and how.

@@ -144,6 +144,8 @@ fn select_sql(by: &[Dim], columns: &[String]) -> String {
     }
     select.push(format!("{} IS NOT NULL", column(schema::ERROR)));
     select.push(column(schema::LATENCY_MS));
+    select.push(column(schema::USAGE_ESTIMATED));
+    select.push(column(schema::COST_USD));
     format!(
         "SELECT {} FROM {TABLE} WHERE {time} >= ?1 AND {time} < ?2",
         select.join(", "),
@@ -160,6 +162,8 @@ fn fields(row: &Row<'_>, keys: usize) -> rusqlite::Result<Fields> {
         status: int(row, keys + 3)?,
         has_error: int(row, keys + 4)?.is_some_and(|n| n != 0),
         latency_ms: int(row, keys + 5)?,
+        estimated: int(row, keys + 6)?.is_some_and(|n| n != 0),
+        cost_usd: real(row, keys + 7)?,
     })
 }
 
@@ -168,6 +172,18 @@ fn int(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<i64>> {
     Ok(match row.get_ref(i)? {
         ValueRef::Integer(n) => Some(n),
         ValueRef::Real(x) => Some(x as i64),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|t| t.trim().parse().ok()),
+        ValueRef::Null | ValueRef::Blob(_) => None,
+    })
+}
+
+/// A number whatever type it was stored as; NULL, a blob or text that is no number is `None`.
+fn real(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<f64>> {
+    Ok(match row.get_ref(i)? {
+        ValueRef::Real(x) => Some(x),
+        ValueRef::Integer(n) => Some(n as f64),
         ValueRef::Text(t) => std::str::from_utf8(t)
             .ok()
             .and_then(|t| t.trim().parse().ok()),
@@ -199,9 +215,15 @@ mod tests {
         assert_eq!(
             select_sql(&by, &all),
             "SELECT substr(Time, 1, 10), Model, Backend, KeyName, PromptTokens, CompletionTokens, \
-             TotalTokens, Status, Error IS NOT NULL, LatencyMs FROM records WHERE Time >= ?1 AND Time < ?2"
+             TotalTokens, Status, Error IS NOT NULL, LatencyMs, UsageEstimated, CostUsd FROM records \
+             WHERE Time >= ?1 AND Time < ?2"
         );
-        let old: Vec<String> = all.into_iter().filter(|c| c != "keyname").collect();
-        assert!(select_sql(&[Dim::Key], &old).starts_with("SELECT NULL, PromptTokens"));
+        let old: Vec<String> = all
+            .into_iter()
+            .filter(|c| !["keyname", "costusd", "usageestimated"].contains(&c.as_str()))
+            .collect();
+        let sql = select_sql(&[Dim::Key], &old);
+        assert!(sql.starts_with("SELECT NULL, PromptTokens"), "{sql}");
+        assert!(sql.contains("LatencyMs, NULL, NULL FROM"), "{sql}");
     }
 }

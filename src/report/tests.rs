@@ -360,6 +360,11 @@ fn a_file_without_the_key_name_column_groups_as_no_key() {
     );
     assert_eq!((old_file.p50_ms, old_file.no_usage), (None, 0));
     assert_eq!(
+        (old_file.cost_usd, old_file.estimated),
+        (None, 0),
+        "no cost columns: an unknown cost, not an error"
+    );
+    assert_eq!(
         stats_of(&report, &[Some("team-a"), Some("openai")]).requests,
         1
     );
@@ -443,4 +448,5 @@ fn months_of_a_range_cross_years() {
     assert_eq!(months, ["202611", "202612", "202701", "202702"]);
 }
 
+mod cost;
 mod output;

@@ -1,6 +1,7 @@
 //! Usage records (`record`, their request headers in `headers`), the queue requests hand them to (`queue`) with
 //! the crash-safe spool every queued record is also appended to (`spool`), the batching writer (`writer`), and
-//! the sink it commits to (`sink`): the monthly SQLite files (`sqlite`), which the report reads too.
+//! the sink it commits to (`sink`): the monthly SQLite files (`sqlite`), which the report reads too, and from
+//! which each key's spend this month is read back at startup ([`spend_by_key`]).
 
 pub mod headers;
 pub mod queue;
@@ -17,5 +18,5 @@ pub use record::{
     TokenUsage, UsageRecord,
 };
 pub use sink::{BatchError, Entry, Sink};
-pub use sqlite::{Month, Store, StoreError};
+pub use sqlite::{spend_by_key, Month, Spend, SpendError, Store, StoreError};
 pub use writer::{channel, channel_to, Writer};

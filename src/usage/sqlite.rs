@@ -1,6 +1,7 @@
 //! The first usage sink: monthly SQLite files (`<dir>/record_YYYYMM.db`), one per month of the records' own
 //! time, with batched inserts and how far each spool segment's records are committed (`spool_progress`, in
-//! the same transactions). The report reads the same files (`schema` defines their table once).
+//! the same transactions). The report reads the same files (`schema` defines their table once), and so does
+//! the gateway at startup for what each key spent this month (`spend`).
 
 use std::collections::btree_map::{BTreeMap, Entry as Slot};
 use std::collections::HashMap;
@@ -16,6 +17,9 @@ use insert::Inserts;
 
 mod insert;
 pub mod schema;
+pub mod spend;
+
+pub use spend::{spend_by_key, Spend, SpendError};
 
 /// A calendar month; decides which file a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

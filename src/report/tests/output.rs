@@ -10,7 +10,7 @@ struct TestCli {
     args: UsageArgs,
 }
 
-fn parse(args: &[&str]) -> Result<UsageArgs, clap::Error> {
+pub(super) fn parse(args: &[&str]) -> Result<UsageArgs, clap::Error> {
     TestCli::try_parse_from(std::iter::once("usage").chain(args.iter().copied())).map(|c| c.args)
 }
 
@@ -48,6 +48,10 @@ fn sample() -> Report {
         errors: 1,
         p50_ms: p50,
         p99_ms: p50,
+        estimated: requests / 3,
+        cost_usd: p50.map(|_| Usd {
+            nanos: 1_234_567 * requests as i64,
+        }),
     };
     Report {
         range: range("2026-11-01", "2026-11-30"),
@@ -78,9 +82,10 @@ fn csv_quotes_what_needs_quoting() {
     assert_eq!(
         lines,
         [
-            "model,key,requests,prompt_tokens,completion_tokens,total_tokens,no_usage,errors,p50_ms,p99_ms",
-            "\"a,\"\"quoted\"\" model\",,12,12000,7,12007,0,1,1234,1234",
-            "b,k,3,3000,7,3007,0,1,,",
+            "model,key,requests,prompt_tokens,completion_tokens,total_tokens,no_usage,errors,p50_ms,p99_ms,\
+             estimated,cost_usd",
+            "\"a,\"\"quoted\"\" model\",,12,12000,7,12007,0,1,1234,1234,4,0.014815",
+            "b,k,3,3000,7,3007,0,1,,,1,",
         ]
     );
 }
@@ -90,7 +95,7 @@ fn json_has_the_documented_shape() {
     let value: serde_json::Value = serde_json::from_str(&render::json(&sample())).unwrap();
     let figures = serde_json::json!({
         "requests": 3, "prompt_tokens": 3000, "completion_tokens": 7, "total_tokens": 3007,
-        "no_usage": 0, "errors": 1, "p50_ms": null, "p99_ms": null,
+        "no_usage": 0, "errors": 1, "p50_ms": null, "p99_ms": null, "estimated": 1, "cost_usd": null,
     });
     let mut second = serde_json::json!({ "model": "b", "key": "k" });
     second
@@ -101,6 +106,8 @@ fn json_has_the_documented_shape() {
     assert_eq!(value["rows"][0]["key"], serde_json::Value::Null);
     assert_eq!(value["rows"][0]["model"], "a,\"quoted\" model");
     assert_eq!(value["total"]["requests"], 15);
+    assert_eq!(value["rows"][0]["cost_usd"].to_string(), "0.014815");
+    assert_eq!(value["total"]["cost_usd"].to_string(), "0.018519");
     assert_eq!(value["total"].get("model"), None);
     assert_eq!(value["from"], "2026-11-01");
     assert_eq!(value["to"], "2026-11-30");
@@ -112,11 +119,11 @@ fn json_has_the_documented_shape() {
 fn the_table_lines_up() {
     let table = render::table(&sample());
     let expected = "\
-model             key  requests  prompt_tokens  completion_tokens  total_tokens  no_usage  errors  p50_ms  p99_ms
-a,\"quoted\" model  -          12          12000                  7         12007         0       1    1234    1234
-b                 k           3           3000                  7          3007         0       1       -       -
-----------------  ---  --------  -------------  -----------------  ------------  --------  ------  ------  ------
-total                        15          15000                  7         15007         0       1    1234    1234
+model             key  requests  prompt_tokens  completion_tokens  total_tokens  no_usage  errors  p50_ms  p99_ms  estimated  cost_usd
+a,\"quoted\" model  -          12          12000                  7         12007         0       1    1234    1234          4    0.0148
+b                 k           3           3000                  7          3007         0       1       -       -          1         -
+----------------  ---  --------  -------------  -----------------  ------------  --------  ------  ------  ------  ---------  --------
+total                        15          15000                  7         15007         0       1    1234    1234          5    0.0185
 ";
     assert_eq!(table, expected, "\n{table}");
 }
@@ -213,5 +220,19 @@ fn json_escapes_the_controls_serde_json_writes_as_they_are() {
     for (row, expected) in rows.iter().zip(&report.rows) {
         assert_eq!(row["model"].as_str(), expected.key[0].as_deref());
         assert_eq!(row["key"].as_str(), expected.key[1].as_deref());
+    }
+}
+
+#[test]
+fn csv_shows_a_value_that_looks_like_a_formula_as_text() {
+    for (value, shown) in [
+        ("=1+2", "'=1+2"),
+        ("+1", "'+1"),
+        ("-1", "'-1"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("a=b", "a=b"),
+        ("", ""),
+    ] {
+        assert_eq!(render::defuse(value), shown);
     }
 }

@@ -1,5 +1,6 @@
 //! One spooled record on disk: a frame (magic, payload length, CRC-32 of the payload) around the record's
 //! fields, written with one vectored write and read back strictly: a torn or damaged frame is reported, never a panic.
+//! Frames carry a version: a gateway reads the frames that the version before it left in a spool.
 
 use std::fs::File;
 use std::io::{self, BufReader, IoSlice, Read, Write};
@@ -14,7 +15,10 @@ use crate::usage::UsageRecord;
 const MAGIC: [u8; 4] = *b"GUR1";
 /// Magic, payload length (u32 LE), CRC-32 of the payload (u32 LE).
 pub const HEADER: usize = 12;
-const VERSION: u8 = 1;
+/// The version written. 2 added the cost (an optional f64 after the key name) and the `usage_estimated` flag
+/// (bit 3 of the flags, always 0 in version 1); a frame of version 1 reads as unpriced and not estimated.
+const VERSION: u8 = 2;
+const OLDEST: u8 = 1;
 
 /// Why a frame could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +52,10 @@ pub fn encode<'a>(record: &'a CapturedRecord, buf: &mut Vec<u8>) -> Option<[&'a 
     for count in [t.prompt, t.completion, t.total, t.cached, t.reasoning] {
         out.opt_i64(count);
     }
-    out.u8(u8::from(r.tool) | u8::from(r.multimodal) << 1 | u8::from(r.stream) << 2);
+    out.u8(u8::from(r.tool)
+        | u8::from(r.multimodal) << 1
+        | u8::from(r.stream) << 2
+        | u8::from(r.usage_estimated) << 3);
     out.str(&r.headers)?;
     out.opt_str(r.request.as_deref())?;
     out.opt_str(r.response.as_deref())?;
@@ -60,6 +67,7 @@ pub fn encode<'a>(record: &'a CapturedRecord, buf: &mut Vec<u8>) -> Option<[&'a 
     out.u32(r.attempts);
     out.opt_str(r.error.as_deref())?;
     out.opt_str(r.key_name.as_deref())?;
+    out.opt_f64(r.cost_usd);
     let Some(raw) = record.raw.as_deref() else {
         out.u8(0);
         return seal(buf, [&[], &[], &[]]);
@@ -195,7 +203,8 @@ impl Frames {
 /// The record of a frame's payload.
 pub fn decode(payload: &[u8]) -> Result<CapturedRecord, Damaged> {
     let mut at = In(payload);
-    if at.u8()? != VERSION {
+    let version = at.u8()?;
+    if !(OLDEST..=VERSION).contains(&version) {
         return Err(Damaged::Malformed("version"));
     }
     let (secs, nanos, offset) = (at.i64()?, at.u32()?, at.i64()?);
@@ -236,8 +245,8 @@ pub fn decode(payload: &[u8]) -> Result<CapturedRecord, Damaged> {
         attempts: at.u32()?,
         error: at.opt_string()?,
         key_name: at.opt_string()?,
-        cost_usd: None,
-        usage_estimated: false,
+        cost_usd: if version >= 2 { at.opt_f64()? } else { None },
+        usage_estimated: flags & 8 != 0,
     };
     if !at.flag()? {
         return at.end().map(|()| CapturedRecord { row, raw: None });
@@ -335,6 +344,10 @@ impl Out<'_> {
             }
         }
     }
+    /// The bits of the f64, so that it reads back exactly.
+    fn opt_f64(&mut self, v: Option<f64>) {
+        self.opt_u64(v.map(f64::to_bits));
+    }
 }
 
 /// The reading side of [`Out`]: every read checks the bytes are there.
@@ -402,5 +415,8 @@ impl<'b> In<'b> {
     }
     fn opt_u64(&mut self) -> Result<Option<u64>, Damaged> {
         self.flag()?.then(|| self.u64()).transpose()
+    }
+    fn opt_f64(&mut self) -> Result<Option<f64>, Damaged> {
+        Ok(self.opt_u64()?.map(f64::from_bits))
     }
 }

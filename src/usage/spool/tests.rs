@@ -68,7 +68,11 @@ fn frames_read_back_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.seg");
     // A row already rendered, in a month and offset of its own.
-    let rendered = || CapturedRecord::from(record("2026-01-31T23:59:59.5-03:30"));
+    let rendered = || {
+        let mut row = record("2026-01-31T23:59:59.5-03:30");
+        (row.cost_usd, row.usage_estimated) = (Some(0.000_123_4), true);
+        CapturedRecord::from(row)
+    };
     let records = vec![captured(1), rendered(), captured(3)];
     let expected: Vec<UsageRecord> = [captured(1), rendered(), captured(3)]
         .into_iter()
@@ -79,6 +83,11 @@ fn frames_read_back_as_written() {
     assert!(matches!(last, Next::End), "{last:?}");
     let rows: Vec<UsageRecord> = read.iter().map(|(r, _)| r.clone()).collect();
     assert_eq!(rows, expected);
+    assert_eq!(
+        (rows[1].cost_usd, rows[1].usage_estimated),
+        (Some(0.000_123_4), true)
+    );
+    assert_eq!((rows[0].cost_usd, rows[0].usage_estimated), (None, false));
     assert_eq!(read.iter().map(|(_, e)| *e).collect::<Vec<_>>(), ends);
     // The cut headers keep their cut and marker through the spool.
     let headers: serde_json::Value = serde_json::from_str(&rows[0].headers).unwrap();
@@ -243,4 +252,67 @@ fn a_record_that_cannot_be_spooled_is_refused_not_half_written() {
     assert!(frame::encode(&later, &mut buf).is_none());
     later.settle();
     assert!(frame::encode(&later, &mut buf).is_some());
+}
+
+/// Frames written by version 1 (before the cost), byte for byte: a rendered row (ip "ip", model "m", kind "k",
+/// headers "{}", request "rq", backend "b", error "e", key "t"), and `captured(7)` with ip "ip" and no error.
+const VERSION_1: [&str; 2] = [
+    concat!(
+        "475552318600000076e40ac00105be076b00000000c0d454078070000000000000020000006970010000006d010000006b01",
+        "0c00000000000000012200000000000000012e000000000000000100000000000000000001020000007b7d01020000007271",
+        "0001010000006200c80000004101000000000000012d000000000000000100000001010000006501010000007400",
+    ),
+    concat!(
+        "47555231540100004968a3e30105be076b00000000c0d454078070000000000000020000006970060000006770742d346f",
+        "10000000636861742e636f6d706c6574696f6e73010c00000000000000012200000000000000012e000000000000000100",
+        "00000000000000000100000000000001060000006f70656e616901110000006770742d346f2d323032342d30382d3036c8",
+        "0000004101000000000000012d00000000000000010000000001040000007465616d01e8030000000000006d0000000000",
+        "00000178000000000000007800000001070000000104000000782d6e3a370a617574686f72697a6174696f6e3a0a782d6c",
+        "6f6e673a6162636465666768696a6162636465666768696a6162636465666768696a6162636465666768696a6162636465",
+        "666768696a6162636465666768696a6162636465666768696a6162636465666768696a6162636465666768696a61627b22",
+        "6e223a377d6f6b20ff",
+    ),
+];
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn frames_of_version_1_read_as_unpriced_and_not_estimated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.seg");
+    let bytes: Vec<u8> = VERSION_1.iter().flat_map(|h| unhex(h)).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let (read, last) = read_all(&path);
+    assert!(matches!(last, Next::End), "{last:?}");
+    let mut row = record(TIME);
+    (row.ip, row.model, row.kind, row.headers) = ("ip".into(), "m".into(), "k".into(), "{}".into());
+    (row.request, row.response, row.upstream_model) = (Some("rq".into()), None, None);
+    (row.backend, row.error, row.key_name) = (Some("b".into()), Some("e".into()), Some("t".into()));
+    let mut raw = captured(7);
+    (raw.row.ip, raw.row.error) = ("ip".into(), None);
+    let rows: Vec<UsageRecord> = read.into_iter().map(|(r, _)| r).collect();
+    assert_eq!(rows, [row, raw.render()]);
+    // Written again now, the same records read back the same, in frames of the new version.
+    for (i, row) in rows.iter().enumerate() {
+        let mut buf = Vec::new();
+        let record = CapturedRecord::from(row.clone());
+        frame::encode(&record, &mut buf).unwrap();
+        assert_eq!(buf[frame::HEADER], 2, "version");
+        assert_eq!(
+            frame::decode(&buf[frame::HEADER..]).unwrap().row,
+            *row,
+            "{i}"
+        );
+        // An unknown later version is refused, not misread.
+        buf[frame::HEADER] = 3;
+        assert!(matches!(
+            frame::decode(&buf[frame::HEADER..]),
+            Err(Damaged::Malformed("version"))
+        ));
+    }
 }

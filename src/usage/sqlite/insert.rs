@@ -98,6 +98,7 @@ fn spool_ends<R: Entry>(records: &[R]) -> Vec<(&str, u64)> {
 /// bound to the same parameters by the statement's previous execution: SQLite keeps bindings across executions,
 /// and most columns (Model, Type, Backend, Status, the flags...) repeat from one request to the next, so only
 /// the values that differ are bound again. Each text bind costs SQLite an allocation and a copy.
+/// A cost that is not finite is stored as NULL (unknown), so that it cannot turn every sum over it into `inf`.
 fn bind(
     insert: &mut Statement<'_>,
     before: usize,
@@ -144,6 +145,8 @@ fn bind(
         r.tokens.reasoning,
         r.error.as_deref(),
         r.key_name.as_deref(),
+        r.cost_usd.filter(|usd| usd.is_finite()),
+        r.usage_estimated,
     );
     debug_assert_eq!(index - before, COLUMNS.len(), "one value per column");
     Ok(())

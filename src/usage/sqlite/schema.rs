@@ -40,6 +40,10 @@ pub const CACHED_TOKENS: Column = column("CachedTokens", "INTEGER");
 pub const REASONING_TOKENS: Column = column("ReasoningTokens", "INTEGER");
 pub const ERROR: Column = column("Error", "TEXT");
 pub const KEY_NAME: Column = column("KeyName", "TEXT");
+/// What the request cost in USD by the price table; NULL when its model has no price.
+pub const COST_USD: Column = column("CostUsd", "REAL");
+/// 1 when the token counts are the gateway's estimate (the backend reported none).
+pub const USAGE_ESTIMATED: Column = column("UsageEstimated", "INTEGER");
 
 /// The columns after `id`, in table order. The table, its inserts and the upgrade of files written by older
 /// versions are built from this list, and the report names its columns from the constants above, so none of
@@ -68,6 +72,8 @@ pub const COLUMNS: &[Column] = &[
     REASONING_TOKENS,
     ERROR,
     KEY_NAME,
+    COST_USD,
+    USAGE_ESTIMATED,
 ];
 
 /// WAL with `synchronous=NORMAL`: a commit is an append to the log, not an fsync, which is what makes

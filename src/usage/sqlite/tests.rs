@@ -84,7 +84,7 @@ fn the_table_has_the_documented_columns_and_indexes() {
         PromptTokens INTEGER, TotalTokens INTEGER, Tool INTEGER, Multimodal INTEGER, Headers TEXT, \
         Request TEXT, Response TEXT, Backend TEXT, UpstreamModel TEXT, Stream INTEGER, Status INTEGER, \
         LatencyMs INTEGER, FirstTokenMs INTEGER, Attempts INTEGER, CachedTokens INTEGER, \
-        ReasoningTokens INTEGER, Error TEXT, KeyName TEXT";
+        ReasoningTokens INTEGER, Error TEXT, KeyName TEXT, CostUsd REAL, UsageEstimated INTEGER";
     assert_eq!(columns.join(", "), expected);
     let sql = "SELECT sql FROM sqlite_master WHERE tbl_name = 'records' ORDER BY name";
     let mut select = connection.prepare(sql).unwrap();
@@ -172,6 +172,8 @@ fn a_record_is_stored_column_by_column() {
         Value::Null,
         Value::Null,
         text("team"),
+        Value::Null,
+        int(0),
     ];
     assert_eq!(row[..], expected);
 }
@@ -184,18 +186,16 @@ fn unknown_counts_are_null_and_flags_are_zero_or_one() {
     (r.tool, r.multimodal, r.stream) = (false, true, true);
     (r.request, r.response, r.first_token_ms) = (None, None, None);
     r.error = Some("upstream timed out".into());
-    r.key_name = None;
+    (r.key_name, r.usage_estimated) = (None, true);
     Store::new(dir.path()).write(&[r]).unwrap();
     let row = &rows(&dir.path().join("record_202611.db"))[0];
     assert_eq!(row[1], text("2026-11-26T13:05:09.000+00:00"));
-    for column in [5, 6, 7, 11, 12, 18, 20, 21, 23] {
+    for column in [5, 6, 7, 11, 12, 18, 20, 21, 23, 24] {
         assert_eq!(row[column], Value::Null, "column {column}");
     }
-    let flags = [&row[8], &row[9], &row[15]];
-    assert_eq!(
-        flags,
-        [&Value::Integer(0), &Value::Integer(1), &Value::Integer(1)]
-    );
+    let flags = [&row[8], &row[9], &row[15], &row[25]];
+    let (zero, one) = (&Value::Integer(0), &Value::Integer(1));
+    assert_eq!(flags, [zero, one, one, one]);
     assert_eq!(row[22], text("upstream timed out"));
 }
 
@@ -243,11 +243,47 @@ fn files_of_older_versions_gain_the_new_columns() {
     Store::new(dir.path()).write(&[record(TIME)]).unwrap();
     let rows = rows(&path);
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].len(), &rows[0][3]), (24, &text("old")));
+    assert_eq!((rows[0].len(), &rows[0][3]), (26, &text("old")));
     assert_eq!((&rows[0][23], &rows[1][23]), (&Value::Null, &text("team")));
+    assert_eq!((&rows[0][24], &rows[0][25]), (&Value::Null, &Value::Null));
     assert_eq!(
         (&rows[1][3], &rows[1][13]),
         (&text("gpt-4o"), &text("openai"))
+    );
+}
+
+#[test]
+fn a_file_of_the_previous_version_gains_the_cost_columns_and_its_rows_read_as_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("record_202611.db");
+    // The table as the version before CostUsd wrote it: every column up to KeyName.
+    let before: Vec<String> = schema::COLUMNS
+        .iter()
+        .take_while(|c| c.name != schema::COST_USD.name)
+        .map(|c| format!("{} {}", c.name, c.kind))
+        .collect();
+    assert_eq!(before.last().map(String::as_str), Some("KeyName TEXT"));
+    let old = format!(
+        "CREATE TABLE records (id INTEGER PRIMARY KEY AUTOINCREMENT, {});
+         INSERT INTO records (Time, Model, KeyName) VALUES ('2026-11-01T00:00:00+08:00', 'old', 'team');",
+        before.join(", ")
+    );
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(&old)
+        .unwrap();
+    let mut priced = record(TIME);
+    (priced.cost_usd, priced.usage_estimated) = (Some(0.000_25), true);
+    Store::new(dir.path()).write(&[priced]).unwrap();
+    let rows = rows(&path);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (&rows[0][3], &rows[0][24], &rows[0][25]),
+        (&text("old"), &Value::Null, &Value::Null)
+    );
+    assert_eq!(
+        (&rows[1][24], &rows[1][25]),
+        (&Value::Real(0.000_25), &Value::Integer(1))
     );
 }
 

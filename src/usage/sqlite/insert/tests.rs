@@ -40,6 +40,13 @@ fn varied(start: &DateTime<FixedOffset>, i: usize) -> UsageRecord {
     r.attempts = 1 + u32::try_from(i % 2).unwrap();
     r.error = (r.status != 200).then(|| format!("status {}", r.status));
     r.key_name = (i % 64 >= 48).then(|| "team".into());
+    // Priced in runs, with a NULL now and then (a model without a price), and a cost that is not finite.
+    r.cost_usd = match i % 11 {
+        3 => None,
+        7 => Some(f64::INFINITY),
+        _ => Some([0.0, 0.000_125, 1.5][i / 13 % 3]),
+    };
+    r.usage_estimated = i % 7 == 2;
     r
 }
 
@@ -50,6 +57,7 @@ fn expected(r: &UsageRecord) -> Vec<Value> {
     let int = |n: i64| Value::Integer(n);
     let opt_int = |n: Option<i64>| n.map_or(Value::Null, int);
     let unsigned = |n: Option<u64>| opt_int(n.map(|n| i64::try_from(n).unwrap()));
+    let cost = r.cost_usd.filter(|usd| usd.is_finite());
     vec![
         text(&r.time.to_rfc3339_opts(SecondsFormat::Millis, false)),
         text(&r.ip),
@@ -74,6 +82,8 @@ fn expected(r: &UsageRecord) -> Vec<Value> {
         opt_int(r.tokens.reasoning),
         opt_text(&r.error),
         opt_text(&r.key_name),
+        cost.map_or(Value::Null, Value::Real),
+        int(r.usage_estimated.into()),
     ]
 }
 
