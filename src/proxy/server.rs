@@ -19,6 +19,8 @@ use super::{Gateway, GatewayParts, Proxy};
 use crate::config::Config;
 use crate::logging;
 use crate::metrics::Metrics;
+use crate::money::Usd;
+use crate::ratelimit::budget::Spent;
 use crate::usage::{self, Writer};
 use pingora::connectors::ConnectorOptions;
 
@@ -133,7 +135,11 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         connector: ConnectorOptions::from_server_conf(&server.configuration),
         metrics,
     };
+    let usage_dir = config.usage.enabled.then(|| config.usage.dir.clone());
     let gateway = Arc::new(Gateway::new(config, parts));
+    if let Some(dir) = usage_dir {
+        seed_spend(&gateway, &dir);
+    }
     server.add_service(background_service(
         "file watcher",
         Watcher {
@@ -166,6 +172,24 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
     writer.blocking_lock().drain_now();
     log::info!("usage records written; exiting");
     Ok(())
+}
+
+/// Reads back what each key spent this month and today from the current month's records, for its budgets.
+/// (Records still in a previous process's spool are imported after this and not counted until the next start.)
+fn seed_spend(gateway: &Gateway, dir: &std::path::Path) {
+    let now = chrono::Local::now();
+    match usage::spend_by_key(dir, now) {
+        Ok(spend) => {
+            for (key, spent) in spend {
+                let spent = Spent {
+                    day: Usd::from_f64(spent.day_usd),
+                    month: Usd::from_f64(spent.month_usd),
+                };
+                gateway.limiter().seed(&key, spent, now);
+            }
+        }
+        Err(e) => log::error!("budgets: cannot read back this month's spend: {e}"),
+    }
 }
 
 /// SIGHUP means "reload", but its default action ends the process: take it over before the server
