@@ -17,6 +17,7 @@
 //! - `health`    passive health of each backend (failures in a row, cooldowns);
 //! - `logging`   the logger: stderr, or rotated info and error files (the `logging:` section);
 //! - `models`    the `/v1/models` list;
+//! - `estimate`  token counts by OpenAI's tokenizers for answers without usage, on a thread of their own;
 //! - `rewrite`   per-backend request rewriting (stop, caps, extra fields, model alias, stream usage);
 //! - `usage`     usage records, their bounded queue, crash-safe spool, batching writer into a `Sink` (SQLite files);
 //! - `ratelimit` per-key requests/tokens-per-minute limits over a sliding window, their store, their headers;
@@ -39,6 +40,7 @@ pub(crate) mod duration;
 pub(crate) mod endpoints;
 pub(crate) mod error;
 pub(crate) mod escape;
+pub mod estimate;
 pub(crate) mod failover;
 pub(crate) mod health;
 pub mod logging;
