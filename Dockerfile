@@ -11,6 +11,8 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock clippy.toml ./
 COPY src ./src
+# Built into the binary (include_str!): the shipped price table.
+COPY config/prices.yaml ./config/prices.yaml
 # The same command as .ci/run's release build.
 RUN cargo build --release --locked
 

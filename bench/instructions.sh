@@ -8,6 +8,7 @@
 # Env:   BENCH_N=300                requests of the short run (the long one sends 3N)
 #        BENCH_TARGETS="nginx floor gpt_api_off gpt_api_on"   what to count
 #        BENCH_BODY='{"model":"fast",...}'   the request (model fast; "stream":true for 20 SSE events)
+#        BENCH_PRICE=1                      give model fast a price (pricing.models): every request is priced
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -73,6 +74,8 @@ run_gpt_api() { # $1 usage on|off, then port, outfile
     printf 'openai_clients:\n  - {name: bench, base_url: "http://127.0.0.1:%s/v1", model_match: {type: exact, value: [fast]}}\n' "$BPORT" >"$cfg"
     [[ $usage == on ]] && printf 'usage: {dir: "%s/db"}\n' "$TMP" >>"$cfg"
     [[ $usage == off ]] && printf 'usage: {enabled: false}\n' >>"$cfg"
+    # BENCH_PRICE=1: model fast has a price (pricing.models), so every request is priced; else it has none.
+    [[ ${BENCH_PRICE:-} == 1 ]] && printf 'pricing: {models: {fast: {input: 1, output: 2}}}\n' >>"$cfg"
     printf -- '---\nversion: 1\nthreads: 1\nwork_stealing: false\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\npid_file: %s/pid\nupgrade_sock: %s/sock\n' "$TMP" "$TMP" >"$TMP/server.yaml"
     RUST_LOG=warn exec valgrind --tool=callgrind --trace-children=no --callgrind-out-file="$out" \
         "$GPT_API" --config "$cfg" -c "$TMP/server.yaml" --listen "127.0.0.1:$p" 2>"$TMP/gw.log"

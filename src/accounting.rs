@@ -78,6 +78,7 @@ impl Accountant {
         }
     }
 
+    #[cfg(test)]
     pub fn limiter(&self) -> &Arc<Limiter> {
         &self.limiter
     }

@@ -6,6 +6,7 @@
 //! - `escape`    caller-controlled text made safe for log lines (control characters escaped, length cut);
 //! - `money`     amounts of dollars as whole nano-dollars (budgets, spend, reservations);
 //! - `tokens`    the token counts of one request (reported or estimated);
+//! - `pricing`   model prices: the table, matching a model to its price (exact, then `*` patterns), a call's cost;
 //! - `duration`  the one `Duration` -> whole milliseconds conversion;
 //! - `error`     typed gateway errors and their one rendering into OpenAI-shaped JSON;
 //! - `endpoints` which method+path is answered locally, routed, or an error; the one `/v1` strip;
@@ -47,6 +48,7 @@ pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod models;
 pub mod money;
+pub mod pricing;
 pub mod proxy;
 pub(crate) mod ratelimit;
 pub mod report;

@@ -13,6 +13,7 @@ use super::client::compile_clients;
 use super::failover::{check_fallbacks, compile_failover};
 use super::file::{self, key_path, FileConfig};
 use super::logging::{compile_logging, metrics_listen};
+use super::pricing::compile_pricing;
 use super::{env, Config, ConfigError, ConfigErrors, ServerSettings, TlsPaths, UsageSettings};
 use super::{
     DEFAULT_CLIENT_TIMEOUT_MS, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
@@ -41,6 +42,7 @@ pub(super) fn compile(
     let (failover, defaults) = compile_failover(file.failover.unwrap_or_default(), &mut errors);
     let auth = file.auth.and_then(|auth| compile_auth(auth, &mut errors));
     let logging = compile_logging(file.logging.unwrap_or_default(), &mut errors);
+    let prices = compile_pricing(file.pricing, &mut errors);
     let keyless = keyless_clients(file.openai_clients.as_deref());
     let clients = compile_clients(file.openai_clients, &defaults, &mut errors);
     if auth.is_some() {
@@ -63,6 +65,7 @@ pub(super) fn compile(
         failover,
         auth,
         logging,
+        prices,
     })
 }
 

@@ -19,6 +19,7 @@ pub(super) struct FileConfig {
     pub failover: Option<FailoverFile>,
     pub auth: Option<AuthFile>,
     pub logging: Option<LoggingFile>,
+    pub pricing: Option<super::pricing::PricingFile>,
 }
 
 /// `logging:`: level, and the log files' directory, rotation and retention.
@@ -172,6 +173,8 @@ pub(super) enum Shape {
     JsonMap,
     Section(&'static [(&'static str, Shape)]),
     ListOf(&'static Shape),
+    /// String keys of the user's choosing (model names: shown quoted in paths) to values of one shape.
+    MapOf(&'static Shape),
 }
 
 const SERVER: Shape = Shape::Section(&[
@@ -262,6 +265,7 @@ pub(super) const ROOT: Shape = Shape::Section(&[
     ("failover", FAILOVER),
     ("auth", AUTH),
     ("logging", LOGGING),
+    ("pricing", super::pricing::PRICING),
 ]);
 
 impl Shape {
@@ -274,7 +278,7 @@ impl Shape {
             Shape::StrOrList => "expected a string or a list of strings",
             Shape::ModelOrFalse => "expected a model name or false",
             Shape::StrMap => "expected a mapping of names to strings",
-            Shape::JsonMap | Shape::Section(_) => "expected a mapping",
+            Shape::JsonMap | Shape::Section(_) | Shape::MapOf(_) => "expected a mapping",
             Shape::ListOf(_) => "expected a list",
         }
     }
@@ -300,6 +304,7 @@ pub(super) fn conform(value: &mut Value, shape: &Shape, path: &str, errors: &mut
         Shape::JsonMap => conform_entries(value, path, errors, json_problem),
         Shape::Section(fields) => conform_section(value, fields, path, errors),
         Shape::ListOf(item) => conform_list(value, item, path, errors),
+        Shape::MapOf(item) => conform_map(value, item, path, errors),
     };
     if !fits {
         errors.push(ConfigError::new(path, shape.expected()));
@@ -346,6 +351,23 @@ fn conform_list(
     for (i, element) in items.iter_mut().enumerate() {
         conform(element, item, &index_path(path, i), errors);
     }
+    true
+}
+
+/// Entries with a non-string key are reported and dropped.
+fn conform_map(value: &mut Value, item: &Shape, path: &str, errors: &mut Vec<ConfigError>) -> bool {
+    let Value::Mapping(map) = value else {
+        return false;
+    };
+    map.retain(|key, child| {
+        let child_path = quoted_key_path(path, &key_text(key));
+        if key.is_string() {
+            conform(child, item, &child_path, errors);
+        } else {
+            errors.push(ConfigError::new(child_path, "keys must be strings"));
+        }
+        key.is_string()
+    });
     true
 }
 
@@ -423,6 +445,11 @@ pub(super) fn key_path(parent: &str, key: &str) -> String {
     } else {
         format!("{parent}.{key}")
     }
+}
+
+/// `parent."key"`: a key of the user's choosing, quoted since it may hold dots (`models."gpt-4.1"`).
+pub(super) fn quoted_key_path(parent: &str, key: &str) -> String {
+    key_path(parent, &format!("{key:?}"))
 }
 
 /// `parent[i]`.

@@ -3,7 +3,8 @@
 //! Layout: `file.rs` (serde structs, strict: unknown keys are errors), `env.rs` (`${VAR}` / `${VAR:-default}`
 //! expansion), `base_url.rs` (parsing `base_url` and joining request paths onto it), `compile.rs` (validation
 //! with field paths, producing the runtime types below; `client.rs` validates each `openai_clients` entry;
-//! `auth.rs` the `auth:` gateway keys; `logging.rs` the `logging:` section and `server.metrics_listen`).
+//! `auth.rs` the `auth:` gateway keys; `logging.rs` the `logging:` section and `server.metrics_listen`;
+//! `pricing.rs` the `pricing:` section, the price file format and the shipped `config/prices.yaml`).
 
 mod auth;
 mod base_url;
@@ -13,6 +14,7 @@ mod env;
 mod failover;
 mod file;
 mod logging;
+mod pricing;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +45,9 @@ pub struct Config {
     pub auth: Option<AuthSettings>,
     /// Read at startup (the logger is set up once).
     pub logging: LoggingSettings,
+    /// `pricing.models`, then `pricing.file` (read with the config, so a reload reads it again) or the
+    /// shipped table.
+    pub prices: Arc<crate::pricing::Prices>,
 }
 
 /// The `failover:` section, as far as it is not folded into each client.
@@ -260,7 +265,8 @@ impl Config {
         Self::parse(&text, &|name| std::env::var(name).ok())
     }
 
-    /// Parses and validates YAML text; `env` looks up `${VAR}` values (injected for tests).
+    /// Parses and validates YAML text, and reads the price file it names; `env` looks up `${VAR}` values
+    /// (injected for tests).
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
         compile::compile(text, env)
     }

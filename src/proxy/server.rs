@@ -186,6 +186,13 @@ fn seed_spend(gateway: &Gateway, dir: &std::path::Path) {
                     month: Usd::from_f64(spent.month_usd),
                 };
                 gateway.limiter().seed(&key, spent, now);
+                let (spent, _) = gateway.limiter().spent(&key, now);
+                log::info!(
+                    "budgets: key {} spent {} today, {} this month",
+                    crate::escape::field(&key),
+                    spent.day.display(),
+                    spent.month.display()
+                );
             }
         }
         Err(e) => log::error!("budgets: cannot read back this month's spend: {e}"),

@@ -173,10 +173,6 @@ impl Reservation {
         self.remaining
     }
 
-    pub fn amount(&self) -> Usd {
-        self.amount
-    }
-
     /// The request cost `cost`: it replaces the reservation in the key's spend.
     pub fn settle(mut self, cost: Usd) {
         self.close(cost);

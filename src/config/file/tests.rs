@@ -52,6 +52,7 @@ auth:
   keys:
     - {name: team, key: sk-team, models: ["gpt-4*"], rpm: 1, tpm: 2}
 logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_mb: 3, error_keep_files: 4}
+pricing: {file: prices.yaml, models: {"m*": {input: 1}}}
 "#;
 
 /// Catches the schema and the structs drifting apart: a field missing from the schema would be dropped as
@@ -114,6 +115,8 @@ fn schema_and_structs_agree() {
     let logging = format!("{:?}", file.logging.unwrap());
     assert!(!logging.contains("None"), "every logging field: {logging}");
     assert_eq!(section_fields(&LOGGING).len(), 6);
+    let pricing = format!("{:?}", file.pricing.unwrap());
+    assert!(!pricing.contains("None"), "every pricing field: {pricing}");
 }
 
 #[test]
@@ -130,7 +133,7 @@ fn unknown_keys_and_wrong_types_are_reported_at_their_paths_and_removed() {
                 "openai_clients[0].model_match.valu: unknown field, expected one of type, value",
                 "openai_clients[1]: expected a mapping",
                 "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies, max_header_bytes, client_header_timeout_ms, client_body_timeout_ms, send_timeout_ms",
-                "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging",
+                "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging, pricing",
                 "usage.record_bodies: expected true or false",
                 "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity, queue_max_mb",
             ]
@@ -172,6 +175,32 @@ fn lists_maps_and_fallbacks_are_checked_inside() {
     assert_eq!(second.fallback, Some(FallbackFile::Off(false)));
     let values = second.model_match.as_ref().unwrap().value.clone();
     assert_eq!(values, Some(OneOrMany::Many(vec!["x".into(), "y".into()])));
+}
+
+#[test]
+fn numbers_and_maps_of_user_keys() {
+    let (tree, errors) = conformed(
+        "pricing:\n  models:\n    gpt-4.1: {input: 2, output: 8.5, cached: 1}\n    x: {input: '2'}\n    3: {}\n    y: 5\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "pricing.models.\"gpt-4.1\".cached: unknown field, expected one of input, cached_input, \
+             cache_write, output, reasoning, per_request, tokenizer, source, read",
+            "pricing.models.\"x\".input: expected a number",
+            "pricing.models.\"3\": keys must be strings",
+            "pricing.models.\"y\": expected a mapping",
+        ]
+    );
+    let models = tree["pricing"]["models"].as_mapping().unwrap();
+    let keys: Vec<_> = models.keys().map(|k| k.as_str().unwrap()).collect();
+    assert_eq!(
+        keys,
+        ["gpt-4.1", "x", "y"],
+        "file order, the bad key dropped"
+    );
+    assert_eq!(models["gpt-4.1"]["output"].as_f64(), Some(8.5));
+    assert!(models["y"].is_null());
 }
 
 #[test]
