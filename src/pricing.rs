@@ -126,15 +126,12 @@ fn matching<'a>((pattern, price): &'a (Pattern, Price), model: &str) -> Option<&
     pattern.matches(model).then_some(price)
 }
 
-/// The compiled price table: `pricing.models` overrides first, then the price file's (or the shipped) entries.
+/// The compiled price table: the `pricing.models` overrides, searched whole (exact names, then patterns) before
+/// the price file's (or the shipped) entries, so that an override pattern beats a shipped exact name.
 #[derive(Debug, Default)]
 pub struct Prices {
-    exact: HashMap<Box<str>, Price>,
-    /// Longest pattern first; among equal lengths, table order (overrides before the file).
-    patterns: Vec<(Pattern, Price)>,
-    /// For each first byte of a model name, the indices into `patterns` that can match such a name (those whose
-    /// prefix starts with it, and those that start with a star), in `patterns` order: a lookup tries only these.
-    by_first_byte: Vec<Vec<u32>>,
+    overrides: Table,
+    table: Table,
 }
 
 impl Prices {
@@ -144,39 +141,83 @@ impl Prices {
     }
 
     /// `overrides`, then `table`, each in its own order. Keys are assumed valid (see [`key_problem`]); for an
-    /// exact name given twice the first wins.
+    /// exact name given twice in one of them the first wins.
     pub fn new(
         overrides: impl IntoIterator<Item = (String, Price)>,
         table: impl IntoIterator<Item = (String, Price)>,
     ) -> Prices {
-        let mut prices = Prices::empty();
-        for (key, price) in overrides.into_iter().chain(table) {
+        Prices {
+            overrides: Table::new(overrides),
+            table: Table::new(table),
+        }
+    }
+
+    /// The price of `model`: from the overrides if one matches it, else from the table; in each, its exact
+    /// name, else the longest pattern that matches it.
+    pub fn find(&self, model: &str) -> Option<&Price> {
+        self.overrides
+            .find(model)
+            .or_else(|| self.table.find(model))
+    }
+
+    /// The price of the first of `names` that has one (the model a backend answered with, the model sent
+    /// upstream, the model requested).
+    pub fn first<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Option<&Price> {
+        names.into_iter().find_map(|name| self.find(name))
+    }
+
+    /// Exact names and patterns in the overrides and the table.
+    pub fn len(&self) -> usize {
+        self.overrides.len() + self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One list of prices: exact names in a map, patterns longest first.
+#[derive(Debug, Default)]
+struct Table {
+    exact: HashMap<Box<str>, Price>,
+    /// Longest pattern first; among equal lengths, list order.
+    patterns: Vec<(Pattern, Price)>,
+    /// For each first byte of a model name, the indices into `patterns` that can match such a name (those whose
+    /// prefix starts with it, and those that start with a star), in `patterns` order: a lookup tries only these.
+    by_first_byte: Vec<Vec<u32>>,
+}
+
+impl Table {
+    fn new(entries: impl IntoIterator<Item = (String, Price)>) -> Table {
+        let mut t = Table::default();
+        for (key, price) in entries {
             match Pattern::new(&key) {
-                Some(pattern) => prices.patterns.push((pattern, price)),
+                Some(pattern) => t.patterns.push((pattern, price)),
                 None => {
-                    prices.exact.entry(key.into()).or_insert(price);
+                    t.exact.entry(key.into()).or_insert(price);
                 }
             }
         }
         // Stable: equal lengths keep their order.
-        prices
-            .patterns
+        t.patterns
             .sort_by_key(|(pattern, _)| std::cmp::Reverse(pattern.text.len()));
-        prices.by_first_byte = vec![Vec::new(); 256];
-        for (i, (pattern, _)) in prices.patterns.iter().enumerate() {
+        t.by_first_byte = vec![Vec::new(); 256];
+        for (i, (pattern, _)) in t.patterns.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             match pattern.prefix.as_bytes().first() {
-                Some(&byte) => prices.by_first_byte[usize::from(byte)].push(i),
-                None => prices.by_first_byte.iter_mut().for_each(|v| v.push(i)),
+                Some(&byte) => t.by_first_byte[usize::from(byte)].push(i),
+                None => t.by_first_byte.iter_mut().for_each(|v| v.push(i)),
             }
         }
-        prices
+        t
     }
 
-    /// The price of `model`: its exact name, else the longest pattern that matches it.
-    pub fn find(&self, model: &str) -> Option<&Price> {
+    fn find(&self, model: &str) -> Option<&Price> {
         if let Some(price) = self.exact.get(model) {
             return Some(price);
+        }
+        if self.patterns.is_empty() {
+            return None;
         }
         let Some(&first) = model.as_bytes().first() else {
             // Only a pattern with nothing before its first star matches an empty name.
@@ -192,19 +233,8 @@ impl Prices {
         })
     }
 
-    /// The price of the first of `names` that has one (the model a backend answered with, the model sent
-    /// upstream, the model requested).
-    pub fn first<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Option<&Price> {
-        names.into_iter().find_map(|name| self.find(name))
-    }
-
-    /// Exact names and patterns in the table.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.exact.len() + self.patterns.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -20,7 +20,12 @@ const KEY: &str = "sk-team-a-0123456789";
 /// prices: `priced` at $1 input, $0.5 cached input, $10 output per 1M tokens; `flat` at $0 input, $10 output;
 /// `gpt-4o` at $2.5 / $10.
 fn money_config(base_url: &str, db: &Path, budget: Option<Value>) -> Value {
-    let mut c = client("a", base_url, "exact", &["priced", "flat", "gpt-4o", "unpriced-zz"]);
+    let mut c = client(
+        "a",
+        base_url,
+        "exact",
+        &["priced", "flat", "gpt-4o", "unpriced-zz"],
+    );
     c["api_key"] = json!("sk-backend");
     let mut key = json!({ "name": "team-a", "key": KEY });
     if let Some(budget) = budget {
@@ -41,7 +46,13 @@ fn bearer() -> String {
 }
 
 async fn ask(gw: &Gateway, body: &Value) -> crate::common::Resp {
-    post_with(gw, "/v1/chat/completions", body, &[("authorization", &bearer())]).await
+    post_with(
+        gw,
+        "/v1/chat/completions",
+        body,
+        &[("authorization", &bearer())],
+    )
+    .await
 }
 
 fn chat(model: &str) -> Value {
@@ -79,14 +90,21 @@ async fn json_and_stream_records_carry_their_cost_and_the_metric_counts_it() {
     mock.set_reply(Reply::body(answer("priced", "hi", Some(usage))));
     assert_eq!(ask(&gw, &chat("priced")).await.status, 200);
     // A stream: 10 prompt, 5 completion tokens.
-    let events = vec![chat_chunk("priced", json!([{ "index": 0, "delta": { "content": "hi" } }]))];
+    let events = vec![chat_chunk(
+        "priced",
+        json!([{ "index": 0, "delta": { "content": "hi" } }]),
+    )];
     let usage = usage_chunk("priced", "chat.completion.chunk", usage_json(10, 5));
     mock.set_reply(Reply::stream(events, Some(usage)));
     let mut stream = chat("priced");
     stream["stream"] = json!(true);
     assert_eq!(ask(&gw, &stream).await.status, 200);
     // A model without a price.
-    mock.set_reply(Reply::body(answer("unpriced-zz", "hi", Some(usage_json(10, 5)))));
+    mock.set_reply(Reply::body(answer(
+        "unpriced-zz",
+        "hi",
+        Some(usage_json(10, 5)),
+    )));
     assert_eq!(ask(&gw, &chat("unpriced-zz")).await.status, 200);
 
     let rows = wait_exact_rows(db.path(), 3).await;
@@ -95,7 +113,11 @@ async fn json_and_stream_records_carry_their_cost_and_the_metric_counts_it() {
     assert!(close(cost(&rows[1]).unwrap(), 0.00006), "{:?}", rows[1]);
     assert_eq!(cost(&rows[2]), None, "no price: NULL");
     for row in &rows {
-        assert_eq!(row.usage_estimated, Some(0), "the backend reported usage: {row:?}");
+        assert_eq!(
+            row.usage_estimated,
+            Some(0),
+            "the backend reported usage: {row:?}"
+        );
         assert_eq!(row.key_name.as_deref(), Some("team-a"));
     }
 
@@ -129,7 +151,12 @@ async fn a_budget_refuses_at_its_exact_boundary_with_insufficient_quota() {
     mock.set_reply(Reply::body(answer("flat", "hi", Some(usage_json(7, 1000)))));
     let db = tempfile::tempdir().unwrap();
     let budget = json!({ "day": 0.05, "month": 100 });
-    let gw = Gateway::start(&money_config(&mock.base_url("/v1"), db.path(), Some(budget))).await;
+    let gw = Gateway::start(&money_config(
+        &mock.base_url("/v1"),
+        db.path(),
+        Some(budget),
+    ))
+    .await;
 
     for left in ["0.040000", "0.030000", "0.020000", "0.010000", "0.000000"] {
         let resp = ask(&gw, &cent_request()).await;
@@ -146,7 +173,11 @@ async fn a_budget_refuses_at_its_exact_boundary_with_insufficient_quota() {
     assert!(message.contains("$0.05 per day (used $0.05"), "{message}");
     let retry: u64 = resp.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=86_400).contains(&retry), "{retry}");
-    assert_eq!(mock.count(), 5, "the refused request never reached the backend");
+    assert_eq!(
+        mock.count(),
+        5,
+        "the refused request never reached the backend"
+    );
     let rows = wait_exact_rows(db.path(), 6).await;
     assert_eq!(rows[5].status, Some(429));
     let spent: f64 = rows.iter().filter_map(|r| r.cost_usd).sum();
@@ -157,13 +188,24 @@ async fn a_budget_refuses_at_its_exact_boundary_with_insufficient_quota() {
 async fn fifty_concurrent_requests_cannot_overrun_a_budget() {
     let mock = Mock::start("a").await;
     // Slow streams, so that all 50 are in flight at once.
-    let events = vec![chat_chunk("flat", json!([{ "index": 0, "delta": { "content": "hi" } }])); 4];
+    let events = vec![
+        chat_chunk(
+            "flat",
+            json!([{ "index": 0, "delta": { "content": "hi" } }])
+        );
+        4
+    ];
     let usage = usage_chunk("flat", "chat.completion.chunk", usage_json(7, 1000));
     mock.set_reply(Reply::stream(events, Some(usage)));
     mock.set_sse(4, Duration::from_millis(100));
     let db = tempfile::tempdir().unwrap();
     let budget = json!({ "month": 0.10 });
-    let gw = Gateway::start(&money_config(&mock.base_url("/v1"), db.path(), Some(budget))).await;
+    let gw = Gateway::start(&money_config(
+        &mock.base_url("/v1"),
+        db.path(),
+        Some(budget),
+    ))
+    .await;
 
     let mut body = cent_request();
     body["stream"] = json!(true);
@@ -173,7 +215,8 @@ async fn fifty_concurrent_requests_cannot_overrun_a_budget() {
             let resp = http_client()
                 .post(url)
                 .header("authorization", bearer())
-                .json(&body)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).unwrap())
                 .send()
                 .await
                 .unwrap();
@@ -208,7 +251,11 @@ async fn spend_survives_a_restart_and_the_report_bills_it_per_key() {
 
     let gw = Gateway::start(&config).await;
     let resp = ask(&gw, &cent_request()).await;
-    assert_eq!(resp.expect_error(429)["type"], "insufficient_quota", "read back after a restart");
+    assert_eq!(
+        resp.expect_error(429)["type"],
+        "insufficient_quota",
+        "read back after a restart"
+    );
     assert_eq!(mock.count(), 2);
     wait_rows(db.path(), 3).await;
 
@@ -218,7 +265,11 @@ async fn spend_survives_a_restart_and_the_report_bills_it_per_key() {
         .args(["--by", "key", "--month", &month, "--format", "json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let text = report.to_string();
     assert!(text.contains("team-a"), "{text}");
@@ -297,7 +348,10 @@ impl CountingBackend {
             let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
             socket.write_all(head.as_bytes()).await.unwrap();
             for _ in 0..EVENTS {
-                let event = chat_chunk("gpt-4o", json!([{ "index": 0, "delta": { "content": " hello" } }]));
+                let event = chat_chunk(
+                    "gpt-4o",
+                    json!([{ "index": 0, "delta": { "content": " hello" } }]),
+                );
                 let data = format!("data: {event}\n\n");
                 let chunk = format!("{:x}\r\n{data}\r\n", data.len());
                 if socket.write_all(chunk.as_bytes()).await.is_err() {
@@ -326,7 +380,11 @@ async fn read_request(socket: &mut tokio::net::TcpStream) {
         if let Some(end) = text.find("\r\n\r\n") {
             let length = text[..end]
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + length {
                 return;
@@ -347,7 +405,8 @@ async fn a_caller_who_leaves_mid_stream_is_recorded_499_with_the_tokens_streamed
     let resp = http_client()
         .post(gw.url("/v1/chat/completions"))
         .header("authorization", bearer())
-        .json(&body)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
         .send()
         .await
         .unwrap();
@@ -369,8 +428,16 @@ async fn a_caller_who_leaves_mid_stream_is_recorded_499_with_the_tokens_streamed
     while backend.closed_at.lock().unwrap().is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let closed = backend.closed_at.lock().unwrap().expect("the backend's connection stayed open");
-    assert!(closed - left < Duration::from_secs(2), "closed {:?} after the caller left", closed - left);
+    let closed = backend
+        .closed_at
+        .lock()
+        .unwrap()
+        .expect("the backend's connection stayed open");
+    assert!(
+        closed - left < Duration::from_secs(2),
+        "closed {:?} after the caller left",
+        closed - left
+    );
     let written = backend.written.load(Ordering::SeqCst);
     assert!(written < EVENTS / 2, "the backend wrote {written} events");
 
@@ -381,5 +448,8 @@ async fn a_caller_who_leaves_mid_stream_is_recorded_499_with_the_tokens_streamed
         (completion - written as f64).abs() <= 0.1 * written as f64,
         "completion {completion} vs {written} one-token events written ({seen} read by the caller)"
     );
-    assert!(row.prompt_tokens.unwrap() > 0 && row.cost_usd.unwrap() > 0.0, "{row:?}");
+    assert!(
+        row.prompt_tokens.unwrap() > 0 && row.cost_usd.unwrap() > 0.0,
+        "{row:?}"
+    );
 }

@@ -19,7 +19,7 @@ fn prices() -> Arc<Prices> {
 fn key(budget: Option<Budget>) -> Arc<KeyInfo> {
     Arc::new(KeyInfo::new(&KeySettings {
         name: "team".into(),
-        key: Secret::new("sk-team".into()),
+        key: Secret::new("sk-team".to_string()),
         models: None,
         rpm: None,
         tpm: None,
@@ -28,7 +28,7 @@ fn key(budget: Option<Budget>) -> Arc<KeyInfo> {
 }
 
 fn accountant() -> Arc<Accountant> {
-    let metrics = Arc::new(Metrics::new().unwrap());
+    let metrics = Metrics::new().unwrap();
     Arc::new(Accountant::new(Arc::new(Limiter::new()), metrics))
 }
 
@@ -133,7 +133,9 @@ fn a_budgeted_request_settles_its_reservation_to_its_cost() {
 #[test]
 fn missing_usage_is_counted_on_the_worker_and_priced() {
     let a = accountant();
-    let request = Bytes::from_static(br#"{"model":"priced","messages":[{"role":"user","content":"Say hello"}]}"#);
+    let request = Bytes::from_static(
+        br#"{"model":"priced","messages":[{"role":"user","content":"Say hello"}]}"#,
+    );
     let generated = Generated::body(Bytes::from_static(
         br#"{"choices":[{"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog"}}]}"#,
     ));

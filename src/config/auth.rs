@@ -34,7 +34,7 @@ pub struct KeySettings {
     pub budget: Option<Budget>,
 }
 
-/// `auth.keys[i].budget_usd`: at least one of the two is set.
+/// `auth.keys[i].budget_usd`: at least one of the two is set (`budget_usd: {}` is no budget).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Budget {
     pub day: Option<Usd>,
@@ -175,7 +175,7 @@ fn compile_key(k: KeyFile, path: String, errors: &mut Errors) -> Option<KeySetti
 /// Dollars, at least 0 (a budget of 0 refuses every request of the key: a way to freeze it).
 fn budget(b: BudgetFile, s: &mut Section) -> Option<Budget> {
     if b.day.is_none() && b.month.is_none() {
-        s.report("budget_usd", "expected `day`, `month` or both");
+        // `{}`, or values already reported as ill-typed or unknown: no budget.
         return None;
     }
     let mut amount = |field: &str, usd: Option<f64>| {
@@ -266,6 +266,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::KeyChanges;
     use crate::config::Config;
+    use crate::money::Usd;
 
     const CLIENT: &str =
         "openai_clients:\n  - {name: c, api_key: k, base_url: 'http://h', model_match: {type: exact, value: m}}\n";
@@ -357,11 +358,35 @@ mod tests {
         [{name: a, key: k, rpm: many}] | auth.keys[0].rpm: expected an integer
         [{name: a, key: k, models: []}] | auth.keys[0].models: must not be an empty list (leave it out to allow every model)
         [{name: a, key: k, models: [x, '']}] | auth.keys[0].models[1]: must not be empty
-        [{name: a, key: k, model: x}] | auth.keys[0].model: unknown field, expected one of name, key, models, rpm, tpm
+        [{name: a, key: k, model: x}] | auth.keys[0].model: unknown field, expected one of name, key, models, rpm, tpm, budget_usd
+        [{name: a, key: k, budget_usd: {day: -1, month: 5}}] | auth.keys[0].budget_usd.day: must be a number of dollars >= 0
+        [{name: a, key: k, budget_usd: {day: lots}}] | auth.keys[0].budget_usd.day: expected a number
+        [{name: a, key: k, budget_usd: {week: 1}}] | auth.keys[0].budget_usd.week: unknown field, expected one of day, month
         [{name: a, key: '${NOPE}'}] | auth.keys[0].key: environment variable NOPE is not set (use ${NOPE:-default} for a default)
         [] | auth.keys: must not be an empty list (remove the auth section to run without keys)
         [7] | auth.keys[0]: expected a mapping
     "#;
+
+    #[test]
+    fn budgets_are_dollars_per_day_and_month_and_need_records() {
+        let config =
+            parse("  keys:\n    - {name: a, key: k, budget_usd: {day: 5, month: 100.5}}\n")
+                .unwrap();
+        let budget = config.auth.unwrap().keys[0].budget.unwrap();
+        assert_eq!(budget.day, Some(Usd(5_000_000_000)));
+        assert_eq!(budget.month, Some(Usd(100_500_000_000)));
+        let only_month =
+            parse("  keys:\n    - {name: a, key: k, budget_usd: {month: 0}}\n").unwrap();
+        let budget = only_month.auth.unwrap().keys[0].budget.unwrap();
+        assert_eq!((budget.day, budget.month), (None, Some(Usd::ZERO)));
+        let text = format!("{CLIENT}usage: {{enabled: false}}\nauth:\n  keys:\n    - {{name: a, key: k, budget_usd: {{day: 5}}}}\n");
+        let errors = Config::parse(&text, &env).unwrap_err().0;
+        let expected = "auth.keys[0].budget_usd: needs usage records (usage.enabled: true): spend is counted from them";
+        assert_eq!(
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            [expected]
+        );
+    }
 
     #[test]
     fn bad_keys_are_reported_at_their_paths_without_the_key() {

@@ -108,11 +108,14 @@ fn overrides_come_before_the_table() {
     );
     assert_eq!(
         input_of(&prices, "o3-mini"),
-        Some(3.0),
-        "a longer pattern of the file still wins"
+        Some(7.0),
+        "an override pattern beats a longer pattern of the file"
     );
     assert_eq!(input_of(&prices, "o3"), Some(7.0));
     assert_eq!(input_of(&prices, "o1"), Some(4.0));
+    // An override pattern beats an exact name of the file.
+    let prices = Prices::new(entries(&[("gpt-4o*", 5.0)]), entries(&[("gpt-4o", 1.0)]));
+    assert_eq!(input_of(&prices, "gpt-4o"), Some(5.0));
 }
 
 #[test]

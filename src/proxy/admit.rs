@@ -73,13 +73,12 @@ pub(super) async fn admit(
     }
 }
 
+/// A local answer's error and its extra headers.
+type Refusal = (GatewayError, Vec<(&'static str, String)>);
+
 /// Reserves the request's likely maximum cost under its key's budget (priced by the model the first
 /// candidate is sent), or refuses it with 429 `insufficient_quota` and `Retry-After` once the budget is reached.
-fn reserve(
-    gw: &Gateway,
-    ctx: &mut RequestCtx,
-    rt: &Runtime,
-) -> Result<(), (GatewayError, Vec<(&'static str, String)>)> {
+fn reserve(gw: &Gateway, ctx: &mut RequestCtx, rt: &Runtime) -> Result<(), Refusal> {
     let Some(key) = ctx.key().filter(|k| k.budget().is_some()).cloned() else {
         return Ok(());
     };

@@ -78,7 +78,10 @@ impl Gateway {
         let runtime = Runtime::new(config, None);
         let limiter = Arc::new(Limiter::new());
         note_auth(&runtime, &limiter);
-        let accountant = Arc::new(Accountant::new(Arc::clone(&limiter), Arc::clone(&parts.metrics)));
+        let accountant = Arc::new(Accountant::new(
+            Arc::clone(&limiter),
+            Arc::clone(&parts.metrics),
+        ));
         parts
             .metrics
             .set_known_models(crate::metrics::known_models(&runtime.config));

@@ -89,7 +89,8 @@ impl RequestCtx {
             kind,
             ApiKind::Chat | ApiKind::Completions | ApiKind::Responses | ApiKind::Embeddings
         );
-        let billable = (200..300).contains(&status) || status == CLIENT_CLOSED || self.answer.was_cut_short();
+        let billable =
+            (200..300).contains(&status) || status == CLIENT_CLOSED || self.answer.was_cut_short();
         let tried = self.attempt.as_ref().is_some_and(|a| a.count() > 0);
         let count = (reported.is_none() && countable && billable && tried).then(|| ToCount {
             request: self.admission.body.clone(),
