@@ -50,7 +50,7 @@ usage:
   queue_max_mb: 8
 auth:
   keys:
-    - {name: team, key: sk-team, models: ["gpt-4*"], rpm: 1, tpm: 2}
+    - {name: team, key: sk-team, models: ["gpt-4*"], rpm: 1, tpm: 2, budget_usd: {day: 1, month: 2.5}}
 logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_mb: 3, error_keep_files: 4}
 pricing: {file: prices.yaml, models: {"m*": {input: 1}}}
 "#;
@@ -111,7 +111,8 @@ fn schema_and_structs_agree() {
     let auth = file.auth.unwrap().keys.unwrap();
     let key = format!("{:?}", auth[0].as_ref().unwrap());
     assert!(!key.contains("None"), "every auth key field: {key}");
-    assert_eq!(section_fields(&AUTH_KEY).len(), 5);
+    assert_eq!(section_fields(&AUTH_KEY).len(), 6);
+    assert_eq!(section_fields(&BUDGET), ["day", "month"]);
     let logging = format!("{:?}", file.logging.unwrap());
     assert!(!logging.contains("None"), "every logging field: {logging}");
     assert_eq!(section_fields(&LOGGING).len(), 6);
