@@ -73,7 +73,8 @@ mod tests {
         assert_eq!(Usd(12_345_678_999).six_decimals(), "12.345679");
         assert_eq!(Usd(499).six_decimals(), "0.000000");
         assert_eq!(Usd(5_000_000_000).display(), "$5.00");
-        assert_eq!(Usd(12_300_000).display(), "$0.0123");
+        assert_eq!(Usd(12_300_000).display(), "$0.01");
+        assert_eq!(Usd(1_230_000).display(), "$0.00123");
         assert_eq!(Usd(0).display(), "$0.00");
     }
 }

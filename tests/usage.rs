@@ -543,7 +543,7 @@ async fn recorded_headers_are_cut_at_usage_max_body_bytes_into_valid_json() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn token_columns_are_null_when_the_backend_reports_no_usage() {
+async fn token_counts_are_estimated_when_the_backend_reports_no_usage() {
     let mock = Mock::start("b").await;
     let db = tempfile::tempdir().unwrap();
     let gw = Gateway::start(&usage_config(
@@ -558,7 +558,7 @@ async fn token_columns_are_null_when_the_backend_reports_no_usage() {
     let r = post_json(&gw, "/v1/chat/completions", &common::chat_body("m1")).await;
     assert_eq!(r.text(), body);
     let rows = wait_exact_rows(db.path(), 1).await;
-    assert_no_tokens(&rows[0]);
+    assert_estimated(&rows[0]);
 
     // A stream that never sends a usage chunk, although the gateway asked for one.
     let events = vec![
@@ -576,8 +576,19 @@ async fn token_columns_are_null_when_the_backend_reports_no_usage() {
     let r = post_json(&gw, "/v1/chat/completions", &stream).await;
     assert_eq!(r.text(), Reply::stream(events, None).sse(false).concat());
     let rows = wait_exact_rows(db.path(), 2).await;
-    assert_no_tokens(&rows[1]);
+    assert_estimated(&rows[1]);
     assert_eq!(rows[1].status, Some(200));
+}
+
+/// The gateway counted the tokens (#16): "hi" is one completion token; the prompt has at least the
+/// messages' overhead; the backend reported no cached or reasoning tokens.
+fn assert_estimated(row: &Row) {
+    assert_eq!(row.usage_estimated, Some(1), "{row:#?}");
+    assert_eq!(row.completion_tokens, Some(1), "{row:#?}");
+    let prompt = row.prompt_tokens.unwrap();
+    assert!(prompt >= 3, "{row:#?}");
+    assert_eq!(row.total_tokens, Some(prompt + 1), "{row:#?}");
+    assert_eq!((row.cached_tokens, row.reasoning_tokens), (None, None), "{row:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
