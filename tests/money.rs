@@ -453,3 +453,22 @@ async fn a_caller_who_leaves_mid_stream_is_recorded_499_with_the_tokens_streamed
         "{row:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_applies_new_prices_to_new_requests() {
+    let mock = Mock::start("a").await;
+    mock.set_reply(Reply::body(answer("flat", "hi", Some(usage_json(7, 1000)))));
+    let db = tempfile::tempdir().unwrap();
+    let mut config = money_config(&mock.base_url("/v1"), db.path(), None);
+    let gw = Gateway::builder(&config).log_level("info").start().await;
+    assert_eq!(ask(&gw, &chat("flat")).await.status, 200);
+    config["pricing"]["models"]["flat"]["output"] = json!(20);
+    gw.rewrite_config(&config);
+    // The watcher sees the file change (or the signal asks): either reload applies the new price.
+    gw.signal("HUP");
+    gw.wait_log("config reloaded", 1, Duration::from_secs(10)).await;
+    assert_eq!(ask(&gw, &chat("flat")).await.status, 200);
+    let rows = wait_exact_rows(db.path(), 2).await;
+    assert!(close(rows[0].cost_usd.unwrap(), 0.01), "{:?}", rows[0]);
+    assert!(close(rows[1].cost_usd.unwrap(), 0.02), "{:?}", rows[1]);
+}
