@@ -31,25 +31,68 @@ pub struct Accountant {
     estimator: OnceLock<Estimator>,
 }
 
-/// What a request leaves for its accounts when it ends.
-pub struct Bill {
+/// What a request leaves for its accounts when it ends, borrowed from the request: nothing is copied unless
+/// its tokens must be counted on the worker.
+pub struct Bill<'a> {
     pub kind: ApiKind,
     /// The price table of the config the request ran under.
-    pub prices: Arc<Prices>,
+    pub prices: &'a Arc<Prices>,
     /// The model the backend named in its answer, the model sent upstream, the requested model: the first
     /// with a price prices the request.
-    pub answered_model: Option<String>,
-    pub sent_model: Option<String>,
-    pub requested_model: String,
+    pub answered_model: Option<&'a str>,
+    pub sent_model: Option<&'a str>,
+    pub requested_model: &'a str,
     /// The metrics' labels.
-    pub model_label: String,
-    pub backend: Option<String>,
-    pub key: Option<Arc<KeyInfo>>,
+    pub model_label: &'a str,
+    pub backend: Option<&'a str>,
+    pub key: Option<&'a Arc<KeyInfo>>,
     pub reservation: Option<Reservation>,
     /// What the backend reported.
     pub reported: Option<TokenUsage>,
-    /// Set when the backend reported nothing but was asked: what to count instead.
-    pub count: Option<ToCount>,
+}
+
+/// A bill that outlives its request: what the worker needs once it has counted the tokens.
+struct OwnedBill {
+    kind: ApiKind,
+    prices: Arc<Prices>,
+    answered_model: Option<String>,
+    sent_model: Option<String>,
+    requested_model: String,
+    model_label: String,
+    backend: Option<String>,
+    key: Option<Arc<KeyInfo>>,
+    reservation: Option<Reservation>,
+}
+
+impl OwnedBill {
+    fn new(bill: Bill<'_>) -> OwnedBill {
+        OwnedBill {
+            kind: bill.kind,
+            prices: Arc::clone(bill.prices),
+            answered_model: bill.answered_model.map(str::to_owned),
+            sent_model: bill.sent_model.map(str::to_owned),
+            requested_model: bill.requested_model.to_owned(),
+            model_label: bill.model_label.to_owned(),
+            backend: bill.backend.map(str::to_owned),
+            key: bill.key.cloned(),
+            reservation: bill.reservation,
+        }
+    }
+
+    fn bill(&mut self) -> Bill<'_> {
+        Bill {
+            kind: self.kind,
+            prices: &self.prices,
+            answered_model: self.answered_model.as_deref(),
+            sent_model: self.sent_model.as_deref(),
+            requested_model: &self.requested_model,
+            model_label: &self.model_label,
+            backend: self.backend.as_deref(),
+            key: self.key.as_ref(),
+            reservation: self.reservation.take(),
+            reported: None,
+        }
+    }
 }
 
 /// The texts to count tokens of, when the backend reported no usage.
@@ -83,27 +126,27 @@ impl Accountant {
         &self.limiter
     }
 
-    /// Settles `bill` and hands the result to `then` (which sends the record): at once when the backend
-    /// reported usage or there is nothing to count, else on the estimator's thread once it counted.
-    pub fn settle<F>(self: &Arc<Self>, bill: Bill, then: F)
+    /// Settles `bill` and hands the result to `then` (which sends the record): at once when there is nothing
+    /// to `count`, else on the estimator's thread once it counted the tokens.
+    pub fn settle<F>(self: &Arc<Self>, bill: Bill<'_>, count: Option<ToCount>, then: F)
     where
         F: FnOnce(Settled) + Send + 'static,
     {
-        let Some(count) = bill.count.as_ref() else {
-            let settled = self.close(bill, None);
-            return then(settled);
+        let Some(count) = count else {
+            return then(self.close(bill, None));
         };
         let bytes = count.request.len() + count.generated.as_ref().map_or(0, |g| g.bytes.len());
+        let mut owned = OwnedBill::new(bill);
         let me = Arc::clone(self);
         let rough = Arc::new(AtomicBool::new(false));
         let roughly = Arc::clone(&rough);
         let job = Box::new(move || {
+            let bill = owned.bill();
             let counted = match roughly.load(Ordering::Relaxed) {
-                true => rough_count(&bill),
-                false => count_tokens(&bill),
+                true => rough_count(&count),
+                false => count_tokens(&bill, &count),
             };
-            let settled = me.close(bill, Some(counted));
-            then(settled);
+            then(me.close(bill, Some(counted)));
         });
         let estimator = self
             .estimator
@@ -122,32 +165,26 @@ impl Accountant {
     pub fn drain(&self, deadline: Duration) -> usize {
         self.estimator.get().map_or(0, |e| e.close(deadline))
     }
-}
 
-impl Accountant {
     /// Prices the request with its reported (or `counted`) tokens, settles its reservation or adds its spend,
     /// and counts its cost in the metrics.
-    fn close(&self, bill: Bill, counted: Option<TokenUsage>) -> Settled {
+    fn close(&self, bill: Bill<'_>, counted: Option<TokenUsage>) -> Settled {
         let estimated = counted.is_some();
         let tokens = counted.or(bill.reported).unwrap_or_default();
-        let price = price_of(&bill);
-        let cost_usd = price.map(|p| cost(p, &tokens));
+        let cost_usd = price_of(&bill).map(|p| cost(p, &tokens));
         let cost = Usd::from_f64(cost_usd.unwrap_or(0.0));
-        match (bill.reservation, &bill.key) {
+        match (bill.reservation, bill.key) {
             (Some(reservation), _) => reservation.settle(cost),
             (None, Some(key)) => self.limiter.spend(key, cost),
             (None, None) => {}
         }
         if let Some(usd) = cost_usd.filter(|&usd| usd > 0.0) {
-            self.metrics
-                .add_cost(&bill.model_label, bill.backend.as_deref(), usd);
+            self.metrics.add_cost(bill.model_label, bill.backend, usd);
         }
-        if estimated {
-            if let Some(key) = &bill.key {
-                let total = tokens.prompt.unwrap_or(0) + tokens.completion.unwrap_or(0);
-                if let Ok(total @ 1..) = u64::try_from(total) {
-                    self.limiter.add_tokens(key, total, Instant::now());
-                }
+        if let (true, Some(key)) = (estimated, bill.key) {
+            let total = tokens.prompt.unwrap_or(0) + tokens.completion.unwrap_or(0);
+            if let Ok(total @ 1..) = u64::try_from(total) {
+                self.limiter.add_tokens(key, total, Instant::now());
             }
         }
         Settled {
@@ -158,14 +195,13 @@ impl Accountant {
     }
 }
 
-/// The price of the first of the bill's models that has one.
-fn price_of(bill: &Bill) -> Option<&Price> {
-    let names = [
-        bill.answered_model.as_deref(),
-        bill.sent_model.as_deref(),
-        Some(bill.requested_model.as_str()),
-    ];
-    bill.prices.first(names.into_iter().flatten())
+/// The price of the first of the bill's models that has one (each name looked up once).
+fn price_of<'a>(bill: &Bill<'a>) -> Option<&'a Price> {
+    let requested = Some(bill.requested_model);
+    let sent = bill.sent_model.filter(|&s| Some(s) != bill.answered_model);
+    let requested = requested.filter(|&r| Some(r) != bill.answered_model && Some(r) != sent);
+    let prices: &'a Prices = bill.prices;
+    prices.first([bill.answered_model, sent, requested].into_iter().flatten())
 }
 
 /// The cost of `tokens`; a request without any count (it failed before a backend answered) costs nothing,
@@ -193,16 +229,10 @@ pub fn reservation(price: Option<&Price>, body_len: usize, max_tokens: Option<u6
     Usd::from_f64(price.cost(&tokens))
 }
 
-/// Counts the prompt and the generated text of a bill with a real tokenizer (on the estimator's thread).
-fn count_tokens(bill: &Bill) -> TokenUsage {
-    let Some(count) = &bill.count else {
-        return TokenUsage::default();
-    };
+/// Counts the prompt and the generated text with a real tokenizer (on the estimator's thread).
+fn count_tokens(bill: &Bill<'_>, count: &ToCount) -> TokenUsage {
     let configured = price_of(bill).and_then(|p| p.tokenizer);
-    let model = bill
-        .sent_model
-        .as_deref()
-        .unwrap_or(bill.requested_model.as_str());
+    let model = bill.sent_model.unwrap_or(bill.requested_model);
     let tok = estimate::tokenizer_for(model, configured);
     let prompt = estimate::prompt_tokens(bill.kind, &count.request, tok)
         .unwrap_or_else(|| estimate::rough_tokens(count.request.len()));
@@ -220,10 +250,7 @@ fn count_tokens(bill: &Bill) -> TokenUsage {
 
 /// A count without a tokenizer, when the worker is full: 4 bytes a token for the prompt, a token per stream
 /// event (or 4 bytes of a body) for the answer.
-fn rough_count(bill: &Bill) -> TokenUsage {
-    let Some(count) = &bill.count else {
-        return TokenUsage::default();
-    };
+fn rough_count(count: &ToCount) -> TokenUsage {
     let prompt = estimate::rough_tokens(count.request.len());
     let completion = count.generated.as_ref().map_or(0, |g| match g.sse {
         true => {

@@ -34,8 +34,26 @@ impl Usd {
 
     /// Dollars with 6 decimals, as in `x-budget-remaining-usd` ("0.040000").
     pub fn six_decimals(self) -> String {
-        let micros = (self.0 + 500) / 1000;
-        format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+        self.decimal(6)
+    }
+
+    /// The amount rounded to `places` decimals (at most 9; half up), as text: `0.000123`, `1.50`.
+    pub fn decimal(self, places: u32) -> String {
+        let places = places.min(9);
+        let unit = 10_u64.pow(9 - places);
+        let rounded = self.0 / unit + u64::from(self.0 % unit >= unit.div_ceil(2));
+        let scale = 10_u64.pow(places);
+        let (whole, fraction) = (rounded / scale, rounded % scale);
+        match places {
+            0 => whole.to_string(),
+            _ => format!("{whole}.{fraction:0width$}", width = places as usize),
+        }
+    }
+
+    /// The amount rounded to `places` decimals as the nearest f64 (for JSON, which then prints it in as few
+    /// digits as read back the same: `0.000123`, not `0.00012300000000000001`).
+    pub fn rounded(self, places: u32) -> f64 {
+        self.decimal(places).parse().unwrap_or(f64::NAN)
     }
 
     /// Dollars for people: "$5.00", "$0.0123" (at least 2 decimals, up to 6 for small amounts).
@@ -64,6 +82,27 @@ mod tests {
         assert_eq!(Usd::from_f64(f64::INFINITY), Usd::ZERO);
         assert_eq!(Usd::from_f64(1e30), Usd(u64::MAX));
         assert!((Usd(1_500_000_000).as_f64() - 1.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn decimals_round_half_up() {
+        assert_eq!(Usd(0).decimal(6), "0.000000");
+        assert_eq!(Usd(123_400).decimal(6), "0.000123");
+        assert_eq!(Usd(123_500).decimal(6), "0.000124");
+        assert_eq!(Usd(123_499).decimal(6), "0.000123");
+        assert_eq!(Usd(50_000).decimal(4), "0.0001");
+        assert_eq!(Usd(49_999).decimal(4), "0.0000");
+        assert_eq!(
+            Usd(1_999_950_000).decimal(4),
+            "2.0000",
+            "a carry into the dollars"
+        );
+        assert_eq!(Usd(7).decimal(12), "0.000000007", "at most nine places");
+        assert_eq!(Usd(2_500_000_000).decimal(0), "3");
+        assert_eq!(Usd(u64::MAX).decimal(6), "18446744073.709552");
+        for (nanos, text) in [(123_400, "0.000123"), (1_500_000_000, "1.5"), (0, "0.0")] {
+            assert_eq!(serde_json::json!(Usd(nanos).rounded(6)).to_string(), text);
+        }
     }
 
     #[test]

@@ -1,13 +1,12 @@
 //! `gpt-api usage`: requests, tokens, errors and latency percentiles summed from a [`Source`] of usage records
 //! (`source`): the monthly usage files, read-only (`sqlite`).
 
-mod money;
 mod range;
 mod render;
 mod source;
 mod sqlite;
 
-pub use money::Usd;
+pub use crate::money::Usd;
 pub use range::Range;
 pub use source::{Fields, Source};
 pub use sqlite::MonthFiles;
@@ -208,7 +207,10 @@ impl Acc {
                 .push(u32::try_from(ms.max(0)).unwrap_or(u32::MAX));
         }
         s.estimated += u64::from(f.estimated);
-        s.cost_usd = add_cost(s.cost_usd, f.cost_usd.and_then(Usd::from_f64));
+        s.cost_usd = add_cost(
+            s.cost_usd,
+            f.cost_usd.filter(|c| c.is_finite()).map(Usd::from_f64),
+        );
     }
 
     fn merge(&mut self, other: &Acc) {

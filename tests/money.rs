@@ -466,7 +466,8 @@ async fn a_reload_applies_new_prices_to_new_requests() {
     gw.rewrite_config(&config);
     // The watcher sees the file change (or the signal asks): either reload applies the new price.
     gw.signal("HUP");
-    gw.wait_log("config reloaded", 1, Duration::from_secs(10)).await;
+    gw.wait_log("config reloaded", 1, Duration::from_secs(10))
+        .await;
     assert_eq!(ask(&gw, &chat("flat")).await.status, 200);
     let rows = wait_exact_rows(db.path(), 2).await;
     assert!(close(rows[0].cost_usd.unwrap(), 0.01), "{:?}", rows[0]);

@@ -588,7 +588,11 @@ fn assert_estimated(row: &Row) {
     let prompt = row.prompt_tokens.unwrap();
     assert!(prompt >= 3, "{row:#?}");
     assert_eq!(row.total_tokens, Some(prompt + 1), "{row:#?}");
-    assert_eq!((row.cached_tokens, row.reasoning_tokens), (None, None), "{row:#?}");
+    assert_eq!(
+        (row.cached_tokens, row.reasoning_tokens),
+        (None, None),
+        "{row:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

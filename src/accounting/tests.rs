@@ -32,19 +32,31 @@ fn accountant() -> Arc<Accountant> {
     Arc::new(Accountant::new(Arc::new(Limiter::new()), metrics))
 }
 
-fn bill(model: &str, reported: Option<TokenUsage>, count: Option<ToCount>) -> Bill {
+/// The prices and key a test bill borrows.
+struct Fixture {
+    prices: Arc<Prices>,
+    key: Arc<KeyInfo>,
+}
+
+fn fixture(budget: Option<Budget>) -> Fixture {
+    Fixture {
+        prices: prices(),
+        key: key(budget),
+    }
+}
+
+fn bill<'a>(f: &'a Fixture, model: &'a str, reported: Option<TokenUsage>) -> Bill<'a> {
     Bill {
         kind: ApiKind::Chat,
-        prices: prices(),
+        prices: &f.prices,
         answered_model: None,
         sent_model: None,
-        requested_model: model.into(),
-        model_label: model.into(),
-        backend: Some("a".into()),
-        key: Some(key(None)),
+        requested_model: model,
+        model_label: model,
+        backend: Some("a"),
+        key: Some(&f.key),
         reservation: None,
         reported,
-        count,
     }
 }
 
@@ -58,9 +70,9 @@ fn usage(prompt: i64, completion: i64) -> TokenUsage {
 }
 
 /// Settles `bill` and waits for what `then` got.
-fn settle(a: &Arc<Accountant>, bill: Bill) -> Settled {
+fn settle(a: &Arc<Accountant>, bill: Bill<'_>) -> Settled {
     let (tx, rx) = mpsc::channel();
-    a.settle(bill, move |s| tx.send(s).unwrap());
+    a.settle(bill, None, move |s| tx.send(s).unwrap());
     rx.recv_timeout(Duration::from_secs(30)).unwrap()
 }
 
@@ -85,13 +97,14 @@ fn a_request_without_counts_costs_nothing_not_even_per_request() {
 #[test]
 fn reported_usage_is_priced_at_once_by_the_first_model_with_a_price() {
     let a = accountant();
-    let mut b = bill("unknown", Some(usage(1000, 100)), None);
-    b.answered_model = Some("answered-unknown".into());
-    b.sent_model = Some("priced".into());
+    let f = fixture(None);
+    let mut b = bill(&f, "unknown", Some(usage(1000, 100)));
+    b.answered_model = Some("answered-unknown");
+    b.sent_model = Some("priced");
     let s = settle(&a, b);
     assert!(!s.estimated);
     assert!((s.cost_usd.unwrap() - 0.002).abs() < 1e-12, "{s:?}");
-    let s = settle(&a, bill("unknown", Some(usage(1000, 100)), None));
+    let s = settle(&a, bill(&f, "unknown", Some(usage(1000, 100))));
     assert_eq!(s.cost_usd, None);
     // The key's spend (no budget yet) counts the priced request.
     let (spent, reserved) = a.limiter().spent("team", Local::now());
@@ -105,16 +118,15 @@ fn a_budgeted_request_settles_its_reservation_to_its_cost() {
         day: Some(Usd(50_000_000)),
         month: None,
     };
-    let k = key(Some(budget));
+    let f = fixture(Some(budget));
     let r = a
         .limiter()
-        .reserve(&k, Usd(10_000_000), Local::now())
+        .reserve(&f.key, Usd(10_000_000), Local::now())
         .unwrap()
         .unwrap();
     assert_eq!(r.remaining(), Usd(40_000_000));
     assert_eq!(a.limiter().spent("team", Local::now()).1, Usd(10_000_000));
-    let mut b = bill("flat", Some(usage(7, 1000)), None);
-    b.key = Some(k);
+    let mut b = bill(&f, "flat", Some(usage(7, 1000)));
     b.reservation = Some(r);
     let s = settle(&a, b);
     assert!((s.cost_usd.unwrap() - 0.011).abs() < 1e-12, "{s:?}");
@@ -145,7 +157,8 @@ fn missing_usage_is_counted_on_the_worker_and_priced() {
     };
     let caller = std::thread::current().id();
     let (tx, rx) = mpsc::channel();
-    a.settle(bill("priced", None, Some(count)), move |s| {
+    let f = fixture(None);
+    a.settle(bill(&f, "priced", None), Some(count), move |s| {
         tx.send((s, std::thread::current().id())).unwrap()
     });
     let (s, thread) = rx.recv_timeout(Duration::from_secs(30)).unwrap();

@@ -9,6 +9,8 @@ use crate::endpoints::ApiKind;
 /// Stream bytes kept for counting, at most: beyond it only their number is kept, and the count of what was
 /// kept is scaled up by it.
 pub const SEEN_CAP: usize = 64 << 10;
+/// The room a stream's kept bytes start with.
+const SEEN_FIRST: usize = 8 << 10;
 
 /// The first [`SEEN_CAP`] bytes of a stream and how many passed in all; dropped once the backend reports usage.
 #[derive(Debug, Default)]
@@ -25,6 +27,10 @@ impl Seen {
             return;
         }
         self.total = self.total.saturating_add(chunk.len() as u64);
+        if self.kept.capacity() == 0 {
+            // One allocation for a typical answer, rather than a doubling for every few events.
+            self.kept.reserve(SEEN_FIRST);
+        }
         let room = SEEN_CAP.saturating_sub(self.kept.len());
         self.kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }

@@ -36,8 +36,8 @@ pub(super) struct Record {
     error: Option<String>,
     /// Set once the request reached routing: its accounts are settled when it ends.
     accountant: Option<Arc<Accountant>>,
-    /// The cost reserved under the key's budget, settled when the request ends.
-    reservation: Option<Reservation>,
+    /// The cost reserved under the key's budget, settled when the request ends (boxed: most requests have none).
+    reservation: Option<Box<Reservation>>,
 }
 
 impl Record {
@@ -59,7 +59,7 @@ impl RequestCtx {
 
     /// Holds the cost reserved under the key's budget until the request ends.
     pub fn hold_reservation(&mut self, reservation: Reservation) {
-        self.record.reservation = Some(reservation);
+        self.record.reservation = Some(Box::new(reservation));
     }
 
     /// Settles this request's accounts and sends its record (once): `status` as the caller saw it. When the
@@ -68,9 +68,30 @@ impl RequestCtx {
         let Some(accountant) = self.record.accountant.take() else {
             return;
         };
-        let bill = self.bill(status);
+        let reported = self.answer.tap().and_then(|t| t.usage());
+        let count = self.what_to_count(status, reported.is_some());
         let record = self.captured_record(status);
-        accountant.settle(bill, move |settled: Settled| {
+        let reservation = self.record.reservation.take().map(|r| *r);
+        let Some(rt) = self.runtime() else {
+            // Never: a routed request has its runtime. The record goes as it is.
+            if let Some((queue, record)) = record {
+                queue.send(record);
+            }
+            return;
+        };
+        let bill = Bill {
+            kind: self.kind(),
+            prices: &rt.config.prices,
+            answered_model: self.answer.tap().and_then(|t| t.upstream_model()),
+            sent_model: self.outgoing_model(),
+            requested_model: self.model(),
+            model_label: self.model_label(),
+            backend: self.client().map(|c| c.name.as_str()),
+            key: self.admission.key.as_ref(),
+            reservation,
+            reported,
+        };
+        accountant.settle(bill, count, move |settled: Settled| {
             if let Some((queue, mut record)) = record {
                 record.row.tokens = settled.tokens;
                 record.row.cost_usd = settled.cost_usd;
@@ -80,42 +101,20 @@ impl RequestCtx {
         });
     }
 
-    /// What the request's accounts need; the tap hands over what the backend generated when it must be
-    /// counted (it reported no usage, and the request is billable: answered, cut short, or left by the caller).
-    fn bill(&mut self, status: u16) -> Bill {
-        let reported = self.answer.tap().and_then(|t| t.usage());
-        let kind = self.kind();
+    /// What to count when the backend reported no usage and the request is billable (answered, cut short, or
+    /// left by the caller after it was sent): the request body, and what the tap kept of the answer.
+    fn what_to_count(&mut self, status: u16, reported: bool) -> Option<ToCount> {
         let countable = matches!(
-            kind,
+            self.kind(),
             ApiKind::Chat | ApiKind::Completions | ApiKind::Responses | ApiKind::Embeddings
         );
         let billable =
             (200..300).contains(&status) || status == CLIENT_CLOSED || self.answer.was_cut_short();
         let tried = self.attempt.as_ref().is_some_and(|a| a.count() > 0);
-        let count = (reported.is_none() && countable && billable && tried).then(|| ToCount {
+        (!reported && countable && billable && tried).then(|| ToCount {
             request: self.admission.body.clone(),
             generated: self.answer.tap_mut().and_then(|t| t.generated()),
-        });
-        let prices = self
-            .runtime()
-            .map(|rt| Arc::clone(&rt.config.prices))
-            .unwrap_or_default();
-        Bill {
-            kind,
-            prices,
-            answered_model: self
-                .answer
-                .tap()
-                .and_then(|t| t.upstream_model().map(str::to_owned)),
-            sent_model: self.outgoing_model().map(str::to_owned),
-            requested_model: self.model().to_owned(),
-            model_label: self.model_label().to_owned(),
-            backend: self.client().map(|c| c.name.clone()),
-            key: self.admission.key.clone(),
-            reservation: self.record.reservation.take(),
-            reported,
-            count,
-        }
+        })
     }
 
     /// The record to send, with its queue, once the request reached routing with recording on.

@@ -15,8 +15,8 @@ fn priced(time: &str, key: Option<&str>, nanos: Option<i64>, estimated: bool) ->
     r
 }
 
-fn usd(nanos: i64) -> Option<Usd> {
-    Some(Usd { nanos })
+fn usd(nanos: u64) -> Option<Usd> {
+    Some(Usd(nanos))
 }
 
 #[test]

@@ -49,9 +49,7 @@ fn sample() -> Report {
         p50_ms: p50,
         p99_ms: p50,
         estimated: requests / 3,
-        cost_usd: p50.map(|_| Usd {
-            nanos: 1_234_567 * requests as i64,
-        }),
+        cost_usd: p50.map(|_| Usd(1_234_567 * requests)),
     };
     Report {
         range: range("2026-11-01", "2026-11-30"),
