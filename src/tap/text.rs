@@ -8,7 +8,7 @@ use crate::endpoints::ApiKind;
 
 /// Stream bytes kept for counting, at most: beyond it only their number is kept, and the count of what was
 /// kept is scaled up by it.
-pub const SEEN_CAP: usize = 64 << 10;
+pub const SEEN_CAP: usize = 32 << 10;
 /// The room a stream's kept bytes start with.
 const SEEN_FIRST: usize = 8 << 10;
 
