@@ -154,6 +154,7 @@ fn record(start: DateTime<FixedOffset>, texts: &Texts, i: usize) -> CapturedReco
         key_name: Some("team-a".to_string()),
         cost_usd: None,
         usage_estimated: false,
+        affinity_key: None,
     };
     // Copies, as the proxy hands over copies of the request's headers and body and the tap's own buffer.
     let raw = RawTexts {

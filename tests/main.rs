@@ -8,6 +8,7 @@
 mod common;
 
 mod auth;
+mod balancing;
 mod bodies;
 mod check;
 mod compression;

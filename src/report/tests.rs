@@ -51,6 +51,7 @@ fn record(time: &str, model: &str, prompt: i64, completion: i64, latency_ms: u64
         key_name: None,
         cost_usd: None,
         usage_estimated: false,
+        affinity_key: None,
     }
 }
 

@@ -45,6 +45,9 @@ pub struct UsageRecord {
     pub cost_usd: Option<f64>,
     /// The token counts are the gateway's estimate (the backend reported none), not the backend's.
     pub usage_estimated: bool,
+    /// A short hash of the request's affinity key (`routing.affinity.keys`), never the key itself; `None`
+    /// when its tier does not balance by affinity or it had no key.
+    pub affinity_key: Option<String>,
 }
 
 /// A record as a request hands it over: the row, and the texts that take time to render (the headers as
@@ -123,7 +126,8 @@ impl CapturedRecord {
             + text(&r.backend)
             + text(&r.upstream_model)
             + text(&r.error)
-            + text(&r.key_name);
+            + text(&r.key_name)
+            + text(&r.affinity_key);
         let raw = self.raw.as_deref().map_or(0, |raw| {
             let response = match &raw.response {
                 Some(RawBody::Bytes(bytes)) => bytes.len(),

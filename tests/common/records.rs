@@ -51,6 +51,7 @@ pub struct Row {
     pub key_name: Option<String>,
     pub cost_usd: Option<f64>,
     pub usage_estimated: Option<i64>,
+    pub affinity_key: Option<String>,
 }
 
 impl Row {
@@ -87,7 +88,7 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
 
 const SELECT: &str = "SELECT id, Time, IP, Model, Type, CompletionTokens, PromptTokens, TotalTokens, Tool, \
      Multimodal, Headers, Request, Response, Backend, UpstreamModel, Stream, Status, LatencyMs, FirstTokenMs, \
-     Attempts, CachedTokens, ReasoningTokens, Error, KeyName, CostUsd, UsageEstimated FROM records ORDER BY id";
+     Attempts, CachedTokens, ReasoningTokens, Error, KeyName, CostUsd, UsageEstimated, AffinityKey FROM records ORDER BY id";
 
 fn read_file(path: &Path) -> rusqlite::Result<Vec<Row>> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -122,6 +123,7 @@ fn read_file(path: &Path) -> rusqlite::Result<Vec<Row>> {
             key_name: r.get(23)?,
             cost_usd: r.get(24)?,
             usage_estimated: r.get(25)?,
+            affinity_key: r.get(26)?,
         })
     })?;
     rows.collect()

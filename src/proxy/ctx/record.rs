@@ -148,6 +148,7 @@ impl RequestCtx {
             key_name: self.admission.key.as_ref().map(|k| k.name().to_owned()),
             cost_usd: None,
             usage_estimated: false,
+            affinity_key: self.affinity_key(),
         };
         let raw = RawTexts {
             headers: p.headers,

@@ -17,7 +17,8 @@ const MAGIC: [u8; 4] = *b"GUR1";
 pub const HEADER: usize = 12;
 /// The version written. 2 added the cost (an optional f64 after the key name) and the `usage_estimated` flag
 /// (bit 3 of the flags, always 0 in version 1); a frame of version 1 reads as unpriced and not estimated.
-const VERSION: u8 = 2;
+/// 3 added the affinity key (an optional string after the cost); older frames read without one.
+const VERSION: u8 = 3;
 const OLDEST: u8 = 1;
 
 /// Why a frame could not be read back.
@@ -68,6 +69,7 @@ pub fn encode<'a>(record: &'a CapturedRecord, buf: &mut Vec<u8>) -> Option<[&'a 
     out.opt_str(r.error.as_deref())?;
     out.opt_str(r.key_name.as_deref())?;
     out.opt_f64(r.cost_usd);
+    out.opt_str(r.affinity_key.as_deref())?;
     let Some(raw) = record.raw.as_deref() else {
         out.u8(0);
         return seal(buf, [&[], &[], &[]]);
@@ -247,6 +249,7 @@ pub fn decode(payload: &[u8]) -> Result<CapturedRecord, Damaged> {
         key_name: at.opt_string()?,
         cost_usd: if version >= 2 { at.opt_f64()? } else { None },
         usage_estimated: flags & 8 != 0,
+        affinity_key: if version >= 3 { at.opt_string()? } else { None },
     };
     if !at.flag()? {
         return at.end().map(|()| CapturedRecord { row, raw: None });

@@ -302,17 +302,37 @@ fn frames_of_version_1_read_as_unpriced_and_not_estimated() {
         let mut buf = Vec::new();
         let record = CapturedRecord::from(row.clone());
         frame::encode(&record, &mut buf).unwrap();
-        assert_eq!(buf[frame::HEADER], 2, "version");
+        assert_eq!(buf[frame::HEADER], 3, "version");
         assert_eq!(
             frame::decode(&buf[frame::HEADER..]).unwrap().row,
             *row,
             "{i}"
         );
         // An unknown later version is refused, not misread.
-        buf[frame::HEADER] = 3;
+        buf[frame::HEADER] = 4;
         assert!(matches!(
             frame::decode(&buf[frame::HEADER..]),
             Err(Damaged::Malformed("version"))
         ));
     }
+}
+
+/// A version-2 frame is a version-3 one without the affinity key: the same record without a key, its key's
+/// byte taken out and the version put back, reads as the record without a key; a key round-trips in version 3.
+#[test]
+fn frames_of_version_2_read_without_an_affinity_key() {
+    let mut row = record(TIME);
+    (row.cost_usd, row.usage_estimated, row.affinity_key) = (Some(0.25), true, None);
+    let mut buf = Vec::new();
+    frame::encode(&CapturedRecord::from(row.clone()), &mut buf).unwrap();
+    let mut payload = buf[frame::HEADER..].to_vec();
+    let n = payload.len();
+    assert_eq!(payload[n - 2..], [0, 0], "no affinity key, no raw texts");
+    payload.remove(n - 2);
+    payload[0] = 2;
+    assert_eq!(frame::decode(&payload).unwrap().row, row);
+    row.affinity_key = Some("0123456789ab".into());
+    let mut buf = Vec::new();
+    frame::encode(&CapturedRecord::from(row.clone()), &mut buf).unwrap();
+    assert_eq!(frame::decode(&buf[frame::HEADER..]).unwrap().row, row);
 }

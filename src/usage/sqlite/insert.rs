@@ -147,6 +147,7 @@ fn bind(
         r.key_name.as_deref(),
         r.cost_usd.filter(|usd| usd.is_finite()),
         r.usage_estimated,
+        r.affinity_key.as_deref(),
     );
     debug_assert_eq!(index - before, COLUMNS.len(), "one value per column");
     Ok(())

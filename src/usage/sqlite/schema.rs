@@ -44,6 +44,7 @@ pub const KEY_NAME: Column = column("KeyName", "TEXT");
 pub const COST_USD: Column = column("CostUsd", "REAL");
 /// 1 when the token counts are the gateway's estimate (the backend reported none).
 pub const USAGE_ESTIMATED: Column = column("UsageEstimated", "INTEGER");
+pub const AFFINITY_KEY: Column = column("AffinityKey", "TEXT");
 
 /// The columns after `id`, in table order. The table, its inserts and the upgrade of files written by older
 /// versions are built from this list, and the report names its columns from the constants above, so none of
@@ -74,6 +75,7 @@ pub const COLUMNS: &[Column] = &[
     KEY_NAME,
     COST_USD,
     USAGE_ESTIMATED,
+    AFFINITY_KEY,
 ];
 
 /// WAL with `synchronous=NORMAL`: a commit is an append to the log, not an fsync, which is what makes

@@ -39,6 +39,7 @@ pub(crate) fn record(time: &str) -> UsageRecord {
         key_name: Some("team".into()),
         cost_usd: None,
         usage_estimated: false,
+        affinity_key: None,
     }
 }
 

@@ -47,6 +47,7 @@ fn varied(start: &DateTime<FixedOffset>, i: usize) -> UsageRecord {
         _ => Some([0.0, 0.000_125, 1.5][i / 13 % 3]),
     };
     r.usage_estimated = i % 7 == 2;
+    r.affinity_key = (i % 5 != 1).then(|| format!("{:012x}", i % 9));
     r
 }
 
@@ -84,6 +85,7 @@ fn expected(r: &UsageRecord) -> Vec<Value> {
         opt_text(&r.key_name),
         cost.map_or(Value::Null, Value::Real),
         int(r.usage_estimated.into()),
+        opt_text(&r.affinity_key),
     ]
 }
 
