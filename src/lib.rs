@@ -16,6 +16,8 @@
 //! - `config/`   the YAML file format, `${VAR}` expansion and validation into an immutable [`config::Config`];
 //! - `auth`      gateway keys: finding the caller's key in its headers, each key's model allow-list;
 //! - `health`    passive health of each backend (failures in a row, cooldowns);
+//! - `balance`   the order to try the clients of one priority: weighted, least busy, latency (peak-EWMA,
+//!   two choices), affinity (a conversation's key hashed over the clients, bounded load, remembered);
 //! - `logging`   the logger: stderr, or rotated info and error files (the `logging:` section);
 //! - `models`    the `/v1/models` list;
 //! - `estimate`  token counts by OpenAI's tokenizers for answers without usage, on a thread of their own;
@@ -34,6 +36,7 @@
 
 pub(crate) mod accounting;
 pub(crate) mod auth;
+pub mod balance;
 pub(crate) mod client_ip;
 pub mod config;
 pub(crate) mod dns;

@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue};
 use super::compile::{Errors, Section, MISSING};
 use super::failover::{health_policy, retry_on, ClientDefaults};
 use super::file::{self, index_path, key_path, ClientFile, FallbackFile, OneOrMany};
+use super::routing::balance;
 use super::{BaseUrl, Client, ConfigError, MatchKind, ModelMatch};
 use super::{DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_READ_TIMEOUT_MS};
 use crate::secret::Secret;
@@ -86,6 +87,10 @@ fn compile_client(
     let weight = s.positive("weight", c.weight, 1);
     let weight = u32::try_from(weight).map_err(|_| format!("must be at most {}", u32::MAX));
     let weight = s.ok("weight", weight);
+    let balance = match c.balance {
+        Some(name) => balance(s, "balance", &name),
+        None => Some(defaults.balance),
+    };
     let stop = c.stop.map(|stop| strings(stop, "stop", true, s));
     let max_tokens = c.max_tokens.map(|n| s.positive("max_tokens", Some(n), 0));
     let headers = compile_headers(c.headers.unwrap_or_default(), s);
@@ -112,6 +117,7 @@ fn compile_client(
         base_url,
         priority: c.priority.unwrap_or(0),
         weight: weight?,
+        balance: balance?,
         model_match: model_match?,
         fallback: compile_fallback(c.fallback),
         special_prefix: c.special_prefix.filter(|p| !p.is_empty()),
@@ -306,11 +312,12 @@ mod tests {
         value: m=>value: [] | model_match.value: must not be an empty list
         value: m=>value: [''] | model_match.value[0]: must not be empty
         value: m=>value: m, valu: m | model_match.valu: unknown field, expected one of type, value
-        model_matc: '${NOPE}' | model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms, failure_threshold, cooldown_seconds, retry_on
+        model_matc: '${NOPE}' | model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, balance, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms, failure_threshold, cooldown_seconds, retry_on
         name: a=>name: '' | name: must not be empty
         priority: high | priority: expected an integer
         fallback: true | fallback: expected a model name or false
         weight: 0 | weight: must be a positive integer
+        balance: fastest | balance: unknown balance "fastest", expected one of weighted, least_busy, latency, affinity
         weight: 5000000000 | weight: must be at most 4294967295
         max_tokens: 0 | max_tokens: must be a positive integer
         read_timeout_ms: -1 | read_timeout_ms: must be a positive integer

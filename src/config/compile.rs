@@ -10,10 +10,11 @@ use serde_yaml::{Mapping, Value};
 
 use super::auth::{compile_auth, keyless_clients, report_budgets_without_records, report_keyless};
 use super::client::compile_clients;
-use super::failover::{check_fallbacks, compile_failover};
+use super::failover::{check_fallbacks, compile_failover, ClientDefaults};
 use super::file::{self, key_path, FileConfig};
 use super::logging::{compile_logging, metrics_listen};
 use super::pricing::compile_pricing;
+use super::routing::{check_tiers, compile_routing};
 use super::{env, Config, ConfigError, ConfigErrors, ServerSettings, TlsPaths, UsageSettings};
 use super::{
     DEFAULT_CLIENT_TIMEOUT_MS, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
@@ -43,6 +44,11 @@ pub(super) fn compile(
     let auth = file.auth.and_then(|auth| compile_auth(auth, &mut errors));
     let logging = compile_logging(file.logging.unwrap_or_default(), &mut errors);
     let prices = compile_pricing(file.pricing, &mut errors);
+    let routing = compile_routing(file.routing, &mut errors);
+    let defaults = ClientDefaults {
+        balance: routing.balance,
+        ..defaults
+    };
     let keyless = keyless_clients(file.openai_clients.as_deref());
     let clients = compile_clients(file.openai_clients, &defaults, &mut errors);
     if auth.is_some() {
@@ -54,6 +60,7 @@ pub(super) fn compile(
     if errors.is_empty() {
         // Client indices in paths are only right when every client compiled.
         check_fallbacks(&clients, &mut errors);
+        check_tiers(&clients, &mut errors);
     }
     if !errors.is_empty() {
         return Err(tidy(errors));
@@ -66,6 +73,7 @@ pub(super) fn compile(
         auth,
         logging,
         prices,
+        routing,
     })
 }
 

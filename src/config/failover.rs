@@ -11,11 +11,13 @@ use super::{
     DEFAULT_RETRY_ON,
 };
 
-/// What a client inherits when it does not set its own `retry_on`, `failure_threshold`, `cooldown_seconds`.
+/// What a client inherits when it does not set its own `retry_on`, `failure_threshold`, `cooldown_seconds`,
+/// `balance` (the last from `routing.balance`, set by `compile`).
 #[derive(Debug, Clone)]
 pub(super) struct ClientDefaults {
     pub retry_on: Vec<u16>,
     pub policy: HealthPolicy,
+    pub balance: super::Balance,
 }
 
 pub(super) fn compile_failover(
@@ -37,10 +39,12 @@ pub(super) fn compile_failover(
             failure_threshold: DEFAULT_FAILURE_THRESHOLD,
             cooldown: Duration::from_secs(DEFAULT_COOLDOWN_SECONDS),
         },
+        balance: super::Balance::default(),
     };
     let defaults = ClientDefaults {
         retry_on: retry_on(s, f.retry_on, &base.retry_on),
         policy: health_policy(s, f.failure_threshold, f.cooldown_seconds, base.policy),
+        balance: base.balance,
     };
     (
         FailoverSettings {

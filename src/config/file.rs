@@ -20,6 +20,7 @@ pub(super) struct FileConfig {
     pub auth: Option<AuthFile>,
     pub logging: Option<LoggingFile>,
     pub pricing: Option<super::pricing::PricingFile>,
+    pub routing: Option<super::routing::RoutingFile>,
 }
 
 /// `logging:`: level, and the log files' directory, rotation and retention.
@@ -118,6 +119,7 @@ pub(super) struct ClientFile {
     pub base_url: Option<String>,
     pub priority: Option<i64>,
     pub weight: Option<i64>,
+    pub balance: Option<String>,
     pub model_match: Option<ModelMatchFile>,
     pub fallback: Option<FallbackFile>,
     pub special_prefix: Option<String>,
@@ -220,6 +222,7 @@ const CLIENT: Shape = Shape::Section(&[
     ("base_url", Shape::Str),
     ("priority", Shape::Int),
     ("weight", Shape::Int),
+    ("balance", Shape::Str),
     ("model_match", MODEL_MATCH),
     ("fallback", Shape::ModelOrFalse),
     ("special_prefix", Shape::Str),
@@ -266,6 +269,7 @@ pub(super) const ROOT: Shape = Shape::Section(&[
     ("auth", AUTH),
     ("logging", LOGGING),
     ("pricing", super::pricing::PRICING),
+    ("routing", super::routing::ROUTING),
 ]);
 
 impl Shape {

@@ -4,7 +4,8 @@
 //! expansion), `base_url.rs` (parsing `base_url` and joining request paths onto it), `compile.rs` (validation
 //! with field paths, producing the runtime types below; `client.rs` validates each `openai_clients` entry;
 //! `auth.rs` the `auth:` gateway keys; `logging.rs` the `logging:` section and `server.metrics_listen`;
-//! `pricing.rs` the `pricing:` section, the price file format and the shipped `config/prices.yaml`).
+//! `pricing.rs` the `pricing:` section, the price file format and the shipped `config/prices.yaml`;
+//! `routing.rs` the `routing:` section and each client's `balance`).
 
 mod auth;
 mod base_url;
@@ -15,6 +16,7 @@ mod failover;
 mod file;
 mod logging;
 mod pricing;
+mod routing;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +25,10 @@ use std::time::Duration;
 pub use auth::{AuthSettings, Budget, KeyChanges, KeySettings};
 pub use base_url::{mask_userinfo, BaseUrl, BaseUrlError};
 pub use logging::{LoggingSettings, DEFAULT_LOG_LEVEL};
+pub use routing::{
+    AffinityField, AffinitySettings, AffinitySource, Balance, RoutingSettings,
+    DEFAULT_AFFINITY_KEYS,
+};
 
 use crate::secret::Secret;
 
@@ -48,6 +54,8 @@ pub struct Config {
     /// `pricing.models`, then `pricing.file` (read with the config, so a reload reads it again) or the
     /// shipped table.
     pub prices: Arc<crate::pricing::Prices>,
+    /// The `routing:` section: the default balance and the affinity settings.
+    pub routing: RoutingSettings,
 }
 
 /// The `failover:` section, as far as it is not folded into each client.
@@ -189,6 +197,9 @@ pub struct Client {
     pub priority: i64,
     /// Share among clients of equal priority (>= 1).
     pub weight: u32,
+    /// How clients of this priority share requests: the client's own `balance`, else `routing.balance`
+    /// (all clients of one priority serving a model agree).
+    pub balance: Balance,
     pub model_match: ModelMatch,
     /// Model to retry with when this client fails (`false` / absent: none).
     pub fallback: Option<String>,

@@ -16,6 +16,7 @@ fn client() -> Client {
         base_url: BaseUrl::parse("http://127.0.0.1:1").unwrap(),
         priority: 0,
         weight: 1,
+        balance: crate::config::Balance::Weighted,
         model_match: ModelMatch {
             kind: MatchKind::Exact,
             values: vec!["m".into()],

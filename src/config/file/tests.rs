@@ -24,6 +24,7 @@ openai_clients:
     base_url: http://h
     priority: -1
     weight: 2
+    balance: affinity
     model_match: {type: keyword, value: gpt}
     fallback: other
     special_prefix: "<think>"
@@ -53,6 +54,7 @@ auth:
     - {name: team, key: sk-team, models: ["gpt-4*"], rpm: 1, tpm: 2, budget_usd: {day: 1, month: 2.5}}
 logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_mb: 3, error_keep_files: 4}
 pricing: {file: prices.yaml, models: {"m*": {input: 1}}}
+routing: {balance: latency, affinity: {keys: [prefix], prefix_bytes: 100, load_factor: 1.5, ttl_seconds: 60}}
 "#;
 
 /// Catches the schema and the structs drifting apart: a field missing from the schema would be dropped as
@@ -107,7 +109,7 @@ fn schema_and_structs_agree() {
         "every failover field: {failover}"
     );
     assert_eq!(section_fields(&FAILOVER).len(), 4);
-    assert_eq!(section_fields(&CLIENT).len(), 18);
+    assert_eq!(section_fields(&CLIENT).len(), 19);
     let auth = file.auth.unwrap().keys.unwrap();
     let key = format!("{:?}", auth[0].as_ref().unwrap());
     assert!(!key.contains("None"), "every auth key field: {key}");
@@ -118,6 +120,8 @@ fn schema_and_structs_agree() {
     assert_eq!(section_fields(&LOGGING).len(), 6);
     let pricing = format!("{:?}", file.pricing.unwrap());
     assert!(!pricing.contains("None"), "every pricing field: {pricing}");
+    let routing = format!("{:?}", file.routing.unwrap());
+    assert!(!routing.contains("None"), "every routing field: {routing}");
 }
 
 #[test]
@@ -128,13 +132,13 @@ fn unknown_keys_and_wrong_types_are_reported_at_their_paths_and_removed() {
     assert_eq!(
             errors,
             [
-                "openai_clients[0].model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms, failure_threshold, cooldown_seconds, retry_on",
+                "openai_clients[0].model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, balance, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms, failure_threshold, cooldown_seconds, retry_on",
                 "openai_clients[0].priority: expected an integer",
                 "openai_clients[0].model_match.type: expected a string",
                 "openai_clients[0].model_match.valu: unknown field, expected one of type, value",
                 "openai_clients[1]: expected a mapping",
                 "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies, max_header_bytes, client_header_timeout_ms, client_body_timeout_ms, send_timeout_ms",
-                "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging, pricing",
+                "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging, pricing, routing",
                 "usage.record_bodies: expected true or false",
                 "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity, queue_max_mb",
             ]
