@@ -214,7 +214,7 @@ impl Attempts {
                 return false;
             };
             self.hops += 1;
-            let found = router.candidates(&model);
+            let (found, _) = router.candidates(&model, || None);
             self.model = model.clone();
             self.fallback_model = Some(model);
             let queue = self.admit(found);
@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn candidates_then_first_failed_fallback_then_chain() {
         let r = router(YAML);
-        let mut a = Attempts::new("m", r.candidates("m"), 3, None);
+        let mut a = Attempts::new("m", r.candidates("m", || None).0, 3, None);
         a.begin();
         assert_eq!(current(&a), "a");
         a.fail(Failure::Status(500));
@@ -321,7 +321,7 @@ mod tests {
         }));
         let mut a = Attempts::new(
             "cheap-premium",
-            r.candidates("cheap-premium"),
+            r.candidates("cheap-premium", || None).0,
             3,
             Some(key.clone()),
         );
@@ -336,16 +336,26 @@ mod tests {
         assert!(a
             .summary()
             .ends_with("f skipped: this key may not use `forbidden`"));
-        let only_premium = Attempts::new("cheap-premium", r.candidates("premium"), 3, Some(key));
+        let only_premium = Attempts::new(
+            "cheap-premium",
+            r.candidates("premium", || None).0,
+            3,
+            Some(key),
+        );
         assert!(only_premium.is_empty());
-        let open = Attempts::new("cheap-premium", r.candidates("cheap-premium"), 3, None);
+        let open = Attempts::new(
+            "cheap-premium",
+            r.candidates("cheap-premium", || None).0,
+            3,
+            None,
+        );
         assert_eq!(current(&open), "premium");
     }
 
     #[test]
     fn callers_see_failure_classes_only() {
         let r = router(YAML);
-        let mut a = Attempts::new("m", r.candidates("m"), 0, None);
+        let mut a = Attempts::new("m", r.candidates("m", || None).0, 0, None);
         a.begin();
         a.fail(Failure::Connect(
             "cannot resolve internal-llm.corp.invalid".into(),
@@ -363,7 +373,7 @@ mod tests {
     #[test]
     fn hops_are_bounded() {
         let r = router(YAML);
-        let mut a = Attempts::new("fb", r.candidates("fb"), 0, None);
+        let mut a = Attempts::new("fb", r.candidates("fb", || None).0, 0, None);
         a.fail(Failure::Status(500));
         assert!(!a.has_next() && !a.advance(&r));
     }

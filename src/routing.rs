@@ -1,18 +1,21 @@
-//! Model -> ordered candidate clients: exact or keyword match, ascending priority, weighted balance within a priority.
+//! Model -> ordered candidate clients: exact or keyword match, ascending priority, and within the first priority
+//! the order its `balance` gives ([`crate::balance::order`]: weighted, least busy, latency or affinity).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Client, Config, MatchKind};
+use crate::balance::{self, AffinityKey, ClientLoad, Member, Sticky};
+use crate::config::{AffinitySettings, Balance, Client, Config, MatchKind};
 use crate::health::ClientHealth;
 
-/// A client to try, with the health record that its outcome updates.
+/// A client to try, with the health record that its outcome updates and its load.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub client: Arc<Client>,
     pub health: Arc<ClientHealth>,
+    pub load: Arc<ClientLoad>,
 }
 
 /// Routing table compiled from a [`Config`]; cheap to query, no locks.
@@ -20,10 +23,15 @@ pub struct Candidate {
 pub struct Router {
     /// Clients sorted by (priority, file order).
     clients: Vec<Arc<Client>>,
-    /// Requests each client was picked first for; balances clients of equal priority by weight.
-    picked: Vec<AtomicU64>,
     /// Passive health, parallel to `clients`; carried over by name from the previous router on reload.
     health: Vec<Arc<ClientHealth>>,
+    /// In-flight counts, latency estimates and pick counters, parallel to `clients`; carried over like health.
+    loads: Vec<Arc<ClientLoad>>,
+    /// Where each conversation went (affinity); kept whole across reloads.
+    sticky: Arc<Sticky>,
+    affinity: AffinitySettings,
+    /// Requests routed: varies the draws and ties of the strategies from request to request.
+    routed: AtomicU64,
     /// For every model named by an `exact` rule: every client that matches it (exact or keyword), sorted.
     exact: HashMap<String, Vec<usize>>,
     /// Clients with keyword rules, sorted; scanned for models no exact rule names.
@@ -51,7 +59,6 @@ impl Router {
                 });
             }
         }
-        let picked = clients.iter().map(|_| AtomicU64::new(0)).collect();
         let epoch = Instant::now();
         let health = clients
             .iter()
@@ -63,10 +70,21 @@ impl Router {
                 Arc::new(h)
             })
             .collect();
+        let loads = clients
+            .iter()
+            .map(|c| match previous.and_then(|p| p.load_of(&c.name)) {
+                // The same load: requests in flight on it count wherever they were routed from.
+                Some(old) => Arc::clone(old),
+                None => Arc::new(ClientLoad::new(epoch)),
+            })
+            .collect();
         Router {
             clients,
-            picked,
             health,
+            loads,
+            sticky: previous.map_or_else(Arc::default, |p| Arc::clone(&p.sticky)),
+            affinity: config.routing.affinity.clone(),
+            routed: AtomicU64::new(0),
             exact,
             keyword,
         }
@@ -75,6 +93,11 @@ impl Router {
     fn health_of(&self, name: &str) -> Option<&ClientHealth> {
         let i = self.clients.iter().position(|c| c.name == name)?;
         Some(&self.health[i])
+    }
+
+    fn load_of(&self, name: &str) -> Option<&Arc<ClientLoad>> {
+        let i = self.clients.iter().position(|c| c.name == name)?;
+        Some(&self.loads[i])
     }
 
     /// Whether any client serves `model` (health aside); only the tests ask.
@@ -89,8 +112,13 @@ impl Router {
 
     /// The clients that serve `model`, in the order to try them; empty when none matches.
     /// Clients in a cooldown are left out unless that would leave none (then the last one stays).
-    /// The first is chosen among the lowest-priority group by weight; the rest follow by priority.
-    pub fn candidates(&self, model: &str) -> Vec<Candidate> {
+    /// The lowest-priority group comes first, in the order its `balance` gives; `key` is asked only when that
+    /// balance is `affinity` (it reads the request). The rest follow by priority. Also returns the key used.
+    pub fn candidates(
+        &self,
+        model: &str,
+        key: impl FnOnce() -> Option<AffinityKey>,
+    ) -> (Vec<Candidate>, Option<AffinityKey>) {
         let mut matching: Vec<usize> = match self.exact.get(model) {
             Some(list) => list.clone(),
             None => self
@@ -106,52 +134,42 @@ impl Router {
             matching.push(last);
         }
         let Some(&first) = matching.first() else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
-        let top = self.clients[first].priority;
+        let (top, balance) = (self.clients[first].priority, self.clients[first].balance);
         let group = matching
             .iter()
             .take_while(|&&i| self.clients[i].priority == top)
             .count();
-        let chosen = self.pick(&matching[..group]);
-        let order = std::iter::once(matching[chosen]).chain(
-            matching
-                .iter()
-                .enumerate()
-                .filter(|&(pos, _)| pos != chosen)
-                .map(|(_, &i)| i),
-        );
-        order
+        let key = (balance == Balance::Affinity).then(key).flatten();
+        let tier: Vec<Member<'_>> = matching[..group]
+            .iter()
+            .map(|&i| Member {
+                index: i,
+                name: &self.clients[i].name,
+                weight: self.clients[i].weight,
+                load: &self.loads[i],
+                available: true,
+            })
+            .collect();
+        let rr = self.routed.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let ordered = balance::order(balance, &tier, key, &self.sticky, &self.affinity, now, rr);
+        let order = ordered.into_iter().chain(matching[group..].iter().copied());
+        let candidates = order
             .map(|i| Candidate {
                 client: self.clients[i].clone(),
                 health: self.health[i].clone(),
+                load: self.loads[i].clone(),
             })
-            .collect()
+            .collect();
+        (candidates, key)
     }
 
-    /// Index within `group` of the client furthest below its weighted share; ties go to file order.
-    fn pick(&self, group: &[usize]) -> usize {
-        if group.len() == 1 {
-            self.picked[group[0]].fetch_add(1, Ordering::Relaxed);
-            return 0;
-        }
-        let mut best = 0;
-        let mut best_load = (u64::MAX, 1u64);
-        for (pos, &i) in group.iter().enumerate() {
-            let load = (
-                self.picked[i].load(Ordering::Relaxed),
-                u64::from(self.clients[i].weight),
-            );
-            // load.0 / load.1 < best.0 / best.1, compared without division.
-            if u128::from(load.0) * u128::from(best_load.1)
-                < u128::from(best_load.0) * u128::from(load.1)
-            {
-                best = pos;
-                best_load = load;
-            }
-        }
-        self.picked[group[best]].fetch_add(1, Ordering::Relaxed);
-        best
+    /// The conversation `key` was answered by `client`: it stays there (affinity), also after a failover.
+    pub fn stick(&self, key: AffinityKey, client: &str) {
+        self.sticky
+            .record(key, client, self.affinity.ttl, Instant::now());
     }
 
     /// Every client, sorted by priority (file order among equals).
@@ -171,7 +189,8 @@ mod tests {
     }
 
     fn names(r: &Router, model: &str) -> Vec<String> {
-        r.candidates(model)
+        r.candidates(model, || None)
+            .0
             .iter()
             .map(|c| c.client.name.clone())
             .collect()
@@ -237,9 +256,13 @@ mod tests {
             failure_threshold: 1,
             cooldown: std::time::Duration::from_secs(60),
         };
-        r.candidates("m")[0].health.record_failure(policy, None);
+        r.candidates("m", || None).0[0]
+            .health
+            .record_failure(policy, None);
         assert_eq!(names(&r, "m"), ["b"]);
-        r.candidates("m")[0].health.record_failure(policy, None);
+        r.candidates("m", || None).0[0]
+            .health
+            .record_failure(policy, None);
         assert_eq!(
             names(&r, "m"),
             ["b"],

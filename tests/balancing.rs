@@ -87,8 +87,12 @@ async fn a_conversation_stays_on_its_backend_moves_once_when_it_fails_and_stays_
     let key = rows[0].affinity_key.clone().expect("AffinityKey");
     assert_eq!(key.len(), 12, "{key}");
     assert!(key.chars().all(|c| c.is_ascii_hexdigit()), "{key}");
-    assert!(rows[..10].iter().all(|r| r.affinity_key.as_deref() == Some(key.as_str())));
-    assert!(rows.iter().all(|r| r.affinity_key.as_deref() != Some("conversation-a")));
+    assert!(rows[..10]
+        .iter()
+        .all(|r| r.affinity_key.as_deref() == Some(key.as_str())));
+    assert!(rows
+        .iter()
+        .all(|r| r.affinity_key.as_deref() != Some("conversation-a")));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -121,4 +125,49 @@ async fn least_busy_spreads_concurrent_slow_requests_evenly() {
         let n = served.iter().filter(|s| **s == m.name).count();
         assert!((4..=6).contains(&n), "{} got {n}: {served:?}", m.name);
     }
+}
+
+/// A stream request to `gw`; returns the mock that answered once the whole answer arrived.
+async fn stream_once(url: String, i: usize) -> String {
+    let body = json!({ "model": "sim", "stream": true, "messages": [{ "role": "user", "content": format!("q{i}") }] });
+    let resp = http_client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mock = resp.headers()["x-mock"].to_str().unwrap().to_string();
+    let _ = resp.bytes().await;
+    mock
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn least_busy_gives_less_to_a_backend_whose_requests_last_longer() {
+    let db = tempfile::tempdir().unwrap();
+    let (mocks, gw) = pool(3, "least_busy", db.path()).await;
+    // m0 takes 10 x 60 ms per answer, the others 10 x 6 ms.
+    for (i, m) in mocks.iter().enumerate() {
+        let delay = if i == 0 { 60 } else { 6 };
+        m.set_sse(10, Duration::from_millis(delay));
+    }
+    // Three callers, ten requests each, one after the other: round robin would give each backend 10.
+    let callers = (0..3).map(|c| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            let mut served = Vec::new();
+            for i in 0..10 {
+                served.push(stream_once(url.clone(), c * 10 + i).await);
+            }
+            served
+        }
+    });
+    let served: Vec<String> = futures_util::future::join_all(callers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let slow = served.iter().filter(|s| **s == mocks[0].name).count();
+    assert!(slow <= 5, "the slow backend got {slow} of 30: {served:?}");
 }

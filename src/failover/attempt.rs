@@ -175,7 +175,7 @@ mod tests {
 
     fn setup() -> (Router, Attempt) {
         let router = Router::new(&Config::parse(YAML, &|_| None).unwrap(), None);
-        let order = Attempts::new("m", router.candidates("m"), 1, None);
+        let order = Attempts::new("m", router.candidates("m", || None).0, 1, None);
         (router, Attempt::new(order))
     }
 

@@ -14,6 +14,7 @@ use super::ctx::{Caller, PendingRecord};
 use super::{body, framing, respond, Gateway, RequestCtx, Runtime};
 use crate::accounting;
 use crate::auth::Auth;
+use crate::balance;
 use crate::config::UsageSettings;
 use crate::endpoints::{classify, normalize_path, ApiKind, Endpoint};
 use crate::error::GatewayError;
@@ -216,7 +217,13 @@ async fn route(
     if ctx.key().is_some_and(|k| !k.allows(&model)) {
         return Err(GatewayError::ModelNotAllowed(model));
     }
-    let candidates = rt.router.candidates(&model);
+    let affinity = &rt.config.routing.affinity;
+    let headers = &session.req_header().headers;
+    let body = ctx.body();
+    let (candidates, key) = rt.router.candidates(&model, || {
+        balance::affinity_key(&affinity.keys, headers, body, &model, affinity.prefix_bytes)
+    });
+    ctx.set_affinity(key);
     if candidates.is_empty() {
         return Err(GatewayError::ModelNotFound(model));
     }

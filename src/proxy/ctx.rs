@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use super::Runtime;
 use crate::auth::KeyInfo;
+use crate::balance::AffinityKey;
 use crate::config::{Client, MatchKind};
 use crate::endpoints::ApiKind;
 use crate::error::GatewayError;
@@ -52,6 +53,8 @@ struct Admission {
     kind: ApiKind,
     /// The complete request body, as received.
     body: Bytes,
+    /// The request's conversation, when its clients balance by affinity.
+    affinity: Option<AffinityKey>,
 }
 
 /// Where the request came from.
@@ -76,6 +79,7 @@ impl Default for Admission {
             info: None,
             kind: ApiKind::Other,
             body: Bytes::new(),
+            affinity: None,
         }
     }
 }
@@ -136,6 +140,21 @@ impl RequestCtx {
     /// Bytes of the request body.
     pub fn body_len(&self) -> usize {
         self.admission.body.len()
+    }
+
+    /// The request body as received.
+    pub fn body(&self) -> &Bytes {
+        &self.admission.body
+    }
+
+    /// The conversation this request belongs to, when its clients balance by affinity.
+    pub fn set_affinity(&mut self, key: Option<AffinityKey>) {
+        self.admission.affinity = key;
+    }
+
+    /// The affinity key's short hash, for the record.
+    pub fn affinity_key(&self) -> Option<String> {
+        self.admission.affinity.map(|k| k.short())
     }
 
     pub fn ratelimit_headers(&self) -> &[(&'static str, String)] {

@@ -32,7 +32,7 @@ pub(super) fn head(gw: &Gateway, resp: &mut ResponseHeader, ctx: &mut RequestCtx
         e.set_retry(more);
         return Err(e);
     }
-    ctx.attempt_answered(gw.metrics());
+    ctx.attempt_answered(status, gw.metrics());
     let Some(rt) = ctx.runtime().cloned() else {
         return Ok(());
     };

@@ -1,10 +1,11 @@
 //! The attempt part of a request: the state machine's transitions with their side effects, and the body sent.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::RequestCtx;
+use crate::balance::InFlight;
 use crate::error::GatewayError;
 use crate::failover::attempt::{Broke, Verdict};
 use crate::failover::Failure;
@@ -24,6 +25,8 @@ pub(super) struct Outgoing {
     pending: bool,
     /// The model named in the body sent.
     model: Option<String>,
+    /// The current attempt, counted in flight on its client until the next attempt or the request's end.
+    in_flight: Option<InFlight>,
 }
 
 impl RequestCtx {
@@ -51,6 +54,8 @@ impl RequestCtx {
                 Some(rewrite::upstream_model(info, &cand.client, fallback).to_owned());
         }
         self.outgoing.pending = true;
+        // The previous attempt's count ends here.
+        self.outgoing.in_flight = Some(cand.load.start());
         self.answer.clear();
         Ok(Some(cand))
     }
@@ -128,12 +133,24 @@ impl RequestCtx {
         }
     }
 
-    /// The backend's answer is accepted: it is passed on, and its client counts as healthy again.
-    pub fn attempt_answered(&mut self, metrics: &Metrics) {
+    /// The backend's answer (`status`) is accepted: it is passed on, and its client counts as healthy again. A
+    /// success also gives the client's latency estimate its time to first byte, and keeps the request's
+    /// conversation on this client (affinity), wherever it was sent first.
+    pub fn attempt_answered(&mut self, status: u16, metrics: &Metrics) {
         let Some(attempt) = self.attempt.as_mut() else {
             return;
         };
         attempt.answered();
+        if (200..300).contains(&status) {
+            if let Some(in_flight) = &self.outgoing.in_flight {
+                in_flight.first_byte(Instant::now());
+            }
+            let rt = self.admission.runtime.as_ref();
+            if let (Some(key), Some(rt), Some(c)) = (self.admission.affinity, rt, attempt.current())
+            {
+                rt.router.stick(key, &c.client.name);
+            }
+        }
         if let Some(c) = attempt.current() {
             if c.health.failures() != 0 {
                 c.health.record_success();
