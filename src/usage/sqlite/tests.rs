@@ -85,7 +85,8 @@ fn the_table_has_the_documented_columns_and_indexes() {
         PromptTokens INTEGER, TotalTokens INTEGER, Tool INTEGER, Multimodal INTEGER, Headers TEXT, \
         Request TEXT, Response TEXT, Backend TEXT, UpstreamModel TEXT, Stream INTEGER, Status INTEGER, \
         LatencyMs INTEGER, FirstTokenMs INTEGER, Attempts INTEGER, CachedTokens INTEGER, \
-        ReasoningTokens INTEGER, Error TEXT, KeyName TEXT, CostUsd REAL, UsageEstimated INTEGER";
+        ReasoningTokens INTEGER, Error TEXT, KeyName TEXT, CostUsd REAL, UsageEstimated INTEGER, \
+        AffinityKey TEXT";
     assert_eq!(columns.join(", "), expected);
     let sql = "SELECT sql FROM sqlite_master WHERE tbl_name = 'records' ORDER BY name";
     let mut select = connection.prepare(sql).unwrap();
@@ -175,6 +176,7 @@ fn a_record_is_stored_column_by_column() {
         text("team"),
         Value::Null,
         int(0),
+        Value::Null,
     ];
     assert_eq!(row[..], expected);
 }
@@ -244,9 +246,10 @@ fn files_of_older_versions_gain_the_new_columns() {
     Store::new(dir.path()).write(&[record(TIME)]).unwrap();
     let rows = rows(&path);
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].len(), &rows[0][3]), (26, &text("old")));
+    assert_eq!((rows[0].len(), &rows[0][3]), (27, &text("old")));
     assert_eq!((&rows[0][23], &rows[1][23]), (&Value::Null, &text("team")));
     assert_eq!((&rows[0][24], &rows[0][25]), (&Value::Null, &Value::Null));
+    assert_eq!(rows[0][26], Value::Null, "AffinityKey");
     assert_eq!(
         (&rows[1][3], &rows[1][13]),
         (&text("gpt-4o"), &text("openai"))
