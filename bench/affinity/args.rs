@@ -81,6 +81,9 @@ pub fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => return Err(HELP.into()),
             _ => {}
         }
+        if !HELP.contains(&format!("[{flag} ")) {
+            return Err(format!("unknown flag {flag}\n{HELP}"));
+        }
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {v}: {e}");
         let num = |v: &str| {
