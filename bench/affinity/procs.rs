@@ -69,10 +69,14 @@ pub fn start_vllm(a: &Args, slow_after_secs: Option<f64>) -> Result<(Proc, Vec<S
 fn gateway_config(strategy: &str, port: u16, addrs: &[String]) -> String {
     let mut c = format!("server:\n  listen: \"127.0.0.1:{port}\"\nusage:\n  enabled: false\n");
     if strategy != "weighted" {
+        // BENCH_LOAD_FACTOR: a routing.affinity.load_factor other than the gateway's default (a sweep).
+        let load_factor = std::env::var("BENCH_LOAD_FACTOR")
+            .map(|f| format!("\n    load_factor: {f}"))
+            .unwrap_or_default();
         c += &format!(
             "routing:\n  balance: \"{strategy}\"\n  affinity:\n    keys: [\"prompt_cache_key\", \
              \"header:x-session-id\", \"header:session_id\", \"user\", \"prefix\"]\n    \
-             prefix_bytes: 4096\n    load_factor: 1.25\n    ttl_seconds: 3600\n"
+             prefix_bytes: 4096{load_factor}\n    ttl_seconds: 3600\n"
         );
     }
     c += "openai_clients:\n";

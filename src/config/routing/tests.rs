@@ -53,7 +53,7 @@ fn defaults_keep_weighted_and_name_the_agents_session_ids() {
     assert_eq!(a.keys.last(), Some(&AffinitySource::Prefix));
     assert_eq!(
         (a.prefix_bytes, a.load_factor, a.ttl),
-        (4096, 1.25, Duration::from_secs(3600))
+        (4096, 2.0, Duration::from_secs(3600))
     );
 }
 
