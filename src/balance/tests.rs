@@ -11,6 +11,8 @@ use super::*;
 use crate::config::{AffinityField, AffinitySource};
 
 /// Clients named c0, c1, ... with these weights, all available.
+const LOAD_FACTOR: f64 = 1.25;
+
 struct Pool {
     names: Vec<String>,
     weights: Vec<u32>,
@@ -58,7 +60,11 @@ impl Pool {
         now: Instant,
         rr: u64,
     ) -> Vec<usize> {
-        let settings = AffinitySettings::default();
+        // The literature's 1.25, tighter than the default, so that the bounds show with few requests.
+        let settings = AffinitySettings {
+            load_factor: LOAD_FACTOR,
+            ..AffinitySettings::default()
+        };
         order(
             balance,
             &self.tier(),
@@ -206,7 +212,7 @@ fn affinity_bounds_the_load_of_one_hot_key() {
     let mut held = Vec::new();
     for rr in 0..40 {
         let tier = pool.tier();
-        let limit = bound(&tier, 1.25);
+        let limit = bound(&tier, LOAD_FACTOR);
         let first = pool.order(Balance::Affinity, Some(42), &sticky, Instant::now(), rr)[0];
         assert!(pool.loads[first].in_flight() < limit);
         held.push(pool.loads[first].start());
