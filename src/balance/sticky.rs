@@ -31,7 +31,7 @@ impl Default for Sticky {
 }
 
 impl Sticky {
-    /// Remembers at most about `capacity` conversations; beyond, expired and then the oldest go.
+    /// Remembers at most about `capacity` conversations; beyond, the expired and then the oldest go.
     pub fn new(capacity: usize) -> Self {
         Sticky {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -69,12 +69,15 @@ impl Sticky {
             return;
         }
         if shard.len() >= self.per_shard {
+            // Full: the expired go, else the oldest eighth at once, so that a flood of new conversations
+            // (callers choose their keys) pays one scan per eighth of a shard, not one per request.
             shard.retain(|_, e| now.saturating_duration_since(e.last) <= ttl);
-        }
-        if shard.len() >= self.per_shard {
-            let oldest = shard.iter().min_by_key(|(_, e)| e.last).map(|(k, _)| *k);
-            if let Some(oldest) = oldest {
-                shard.remove(&oldest);
+            if shard.len() >= self.per_shard {
+                let mut times: Vec<Instant> = shard.values().map(|e| e.last).collect();
+                let eighth = times.len() / 8;
+                let (_, cut, _) = times.select_nth_unstable(eighth);
+                let cut = *cut;
+                shard.retain(|_, e| e.last > cut);
             }
         }
         shard.insert(

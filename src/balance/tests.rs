@@ -319,6 +319,18 @@ fn sticky_table_is_bounded_and_forgets() {
         sticky.lookup(AffinityKey(1), ttl, t0 + Duration::from_secs(11)),
         None
     );
+    // Over capacity the oldest go first: of 4,000 conversations one millisecond apart, the newest stay.
+    let sticky = Sticky::new(1024);
+    let at = |k: u64| t0 + Duration::from_millis(k);
+    for k in 0..4000 {
+        sticky.record(AffinityKey(key::mix(k)), "a", ttl, at(k));
+    }
+    assert!(sticky.len() <= 1024, "{}", sticky.len());
+    let now = at(4000);
+    assert!(sticky
+        .lookup(AffinityKey(key::mix(3999)), ttl, now)
+        .is_some());
+    assert!(sticky.lookup(AffinityKey(key::mix(0)), ttl, now).is_none());
 }
 
 fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
