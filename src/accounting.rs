@@ -181,6 +181,10 @@ impl Accountant {
         if let Some(usd) = cost_usd.filter(|&usd| usd > 0.0) {
             self.metrics.add_cost(bill.model_label, bill.backend, usd);
         }
+        if estimated {
+            self.metrics
+                .add_tokens(bill.model_label, bill.backend, &tokens);
+        }
         if let (true, Some(key)) = (estimated, bill.key) {
             let total = tokens.prompt.unwrap_or(0) + tokens.completion.unwrap_or(0);
             if let Ok(total @ 1..) = u64::try_from(total) {

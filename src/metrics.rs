@@ -264,6 +264,12 @@ impl Metrics {
         });
     }
 
+    /// Adds the tokens the gateway counted for a request whose backend reported none (they arrive after
+    /// [`Metrics::request_finished`], from the estimator's thread).
+    pub fn add_tokens(&self, model: &str, backend: Option<&str>, tokens: &TokenUsage) {
+        self.with_series(model, backend, |s| s.count_tokens(tokens));
+    }
+
     /// Runs `f` on the series of `model` (or [`OTHER_MODEL`]) and `backend` (or [`NO_BACKEND`]), created on first use.
     fn with_series(&self, model: &str, backend: Option<&str>, f: impl FnOnce(&Series)) {
         let models = self.models.load();
@@ -412,6 +418,10 @@ impl Series {
         if let Some(ttfb) = ttfb {
             self.ttfb.observe(ttfb.as_secs_f64());
         }
+        self.count_tokens(tokens);
+    }
+
+    fn count_tokens(&self, tokens: &TokenUsage) {
         let counts = [
             tokens.prompt,
             tokens.completion,

@@ -473,3 +473,44 @@ async fn a_reload_applies_new_prices_to_new_requests() {
     assert!(close(rows[0].cost_usd.unwrap(), 0.01), "{:?}", rows[0]);
     assert!(close(rows[1].cost_usd.unwrap(), 0.02), "{:?}", rows[1]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editing_the_price_file_alone_reloads_the_prices() {
+    let mock = Mock::start("a").await;
+    mock.set_reply(Reply::body(answer(
+        "filed",
+        "hi",
+        Some(usage_json(7, 1000)),
+    )));
+    let db = tempfile::tempdir().unwrap();
+    let prices = db.path().join("prices.yaml");
+    std::fs::write(&prices, "models:\n  filed: { input: 0, output: 10 }\n").unwrap();
+    let mut c = client("a", &mock.base_url("/v1"), "exact", &["filed"]);
+    c["api_key"] = json!("sk-backend");
+    let mut config = usage_config(vec![c], db.path(), json!({}));
+    config["pricing"] = json!({ "file": prices.to_str().unwrap() });
+    let gw = Gateway::builder(&config).log_level("info").start().await;
+    assert_eq!(
+        crate::common::post_json(&gw, "/v1/chat/completions", &chat("filed"))
+            .await
+            .status,
+        200
+    );
+    std::fs::write(&prices, "models:\n  filed: { input: 0, output: 30 }\n").unwrap();
+    gw.wait_log("config reloaded (file changed)", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        crate::common::post_json(&gw, "/v1/chat/completions", &chat("filed"))
+            .await
+            .status,
+        200
+    );
+    let rows = wait_exact_rows(db.path(), 2).await;
+    assert!(close(rows[0].cost_usd.unwrap(), 0.01), "{:?}", rows[0]);
+    assert!(close(rows[1].cost_usd.unwrap(), 0.03), "{:?}", rows[1]);
+    assert_eq!(
+        gw.log_count("config reloaded"),
+        1,
+        "one reload, none at start"
+    );
+}

@@ -28,7 +28,10 @@ fn key(budget: Option<Budget>) -> Arc<KeyInfo> {
 }
 
 fn accountant() -> Arc<Accountant> {
-    let metrics = Metrics::new().unwrap();
+    accountant_with(Metrics::new().unwrap())
+}
+
+fn accountant_with(metrics: Arc<Metrics>) -> Arc<Accountant> {
     Arc::new(Accountant::new(Arc::new(Limiter::new()), metrics))
 }
 
@@ -144,7 +147,8 @@ fn a_budgeted_request_settles_its_reservation_to_its_cost() {
 
 #[test]
 fn missing_usage_is_counted_on_the_worker_and_priced() {
-    let a = accountant();
+    let metrics = Metrics::new().unwrap();
+    let a = accountant_with(Arc::clone(&metrics));
     let request = Bytes::from_static(
         br#"{"model":"priced","messages":[{"role":"user","content":"Say hello"}]}"#,
     );
@@ -170,4 +174,11 @@ fn missing_usage_is_counted_on_the_worker_and_priced() {
     let expected = (prompt as f64 + 90.0) / 1e6;
     assert!((s.cost_usd.unwrap() - expected).abs() < 1e-12, "{s:?}");
     assert_eq!(a.drain(Duration::from_secs(5)), 0);
+    // The counted tokens reach the token counters too (as the model label `other`: no config names it).
+    let text = metrics.render();
+    let completion = text
+        .lines()
+        .find(|l| l.starts_with("gpt_api_tokens_total") && l.contains("kind=\"completion\""))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(completion.ends_with(" 9"), "{completion}");
 }

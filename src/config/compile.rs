@@ -43,7 +43,7 @@ pub(super) fn compile(
     let (failover, defaults) = compile_failover(file.failover.unwrap_or_default(), &mut errors);
     let auth = file.auth.and_then(|auth| compile_auth(auth, &mut errors));
     let logging = compile_logging(file.logging.unwrap_or_default(), &mut errors);
-    let prices = compile_pricing(file.pricing, &mut errors);
+    let (prices, pricing_file) = compile_pricing(file.pricing, &mut errors);
     let routing = compile_routing(file.routing, &mut errors);
     let defaults = ClientDefaults {
         balance: routing.balance,
@@ -73,6 +73,7 @@ pub(super) fn compile(
         auth,
         logging,
         prices,
+        pricing_file,
         routing,
     })
 }

@@ -54,6 +54,8 @@ pub struct Config {
     /// `pricing.models`, then `pricing.file` (read with the config, so a reload reads it again) or the
     /// shipped table.
     pub prices: Arc<crate::pricing::Prices>,
+    /// `pricing.file`, when given: watched with the config file, so editing it alone reloads.
+    pub pricing_file: Option<PathBuf>,
     /// The `routing:` section: the default balance and the affinity settings.
     pub routing: RoutingSettings,
 }

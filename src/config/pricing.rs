@@ -1,7 +1,7 @@
 //! The `pricing:` section and the price file format: the shipped table, an operator's file, the overrides.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
@@ -83,9 +83,12 @@ pub(super) const PRICING: Shape =
 /// A price file's top level; mirrors [`PriceFile`].
 const PRICE_FILE: Shape = Shape::Section(&[("models", Shape::MapOf(&ENTRY))]);
 
-/// The price table of a config: `pricing.models` first, then `pricing.file` or the shipped table. The file is
-/// read here, so each load or reload of the config reads it again.
-pub(super) fn compile_pricing(f: Option<PricingFile>, errors: &mut Errors) -> Arc<Prices> {
+/// The price table of a config: `pricing.models` first, then `pricing.file` or the shipped table, and the
+/// file's path (watched with the config file). The file is read here, so each load or reload reads it again.
+pub(super) fn compile_pricing(
+    f: Option<PricingFile>,
+    errors: &mut Errors,
+) -> (Arc<Prices>, Option<PathBuf>) {
     let f = f.unwrap_or_default();
     let overrides = match f.models {
         Some(models) => entries(models, "pricing.models", errors),
@@ -93,6 +96,11 @@ pub(super) fn compile_pricing(f: Option<PricingFile>, errors: &mut Errors) -> Ar
     };
     // A `${VAR}` that failed left the text as written, and was reported: no file is looked for under that name.
     let reported = errors.iter().any(|e| e.path == FILE);
+    let path = f
+        .file
+        .as_deref()
+        .filter(|p| !reported && !p.is_empty())
+        .map(PathBuf::from);
     let table = match f.file {
         Some(_) if reported => Vec::new(),
         Some(path) if path.is_empty() => {
@@ -108,7 +116,7 @@ pub(super) fn compile_pricing(f: Option<PricingFile>, errors: &mut Errors) -> Ar
             }
         },
     };
-    Arc::new(Prices::new(overrides, table))
+    (Arc::new(Prices::new(overrides, table)), path)
 }
 
 /// The shipped table's entries, parsed once per process.

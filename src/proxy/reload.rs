@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::watch::fingerprint;
+use super::watch::files_fingerprint;
 use super::Runtime;
 use crate::config::{Config, KeyChanges};
 use crate::metrics::Metrics;
@@ -61,7 +61,8 @@ impl Reloader {
                 return Reload::Rejected;
             }
         };
-        let print = fingerprint(&bytes);
+        let pricing_file = runtime.load().config.pricing_file.clone();
+        let print = files_fingerprint(&bytes, pricing_file.as_deref());
         if !force && self.fingerprint.load(Ordering::Relaxed) == print {
             return Reload::Unchanged;
         }

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 
 use super::edge::Edge;
 use super::listen::Prebound;
-use super::watch::{fingerprint, Watcher};
+use super::watch::{files_fingerprint, Watcher};
 use super::{Gateway, GatewayParts, Proxy};
 use crate::config::Config;
 use crate::logging;
@@ -131,7 +131,7 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
     let parts = GatewayParts {
         usage: queue,
         config_path: args.config_path.clone(),
-        fingerprint: fingerprint(&bytes),
+        fingerprint: files_fingerprint(&bytes, config.pricing_file.as_deref()),
         connector: ConnectorOptions::from_server_conf(&server.configuration),
         metrics,
     };

@@ -1,7 +1,9 @@
-//! One watcher for the files the gateway reads at run time: the config and the TLS certificate, each
-//! re-read when its contents change (polled) and on SIGHUP (forced).
+//! One watcher for the files the gateway reads at run time: the config (with its price file) and the TLS
+//! certificate, each re-read when its contents change (polled) and on SIGHUP (forced).
 
 use std::hash::{DefaultHasher, Hasher};
+use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +15,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::server::tls::CertStore;
 use super::Gateway;
 
+/// Bytes of the price file that count for its fingerprint (the config refuses larger files).
+const PRICE_FILE_WATCHED: u64 = 8 << 20;
 /// How often the files are checked for changes.
 const POLL: Duration = Duration::from_secs(1);
 /// The target of the config reload's lines.
@@ -24,6 +28,24 @@ const TLS_LOG: &str = "gpt_api::proxy::server::tls";
 pub(super) fn fingerprint(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     h.write(bytes);
+    h.finish()
+}
+
+/// The config file's contents and its price file's (`pricing.file`, read as far as the config reads it): a
+/// change to either reloads the config.
+pub(super) fn files_fingerprint(config: &[u8], pricing_file: Option<&Path>) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write(config);
+    if let Some(path) = pricing_file {
+        let mut prices = Vec::new();
+        let read = std::fs::File::open(path)
+            .and_then(|f| f.take(PRICE_FILE_WATCHED).read_to_end(&mut prices));
+        match read {
+            Ok(_) => h.write(&prices),
+            // A missing file is a state of its own: its return is a change.
+            Err(_) => h.write_u8(0xff),
+        }
+    }
     h.finish()
 }
 
