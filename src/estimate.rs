@@ -6,6 +6,7 @@
 // per process (tiktoken-rs' singletons: 0.2-0.4 s and ~66 MB between them, see bench/RESULTS.md).
 
 mod prompt;
+mod tools;
 mod worker;
 
 #[cfg(test)]

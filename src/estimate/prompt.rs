@@ -27,9 +27,9 @@ const REPLY_PRIMING: i64 = 3;
 ///
 /// Chat follows the OpenAI cookbook's `num_tokens_from_messages` (3 tokens per message, its role and content,
 /// a name and 1 more, 3 for priming the reply), which matches what the API reports for plain messages. The
-/// rest is an estimate: a tool call counts its name and arguments, tool definitions their compact JSON text
-/// (which overestimates: the API renders them more tersely, 13-18% of the prompt in the cookbook's example),
-/// an image a fixed [`IMAGE_TOKENS`], audio and files nothing. The Responses API's overheads are not
+/// rest is an estimate: a tool call counts its name and arguments, function definitions the cookbook's
+/// `num_tokens_for_tools` (exact on its example; nested parameters are not counted), other tool definitions
+/// their compact JSON text, an image a fixed [`IMAGE_TOKENS`], audio and files nothing. The Responses API's overheads are not
 /// published: its instructions and input items are counted as the chat messages they correspond to.
 pub fn prompt_tokens(kind: ApiKind, body: &[u8], tok: Tokenizer) -> Option<i64> {
     if kind == ApiKind::Other {
@@ -131,17 +131,20 @@ impl Count {
         }
     }
 
-    /// `tools` and `functions` as the JSON text of their definitions (compact).
+    /// `tools` and `functions` by the cookbook's rules for function definitions (see `tools.rs`); a value
+    /// that is not a list counts as its compact JSON text.
     fn tools(self, body: &Body) -> i64 {
         [&body.tools, &body.functions]
             .into_iter()
             .flatten()
-            .filter(|v| match v {
-                serde_json::Value::Array(a) => !a.is_empty(),
-                serde_json::Value::Object(o) => !o.is_empty(),
-                _ => false,
+            .map(|v| match v {
+                serde_json::Value::Array(list) => super::tools::tools_tokens(list, self.0),
+                serde_json::Value::Object(o) if o.is_empty() => 0,
+                serde_json::Value::Object(_) => {
+                    serde_json::to_string(v).map_or(0, |json| self.str(&json))
+                }
+                _ => 0,
             })
-            .map(|v| serde_json::to_string(v).map_or(0, |json| self.str(&json)))
             .sum()
     }
 

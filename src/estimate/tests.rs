@@ -77,25 +77,28 @@ fn tool_calls_results_and_definitions() {
       "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#;
     let tools =
         r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]"#;
+    // The cookbook's count of one function without a description or properties: its start (10 for
+    // cl100k_base), "name:", and the list's end (12).
+    let definitions = 10 + t("get_weather:") + 12;
     let want = 3
         + (3 + t("user") + t("weather in Paris?"))
         + (3 + t("assistant") + t("get_weather") + t(r#"{"city":"Paris"}"#))
         + (3 + t("tool") + t("18C and sunny"))
         + (3 + t("assistant") + t("f") + t("{}"))
-        + t(tools);
+        + definitions;
     assert_eq!(chat(body, CL), Some(want));
-    // Pretty-printed definitions count as their compact JSON; `functions` the same way; empty lists nothing.
+    // Pretty-printed definitions count the same; `functions` the same way; empty lists nothing.
     let pretty = body.replace(r#""tools":[{"type""#, "\"tools\" : [ {\n  \"type\"");
     assert_eq!(chat(&pretty, CL), Some(want));
     let functions = body.replace("\"tools\"", "\"functions\"");
     assert_eq!(chat(&functions, CL), Some(want));
     let none = body.replace(tools, "[]");
-    assert_eq!(chat(&none, CL), Some(want - t(tools)));
+    assert_eq!(chat(&none, CL), Some(want - definitions));
 }
 
-/// The cookbook's section 7 example with one tool: the API counted 105 prompt tokens (cl100k_base) and 101
-/// (o200k_base), so 71 and 68 for the tool. Its JSON text counts 85 and 86: the prompt is overestimated by
-/// 13% and 18% here (the API renders definitions more tersely); these figures pin that down.
+/// The cookbook's section 7 example with one tool: the API counted 105 prompt tokens (cl100k_base, for
+/// gpt-3.5-turbo / gpt-4) and 101 (o200k_base, gpt-4o), so 71 and 68 for the tool: what `num_tokens_for_tools`
+/// gives, and what the gateway counts (its JSON text would count 85 and 86, 13-18% too many).
 #[test]
 fn tool_definitions_against_the_api() {
     let body = r#"{"messages":[
@@ -111,7 +114,17 @@ fn tool_definitions_against_the_api() {
     let messages = body.split(",\n      \"tools\"").next().unwrap().to_owned() + "}";
     let (mcl, mo) = (chat(&messages, CL).unwrap(), chat(&messages, O).unwrap());
     assert_eq!((mcl, mo), (34, 33), "the messages alone");
-    assert_eq!((cl, o), (34 + 85, 33 + 86));
+    assert_eq!((cl, o), (105, 101));
+    // The Responses API's flat definitions and the legacy `functions` count the same.
+    let flat = body.replace(
+        r#"{"type":"function","function":{"name""#,
+        r#"{"type":"function","name""#,
+    );
+    let flat = flat.replace(
+        "\"required\":[\"location\"]}}}]}",
+        "\"required\":[\"location\"]}}]}",
+    );
+    assert_eq!(chat(&flat, CL), Some(105), "{flat}");
 }
 
 #[test]
@@ -164,7 +177,7 @@ fn responses_inputs() {
         + (3 + t("assistant") + t("a cat"))
         + (3 + t("lookup") + t(r#"{"q":1}"#))
         + (3 + t("42"))
-        + t(r#"[{"type":"function","name":"lookup"}]"#);
+        + (7 + text_tokens("lookup:", O) + 12);
     assert_eq!(count(items), Some(want));
     assert_eq!(count(r#"{"model":"gpt-5"}"#), None);
 }
