@@ -242,7 +242,9 @@ fn count_tokens(bill: &Bill<'_>, count: &ToCount) -> TokenUsage {
         .unwrap_or_else(|| estimate::rough_tokens(count.request.len()));
     let completion = count.generated.as_ref().map_or(0, |g| {
         let (text, scale) = g.texts(bill.kind);
-        (estimate::text_tokens(&text, tok) as f64 * scale).round() as i64
+        // The whole answer's text, in bytes: what was kept, scaled as the stream was.
+        let whole = (text.len() as f64 * scale).round() as usize;
+        estimate::completion_tokens(&text, whole, tok)
     });
     TokenUsage {
         prompt: Some(prompt),

@@ -133,20 +133,6 @@ pub fn estimate(
     with_total(prompt, completion)
 }
 
-/// [`estimate`] without a tokenizer ([`rough_tokens`] of the body and of the completion's text), for when the
-/// estimator refuses the job. The body's JSON syntax is counted too, so the prompt is overestimated.
-pub fn rough(kind: ApiKind, body_bytes: usize, completion_bytes: usize) -> TokenUsage {
-    let (prompt, completion) = match kind {
-        ApiKind::Chat | ApiKind::Completions | ApiKind::Responses => (
-            Some(rough_tokens(body_bytes)),
-            Some(rough_tokens(completion_bytes)),
-        ),
-        ApiKind::Embeddings => (Some(rough_tokens(body_bytes)), None),
-        ApiKind::Other => (None, None),
-    };
-    with_total(prompt, completion)
-}
-
 fn with_total(prompt: Option<i64>, completion: Option<i64>) -> TokenUsage {
     let total = match (prompt, completion) {
         (None, None) => None,

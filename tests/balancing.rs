@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::mock::Reply;
 use crate::common::records::{usage_config, wait_exact_rows};
-use crate::common::{client, http_client, post_with, Behavior, Gateway, Mock};
+use crate::common::{client, post_with, send_json, Behavior, Gateway, Mock};
 use serde_json::{json, Value};
 
 /// `n` mocks, one client each serving `sim`, equal priority, recording into `db`, balanced by `balance`.
@@ -103,23 +103,7 @@ async fn least_busy_spreads_concurrent_slow_requests_evenly() {
         m.set_reply(Reply::default());
         m.set_sse(3, Duration::from_millis(150));
     }
-    let asks = (0..20).map(|i| {
-        let url = gw.url("/v1/chat/completions");
-        let body = json!({ "model": "sim", "stream": true, "messages": [{ "role": "user", "content": format!("q{i}") }] });
-        async move {
-            let resp = http_client()
-                .post(url)
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&body).unwrap())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            let mock = resp.headers()["x-mock"].to_str().unwrap().to_string();
-            let _ = resp.bytes().await;
-            mock
-        }
-    });
+    let asks = (0..20).map(|i| stream_once(gw.url("/v1/chat/completions"), i));
     let served = futures_util::future::join_all(asks).await;
     for m in &mocks {
         let n = served.iter().filter(|s| **s == m.name).count();
@@ -130,13 +114,7 @@ async fn least_busy_spreads_concurrent_slow_requests_evenly() {
 /// A stream request to `gw`; returns the mock that answered once the whole answer arrived.
 async fn stream_once(url: String, i: usize) -> String {
     let body = json!({ "model": "sim", "stream": true, "messages": [{ "role": "user", "content": format!("q{i}") }] });
-    let resp = http_client()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&body).unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp = send_json(&url, &body, &[]).await;
     assert_eq!(resp.status(), 200);
     let mock = resp.headers()["x-mock"].to_str().unwrap().to_string();
     let _ = resp.bytes().await;

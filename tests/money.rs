@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::mock::{chat_chunk, usage_chunk, usage_json, Reply};
 use crate::common::records::{usage_config, wait_exact_rows, wait_one_row, wait_rows, Row};
-use crate::common::{client, http_client, post_with, Gateway, Mock, BIN};
+use crate::common::{client, metrics_text, post_with, send_json, wait_until, Gateway, Mock, BIN};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -121,14 +121,7 @@ async fn json_and_stream_records_carry_their_cost_and_the_metric_counts_it() {
         assert_eq!(row.key_name.as_deref(), Some("team-a"));
     }
 
-    let text = http_client()
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(metrics_port).await;
     let line = text
         .lines()
         .find(|l| l.starts_with("gpt_api_cost_usd_total") && l.contains("backend=\"a\""))
@@ -158,12 +151,13 @@ async fn a_budget_refuses_at_its_exact_boundary_with_insufficient_quota() {
     ))
     .await;
 
-    for left in ["0.040000", "0.030000", "0.020000", "0.010000", "0.000000"] {
+    let lefts = ["0.040000", "0.030000", "0.020000", "0.010000", "0.000000"];
+    for (i, left) in lefts.into_iter().enumerate() {
         let resp = ask(&gw, &cent_request()).await;
         assert_eq!(resp.status, 200, "{}", resp.text());
         assert_eq!(resp.header("x-budget-remaining-usd"), Some(left));
-        // The next reservation sees this request's cost: wait for it to settle.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The next reservation must see this request's cost: it is settled before its record is queued.
+        wait_rows(db.path(), i + 1).await;
     }
     let resp = ask(&gw, &cent_request()).await;
     let err = resp.expect_error(429);
@@ -212,14 +206,7 @@ async fn fifty_concurrent_requests_cannot_overrun_a_budget() {
     let asks = (0..50).map(|_| {
         let (url, body) = (gw.url("/v1/chat/completions"), body.clone());
         async move {
-            let resp = http_client()
-                .post(url)
-                .header("authorization", bearer())
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&body).unwrap())
-                .send()
-                .await
-                .unwrap();
+            let resp = send_json(&url, &body, &[("authorization", &bearer())]).await;
             let status = resp.status().as_u16();
             let _ = resp.bytes().await;
             status
@@ -402,14 +389,12 @@ async fn a_caller_who_leaves_mid_stream_is_recorded_499_with_the_tokens_streamed
     let gw = Gateway::start(&money_config(&base, db.path(), None)).await;
     let mut body = chat("gpt-4o");
     body["stream"] = json!(true);
-    let resp = http_client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("authorization", bearer())
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&body).unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp = send_json(
+        &gw.url("/v1/chat/completions"),
+        &body,
+        &[("authorization", &bearer())],
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
     let mut seen = 0;
@@ -424,10 +409,10 @@ async fn a_caller_who_leaves_mid_stream_is_recorded_499_with_the_tokens_streamed
 
     let row = wait_one_row(db.path()).await;
     // The gateway closed its connection to the backend soon after, so the backend stopped generating.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend.closed_at.lock().unwrap().is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(Duration::from_secs(5), || {
+        backend.closed_at.lock().unwrap().is_some()
+    })
+    .await;
     let closed = backend
         .closed_at
         .lock()

@@ -702,15 +702,7 @@ fn rss(pid: u32) -> u64 {
 
 /// A sample of `GET /metrics` on `port` (a gauge or counter without labels).
 async fn metric(port: u16, name: &str) -> u64 {
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    let text = http_client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(port).await;
     let line = text
         .lines()
         .find(|l| l.strip_prefix(name).is_some_and(|v| v.starts_with(' ')))

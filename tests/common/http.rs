@@ -105,18 +105,33 @@ pub async fn post_json(gw: &Gateway, path: &str, body: &Value) -> Resp {
 
 /// POSTs a JSON value with these extra headers (a gateway key, forwarding headers...).
 pub async fn post_with(gw: &Gateway, path: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
+    Resp::read(send_json(&gw.url(path), body, headers).await).await
+}
+
+/// POSTs a JSON value with these extra headers to `url` and returns the response as it starts, its body
+/// unread (to read a stream piece by piece, or many requests at once).
+pub async fn send_json(url: &str, body: &Value, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut req = http_client()
-        .post(gw.url(path))
+        .post(url)
         .header("content-type", "application/json");
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    let resp = req
-        .body(serde_json::to_vec(body).unwrap())
+    req.body(serde_json::to_vec(body).unwrap())
         .send()
         .await
-        .unwrap_or_else(|e| panic!("POST {path} failed: {e:?}"));
-    Resp::read(resp).await
+        .unwrap_or_else(|e| panic!("POST {url} failed: {e:?}"))
+}
+
+/// The text of `GET /metrics` on the metrics listener at `port`.
+pub async fn metrics_text(port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let resp = http_client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url} failed: {e:?}"));
+    resp.text().await.unwrap()
 }
 
 /// POSTs raw bytes with `content-type: application/json`.

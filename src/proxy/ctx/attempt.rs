@@ -135,7 +135,7 @@ impl RequestCtx {
 
     /// The backend's answer (`status`) is accepted: it is passed on, and its client counts as healthy again. A
     /// success also gives the client's latency estimate its time to first byte, and keeps the request's
-    /// conversation on this client (affinity), wherever it was sent first.
+    /// conversation on this client (affinity) when an earlier attempt went elsewhere.
     pub fn attempt_answered(&mut self, status: u16, metrics: &Metrics) {
         let Some(attempt) = self.attempt.as_mut() else {
             return;
@@ -145,7 +145,9 @@ impl RequestCtx {
             if let Some(in_flight) = &self.outgoing.in_flight {
                 in_flight.first_byte(Instant::now());
             }
-            let rt = self.admission.runtime.as_ref();
+            // The router recorded the first candidate when it picked it: only a later one is news.
+            let moved = attempt.count() > 1;
+            let rt = self.admission.runtime.as_ref().filter(|_| moved);
             if let (Some(key), Some(rt), Some(c)) = (self.admission.affinity, rt, attempt.current())
             {
                 rt.router.stick(key, &c.client.name);
