@@ -155,6 +155,8 @@ fn record(start: DateTime<FixedOffset>, texts: &Texts, i: usize) -> CapturedReco
         cost_usd: None,
         usage_estimated: false,
         affinity_key: None,
+        request_id: None,
+        node: None,
     };
     // Copies, as the proxy hands over copies of the request's headers and body and the tap's own buffer.
     let raw = RawTexts {

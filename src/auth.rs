@@ -24,6 +24,7 @@ pub struct KeyInfo {
     rpm: Option<u32>,
     tpm: Option<u64>,
     budget: Option<Budget>,
+    max_concurrent: Option<u32>,
     /// `None`: every model.
     models: Option<Vec<Pattern>>,
 }
@@ -35,6 +36,7 @@ impl KeyInfo {
             rpm: settings.rpm,
             tpm: settings.tpm,
             budget: settings.budget,
+            max_concurrent: settings.max_concurrent,
             models: settings
                 .models
                 .as_ref()
@@ -59,6 +61,19 @@ impl KeyInfo {
     /// What the key may spend per day and month, if limited.
     pub fn budget(&self) -> Option<Budget> {
         self.budget
+    }
+
+    /// Requests in flight at once, if limited.
+    pub fn max_concurrent(&self) -> Option<u32> {
+        self.max_concurrent
+    }
+
+    /// Whether the key has a limit the limit store keeps (rpm, tpm, concurrency or a budget).
+    pub fn is_limited(&self) -> bool {
+        self.rpm.is_some()
+            || self.tpm.is_some()
+            || self.max_concurrent.is_some()
+            || self.budget.is_some()
     }
 
     /// Whether this key may use `model` (the model as the caller requested it).
@@ -235,6 +250,7 @@ mod tests {
             rpm: None,
             tpm: None,
             budget: None,
+            max_concurrent: None,
         }
     }
 

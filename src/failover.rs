@@ -318,6 +318,7 @@ mod tests {
             rpm: None,
             tpm: None,
             budget: None,
+            max_concurrent: None,
         }));
         let mut a = Attempts::new(
             "cheap-premium",

@@ -13,6 +13,7 @@
 //! - `client_ip` the caller's address: the socket peer, or what a trusted proxy says it forwarded;
 //! - `dns`       asynchronous, cached resolution of backend host names;
 //! - `request`   the one parse of a request body (model, stream flag);
+//! - `request_id` the gateway's UUIDv7 id of each request (`x-request-id`, the record's `RequestId`);
 //! - `config/`   the YAML file format, `${VAR}` expansion and validation into an immutable [`config::Config`];
 //! - `auth`      gateway keys: finding the caller's key in its headers, each key's model allow-list;
 //! - `health`    passive health of each backend (failures in a row, cooldowns);
@@ -56,6 +57,7 @@ pub mod proxy;
 pub(crate) mod ratelimit;
 pub mod report;
 pub(crate) mod request;
+pub(crate) mod request_id;
 pub(crate) mod rewrite;
 pub(crate) mod routing;
 pub(crate) mod secret;

@@ -24,6 +24,7 @@ fn key(budget: Option<Budget>) -> Arc<KeyInfo> {
         rpm: None,
         tpm: None,
         budget,
+        max_concurrent: None,
     }))
 }
 

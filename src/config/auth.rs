@@ -32,6 +32,8 @@ pub struct KeySettings {
     pub tpm: Option<u64>,
     /// What the key may spend per local calendar day and month; `None`: no budget.
     pub budget: Option<Budget>,
+    /// Requests in flight at once (across the cluster when `cluster.redis_url` is set).
+    pub max_concurrent: Option<u32>,
 }
 
 /// `auth.keys[i].budget_usd`: at least one of the two is set (`budget_usd: {}` is no budget).
@@ -159,6 +161,13 @@ fn compile_key(k: KeyFile, path: String, errors: &mut Errors) -> Option<KeySetti
     });
     let tpm = k.tpm.map(|n| s.positive("tpm", Some(n), 0));
     let budget = k.budget_usd.and_then(|b| budget(b, s));
+    let max_concurrent = k
+        .max_concurrent
+        .map(|n| s.positive("max_concurrent", Some(n), 0));
+    let max_concurrent = max_concurrent.and_then(|n| {
+        let n = u32::try_from(n).map_err(|_| format!("must be at most {}", u32::MAX));
+        s.ok("max_concurrent", n)
+    });
     if s.failed {
         return None;
     }
@@ -169,6 +178,7 @@ fn compile_key(k: KeyFile, path: String, errors: &mut Errors) -> Option<KeySetti
         rpm,
         tpm,
         budget,
+        max_concurrent,
     })
 }
 
@@ -358,7 +368,7 @@ mod tests {
         [{name: a, key: k, rpm: many}] | auth.keys[0].rpm: expected an integer
         [{name: a, key: k, models: []}] | auth.keys[0].models: must not be an empty list (leave it out to allow every model)
         [{name: a, key: k, models: [x, '']}] | auth.keys[0].models[1]: must not be empty
-        [{name: a, key: k, model: x}] | auth.keys[0].model: unknown field, expected one of name, key, models, rpm, tpm, budget_usd
+        [{name: a, key: k, model: x}] | auth.keys[0].model: unknown field, expected one of name, key, models, rpm, tpm, budget_usd, max_concurrent
         [{name: a, key: k, budget_usd: {day: -1, month: 5}}] | auth.keys[0].budget_usd.day: must be a number of dollars >= 0
         [{name: a, key: k, budget_usd: {day: lots}}] | auth.keys[0].budget_usd.day: expected a number
         [{name: a, key: k, budget_usd: {week: 1}}] | auth.keys[0].budget_usd.week: unknown field, expected one of day, month

@@ -10,6 +10,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::auth::{compile_auth, keyless_clients, report_budgets_without_records, report_keyless};
 use super::client::compile_clients;
+use super::cluster::{compile_cluster, compile_postgres_url};
 use super::failover::{check_fallbacks, compile_failover, ClientDefaults};
 use super::file::{self, key_path, FileConfig};
 use super::logging::{compile_logging, metrics_listen};
@@ -45,6 +46,7 @@ pub(super) fn compile(
     let logging = compile_logging(file.logging.unwrap_or_default(), &mut errors);
     let (prices, pricing_file) = compile_pricing(file.pricing, &mut errors);
     let routing = compile_routing(file.routing, &mut errors);
+    let cluster = compile_cluster(file.cluster, &mut errors);
     let defaults = ClientDefaults {
         balance: routing.balance,
         ..defaults
@@ -75,6 +77,7 @@ pub(super) fn compile(
         prices,
         pricing_file,
         routing,
+        cluster,
     })
 }
 
@@ -294,6 +297,7 @@ fn compile_usage(usage: file::UsageFile, errors: &mut Errors) -> UsageSettings {
             defaults.queue_max_bytes >> 20,
         )
         .saturating_mul(1 << 20),
+        postgres_url: compile_postgres_url(usage.postgres_url, s),
     }
 }
 

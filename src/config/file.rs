@@ -21,6 +21,7 @@ pub(super) struct FileConfig {
     pub logging: Option<LoggingFile>,
     pub pricing: Option<super::pricing::PricingFile>,
     pub routing: Option<super::routing::RoutingFile>,
+    pub cluster: Option<super::cluster::ClusterFile>,
 }
 
 /// `logging:`: level, and the log files' directory, rotation and retention.
@@ -53,6 +54,7 @@ pub(super) struct KeyFile {
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     pub budget_usd: Option<BudgetFile>,
+    pub max_concurrent: Option<i64>,
 }
 
 /// `auth.keys[i].budget_usd`: dollars per local calendar day and month.
@@ -109,6 +111,7 @@ pub(super) struct UsageFile {
     pub flush_interval_ms: Option<i64>,
     pub queue_capacity: Option<i64>,
     pub queue_max_mb: Option<i64>,
+    pub postgres_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,6 +215,7 @@ const USAGE: Shape = Shape::Section(&[
     ("flush_interval_ms", Shape::Int),
     ("queue_capacity", Shape::Int),
     ("queue_max_mb", Shape::Int),
+    ("postgres_url", Shape::Str),
 ]);
 
 const MODEL_MATCH: Shape = Shape::Section(&[("type", Shape::Str), ("value", Shape::StrOrList)]);
@@ -245,6 +249,7 @@ const AUTH_KEY: Shape = Shape::Section(&[
     ("rpm", Shape::Int),
     ("tpm", Shape::Int),
     ("budget_usd", BUDGET),
+    ("max_concurrent", Shape::Int),
 ]);
 
 const BUDGET: Shape = Shape::Section(&[("day", Shape::Number), ("month", Shape::Number)]);
@@ -270,6 +275,7 @@ pub(super) const ROOT: Shape = Shape::Section(&[
     ("logging", LOGGING),
     ("pricing", super::pricing::PRICING),
     ("routing", super::routing::ROUTING),
+    ("cluster", super::cluster::CLUSTER),
 ]);
 
 impl Shape {

@@ -5,11 +5,13 @@
 //! with field paths, producing the runtime types below; `client.rs` validates each `openai_clients` entry;
 //! `auth.rs` the `auth:` gateway keys; `logging.rs` the `logging:` section and `server.metrics_listen`;
 //! `pricing.rs` the `pricing:` section, the price file format and the shipped `config/prices.yaml`;
-//! `routing.rs` the `routing:` section and each client's `balance`).
+//! `routing.rs` the `routing:` section and each client's `balance`; `cluster.rs` the `cluster:` section and
+//! `usage.postgres_url`).
 
 mod auth;
 mod base_url;
 mod client;
+mod cluster;
 mod compile;
 mod env;
 mod failover;
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 pub use auth::{AuthSettings, Budget, KeyChanges, KeySettings};
 pub use base_url::{mask_userinfo, BaseUrl, BaseUrlError};
+pub use cluster::{ClusterSettings, OnRedisDown, RedisSettings};
 pub use logging::{LoggingSettings, DEFAULT_LOG_LEVEL};
 pub use routing::{
     AffinityField, AffinitySettings, AffinitySource, Balance, RoutingSettings,
@@ -58,6 +61,8 @@ pub struct Config {
     pub pricing_file: Option<PathBuf>,
     /// The `routing:` section: the default balance and the affinity settings.
     pub routing: RoutingSettings,
+    /// The `cluster:` section: this node's name, and the Redis that shares limits across nodes.
+    pub cluster: ClusterSettings,
 }
 
 /// The `failover:` section, as far as it is not folded into each client.
@@ -146,6 +151,8 @@ pub struct UsageSettings {
     pub queue_capacity: usize,
     /// The same bound in bytes (`queue_max_mb`): records hold bodies and headers of up to `max_body_bytes`.
     pub queue_max_bytes: usize,
+    /// Every record is also shipped to this PostgreSQL (`usage::ship`); `None`: records stay on this node.
+    pub postgres_url: Option<crate::secret::Secret>,
 }
 
 impl Default for UsageSettings {
@@ -159,6 +166,7 @@ impl Default for UsageSettings {
             flush_interval: Duration::from_millis(200),
             queue_capacity: 65536,
             queue_max_bytes: 256 << 20,
+            postgres_url: None,
         }
     }
 }

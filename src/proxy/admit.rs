@@ -47,7 +47,8 @@ pub(super) async fn admit(
     };
     match endpoint {
         Endpoint::Health => {
-            respond::json(session, 200, br#"{"status":"ok"}"#.to_vec()).await?;
+            let ok = br#"{"status":"ok"}"#.to_vec();
+            respond::json_with(session, 200, ok, ctx.ratelimit_headers()).await?;
             return Ok(true);
         }
         Endpoint::Models => {
@@ -149,7 +150,9 @@ pub(super) async fn reject(
         // Unread body bytes would be taken for the next request: close the connection afterwards.
         session.set_keepalive(None);
     }
-    respond::error_with(session, &err, headers).await?;
+    let mut all = ctx.ratelimit_headers().to_vec();
+    all.extend_from_slice(headers);
+    respond::error_with(session, &err, &all).await?;
     ctx.refuse(&err);
     Ok(true)
 }
@@ -173,7 +176,7 @@ async fn answer_models(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx
         Some(key) => crate::models::retain(&body, |id| key.allows(id)),
         None => body.to_vec(),
     };
-    respond::json(session, 200, body).await
+    respond::json_with(session, 200, body, ctx.ratelimit_headers()).await
 }
 
 /// Reads the body, opens the request's usage record and finds the clients for its model.

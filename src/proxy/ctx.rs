@@ -47,7 +47,9 @@ struct Admission {
     /// The caller's gateway key, when auth is on.
     key: Option<Arc<KeyInfo>>,
     caller: Caller,
-    /// `x-ratelimit-*` headers for the answer.
+    /// The gateway's id of the request (`x-request-id`), made when it starts.
+    request_id: String,
+    /// Headers for every answer, local or proxied: `x-request-id`, `x-ratelimit-*`, the budget left.
     ratelimit_headers: Vec<(&'static str, String)>,
     info: Option<RequestInfo>,
     kind: ApiKind,
@@ -75,6 +77,7 @@ impl Default for Admission {
             metered: false,
             key: None,
             caller: Caller::default(),
+            request_id: String::new(),
             ratelimit_headers: Vec::new(),
             info: None,
             kind: ApiKind::Other,
@@ -100,6 +103,16 @@ impl RequestCtx {
     pub fn start(&mut self, runtime: Arc<Runtime>) {
         self.admission.runtime = Some(runtime);
         self.admission.metered = true;
+        let id = crate::request_id::new();
+        self.admission
+            .ratelimit_headers
+            .push((crate::request_id::HEADER, id.clone()));
+        self.admission.request_id = id;
+    }
+
+    /// The gateway's id of the request (empty before [`RequestCtx::start`]).
+    pub fn request_id(&self) -> &str {
+        &self.admission.request_id
     }
 
     /// The request goes on under a newer `runtime` (after a reload it asked for).
@@ -129,7 +142,7 @@ impl RequestCtx {
     }
 
     pub fn set_ratelimit_headers(&mut self, headers: Vec<(&'static str, String)>) {
-        self.admission.ratelimit_headers = headers;
+        self.admission.ratelimit_headers.extend(headers);
     }
 
     /// Adds a header to the answer (with the rate-limit headers).

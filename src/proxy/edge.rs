@@ -162,9 +162,11 @@ fn raw_answer(err: &GatewayError) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(160 + body.len());
     out.extend_from_slice(
         format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 {} {}\r\n{}: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
+            crate::request_id::HEADER,
+            crate::request_id::new(),
             body.len()
         )
         .as_bytes(),

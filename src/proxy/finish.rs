@@ -30,7 +30,8 @@ pub(super) async fn failed(session: &mut Session, e: &Error, ctx: &mut RequestCt
         None => {
             let (err, detail) = final_error(ctx, e);
             log::warn!(target: LOG, "{}", escape::text(&detail));
-            if let Err(write) = respond::error(session, &err).await {
+            let headers = ctx.ratelimit_headers();
+            if let Err(write) = respond::error_with(session, &err, headers).await {
                 log::debug!(target: LOG, "could not send the error response: {write}");
             }
             ctx.set_error(detail);

@@ -7,12 +7,8 @@ use pingora::Result;
 
 use crate::error::GatewayError;
 
-/// Writes a complete JSON response (status, content-type, content-length, body).
-pub async fn json(session: &mut Session, status: u16, body: Vec<u8>) -> Result<()> {
-    json_with(session, status, body, &[]).await
-}
-
-/// Like [`json`], with extra headers (rate-limit headers, Retry-After).
+/// Writes a complete JSON response (status, content-type, content-length, body) with `headers` (the request
+/// id, rate-limit headers, Retry-After).
 pub async fn json_with(
     session: &mut Session,
     status: u16,
@@ -31,12 +27,7 @@ pub async fn json_with(
         .await
 }
 
-/// Writes `err` as an OpenAI-shaped error response.
-pub async fn error(session: &mut Session, err: &GatewayError) -> Result<()> {
-    json(session, err.status(), err.to_json()).await
-}
-
-/// Writes `err` with extra headers.
+/// Writes `err` as an OpenAI-shaped error response, with `headers`.
 pub async fn error_with(
     session: &mut Session,
     err: &GatewayError,

@@ -60,6 +60,9 @@ pub(super) fn head(gw: &Gateway, resp: &mut ResponseHeader, ctx: &mut RequestCtx
         resp.remove_header(&header::CONTENT_LENGTH);
     }
     ctx.answer_with(tap, sse);
+    if let Some(theirs) = resp.remove_header(crate::request_id::HEADER) {
+        resp.insert_header(crate::request_id::UPSTREAM_HEADER, theirs)?;
+    }
     for (name, value) in ctx.ratelimit_headers() {
         resp.insert_header(*name, value.as_str())?;
     }

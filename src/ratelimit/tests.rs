@@ -13,6 +13,7 @@ fn settings(name: &str, rpm: Option<u32>, tpm: Option<u64>) -> KeySettings {
         rpm,
         tpm,
         budget: None,
+        max_concurrent: None,
     }
 }
 

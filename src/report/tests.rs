@@ -52,6 +52,8 @@ fn record(time: &str, model: &str, prompt: i64, completion: i64, latency_ms: u64
         cost_usd: None,
         usage_estimated: false,
         affinity_key: None,
+        request_id: None,
+        node: None,
     }
 }
 

@@ -48,6 +48,11 @@ pub struct UsageRecord {
     /// A short hash of the request's affinity key (`routing.affinity.keys`), never the key itself; `None`
     /// when its tier does not balance by affinity or it had no key.
     pub affinity_key: Option<String>,
+    /// The gateway's id of the request (a UUIDv7, the `x-request-id` of its answer); `None` in records
+    /// written before ids existed.
+    pub request_id: Option<String>,
+    /// The node that served it (`cluster.node`, default the host name).
+    pub node: Option<std::sync::Arc<str>>,
 }
 
 /// A record as a request hands it over: the row, and the texts that take time to render (the headers as
@@ -127,7 +132,9 @@ impl CapturedRecord {
             + text(&r.upstream_model)
             + text(&r.error)
             + text(&r.key_name)
-            + text(&r.affinity_key);
+            + text(&r.affinity_key)
+            + text(&r.request_id)
+            + r.node.as_deref().map_or(0, str::len);
         let raw = self.raw.as_deref().map_or(0, |raw| {
             let response = match &raw.response {
                 Some(RawBody::Bytes(bytes)) => bytes.len(),

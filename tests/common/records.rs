@@ -52,6 +52,8 @@ pub struct Row {
     pub cost_usd: Option<f64>,
     pub usage_estimated: Option<i64>,
     pub affinity_key: Option<String>,
+    pub request_id: Option<String>,
+    pub node: Option<String>,
 }
 
 impl Row {
@@ -88,7 +90,7 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
 
 const SELECT: &str = "SELECT id, Time, IP, Model, Type, CompletionTokens, PromptTokens, TotalTokens, Tool, \
      Multimodal, Headers, Request, Response, Backend, UpstreamModel, Stream, Status, LatencyMs, FirstTokenMs, \
-     Attempts, CachedTokens, ReasoningTokens, Error, KeyName, CostUsd, UsageEstimated, AffinityKey FROM records ORDER BY id";
+     Attempts, CachedTokens, ReasoningTokens, Error, KeyName, CostUsd, UsageEstimated, AffinityKey, RequestId, Node FROM records ORDER BY id";
 
 fn read_file(path: &Path) -> rusqlite::Result<Vec<Row>> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -124,6 +126,8 @@ fn read_file(path: &Path) -> rusqlite::Result<Vec<Row>> {
             cost_usd: r.get(24)?,
             usage_estimated: r.get(25)?,
             affinity_key: r.get(26)?,
+            request_id: r.get(27)?,
+            node: r.get(28)?,
         })
     })?;
     rows.collect()

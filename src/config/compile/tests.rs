@@ -130,6 +130,7 @@ fn every_usage_field_compiles() {
         flush_interval: Duration::from_millis(30),
         queue_capacity: 40,
         queue_max_bytes: 50 << 20,
+        postgres_url: None,
     };
     assert_eq!(usage, expected);
     let empty = compile("openai_clients: []\nusage: {}\n", &no_env).unwrap();
@@ -149,7 +150,7 @@ fn bad_server_and_usage_values_are_reported_with_their_paths() {
     let text = "server: {listen: 'localhost', lisen: 1}\nopenai_clients: []\nx: 1";
     let expected = [
             "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies, max_header_bytes, client_header_timeout_ms, client_body_timeout_ms, send_timeout_ms",
-            "x: unknown field, expected one of openai_clients, server, usage, failover, auth, logging, pricing, routing",
+            "x: unknown field, expected one of openai_clients, server, usage, failover, auth, logging, pricing, routing, cluster",
             "server.listen: expected an address such as 0.0.0.0:8000, not \"localhost\"",
         ];
     assert_eq!(errors(text), expected);
@@ -158,7 +159,7 @@ fn bad_server_and_usage_values_are_reported_with_their_paths() {
                     batch_size: -1, flush_interval_ms: 0, queue_capacity: 0, queue_max_mb: 0, batch: 5}\n";
     let expected = [
             "usage.record_bodies: expected true or false",
-            "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity, queue_max_mb",
+            "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity, queue_max_mb, postgres_url",
             "usage.dir: must not be empty",
             "usage.max_body_bytes: must be a positive integer",
             "usage.batch_size: must be a positive integer",

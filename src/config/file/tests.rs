@@ -49,12 +49,14 @@ usage:
   flush_interval_ms: 6
   queue_capacity: 7
   queue_max_mb: 8
+  postgres_url: "postgres://h/db"
 auth:
   keys:
-    - {name: team, key: sk-team, models: ["gpt-4*"], rpm: 1, tpm: 2, budget_usd: {day: 1, month: 2.5}}
+    - {name: team, key: sk-team, models: ["gpt-4*"], rpm: 1, tpm: 2, budget_usd: {day: 1, month: 2.5}, max_concurrent: 3}
 logging: {level: info, dir: logs, info_max_mb: 1, info_keep_files: 2, error_max_mb: 3, error_keep_files: 4}
 pricing: {file: prices.yaml, models: {"m*": {input: 1}}}
 routing: {balance: latency, affinity: {keys: [prefix], prefix_bytes: 100, load_factor: 1.5, ttl_seconds: 60}}
+cluster: {node: gw-1, redis_url: "redis://h/0", redis_timeout_ms: 5, on_redis_down: deny}
 "#;
 
 /// Catches the schema and the structs drifting apart: a field missing from the schema would be dropped as
@@ -102,7 +104,7 @@ fn schema_and_structs_agree() {
     assert_eq!(section_fields(&TLS), ["cert_path", "key_path"]);
     let usage = format!("{:?}", file.usage.unwrap());
     assert!(!usage.contains("None"), "every usage field: {usage}");
-    assert_eq!(section_fields(&USAGE).len(), 8);
+    assert_eq!(section_fields(&USAGE).len(), 9);
     let failover = format!("{:?}", file.failover.unwrap());
     assert!(
         !failover.contains("None"),
@@ -113,7 +115,7 @@ fn schema_and_structs_agree() {
     let auth = file.auth.unwrap().keys.unwrap();
     let key = format!("{:?}", auth[0].as_ref().unwrap());
     assert!(!key.contains("None"), "every auth key field: {key}");
-    assert_eq!(section_fields(&AUTH_KEY).len(), 6);
+    assert_eq!(section_fields(&AUTH_KEY).len(), 7);
     assert_eq!(section_fields(&BUDGET), ["day", "month"]);
     let logging = format!("{:?}", file.logging.unwrap());
     assert!(!logging.contains("None"), "every logging field: {logging}");
@@ -122,6 +124,8 @@ fn schema_and_structs_agree() {
     assert!(!pricing.contains("None"), "every pricing field: {pricing}");
     let routing = format!("{:?}", file.routing.unwrap());
     assert!(!routing.contains("None"), "every routing field: {routing}");
+    let cluster = format!("{:?}", file.cluster.unwrap());
+    assert!(!cluster.contains("None"), "every cluster field: {cluster}");
 }
 
 #[test]
@@ -138,9 +142,9 @@ fn unknown_keys_and_wrong_types_are_reported_at_their_paths_and_removed() {
                 "openai_clients[0].model_match.valu: unknown field, expected one of type, value",
                 "openai_clients[1]: expected a mapping",
                 "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies, max_header_bytes, client_header_timeout_ms, client_body_timeout_ms, send_timeout_ms",
-                "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging, pricing, routing",
+                "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging, pricing, routing, cluster",
                 "usage.record_bodies: expected true or false",
-                "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity, queue_max_mb",
+                "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity, queue_max_mb, postgres_url",
             ]
         );
     let file: FileConfig = serde_yaml::from_value(tree).unwrap();

@@ -149,6 +149,8 @@ impl RequestCtx {
             cost_usd: None,
             usage_estimated: false,
             affinity_key: self.affinity_key(),
+            request_id: Some(self.request_id().to_owned()).filter(|id| !id.is_empty()),
+            node: self.runtime().map(|rt| Arc::clone(&rt.config.cluster.node)),
         };
         let raw = RawTexts {
             headers: p.headers,

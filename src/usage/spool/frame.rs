@@ -18,7 +18,8 @@ pub const HEADER: usize = 12;
 /// The version written. 2 added the cost (an optional f64 after the key name) and the `usage_estimated` flag
 /// (bit 3 of the flags, always 0 in version 1); a frame of version 1 reads as unpriced and not estimated.
 /// 3 added the affinity key (an optional string after the cost); older frames read without one.
-const VERSION: u8 = 3;
+/// 4 added the request id and the node (two optional strings after the affinity key).
+const VERSION: u8 = 4;
 const OLDEST: u8 = 1;
 
 /// Why a frame could not be read back.
@@ -70,6 +71,8 @@ pub fn encode<'a>(record: &'a CapturedRecord, buf: &mut Vec<u8>) -> Option<[&'a 
     out.opt_str(r.key_name.as_deref())?;
     out.opt_f64(r.cost_usd);
     out.opt_str(r.affinity_key.as_deref())?;
+    out.opt_str(r.request_id.as_deref())?;
+    out.opt_str(r.node.as_deref())?;
     let Some(raw) = record.raw.as_deref() else {
         out.u8(0);
         return seal(buf, [&[], &[], &[]]);
@@ -250,6 +253,12 @@ pub fn decode(payload: &[u8]) -> Result<CapturedRecord, Damaged> {
         cost_usd: if version >= 2 { at.opt_f64()? } else { None },
         usage_estimated: flags & 8 != 0,
         affinity_key: if version >= 3 { at.opt_string()? } else { None },
+        request_id: if version >= 4 { at.opt_string()? } else { None },
+        node: if version >= 4 {
+            at.opt_string()?.map(Into::into)
+        } else {
+            None
+        },
     };
     if !at.flag()? {
         return at.end().map(|()| CapturedRecord { row, raw: None });

@@ -148,6 +148,8 @@ fn bind(
         r.cost_usd.filter(|usd| usd.is_finite()),
         r.usage_estimated,
         r.affinity_key.as_deref(),
+        r.request_id.as_deref(),
+        r.node.as_deref(),
     );
     debug_assert_eq!(index - before, COLUMNS.len(), "one value per column");
     Ok(())

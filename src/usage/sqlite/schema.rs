@@ -45,6 +45,10 @@ pub const COST_USD: Column = column("CostUsd", "REAL");
 /// 1 when the token counts are the gateway's estimate (the backend reported none).
 pub const USAGE_ESTIMATED: Column = column("UsageEstimated", "INTEGER");
 pub const AFFINITY_KEY: Column = column("AffinityKey", "TEXT");
+/// The gateway's id of the request (UUIDv7 text, the answer's `x-request-id`).
+pub const REQUEST_ID: Column = column("RequestId", "TEXT");
+/// The node that served the request (`cluster.node`).
+pub const NODE: Column = column("Node", "TEXT");
 
 /// The columns after `id`, in table order. The table, its inserts and the upgrade of files written by older
 /// versions are built from this list, and the report names its columns from the constants above, so none of
@@ -76,6 +80,8 @@ pub const COLUMNS: &[Column] = &[
     COST_USD,
     USAGE_ESTIMATED,
     AFFINITY_KEY,
+    REQUEST_ID,
+    NODE,
 ];
 
 /// WAL with `synchronous=NORMAL`: a commit is an append to the log, not an fsync, which is what makes

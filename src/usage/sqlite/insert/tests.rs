@@ -48,6 +48,8 @@ fn varied(start: &DateTime<FixedOffset>, i: usize) -> UsageRecord {
     };
     r.usage_estimated = i % 7 == 2;
     r.affinity_key = (i % 5 != 1).then(|| format!("{:012x}", i % 9));
+    r.request_id = (i % 6 != 4).then(|| format!("0190a5b2-0000-7000-8000-{i:012x}"));
+    r.node = (i % 17 != 3).then(|| ["gw-1", "gw-2"][i / 20 % 2].into());
     r
 }
 
@@ -86,6 +88,8 @@ fn expected(r: &UsageRecord) -> Vec<Value> {
         cost.map_or(Value::Null, Value::Real),
         int(r.usage_estimated.into()),
         opt_text(&r.affinity_key),
+        opt_text(&r.request_id),
+        r.node.as_deref().map_or(Value::Null, text),
     ]
 }
 
