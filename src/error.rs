@@ -65,6 +65,12 @@ pub enum GatewayError {
     /// The key's spend (with its requests in flight) reached a budget; the message names it and its reset.
     #[error("{0}")]
     BudgetExceeded(String),
+    /// The key has `max_concurrent` requests in flight.
+    #[error("{0}")]
+    ConcurrencyLimit(String),
+    /// The shared limit store (Redis) does not answer and `cluster.on_redis_down` is `deny`.
+    #[error("The rate limits of this API key cannot be checked right now; please retry shortly.")]
+    LimitsUnavailable,
     /// Every attempt failed; `tried` lists each client and why (`name for `model`: reason; ...`).
     #[error("No backend could serve model `{model}`. Tried: {tried}")]
     UpstreamUnreachable { model: String, tried: String },
@@ -89,7 +95,8 @@ impl GatewayError {
             | Self::BodyRead(_) => 400,
             Self::InvalidApiKey => 401,
             Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => 403,
-            Self::RateLimited(_) | Self::BudgetExceeded(_) => 429,
+            Self::RateLimited(_) | Self::BudgetExceeded(_) | Self::ConcurrencyLimit(_) => 429,
+            Self::LimitsUnavailable => 503,
             Self::ModelNotFound(_) | Self::NotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTimeout(_) => 408,
@@ -159,6 +166,8 @@ impl GatewayError {
             Self::UnsupportedTransferEncoding(_) => "unsupported_transfer_encoding",
             Self::RateLimited(_) => "rate_limit_exceeded",
             Self::BudgetExceeded(_) => "insufficient_quota",
+            Self::ConcurrencyLimit(_) => "concurrency_limit",
+            Self::LimitsUnavailable => "limits_unavailable",
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::HeaderTooLarge { .. } => "request_header_too_large",
             Self::RequestTimeout(_) => "request_timeout",

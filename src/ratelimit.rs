@@ -13,21 +13,56 @@ use std::time::{Duration, Instant};
 
 pub use budget::{BudgetRefusal, Reservation};
 pub use memory::MemoryStore;
-pub use store::{LimitStore, Limits};
+pub use store::{Ask, BudgetAsk, LimitStore, Limits, Verdict};
 
 use budget::{BudgetCheck, Period, Spent};
 use chrono::{DateTime, Local};
 
 use crate::auth::{Auth, KeyInfo};
+use crate::config::OnRedisDown;
 use crate::money::Usd;
 
 /// The answer header with what is left of a key's smallest budget, this request's reservation deducted.
 pub const BUDGET_REMAINING: &str = "x-budget-remaining-usd";
 
-/// The limits of the configured keys, kept in a [`LimitStore`]; state outlives a config reload that keeps
-/// the key.
+/// The limits of the configured keys: kept in this process's [`MemoryStore`], or in a shared store (Redis)
+/// with this process's memory as the fallback while it is down (`cluster.on_redis_down`).
 pub struct Limiter {
+    local: Arc<MemoryStore>,
+    shared: Option<Shared>,
+}
+
+/// A store shared across nodes, and what to do while it does not answer.
+struct Shared {
     store: Arc<dyn LimitStore>,
+    on_down: OnRedisDown,
+}
+
+/// A request admitted under its key's limits: the headers for its answer, and what it holds until it ends.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// `x-ratelimit-*` for a key with rpm or tpm, and `x-budget-remaining-usd` for a budgeted key.
+    pub headers: Vec<(&'static str, String)>,
+    /// Its concurrency slot, freed when dropped (however the request ends).
+    pub slot: Option<Slot>,
+    /// Its reserved cost, settled by the accounts.
+    pub reservation: Option<Reservation>,
+}
+
+/// Why a request was refused, in words for its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// rpm or tpm: 429 with the message and headers (Retry-After among them).
+    Rate {
+        message: String,
+        headers: Vec<(&'static str, String)>,
+    },
+    /// `max_concurrent` requests in flight: 429 at once.
+    Busy { message: String },
+    /// A budget is reached: 429 `insufficient_quota`.
+    Budget(BudgetRefusal),
+    /// The shared store is down and `on_redis_down` is `deny`: 503.
+    Unavailable,
 }
 
 /// What a check decided, with the numbers for the response headers.
@@ -51,6 +86,7 @@ pub struct Quota {
 }
 
 impl Decision {
+    #[cfg(test)]
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allow(_))
     }
@@ -88,57 +124,91 @@ impl Default for Limiter {
 }
 
 impl Limiter {
-    /// A limiter keeping its windows in this process's memory.
+    /// A limiter keeping its state in this process's memory.
     pub fn new() -> Limiter {
         Limiter::with_store(Arc::new(MemoryStore::new()))
     }
 
-    pub fn with_store(store: Arc<dyn LimitStore>) -> Limiter {
-        Limiter { store }
+    pub fn with_store(local: Arc<MemoryStore>) -> Limiter {
+        Limiter {
+            local,
+            shared: None,
+        }
+    }
+
+    /// A limiter sharing its state through `store` (Redis); this process's memory counts alone while it is
+    /// down, unless `on_down` says to refuse.
+    pub fn shared(store: Arc<dyn LimitStore>, on_down: OnRedisDown) -> Limiter {
+        Limiter {
+            local: Arc::new(MemoryStore::new()),
+            shared: Some(Shared { store, on_down }),
+        }
+    }
+
+    /// `None` without a shared store; else whether it answers now (the `gpt_api_redis_up` gauge).
+    pub fn shared_up(&self) -> Option<bool> {
+        self.shared.as_ref().map(|s| s.store.is_up())
     }
 
     /// Call with each newly loaded config: keys still configured keep their counts (their limits are read
     /// from the [`KeyInfo`] at every check, so changed limits apply at once); removed keys are forgotten.
     pub fn update(&self, auth: &Auth) {
         let keep: Vec<&str> = auth.keys().map(|k| k.name.as_str()).collect();
-        self.store.release(&keep);
-    }
-
-    /// Counts one request for `key` if allowed (rpm), and checks tpm against tokens used in the window.
-    pub fn check(&self, key: &KeyInfo, now: Instant) -> Decision {
-        // A key without limits costs the store nothing, and gets no headers.
-        if key.rpm().is_none() && key.tpm().is_none() {
-            return Decision::Allow(Quota::default());
+        self.local.release(&keep);
+        if let Some(shared) = &self.shared {
+            shared.store.release(&keep);
         }
-        let limits = Limits {
-            rpm: key.rpm(),
-            tpm: key.tpm(),
-        };
-        self.store.check(&key.name, limits, now)
     }
 
-    /// Reserves `amount` for a request of `key` under its budget: `Ok(None)` for a key without one, the 429's
-    /// words when the key's spend plus its reservations has reached a budget.
-    pub fn reserve(
+    /// Checks and takes, together, what a request of `key` asks of its limits: one request in its rpm window
+    /// (and its tpm not reached), a concurrency slot, and `amount` reserved under its budget (`amount`: the
+    /// request's likely maximum cost; only read for a key with a budget). A key without limits costs nothing.
+    pub async fn admit(
         &self,
         key: &KeyInfo,
-        amount: Usd,
+        request_id: &str,
+        amount: impl FnOnce() -> Usd,
         now: DateTime<Local>,
-    ) -> Result<Option<Reservation>, BudgetRefusal> {
-        let Some(budget) = key.budget() else {
-            return Ok(None);
+    ) -> Result<Admitted, Refusal> {
+        if !key.is_limited() {
+            return Ok(Admitted::default());
+        }
+        let budget = key.budget().map(|budget| BudgetAsk {
+            budget,
+            amount: amount(),
+            period: Period::of(&now),
+        });
+        let ask = Ask {
+            key: &key.name,
+            request_id,
+            limits: Limits {
+                rpm: key.rpm(),
+                tpm: key.tpm(),
+                max_concurrent: key.max_concurrent(),
+            },
+            budget,
+            now: Instant::now(),
         };
-        match self
-            .store
-            .reserve(&key.name, budget, amount, Period::of(&now))
-        {
-            BudgetCheck::Allow { remaining } => Ok(Some(Reservation::new(
-                Arc::clone(&self.store),
-                &key.name,
-                amount,
-                remaining,
-            ))),
-            BudgetCheck::Deny { reached } => Err(BudgetRefusal::new(&reached, now)),
+        let (verdict, store) = match &self.shared {
+            None => (self.local.admit_now(&ask), self.local_store()),
+            Some(shared) => match shared.store.admit(&ask).await {
+                Ok(verdict) => (verdict, Arc::clone(&shared.store)),
+                Err(_) if shared.on_down == OnRedisDown::Deny => return Err(Refusal::Unavailable),
+                Err(_) => (self.local.admit_now(&ask), self.local_store()),
+            },
+        };
+        admitted(verdict, store, &ask, now)
+    }
+
+    fn local_store(&self) -> Arc<dyn LimitStore> {
+        Arc::clone(&self.local) as Arc<dyn LimitStore>
+    }
+
+    /// Where updates after admission go: the shared store while it answers, else this process's memory.
+    fn current(&self) -> &dyn LimitStore {
+        match &self.shared {
+            Some(shared) if shared.store.is_up() => shared.store.as_ref(),
+            _ => self.local.as_ref(),
         }
     }
 
@@ -146,19 +216,24 @@ impl Limiter {
     /// so that a budget a reload gives the key counts what it spent before.
     pub fn spend(&self, key: &KeyInfo, cost: Usd) {
         if cost > Usd::ZERO {
-            self.store
-                .settle(&key.name, Usd::ZERO, cost, Period::of(&Local::now()));
+            let period = Period::of(&Local::now());
+            self.current()
+                .settle(&key.name, "", Usd::ZERO, cost, period);
         }
     }
 
-    /// Adds the spend of `key` read back from the records at startup.
+    /// Adds the spend of `key` read back from the records at startup (to the shared store only if it was
+    /// empty for this day and month).
     pub fn seed(&self, key: &str, spent: Spent, now: DateTime<Local>) {
-        self.store.seed(key, spent, Period::of(&now));
+        self.local.seed(key, spent, Period::of(&now));
+        if let Some(shared) = &self.shared {
+            shared.store.seed(key, spent, Period::of(&now));
+        }
     }
 
-    /// What `key` spent today and this month, and its reservations in flight.
+    /// What `key` spent today and this month by this process's count, and its reservations in flight.
     pub fn spent(&self, key: &str, now: DateTime<Local>) -> (Spent, Usd) {
-        self.store.spent(key, Period::of(&now))
+        self.local.spent(key, Period::of(&now))
     }
 
     /// Adds the tokens of a finished request (from streamed or JSON usage) to the key's tpm window.
@@ -166,7 +241,92 @@ impl Limiter {
         if tokens == 0 || key.tpm().is_none() {
             return;
         }
-        self.store.add_tokens(&key.name, tokens, now);
+        self.current().add_tokens(&key.name, tokens, now);
+    }
+
+    /// The rpm/tpm check alone, in this process's memory (the unit tests' view of the windows).
+    #[cfg(test)]
+    pub fn check(&self, key: &KeyInfo, now: Instant) -> Decision {
+        if key.rpm().is_none() && key.tpm().is_none() {
+            return Decision::Allow(Quota::default());
+        }
+        let limits = Limits {
+            rpm: key.rpm(),
+            tpm: key.tpm(),
+            max_concurrent: None,
+        };
+        self.local.check(&key.name, limits, now)
+    }
+}
+
+/// What a verdict means for the request: what it holds and its headers, or its refusal.
+fn admitted(
+    verdict: Verdict,
+    store: Arc<dyn LimitStore>,
+    ask: &Ask<'_>,
+    now: DateTime<Local>,
+) -> Result<Admitted, Refusal> {
+    match verdict {
+        Verdict::Allow { quota, budget_left } => {
+            let mut headers = headers(&Decision::Allow(quota));
+            let reservation = ask.budget.zip(budget_left).map(|(b, left)| {
+                headers.push((BUDGET_REMAINING, left.six_decimals()));
+                Reservation::new(Arc::clone(&store), ask.key, ask.request_id, b.amount, left)
+            });
+            let slot = ask
+                .limits
+                .max_concurrent
+                .map(|_| Slot::new(store, ask.key, ask.request_id));
+            Ok(Admitted {
+                headers,
+                slot,
+                reservation,
+            })
+        }
+        Verdict::Rate(decision) => Err(Refusal::Rate {
+            message: decision.message().unwrap_or_default(),
+            headers: headers(&decision),
+        }),
+        Verdict::Busy { limit } => Err(Refusal::Busy {
+            message: format!(
+                "This API key already has {limit} request(s) in flight, its limit (max_concurrent); \
+                 retry when one has finished."
+            ),
+        }),
+        Verdict::Budget(BudgetCheck::Deny { reached }) => {
+            Err(Refusal::Budget(BudgetRefusal::new(&reached, now)))
+        }
+        // A store that says "allowed" through the budget check has reserved nothing: treat as refused.
+        Verdict::Budget(BudgetCheck::Allow { .. }) => Err(Refusal::Unavailable),
+    }
+}
+
+/// A request's concurrency slot: freed in its store when dropped, however the request ends.
+pub struct Slot {
+    store: Arc<dyn LimitStore>,
+    key: String,
+    request_id: String,
+}
+
+impl Slot {
+    fn new(store: Arc<dyn LimitStore>, key: &str, request_id: &str) -> Slot {
+        Slot {
+            store,
+            key: key.to_owned(),
+            request_id: request_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.store.end(&self.key, &self.request_id);
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("key", &self.key).finish()
     }
 }
 

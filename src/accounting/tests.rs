@@ -1,6 +1,7 @@
 //! Unit tests of the accounts: reservations, costs, settling budgets, counting tokens on the worker.
 #![allow(clippy::unwrap_used)]
 
+use futures_util::FutureExt;
 use std::sync::mpsc;
 
 use chrono::Local;
@@ -123,12 +124,15 @@ fn a_budgeted_request_settles_its_reservation_to_its_cost() {
         month: None,
     };
     let f = fixture(Some(budget));
-    let r = a
+    let admitted = a
         .limiter()
-        .reserve(&f.key, Usd(10_000_000), Local::now())
-        .unwrap()
+        .admit(&f.key, "r1", || Usd(10_000_000), Local::now())
+        .now_or_never()
+        .expect("the memory store answers at once")
         .unwrap();
-    assert_eq!(r.remaining(), Usd(40_000_000));
+    let left = ("x-budget-remaining-usd", "0.040000".to_owned());
+    assert_eq!(admitted.headers, [left]);
+    let r = admitted.reservation.unwrap();
     assert_eq!(a.limiter().spent("team", Local::now()).1, Usd(10_000_000));
     let mut b = bill(&f, "flat", Some(usage(7, 1000)));
     b.reservation = Some(r);

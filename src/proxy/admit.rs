@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header;
 use pingora::proxy::Session;
@@ -20,7 +19,7 @@ use crate::endpoints::{classify, normalize_path, ApiKind, Endpoint};
 use crate::error::GatewayError;
 use crate::failover::attempt::Attempt;
 use crate::failover::Attempts;
-use crate::ratelimit;
+use crate::ratelimit::Refusal;
 use crate::request;
 use crate::usage::record;
 
@@ -57,56 +56,58 @@ pub(super) async fn admit(
         }
         _ => {}
     }
-    if let Some(key) = ctx.key().cloned() {
-        let decision = gw.limiter().check(&key, Instant::now());
-        let headers = ratelimit::headers(&decision);
-        if !decision.is_allowed() {
-            let err = GatewayError::RateLimited(decision.message().unwrap_or_default());
-            return reject(session, ctx, err, &headers).await;
-        }
-        ctx.set_ratelimit_headers(headers);
-    }
     if let Err(e) = route(gw, session, ctx, &rt).await {
         return reject(session, ctx, e, &[]).await;
     }
-    match reserve(gw, ctx, &rt) {
+    match limit(gw, ctx, &rt).await {
         Ok(()) => Ok(false),
         Err((e, headers)) => reject(session, ctx, e, &headers).await,
     }
 }
 
-/// A local answer's error and its extra headers.
-type Refusal = (GatewayError, Vec<(&'static str, String)>);
-
-/// Reserves the request's likely maximum cost under its key's budget (priced by the model the first
-/// candidate is sent), or refuses it with 429 `insufficient_quota` and `Retry-After` once the budget is reached.
-fn reserve(gw: &Gateway, ctx: &mut RequestCtx, rt: &Runtime) -> Result<(), Refusal> {
-    let Some(key) = ctx.key().filter(|k| k.budget().is_some()).cloned() else {
+/// Admits the routed request under its key's limits (rpm, tpm, concurrency, budget: one check, one round trip
+/// to a shared store), or refuses it: 429 (`rate_limit_exceeded`, `concurrency_limit`, `insufficient_quota`)
+/// or 503 `limits_unavailable`. A budget's reservation is the request's likely maximum cost, priced by the
+/// model its first candidate is sent.
+async fn limit(gw: &Gateway, ctx: &mut RequestCtx, rt: &Runtime) -> Result<(), LocalAnswer> {
+    let Some(key) = ctx.key().cloned() else {
         return Ok(());
     };
-    let model = ctx.model();
-    let sent = ctx
-        .attempt()
-        .and_then(|a| a.current())
-        .map(|c| c.client.outgoing_model(model, None));
-    let price = rt.config.prices.first(sent.into_iter().chain([model]));
-    let max_tokens = ctx.info().and_then(|i| i.max_tokens);
-    let amount = accounting::reservation(price, ctx.body_len(), max_tokens);
-    match gw.limiter().reserve(&key, amount, chrono::Local::now()) {
-        Ok(Some(reservation)) => {
-            let remaining = reservation.remaining().six_decimals();
-            ctx.add_answer_header(ratelimit::BUDGET_REMAINING, remaining);
-            ctx.hold_reservation(reservation);
+    let amount = || {
+        let model = ctx.model();
+        let sent = ctx
+            .attempt()
+            .and_then(|a| a.current())
+            .map(|c| c.client.outgoing_model(model, None));
+        let price = rt.config.prices.first(sent.into_iter().chain([model]));
+        let max_tokens = ctx.info().and_then(|i| i.max_tokens);
+        accounting::reservation(price, ctx.body_len(), max_tokens)
+    };
+    let admitted = gw
+        .limiter()
+        .admit(&key, ctx.request_id(), amount, chrono::Local::now())
+        .await;
+    match admitted {
+        Ok(admitted) => {
+            ctx.set_ratelimit_headers(admitted.headers);
+            ctx.hold_limits(admitted.slot, admitted.reservation);
             Ok(())
         }
-        Ok(None) => Ok(()),
-        Err(refusal) => {
+        Err(Refusal::Rate { message, headers }) => {
+            Err((GatewayError::RateLimited(message), headers))
+        }
+        Err(Refusal::Busy { message }) => Err((GatewayError::ConcurrencyLimit(message), vec![])),
+        Err(Refusal::Budget(refusal)) => {
             let seconds = refusal.retry_after.as_secs().max(1).to_string();
             let err = GatewayError::BudgetExceeded(refusal.message);
             Err((err, vec![("retry-after", seconds)]))
         }
+        Err(Refusal::Unavailable) => Err((GatewayError::LimitsUnavailable, vec![])),
     }
 }
+
+/// A local answer's error and its extra headers.
+type LocalAnswer = (GatewayError, Vec<(&'static str, String)>);
 
 /// The head's checks, in order: framing, the normal path, the endpoint, the key (for all but `/health`).
 fn check(

@@ -145,11 +145,6 @@ impl RequestCtx {
         self.admission.ratelimit_headers.extend(headers);
     }
 
-    /// Adds a header to the answer (with the rate-limit headers).
-    pub fn add_answer_header(&mut self, name: &'static str, value: String) {
-        self.admission.ratelimit_headers.push((name, value));
-    }
-
     /// Bytes of the request body.
     pub fn body_len(&self) -> usize {
         self.admission.body.len()

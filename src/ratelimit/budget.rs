@@ -152,25 +152,28 @@ fn start_of(date: Option<NaiveDate>, now: DateTime<Local>) -> DateTime<Local> {
 pub struct Reservation {
     store: Arc<dyn LimitStore>,
     key: String,
+    request_id: String,
     amount: Usd,
     remaining: Usd,
     open: bool,
 }
 
 impl Reservation {
-    pub(super) fn new(store: Arc<dyn LimitStore>, key: &str, amount: Usd, remaining: Usd) -> Self {
+    pub(super) fn new(
+        store: Arc<dyn LimitStore>,
+        key: &str,
+        request_id: &str,
+        amount: Usd,
+        remaining: Usd,
+    ) -> Self {
         Reservation {
             store,
             key: key.to_owned(),
+            request_id: request_id.to_owned(),
             amount,
             remaining,
             open: true,
         }
-    }
-
-    /// The smallest remaining budget when the request was admitted, this reservation deducted.
-    pub fn remaining(&self) -> Usd {
-        self.remaining
     }
 
     /// The request cost `cost`: it replaces the reservation in the key's spend.
@@ -181,7 +184,8 @@ impl Reservation {
     fn close(&mut self, cost: Usd) {
         if std::mem::take(&mut self.open) {
             let period = Period::of(&Local::now());
-            self.store.settle(&self.key, self.amount, cost, period);
+            self.store
+                .settle(&self.key, &self.request_id, self.amount, cost, period);
         }
     }
 }

@@ -1,13 +1,15 @@
 //! The in-process limit store: one sliding 60 s window of one-second buckets per key, in this node's memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use async_trait::async_trait;
 
 use super::budget::{BudgetCheck, Period, Spent};
-use super::store::{LimitStore, Limits};
+use super::store::{Ask, LimitStore, Limits, Unavailable, Verdict};
 use super::{Decision, Quota};
 use crate::config::Budget;
 use crate::money::Usd;
@@ -25,6 +27,8 @@ pub struct MemoryStore {
     pub(super) windows: ArcSwap<HashMap<String, Arc<Mutex<Window>>>>,
     /// Spend and reservations per key (never released: config-bounded, and a key added back keeps its spend).
     spend: ArcSwap<HashMap<String, Arc<Mutex<Spending>>>>,
+    /// Requests in flight per key, of keys with `max_concurrent`.
+    slots: ArcSwap<HashMap<String, Arc<AtomicU32>>>,
 }
 
 /// One key's spend in its current day and month, and its requests' reservations.
@@ -69,6 +73,7 @@ impl MemoryStore {
             origin: Instant::now(),
             windows: ArcSwap::from_pointee(HashMap::new()),
             spend: ArcSwap::from_pointee(HashMap::new()),
+            slots: ArcSwap::from_pointee(HashMap::new()),
         }
     }
 
@@ -92,7 +97,7 @@ impl MemoryStore {
 }
 
 /// The state of `name` in `map`, created on first use (copy on write: reads take no lock).
-fn entry<T: Default>(map: &ArcSwap<HashMap<String, Arc<Mutex<T>>>>, name: &str) -> Arc<Mutex<T>> {
+fn entry<T: Default>(map: &ArcSwap<HashMap<String, Arc<T>>>, name: &str) -> Arc<T> {
     if let Some(found) = map.load().get(name) {
         return Arc::clone(found);
     }
@@ -105,22 +110,89 @@ fn entry<T: Default>(map: &ArcSwap<HashMap<String, Arc<Mutex<T>>>>, name: &str) 
     created
 }
 
-impl LimitStore for MemoryStore {
-    fn check(&self, key: &str, limits: Limits, now: Instant) -> Decision {
+/// The store's own operations, synchronous: this node's memory answers at once.
+impl MemoryStore {
+    /// Checks every limit of `ask` and takes what it asks only when all allow: a slot first, then the
+    /// reservation, then the request counted in the window; a later refusal gives back what was taken.
+    pub fn admit_now(&self, ask: &Ask<'_>) -> Verdict {
+        let key = ask.key;
+        if let Some(limit) = ask.limits.max_concurrent {
+            if !self.take_slot(key, limit) {
+                return Verdict::Busy { limit };
+            }
+        }
+        let give_back_slot = || {
+            if ask.limits.max_concurrent.is_some() {
+                self.free_slot(key);
+            }
+        };
+        let mut budget_left = None;
+        if let Some(b) = ask.budget {
+            match self.reserve(key, b.budget, b.amount, b.period) {
+                BudgetCheck::Allow { remaining } => budget_left = Some(remaining),
+                refused => {
+                    give_back_slot();
+                    return Verdict::Budget(refused);
+                }
+            }
+        }
+        let decision = match ask.limits.rpm.is_some() || ask.limits.tpm.is_some() {
+            true => self.check(key, ask.limits, ask.now),
+            false => Decision::Allow(Quota::default()),
+        };
+        match decision {
+            Decision::Allow(quota) => Verdict::Allow { quota, budget_left },
+            refused => {
+                if let Some(b) = ask.budget {
+                    self.settle(key, b.amount, Usd::ZERO, b.period);
+                }
+                give_back_slot();
+                Verdict::Rate(refused)
+            }
+        }
+    }
+
+    /// Takes one of `limit` slots of `key`; false when all are taken.
+    fn take_slot(&self, key: &str, limit: u32) -> bool {
+        entry(&self.slots, key)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn free_slot(&self, key: &str) {
+        let _ = entry(&self.slots, key)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Requests of `key` in flight (under a concurrency limit).
+    #[cfg(test)]
+    pub fn in_flight(&self, key: &str) -> u32 {
+        self.slots
+            .load()
+            .get(key)
+            .map_or(0, |n| n.load(Ordering::Acquire))
+    }
+
+    /// Counts one request for `key` unless an rpm or tpm limit is reached (a denied request is not counted),
+    /// and says what is left.
+    pub fn check(&self, key: &str, limits: Limits, now: Instant) -> Decision {
         let window = self.window(key);
         let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
         window.check(limits.rpm, limits.tpm, self.since_origin(now))
     }
 
-    fn add_tokens(&self, key: &str, tokens: u64, now: Instant) {
+    pub fn add_tokens(&self, key: &str, tokens: u64, now: Instant) {
         let window = self.window(key);
         let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
         let bucket = window.bucket(self.since_origin(now).as_secs());
         bucket.tokens = bucket.tokens.saturating_add(tokens);
     }
 
-    /// Also makes the kept keys' windows, so that a new key's first request does not copy the map.
-    fn release(&self, keep: &[&str]) {
+    /// Also makes the kept keys' windows, so that a new key's first request does not copy the map. Slots
+    /// in use are kept for every key (their requests still end).
+    pub fn release(&self, keep: &[&str]) {
         self.windows.rcu(|old| {
             keep.iter()
                 .map(|&name| (name.to_owned(), old.get(name).cloned().unwrap_or_default()))
@@ -128,7 +200,8 @@ impl LimitStore for MemoryStore {
         });
     }
 
-    fn reserve(&self, key: &str, budget: Budget, amount: Usd, period: Period) -> BudgetCheck {
+    /// Reserves `amount` unless the key's spend plus its reservations has reached `budget` in `period`.
+    pub fn reserve(&self, key: &str, budget: Budget, amount: Usd, period: Period) -> BudgetCheck {
         self.spending(key, period, |s| {
             let check = BudgetCheck::decide(budget, s.spent, s.reserved, amount);
             if let BudgetCheck::Allow { .. } = check {
@@ -138,7 +211,7 @@ impl LimitStore for MemoryStore {
         })
     }
 
-    fn settle(&self, key: &str, reserved: Usd, cost: Usd, period: Period) {
+    pub fn settle(&self, key: &str, reserved: Usd, cost: Usd, period: Period) {
         self.spending(key, period, |s| {
             s.reserved = s.reserved.saturating_sub(reserved);
             s.spent.day = s.spent.day.saturating_add(cost);
@@ -146,15 +219,43 @@ impl LimitStore for MemoryStore {
         });
     }
 
-    fn seed(&self, key: &str, spent: Spent, period: Period) {
+    pub fn seed(&self, key: &str, spent: Spent, period: Period) {
         self.spending(key, period, |s| {
             s.spent.day = s.spent.day.saturating_add(spent.day);
             s.spent.month = s.spent.month.saturating_add(spent.month);
         });
     }
 
-    fn spent(&self, key: &str, period: Period) -> (Spent, Usd) {
+    /// What `key` spent in `period`, and its reservations in flight.
+    pub fn spent(&self, key: &str, period: Period) -> (Spent, Usd) {
         self.spending(key, period, |s| (s.spent, s.reserved))
+    }
+}
+
+#[async_trait]
+impl LimitStore for MemoryStore {
+    async fn admit(&self, ask: &Ask<'_>) -> Result<Verdict, Unavailable> {
+        Ok(self.admit_now(ask))
+    }
+
+    fn end(&self, key: &str, _request_id: &str) {
+        self.free_slot(key);
+    }
+
+    fn add_tokens(&self, key: &str, tokens: u64, now: Instant) {
+        MemoryStore::add_tokens(self, key, tokens, now);
+    }
+
+    fn settle(&self, key: &str, _request_id: &str, reserved: Usd, cost: Usd, period: Period) {
+        MemoryStore::settle(self, key, reserved, cost, period);
+    }
+
+    fn seed(&self, key: &str, spent: Spent, period: Period) {
+        MemoryStore::seed(self, key, spent, period);
+    }
+
+    fn release(&self, keep: &[&str]) {
+        MemoryStore::release(self, keep);
     }
 }
 

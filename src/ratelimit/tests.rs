@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::config::{AuthSettings, KeySettings};
+use crate::config::{AuthSettings, Budget, KeySettings};
 use crate::secret::Secret;
 
 fn settings(name: &str, rpm: Option<u32>, tpm: Option<u64>) -> KeySettings {
@@ -200,16 +200,17 @@ fn a_key_unknown_to_the_limiter_is_still_limited() {
     assert!(!limiter.check(&key, at(0.0)).is_allowed());
 }
 
-/// The memory store on its own, as any [`LimitStore`] is called: check, add tokens, release.
+/// The memory store on its own: check, add tokens, release.
 #[test]
 fn the_memory_store_through_the_trait() {
     let memory = MemoryStore::new();
     let origin = memory.origin;
     let at = |secs: u64| origin + Duration::from_secs(secs);
-    let store: &dyn LimitStore = &memory;
+    let store = &memory;
     let both = Limits {
         rpm: Some(2),
         tpm: Some(100),
+        max_concurrent: None,
     };
     let first = store.check("team", both, at(0));
     assert_eq!(first.quota().remaining_requests, Some(1));
@@ -233,6 +234,7 @@ fn the_memory_store_through_the_trait() {
     let rpm_only = Limits {
         rpm: Some(2),
         tpm: None,
+        max_concurrent: None,
     };
     assert!(store.check("team", rpm_only, at(3)).is_allowed());
     assert!(!store.check("team", rpm_only, at(3)).is_allowed());
@@ -327,4 +329,84 @@ fn durations_format_like_go() {
     for (duration, expected) in cases {
         assert_eq!(format_duration(duration), expected, "{duration:?}");
     }
+}
+
+fn limited(rpm: Option<u32>, max_concurrent: Option<u32>, budget: Option<Budget>) -> KeyInfo {
+    KeyInfo::new(&KeySettings {
+        max_concurrent,
+        budget,
+        ..settings("team", rpm, None)
+    })
+}
+
+fn admit(limiter: &Limiter, key: &KeyInfo, id: &str, cents: u64) -> Result<Admitted, Refusal> {
+    use futures_util::FutureExt;
+    let amount = || crate::money::Usd(cents * 10_000_000);
+    limiter
+        .admit(key, id, amount, chrono::Local::now())
+        .now_or_never()
+        .expect("the memory store answers at once")
+}
+
+#[test]
+fn max_concurrent_refuses_at_once_and_a_slot_frees_when_dropped() {
+    let (limiter, store, _) = clock_and_store();
+    let key = limited(None, Some(2), None);
+    let a = admit(&limiter, &key, "a", 0).unwrap();
+    let b = admit(&limiter, &key, "b", 0).unwrap();
+    assert!(a.slot.is_some() && a.headers.is_empty());
+    assert_eq!(store.in_flight("team"), 2);
+    let refused = admit(&limiter, &key, "c", 0).unwrap_err();
+    assert!(
+        matches!(&refused, Refusal::Busy { message } if message.contains("2 request(s) in flight"))
+    );
+    drop(a);
+    assert_eq!(store.in_flight("team"), 1);
+    let c = admit(&limiter, &key, "c", 0).unwrap();
+    drop((b, c));
+    assert_eq!(store.in_flight("team"), 0);
+}
+
+/// A request refused by one limit takes nothing of the others: no slot, no reservation, no rpm count.
+#[test]
+fn a_refusal_gives_back_what_the_other_limits_took() {
+    use crate::money::Usd;
+    let (limiter, store, _) = clock_and_store();
+    let budget = Budget {
+        day: Some(Usd(25 * 10_000_000)),
+        month: None,
+    };
+    let key = limited(Some(1), Some(5), Some(budget));
+    let first = admit(&limiter, &key, "a", 10).unwrap();
+    assert_eq!(first.headers.last().unwrap().0, BUDGET_REMAINING);
+    // rpm reached: the slot and the reservation taken before the rpm check are given back.
+    let Refusal::Rate { message, headers } = admit(&limiter, &key, "b", 10).unwrap_err() else {
+        panic!("expected the rpm refusal")
+    };
+    assert!(
+        message.contains("requests per minute (limit 1)"),
+        "{message}"
+    );
+    assert!(headers.iter().any(|(n, _)| *n == "retry-after"));
+    assert_eq!(store.in_flight("team"), 1);
+    let period = budget::Period::of(&chrono::Local::now());
+    assert_eq!(store.spent("team", period).1, Usd(10 * 10_000_000));
+    // Budget reached (a key without rpm): nothing counted or held.
+    let key = limited(None, Some(5), Some(budget));
+    let _second = admit(&limiter, &key, "c", 10).unwrap();
+    let _third = admit(&limiter, &key, "d", 10).unwrap();
+    assert!(matches!(
+        admit(&limiter, &key, "e", 10),
+        Err(Refusal::Budget(_))
+    ));
+    assert_eq!(store.in_flight("team"), 3);
+    drop(first);
+    assert_eq!(store.in_flight("team"), 2);
+}
+
+#[test]
+fn a_key_without_limits_is_admitted_with_nothing_held() {
+    let limiter = Limiter::new();
+    let a = admit(&limiter, &key(None, None), "a", 1).unwrap();
+    assert!(a.headers.is_empty() && a.slot.is_none() && a.reservation.is_none());
 }

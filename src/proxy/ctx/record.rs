@@ -11,7 +11,7 @@ use super::RequestCtx;
 use crate::accounting::{Accountant, Bill, Settled, ToCount};
 use crate::duration::millis;
 use crate::endpoints::ApiKind;
-use crate::ratelimit::Reservation;
+use crate::ratelimit::{Reservation, Slot};
 use crate::usage::{CapturedHeaders, CapturedRecord, RawTexts, UsageQueue, UsageRecord};
 
 /// What is known of a record before the request ends.
@@ -38,6 +38,8 @@ pub(super) struct Record {
     accountant: Option<Arc<Accountant>>,
     /// The cost reserved under the key's budget, settled when the request ends (boxed: most requests have none).
     reservation: Option<Box<Reservation>>,
+    /// The key's concurrency slot, freed when the request ends (dropped with the state, whatever happens).
+    slot: Option<Box<Slot>>,
 }
 
 impl Record {
@@ -57,14 +59,17 @@ impl RequestCtx {
         self.record.accountant = Some(accountant);
     }
 
-    /// Holds the cost reserved under the key's budget until the request ends.
-    pub fn hold_reservation(&mut self, reservation: Reservation) {
-        self.record.reservation = Some(Box::new(reservation));
+    /// Holds the key's concurrency slot and the cost reserved under its budget until the request ends.
+    pub fn hold_limits(&mut self, slot: Option<Slot>, reservation: Option<Reservation>) {
+        self.record.slot = slot.map(Box::new);
+        self.record.reservation = reservation.map(Box::new);
     }
 
     /// Settles this request's accounts and sends its record (once): `status` as the caller saw it. When the
     /// backend reported no usage, the record goes once its tokens are counted, off this thread.
     pub fn send_record(&mut self, status: u16) {
+        // The request has ended: its slot is free for the key's next one.
+        drop(self.record.slot.take());
         let Some(accountant) = self.record.accountant.take() else {
             return;
         };

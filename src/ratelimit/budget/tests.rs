@@ -115,23 +115,24 @@ fn a_new_day_or_month_starts_its_spend_at_zero() {
 
 #[test]
 fn a_reservation_dropped_unsettled_releases_itself() {
-    let store: Arc<dyn LimitStore> = Arc::new(MemoryStore::new());
+    let memory = Arc::new(MemoryStore::new());
+    let store: Arc<dyn LimitStore> = Arc::clone(&memory) as Arc<dyn LimitStore>;
     let now = Period::of(&Local::now());
     let b = budget(Some(2), None);
     assert!(matches!(
-        store.reserve("k", b, CENT, now),
+        memory.reserve("k", b, CENT, now),
         BudgetCheck::Allow { .. }
     ));
-    let held = Reservation::new(Arc::clone(&store), "k", CENT, Usd::ZERO);
-    assert_eq!(store.spent("k", now).1, CENT);
+    let held = Reservation::new(Arc::clone(&store), "k", "r1", CENT, Usd::ZERO);
+    assert_eq!(memory.spent("k", now).1, CENT);
     drop(held);
-    assert_eq!(store.spent("k", now), (Spent::default(), Usd::ZERO));
+    assert_eq!(memory.spent("k", now), (Spent::default(), Usd::ZERO));
     assert!(matches!(
-        store.reserve("k", b, CENT, now),
+        memory.reserve("k", b, CENT, now),
         BudgetCheck::Allow { .. }
     ));
-    Reservation::new(Arc::clone(&store), "k", CENT, Usd::ZERO).settle(Usd(3 * CENT.0));
-    assert_eq!(store.spent("k", now), (spent(3, 3), Usd::ZERO));
+    Reservation::new(Arc::clone(&store), "k", "r1", CENT, Usd::ZERO).settle(Usd(3 * CENT.0));
+    assert_eq!(memory.spent("k", now), (spent(3, 3), Usd::ZERO));
 }
 
 #[test]
