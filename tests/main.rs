@@ -21,6 +21,7 @@ mod models;
 mod money;
 mod reload;
 mod report;
+mod request_id;
 mod rewriting;
 mod robustness_stream;
 mod routing;
