@@ -114,6 +114,27 @@ fn the_example_file_compiles_with_no_environment() {
     assert_eq!(config.usage, UsageSettings::default());
 }
 
+/// The config of `deploy/cluster/docker-compose.yml`'s nodes, with the environment compose gives them.
+#[test]
+fn the_cluster_example_compiles_with_its_environment() {
+    let text = include_str!("../../../deploy/cluster/config.yaml");
+    let env = |name: &str| match name {
+        "GPT_API_NODE" => Some("gw-2".to_owned()),
+        "USAGE_PG_URL" => Some("postgres://gpt_api:pw@postgres:5432/gpt_api".to_owned()),
+        "TEAM_KEY" => Some("sk-team-0123456789abcdef".to_owned()),
+        "OPENAI_API_KEY" => Some("sk-openai".to_owned()),
+        _ => None,
+    };
+    let config = compile(text, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&*config.cluster.node, "gw-2");
+    let redis = config.cluster.redis.expect("redis_url");
+    assert_eq!(redis.shown(), "redis://redis:6379/0");
+    assert!(config.usage.postgres_url.is_some());
+    let auth = config.auth.expect("auth");
+    let team = auth.keys.iter().find(|k| k.name == "team").expect("team");
+    assert_eq!((team.rpm, team.max_concurrent), (Some(600), Some(16)));
+}
+
 #[test]
 fn every_usage_field_compiles() {
     let text =
