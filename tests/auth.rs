@@ -772,3 +772,52 @@ auth:
     let out = check(open, &[], &[]);
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+/// `max_concurrent` on one node: requests beyond it get 429 `concurrency_limit` at once; a slot frees when its
+/// request ends, whether it finished or its caller left mid-stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrent_refuses_at_once_and_frees_slots_when_requests_end() {
+    let mock = Mock::start("b").await;
+    mock.set_sse(20, Duration::from_millis(100));
+    let mut team = key("team", "sk-team-concurrency-1");
+    team["max_concurrent"] = json!(2);
+    let gw = Gateway::start(&auth_config(
+        vec![keyed_client("a", &mock, &["m1"])],
+        vec![team],
+    ))
+    .await;
+    let url = gw.url("/v1/chat/completions");
+    let mut body = chat_body("m1");
+    body["stream"] = json!(true);
+    let auth = [("authorization", "Bearer sk-team-concurrency-1")];
+    let first = common::send_json(&url, &body, &auth).await;
+    let second = common::send_json(&url, &body, &auth).await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let started = std::time::Instant::now();
+    let third = Resp::read(common::send_json(&url, &body, &auth).await).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once, not queued"
+    );
+    let err = third.expect_error(429);
+    assert_eq!(err["code"], "concurrency_limit");
+    // The first finishes, the second's caller leaves mid-stream: both slots free again.
+    first.bytes().await.unwrap();
+    drop(second);
+    let mut both = false;
+    for _ in 0..50 {
+        let (a, b) = tokio::join!(
+            common::send_json(&url, &body, &auth),
+            common::send_json(&url, &body, &auth)
+        );
+        if (a.status().as_u16(), b.status().as_u16()) == (200, 200) {
+            both = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(both, "both slots freed: two streams at once admitted again");
+}
