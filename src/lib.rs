@@ -23,11 +23,13 @@
 //! - `models`    the `/v1/models` list;
 //! - `estimate`  token counts by OpenAI's tokenizers for answers without usage, on a thread of their own;
 //! - `rewrite`   per-backend request rewriting (stop, caps, extra fields, model alias, stream usage);
-//! - `usage`     usage records, their bounded queue, crash-safe spool, batching writer into a `Sink` (SQLite files);
+//! - `usage`     usage records, their bounded queue, crash-safe spool, batching writer into a `Sink` (SQLite files),
+//!   and the shipper of those files' rows to a shared PostgreSQL table (`usage::ship`);
 //! - `ratelimit` per-key requests/tokens-per-minute limits over a sliding window, their store, their headers;
 //! - `routing`   model -> ordered candidate clients (exact/keyword match, priority, weighted round robin);
 //! - `metrics`   Prometheus metrics, and their scrape service on `server.metrics_listen` (a small Pingora app);
-//! - `report`    the `gpt-api usage` report: sums and latency percentiles read from a `Source` (the monthly files);
+//! - `report`    the `gpt-api usage` report: sums and latency percentiles read from a `Source` (the monthly files,
+//!   or the shared PostgreSQL table);
 //! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
 //! - `failover`  the order of attempts (candidates by priority, then fallback models, bounded hops) and the
 //!   attempt's life as one state machine (`failover::attempt`);
@@ -60,7 +62,7 @@ pub(crate) mod request;
 pub(crate) mod request_id;
 pub(crate) mod rewrite;
 pub(crate) mod routing;
-pub(crate) mod secret;
+pub mod secret;
 pub mod tap;
 pub mod tokens;
 pub mod usage;

@@ -1,5 +1,5 @@
-//! Prometheus metrics: requests, latency, tokens, cost, failovers, backend health, usage queue, reloads; and
-//! their scraping.
+//! Prometheus metrics: requests, latency, tokens, cost, failovers, backend health, usage queue and shipping,
+//! reloads; and their scraping.
 //!
 //! Everything lives in the [`Metrics`] value's own registry, so tests and servers never share series. Label
 //! values are bounded: a model is its own label only when it equals a configured `model_match` value (else
@@ -21,6 +21,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+use crate::usage::ship::ShipStats;
 use crate::usage::{TokenUsage, UsageStats};
 use registry::{histogram, insert, raise, Reg};
 
@@ -80,6 +81,8 @@ pub struct Metrics {
     usage_written: IntCounter,
     usage_dropped: IntCounter,
     usage_write_errors: IntCounter,
+    ship_pending: IntGauge,
+    shipped: IntCounter,
     /// Configured model -> its series; replaced whole by `set_known_models`.
     models: ArcSwap<HashMap<String, Arc<ModelSeries>>>,
     other: Arc<ModelSeries>,
@@ -126,6 +129,7 @@ type Counts = Box<dyn Fn() -> (u64, u64) + Send + Sync>;
 #[derive(Default)]
 struct Sources {
     usage: Option<Arc<UsageStats>>,
+    shipping: Option<Arc<ShipStats>>,
     reloads: Option<Counts>,
 }
 
@@ -197,6 +201,14 @@ impl Metrics {
             usage_write_errors: reg.add(IntCounter::new(
                 "gpt_api_usage_write_errors_total",
                 "Failed usage write attempts.",
+            )?)?,
+            ship_pending: reg.add(IntGauge::new(
+                "gpt_api_usage_ship_pending_rows",
+                "Usage rows in the monthly files not yet shipped to PostgreSQL (usage.postgres_url).",
+            )?)?,
+            shipped: reg.add(IntCounter::new(
+                "gpt_api_usage_shipped_rows_total",
+                "Usage rows shipped to PostgreSQL (a row sent again after a crash counts again).",
             )?)?,
             requests,
             models: ArcSwap::from_pointee(HashMap::new()),
@@ -323,6 +335,11 @@ impl Metrics {
         self.sources().usage = Some(stats);
     }
 
+    /// Reads the shipper's counts (rows waiting, rows shipped) at each scrape.
+    pub fn watch_shipping(&self, stats: Arc<ShipStats>) {
+        self.sources().shipping = Some(stats);
+    }
+
     /// Reads the reload counts `(applied, rejected)` at each scrape, e.g. from the reloader's `ReloadStats`.
     /// Each counter shows the larger of these counts and the calls to [`Metrics::reload`], so using both
     /// does not count twice. Nothing in the gateway uses it today (the reloader calls [`Metrics::reload`]);
@@ -357,6 +374,12 @@ impl Metrics {
             raise(&self.usage_written, usage.written.load(Relaxed));
             raise(&self.usage_dropped, usage.dropped.load(Relaxed));
             raise(&self.usage_write_errors, usage.write_errors.load(Relaxed));
+        }
+        if let Some(ship) = &sources.shipping {
+            let pending = ship.pending.load(Relaxed);
+            self.ship_pending
+                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+            raise(&self.shipped, ship.shipped.load(Relaxed));
         }
         if let Some(counts) = &sources.reloads {
             let (applied, rejected) = counts();

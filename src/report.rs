@@ -1,12 +1,14 @@
 //! `gpt-api usage`: requests, tokens, errors and latency percentiles summed from a [`Source`] of usage records
-//! (`source`): the monthly usage files, read-only (`sqlite`).
+//! (`source`): the monthly usage files, read-only (`sqlite`), or the shared PostgreSQL table (`postgres`).
 
+mod postgres;
 mod range;
 mod render;
 mod source;
 mod sqlite;
 
 pub use crate::money::Usd;
+pub use postgres::SharedTable;
 pub use range::Range;
 pub use source::{Fields, Source};
 pub use sqlite::MonthFiles;
@@ -18,6 +20,7 @@ use chrono::NaiveDate;
 use clap::{Args, ValueEnum};
 
 use crate::config::Config;
+use crate::usage::ship::PostgresError;
 
 /// Print requests, tokens, errors, p50/p99 latency and cost from the usage records.
 #[derive(Debug, Clone, Args)]
@@ -48,6 +51,14 @@ backend. Rows are sorted by their group values; table and JSON add a total.
 
 The bill of each gateway key for a month: gpt-api usage --by key --month 2026-12 [--format csv].
 
+With --postgres, the records of every gateway come from the shared PostgreSQL table they ship to
+(usage.postgres_url) instead of the files: --postgres URL reads that database, --postgres alone the
+usage.postgres_url of the gateway config (--config, default config/config.yaml), which keeps the
+password out of the command line. The same ranges, groupings and figures; a record's date is its
+Day column, the date written at the start of its Time, as in the files. --by node groups by the
+gateway that served each record (cluster.node; records written before the Node column existed
+are \"-\" in the files, and carry the shipping node's name in PostgreSQL).
+
 Stored values are shown safely: in the table a group value is cut to 64 characters (ending in …)
 and control characters are escaped (\\n, \\t, \\u001b, NUL as \\u0000); CSV has the whole value with
 the same escapes except line breaks, which it quotes, and a value starting with =, +, - or @ gets
@@ -63,6 +74,11 @@ pub struct UsageArgs {
     /// A directory of record_YYYYMM.db files; repeat to add several gateways' records up.
     #[arg(long, value_name = "DIR")]
     pub dir: Vec<PathBuf>,
+
+    /// Read the shared PostgreSQL table instead of the files: at URL, or without one at the config's
+    /// usage.postgres_url.
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "", conflicts_with = "dir")]
+    pub postgres: Option<String>,
 
     /// One calendar month, YYYY-MM (default: the current month).
     #[arg(long, value_name = "YYYY-MM", conflicts_with_all = ["from", "to"])]
@@ -96,6 +112,8 @@ pub enum Dim {
     Backend,
     /// The name of the gateway key the caller used.
     Key,
+    /// The gateway node that served it (`cluster.node`).
+    Node,
 }
 
 impl Dim {
@@ -106,6 +124,7 @@ impl Dim {
             Dim::Model => "model",
             Dim::Backend => "backend",
             Dim::Key => "key",
+            Dim::Node => "node",
         }
     }
 }
@@ -142,6 +161,10 @@ pub enum ReportError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("--postgres without a URL: the config {} has no usage.postgres_url", .0.display())]
+    NoPostgresUrl(PathBuf),
+    #[error("{0}")]
+    Postgres(#[from] PostgresError),
 }
 
 /// The figures of one group (or of everything).
@@ -261,15 +284,12 @@ pub fn run(
         args.to.as_deref(),
         today,
     )?;
-    let dirs = if args.dir.is_empty() {
-        let path = args.config.as_deref().unwrap_or(default_config);
-        let config = Config::load(path).map_err(|errors| ReportError::Config {
-            path: path.to_path_buf(),
+    let config_path = args.config.as_deref().unwrap_or(default_config);
+    let load = || {
+        Config::load(config_path).map_err(|errors| ReportError::Config {
+            path: config_path.to_path_buf(),
             errors: errors.to_string(),
-        })?;
-        vec![config.usage.dir]
-    } else {
-        args.dir.clone()
+        })
     };
     let mut by = Vec::new();
     for dim in &args.by {
@@ -277,7 +297,17 @@ pub fn run(
             by.push(*dim);
         }
     }
-    let report = collect(&dirs, range, &by)?;
+    let report = match args.postgres.as_deref() {
+        Some("") => {
+            let config = load()?;
+            let url = config.usage.postgres_url.as_ref();
+            let url = url.ok_or_else(|| ReportError::NoPostgresUrl(config_path.to_path_buf()))?;
+            summarize(&mut SharedTable::connect(url.expose())?, range, &by)?
+        }
+        Some(url) => summarize(&mut SharedTable::connect(url)?, range, &by)?,
+        None if args.dir.is_empty() => collect(&[load()?.usage.dir], range, &by)?,
+        None => collect(&args.dir, range, &by)?,
+    };
     Ok(match args.format {
         Format::Table => render::table(&report),
         Format::Csv => render::csv(&report),

@@ -27,6 +27,7 @@ mod robustness_stream;
 mod routing;
 mod sdk;
 mod security;
+mod shipping;
 mod slow_callers;
 mod spool;
 mod streaming;

@@ -306,3 +306,41 @@ fn costs_from_other_threads_after_the_requests_add_up() {
         [r#"gpt_api_cost_usd_total{backend="x",model="m"} 375"#]
     );
 }
+
+#[test]
+fn shipping_counts_are_read_at_scrape_time() {
+    let m = Metrics::new().unwrap();
+    let text = m.render();
+    assert!(
+        text.contains("gpt_api_usage_ship_pending_rows 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gpt_api_usage_shipped_rows_total 0\n"),
+        "{text}"
+    );
+    let stats = Arc::new(crate::usage::ship::ShipStats::default());
+    m.watch_shipping(stats.clone());
+    stats.pending.store(1234, Relaxed);
+    stats.shipped.store(50, Relaxed);
+    let text = m.render();
+    assert!(
+        text.contains("gpt_api_usage_ship_pending_rows 1234\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gpt_api_usage_shipped_rows_total 50\n"),
+        "{text}"
+    );
+    stats.pending.store(0, Relaxed);
+    stats.shipped.store(1284, Relaxed);
+    let text = m.render();
+    assert!(
+        text.contains("gpt_api_usage_ship_pending_rows 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gpt_api_usage_shipped_rows_total 1284\n"),
+        "{text}"
+    );
+}

@@ -1,5 +1,6 @@
-//! Builds and runs the Pingora server: server conf (threads, pid file, upgrade socket), the proxy service and
-//! the usage writer, whose last records are written after the server has stopped.
+//! Builds and runs the Pingora server: server conf (threads, pid file, upgrade socket), the proxy service,
+//! the usage writer, whose last records are written after the server has stopped, and the shipper of those
+//! records to PostgreSQL, which ships them last.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::logging;
 use crate::metrics::Metrics;
 use crate::money::Usd;
 use crate::ratelimit::budget::Spent;
+use crate::usage::ship::Shipper;
 use crate::usage::{self, Writer};
 use pingora::connectors::ConnectorOptions;
 
@@ -28,6 +30,21 @@ pub mod tls;
 
 /// How long the token estimates still queued at shutdown may take.
 const ESTIMATE_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the shipper's last pass may take at shutdown.
+const SHIP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts the usage shipper's own thread once the server runs (after a daemon's fork).
+struct ShipperService(Arc<Shipper>);
+
+#[async_trait]
+impl BackgroundService for ShipperService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        if let Err(e) = self.0.start() {
+            log::error!("usage shipping: cannot start its thread: {e}");
+        }
+    }
+}
 
 /// Runs the usage writer's batching loop on its own Pingora runtime.
 struct UsageWriterService(Arc<Mutex<Writer>>);
@@ -124,6 +141,16 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot read {}: {e}", args.config_path.display()))?;
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
     metrics.watch_usage(queue.stats());
+    let shipper = Shipper::new(&config.usage, Arc::clone(&config.cluster.node))
+        .map_err(|e| e.to_string())?
+        .map(Arc::new);
+    if let Some(shipper) = &shipper {
+        metrics.watch_shipping(shipper.stats());
+        server.add_service(background_service(
+            "usage shipper",
+            ShipperService(Arc::clone(shipper)),
+        ));
+    }
     if let Some(addr) = &config.server.metrics_listen {
         let service = crate::metrics::service(metrics.clone(), addr);
         server.add_service(Prebound::new(service, args.upgrade)?);
@@ -170,6 +197,9 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         log::error!("{dropped} token estimate(s) not finished in {ESTIMATE_DRAIN:?}: their records are lost");
     }
     writer.blocking_lock().drain_now();
+    if let Some(shipper) = shipper {
+        shipper.stop(SHIP_DRAIN);
+    }
     log::info!("usage records written; exiting");
     Ok(())
 }

@@ -132,6 +132,7 @@ fn select_sql(by: &[Dim], columns: &[String]) -> String {
             Dim::Model => column(schema::MODEL),
             Dim::Backend => column(schema::BACKEND),
             Dim::Key => column(schema::KEY_NAME),
+            Dim::Node => column(schema::NODE),
         })
         .collect();
     for c in [
@@ -211,19 +212,19 @@ mod tests {
             .iter()
             .map(|c| c.name.to_ascii_lowercase())
             .collect();
-        let by = [Dim::Day, Dim::Model, Dim::Backend, Dim::Key];
+        let by = [Dim::Day, Dim::Model, Dim::Backend, Dim::Key, Dim::Node];
         assert_eq!(
             select_sql(&by, &all),
-            "SELECT substr(Time, 1, 10), Model, Backend, KeyName, PromptTokens, CompletionTokens, \
+            "SELECT substr(Time, 1, 10), Model, Backend, KeyName, Node, PromptTokens, CompletionTokens, \
              TotalTokens, Status, Error IS NOT NULL, LatencyMs, UsageEstimated, CostUsd FROM records \
              WHERE Time >= ?1 AND Time < ?2"
         );
         let old: Vec<String> = all
             .into_iter()
-            .filter(|c| !["keyname", "costusd", "usageestimated"].contains(&c.as_str()))
+            .filter(|c| !["keyname", "costusd", "usageestimated", "node"].contains(&c.as_str()))
             .collect();
-        let sql = select_sql(&[Dim::Key], &old);
-        assert!(sql.starts_with("SELECT NULL, PromptTokens"), "{sql}");
+        let sql = select_sql(&[Dim::Key, Dim::Node], &old);
+        assert!(sql.starts_with("SELECT NULL, NULL, PromptTokens"), "{sql}");
         assert!(sql.contains("LatencyMs, NULL, NULL FROM"), "{sql}");
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod mock;
+pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod raw;
@@ -366,6 +367,24 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
             return false;
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls the async `done` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_for<F, Fut>(timeout: Duration, mut done: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
