@@ -162,10 +162,13 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         connector: ConnectorOptions::from_server_conf(&server.configuration),
         metrics,
     };
-    let usage_dir = config.usage.enabled.then(|| config.usage.dir.clone());
+    let spend_source = config.usage.enabled.then(|| SpendSource {
+        dir: config.usage.dir.clone(),
+        postgres: config.usage.postgres_url.clone(),
+    });
     let gateway = Arc::new(Gateway::new(config, parts));
-    if let Some(dir) = usage_dir {
-        seed_spend(&gateway, &dir);
+    if let Some(source) = spend_source {
+        seed_spend(&gateway, &source);
     }
     server.add_service(background_service(
         "file watcher",
@@ -204,28 +207,48 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads back what each key spent this month and today from the current month's records, for its budgets.
-/// (Records still in a previous process's spool are imported after this and not counted until the next start.)
-fn seed_spend(gateway: &Gateway, dir: &std::path::Path) {
+/// Where the spend of each key is read back from at startup.
+struct SpendSource {
+    /// This node's monthly files.
+    dir: std::path::PathBuf,
+    /// The records of every node, when shipped there: the spend of the whole cluster.
+    postgres: Option<crate::secret::Secret>,
+}
+
+/// Reads back what each key spent this month and today, for its budgets: from PostgreSQL when records are
+/// shipped there (every node's spend; this node's files if it cannot be read), else from this node's files.
+/// A shared limit store (Redis) takes it only if no node did for this day and month. (Records still in a
+/// previous process's spool are imported after this and not counted until the next start.)
+fn seed_spend(gateway: &Gateway, source: &SpendSource) {
     let now = chrono::Local::now();
-    match usage::spend_by_key(dir, now) {
-        Ok(spend) => {
-            for (key, spent) in spend {
-                let spent = Spent {
-                    day: Usd::from_f64(spent.day_usd),
-                    month: Usd::from_f64(spent.month_usd),
-                };
-                gateway.limiter().seed(&key, spent, now);
-                let (spent, _) = gateway.limiter().spent(&key, now);
-                log::info!(
-                    "budgets: key {} spent {} today, {} this month",
-                    crate::escape::field(&key),
-                    spent.day.display(),
-                    spent.month.display()
-                );
-            }
+    let shared = source.postgres.as_ref().and_then(|url| {
+        usage::ship::spend_by_key_blocking(url, now)
+            .map_err(|e| log::warn!("budgets: cannot read the spend from PostgreSQL ({e}); reading this node's files"))
+            .ok()
+    });
+    let (spend, from) = match shared {
+        Some(spend) => (Ok(spend), "PostgreSQL"),
+        None => (usage::spend_by_key(&source.dir, now), "this node's records"),
+    };
+    let spend: std::collections::HashMap<String, usage::Spend> = match spend {
+        Ok(spend) => spend,
+        Err(e) => {
+            log::error!("budgets: cannot read back this month's spend: {e}");
+            return;
         }
-        Err(e) => log::error!("budgets: cannot read back this month's spend: {e}"),
+    };
+    for (key, spent) in spend {
+        let spent = Spent {
+            day: Usd::from_f64(spent.day_usd),
+            month: Usd::from_f64(spent.month_usd),
+        };
+        gateway.limiter().seed(&key, spent, now);
+        log::info!(
+            "budgets: key {} spent {} today, {} this month (from {from})",
+            crate::escape::field(&key),
+            spent.day.display(),
+            spent.month.display()
+        );
     }
 }
 
