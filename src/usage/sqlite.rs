@@ -16,6 +16,7 @@ use super::sink::{BatchError, Entry, Sink};
 use insert::Inserts;
 
 mod insert;
+pub mod rollup;
 pub mod schema;
 pub mod spend;
 

@@ -1,8 +1,10 @@
-//! The batched INSERT of usage records: multi-row statements, values bound straight from the records.
+//! The batched INSERT of usage records: multi-row statements, values bound straight from the records, and their
+//! rollup in the same transaction.
 
 use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat, Timelike};
 use rusqlite::{Connection, Statement};
 
+use super::rollup;
 use super::schema::{COLUMNS, TABLE};
 use crate::usage::record::UsageRecord;
 use crate::usage::sink::Entry;
@@ -43,6 +45,7 @@ impl Inserts {
         records: &[R],
     ) -> rusqlite::Result<()> {
         let transaction = connection.transaction()?;
+        let rollup = rollup::before_insert(&transaction)?;
         // Reused for every record's Time text, which SQLite copies when it is bound.
         let mut time = String::with_capacity(40);
         let mut rest = records;
@@ -70,6 +73,7 @@ impl Inserts {
                 bound = Some(chunk);
             }
         }
+        rollup::after_insert(&transaction, records, rollup)?;
         let mut progress = transaction.prepare_cached(PROGRESS)?;
         for (segment, end) in spool_ends(records) {
             progress.execute(rusqlite::params![segment, sql_int(end)])?;
