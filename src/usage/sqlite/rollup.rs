@@ -118,6 +118,13 @@ pub struct Facts<'a> {
     cost: Option<f64>,
 }
 
+impl Facts<'_> {
+    /// `YYYY-MM-DDTHH`.
+    pub fn hour(&self) -> &str {
+        self.hour
+    }
+}
+
 /// The group of a row of [`HOURS`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Group {
