@@ -152,17 +152,18 @@ fn short_label(label: &str) -> String {
     }
 }
 
-/// The axis top: the smallest 1, 2 or 5 times a power of ten at or above `max` (at least 4, so the four grid
-/// steps are whole numbers).
+/// The axis top: the smallest 1, 2, 4, 5 or 8 times a power of ten at or above `max` that four divides, so the
+/// four grid steps are whole numbers.
 fn nice_max(max: i64) -> i64 {
-    let mut scale = 1;
+    let mut scale: i64 = 1;
     loop {
-        for m in [1, 2, 5] {
-            if m * scale >= max && m * scale >= 4 {
-                return m * scale;
+        for m in [1, 2, 4, 5, 8] {
+            let top = m * scale;
+            if top >= max && top % 4 == 0 {
+                return top;
             }
         }
-        scale *= 10;
+        scale = scale.saturating_mul(10);
     }
 }
 
@@ -200,7 +201,7 @@ mod tests {
     #[test]
     fn axis_tops() {
         assert_eq!(nice_max(0), 4);
-        assert_eq!(nice_max(7), 10);
+        assert_eq!(nice_max(7), 8);
         assert_eq!(nice_max(11), 20);
         assert_eq!(nice_max(4321), 5000);
     }

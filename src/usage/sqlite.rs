@@ -281,4 +281,4 @@ fn open(dir: &Path, path: &Path, month: Month) -> Result<Connection, StoreError>
 }
 
 #[cfg(test)]
-pub(super) mod tests;
+pub(crate) mod tests;
