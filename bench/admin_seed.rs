@@ -1,9 +1,11 @@
-//! Seeds a usage directory with a month of realistic records through the gateway's own store (so the rollup
-//! and indexes are what a gateway writes), for the admin page's speed figures (bench/RESULTS.md).
-//!
-//! `cargo build --release --example bench-admin-seed && target/release/examples/bench-admin-seed --dir DIR
-//! [--records N] [--month YYYY-MM]` (default 1,000,000 records in 2026-11, spread evenly over the month:
-//! 6 models, 12 keys, 2 backends per model, ~3% errors, half streamed, ~1.2 KB of headers and bodies each).
+//! Seeds a usage directory with a month of realistic records through the gateway's own store.
+
+// Seeds a usage directory with a month of realistic records through the gateway's own store (so the rollup and
+// indexes are what a gateway writes), for the admin page's speed figures (bench/RESULTS.md).
+//
+// `cargo build --release --example bench-admin-seed && target/release/examples/bench-admin-seed --dir DIR [--records
+// N] [--month YYYY-MM]` (default 1,000,000 records in 2026-11, spread evenly over the month: 6 models, 12 keys, 2
+// backends per model, ~3% errors, half streamed, ~1.2 KB of headers and bodies each).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,7 +131,7 @@ fn record(i: usize, time: DateTime<FixedOffset>, rng: &mut Rng) -> UsageRecord {
         stream,
         status,
         latency_ms: latency,
-        first_token_ms: stream.then(|| latency / 3),
+        first_token_ms: stream.then_some(latency / 3),
         attempts: 1 + u32::from(status == 429),
         error: (!ok).then(|| format!("backend answered {status}")),
         key_name: Some(key),

@@ -1,12 +1,14 @@
-//! The admin page on `server.admin_listen`: usage, cost, latency and backend health at a glance, and the JSON
-//! API it is built on. Plain Rust: [`Admin::handle`] turns a [`Request`] into a [`Reply`]; the Pingora
-//! service around it is `proxy::admin`.
-//!
-//! Layout: `files` (the monthly files, read-only), `overview` (a range from the hourly rollup), `requests`
-//! (the records, listed and whole), `live` (what the running gateway knows: health, limits), `session` (the
-//! admin key, logins), `html` (the escaping writer, numbers for people), `chart` (SVG bars), `pages` (the
-//! HTML pages), `api` (parameters and JSON answers). Queries run on the blocking pool, [`QUERY_SLOTS`] at once,
-//! so that the service's own thread only routes and renders.
+//! The admin page on `server.admin_listen`: usage, cost, latency and backend health, and its JSON API.
+
+// The admin page on `server.admin_listen`: usage, cost, latency and backend health at a glance, and the JSON API it
+// is built on. Plain Rust: [`Admin::handle`] turns a [`Request`] into a [`Reply`]; the Pingora service around it is
+// `proxy::admin`.
+//
+// Layout: `files` (the monthly files, read-only), `overview` (a range from the hourly rollup), `requests` (the
+// records, listed and whole), `live` (what the running gateway knows: health, limits), `session` (the admin key,
+// logins), `html` (the escaping writer, numbers for people), `chart` (SVG bars), `pages` (the HTML pages), `api`
+// (parameters and JSON answers). Queries run on the blocking pool, [`QUERY_SLOTS`] at once, so that the service's own
+// thread only routes and renders.
 
 mod api;
 mod chart;

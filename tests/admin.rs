@@ -1,5 +1,7 @@
-//! The admin page on `server.admin_listen`, against records the real gateway wrote: the JSON API (equal to
-//! `gpt-api usage` where it reports the same), its key, masking; and every page in headless Chromium.
+//! The admin page on `server.admin_listen`, against records the real gateway wrote, API and browser.
+
+// The admin page on `server.admin_listen`, against records the real gateway wrote: the JSON API (equal to `gpt-api
+// usage` where it reports the same), its key, masking; and every page in headless Chromium.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,8 +1,10 @@
-//! Stacked bar charts as SVG, drawn by the server: a bar per hour or day, a colour per series (CSS classes, so
-//! light and dark themes and the `default-src 'self'` policy both hold), a `<title>` on every segment.
-//!
-//! Hand-written rather than `plotters`: the charts need rectangles, a few grid lines and labels, which is less
-//! code than adapting plotters' SVG backend (inline styles, which the page's CSP forbids) and no dependency.
+//! Stacked bar charts as SVG drawn by the server: a bar per hour or day, a colour per series.
+
+// Stacked bar charts as SVG, drawn by the server: a bar per hour or day, a colour per series (CSS classes, so light
+// and dark themes and the `default-src 'self'` policy both hold), a `<title>` on every segment.
+//
+// Hand-written rather than `plotters`: the charts need rectangles, a few grid lines and labels, which is less code
+// than adapting plotters' SVG backend (inline styles, which the page's CSP forbids) and no dependency.
 
 use super::html::{count, Html};
 

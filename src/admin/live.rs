@@ -1,5 +1,7 @@
-//! What the running gateway knows and the files do not: each backend's health, each key's limits and what is
-//! left of them. The proxy implements [`Live`]; the admin page adds the last minutes of records to it.
+//! What the running gateway knows and the files do not: backends' health, keys' limits and what is left.
+
+// What the running gateway knows and the files do not: each backend's health, each key's limits and what is left of
+// them. The proxy implements [`Live`]; the admin page adds the last minutes of records to it.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,5 +1,7 @@
-//! The overview of a date range, read from the monthly files' hourly rollup: totals, percentiles from the
-//! daily histograms, a series per model, key or backend for the charts, and the top models and keys.
+//! The overview of a date range, read from the monthly files' hourly rollup.
+
+// The overview of a date range, read from the monthly files' hourly rollup: totals, percentiles from the daily
+// histograms, a series per model, key or backend for the charts, and the top models and keys.
 
 use std::collections::{BTreeMap, HashMap};
 

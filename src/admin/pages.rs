@@ -1,5 +1,7 @@
-//! The HTML pages: the layout, the embedded assets, the login form and the overview; the record pages are in
-//! `pages/records.rs`, the live ones (backends, keys) in `pages/live.rs`. Everything goes through [`Html`].
+//! The HTML pages: the layout, the embedded assets, the login form and the overview.
+
+// The HTML pages: the layout, the embedded assets, the login form and the overview; the record pages are in
+// `pages/records.rs`, the live ones (backends, keys) in `pages/live.rs`. Everything goes through [`Html`].
 
 mod live;
 mod records;

@@ -1,8 +1,8 @@
 //! The records themselves: a filtered, newest-first list paged with a cursor, and one record whole.
-//!
-//! A record's id is `YYYYMM-<rowid>`: its month file and its row there, stable for the life of the file. The
-//! list walks `idx_records_scan` (Time first, then every filtered column) backwards, so a filter is checked in
-//! the index and only the rows shown are read from the table.
+
+// A record's id is `YYYYMM-<rowid>`: its month file and its row there, stable for the life of the file. The list
+// walks `idx_records_scan` (Time first, then every filtered column) backwards, so a filter is checked in the index
+// and only the rows shown are read from the table.
 
 use std::fmt;
 

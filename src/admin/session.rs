@@ -1,6 +1,8 @@
-//! Who may see the admin page: the admin key (compared in constant time) as a bearer token, or a session
-//! made by logging in with it. A session is a random token in an HttpOnly cookie, kept in memory with an
-//! expiry; it never holds the key, and ends when the key changes.
+//! Who may see the admin page: the admin key as a bearer token, or a session made by logging in with it.
+
+// Who may see the admin page: the admin key (compared in constant time) as a bearer token, or a session made by
+// logging in with it. A session is a random token in an HttpOnly cookie, kept in memory with an expiry; it never
+// holds the key, and ends when the key changes.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};

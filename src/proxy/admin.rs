@@ -1,6 +1,8 @@
-//! The admin page's Pingora service on `server.admin_listen` (one thread of its own, its queries on that
-//! runtime's blocking pool, so nothing it does waits in the proxy's runtimes), and the gateway's live state
-//! as the page sees it ([`crate::admin::Live`]).
+//! The admin page's Pingora service on `server.admin_listen`, and the gateway's live state as it sees it.
+
+// The admin page's Pingora service on `server.admin_listen` (one thread of its own, its queries on that runtime's
+// blocking pool, so nothing it does waits in the proxy's runtimes), and the gateway's live state as the page sees it
+// ([`crate::admin::Live`]).
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,5 +1,7 @@
-//! The backends page (each client's health now and its last five minutes) and the keys page (each key's use
-//! today and this month, its limits and what is left).
+//! The backends page (health now, the last five minutes) and the keys page (use, limits, what is left).
+
+// The backends page (each client's health now and its last five minutes) and the keys page (each key's use today and
+// this month, its limits and what is left).
 
 use super::{end, layout, Problem};
 use crate::admin::html::{count, millis, percent, usd, Html};

@@ -1,5 +1,7 @@
-//! The requests page (filters, newest first, a page at a time) and one record's page (headers, bodies as
-//! indented JSON, attempts, error, timings).
+//! The requests page (filters, newest first, a page at a time) and one record's page.
+
+// The requests page (filters, newest first, a page at a time) and one record's page (headers, bodies as indented
+// JSON, attempts, error, timings).
 
 use serde_json::Value;
 

@@ -29,13 +29,6 @@ fn seed(dir: &std::path::Path) {
     Store::new(dir).write(&records).unwrap();
 }
 
-fn ids(page: &Page) -> Vec<String> {
-    page.requests
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn pages_go_newest_first_across_months() {
     let dir = tempfile::tempdir().unwrap();

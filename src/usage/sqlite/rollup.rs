@@ -1,13 +1,15 @@
-//! The hourly rollup of each monthly file: sums per (hour, model, key, backend) and latency histograms per day,
-//! kept in step with `records` in the writer's own transactions, so the admin page reads a month in a few
-//! thousand rows instead of a million.
-//!
-//! `rollup_state.covered` is the last `records.id` the rollup holds. A batch whose rows follow it directly is
-//! summed from memory; otherwise (a file written by an older version, or by one during an upgrade) the rows
-//! after `covered` are read back and summed first, so the rollup catches up by itself.
+//! The hourly rollup of each monthly file, kept in step with `records` in the writer's own transactions.
+
+// The hourly rollup of each monthly file: sums per (hour, model, key, backend) and latency histograms per day, kept
+// in step with `records` in the writer's own transactions, so the admin page reads a month in a few thousand rows
+// instead of a million.
+//
+// `rollup_state.covered` is the last `records.id` the rollup holds. A batch whose rows follow it directly is summed
+// from memory; otherwise (a file written by an older version, or by one during an upgrade) the rows after `covered`
+// are read back and summed first, so the rollup catches up by itself.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use chrono::{Datelike, Timelike};
 use rusqlite::types::ValueRef;
@@ -145,9 +147,8 @@ pub struct Delta {
 
 impl Delta {
     pub fn add(&mut self, f: &Facts<'_>) {
-        let mut h = self.hasher.build_hasher();
-        (f.hour, f.model, f.key, f.backend).hash(&mut h);
-        let slot = self.groups.entry(h.finish()).or_default();
+        let hash = self.hasher.hash_one((f.hour, f.model, f.key, f.backend));
+        let slot = self.groups.entry(hash).or_default();
         let same = |g: &Group| {
             g.hour == f.hour && g.model == f.model && g.key == f.key && g.backend == f.backend
         };
