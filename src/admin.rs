@@ -20,7 +20,7 @@ mod pages;
 mod requests;
 mod session;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Local;
@@ -111,6 +111,18 @@ impl Reply {
     }
 }
 
+/// How long a computed overview is served again.
+pub const OVERVIEW_TTL: Duration = Duration::from_secs(5);
+/// Overviews kept at most (each a few KB).
+const MAX_CACHED: usize = 16;
+
+/// An overview computed at `at`.
+struct Cached {
+    at: Instant,
+    key: (crate::report::Range, overview::Step, overview::By),
+    value: Arc<overview::Overview>,
+}
+
 /// Who is asking, once the gate has looked.
 enum Access {
     Allowed,
@@ -123,6 +135,8 @@ pub struct Admin {
     live: Arc<dyn Live>,
     sessions: Sessions,
     slots: Arc<Semaphore>,
+    /// Overviews computed in the last [`OVERVIEW_TTL`], newest last.
+    overviews: Mutex<Vec<Cached>>,
     /// The listener takes connections from this machine only (then the page may run without a key).
     loopback: bool,
 }
@@ -133,6 +147,7 @@ impl Admin {
             live,
             sessions: Sessions::default(),
             slots: Arc::new(Semaphore::new(QUERY_SLOTS)),
+            overviews: Mutex::default(),
             loopback,
         }
     }
@@ -251,6 +266,47 @@ impl Admin {
             }
             _ => Reply::error(405, "invalid_request_error", "GET or POST"),
         }
+    }
+
+    /// The overview of `range`, computed at most once per [`OVERVIEW_TTL`] (a page reloaded in a loop costs one
+    /// query per period, whoever reloads it).
+    async fn overview(
+        &self,
+        config: &crate::config::Config,
+        range: crate::report::Range,
+        step: overview::Step,
+        by: overview::By,
+    ) -> Result<Arc<overview::Overview>, QueryError> {
+        let key = (range, step, by);
+        let now = Instant::now();
+        {
+            let mut cached = self
+                .overviews
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            cached.retain(|c| now.duration_since(c.at) < OVERVIEW_TTL);
+            if let Some(hit) = cached.iter().find(|c| c.key == key) {
+                return Ok(Arc::clone(&hit.value));
+            }
+        }
+        let files = Admin::files(config);
+        let value = Arc::new(
+            self.blocking(move || overview::overview(&files, range, step, by))
+                .await?,
+        );
+        let mut cached = self
+            .overviews
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cached.len() >= MAX_CACHED {
+            cached.remove(0);
+        }
+        cached.push(Cached {
+            at: now,
+            key,
+            value: Arc::clone(&value),
+        });
+        Ok(value)
     }
 
     /// Runs `query` on the blocking pool once a slot is free.

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::files::QueryError;
 use super::live::{backends_json, key_usage, keys_json, recent};
-use super::overview::{overview, By, Step};
+use super::overview::{By, Step};
 use super::requests::{self, Filter, RecordId, Status, DEFAULT_LIMIT, MAX_LIMIT};
 use super::{Admin, Reply, Request};
 use crate::config::Config;
@@ -220,10 +220,7 @@ async fn answer(admin: &Admin, config: &Config, request: &Request) -> Result<Rep
         "/api/overview" => {
             let range = range(&params, today)?;
             let (step, by) = (step(&params, range)?, by(&params)?);
-            admin
-                .blocking(move || overview(&files, range, step, by))
-                .await?
-                .to_json()
+            admin.overview(config, range, step, by).await?.to_json()
         }
         "/api/requests" => {
             let filter = filter(&params)?;

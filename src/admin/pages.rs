@@ -10,7 +10,7 @@ use super::api::{by, range, step, Params};
 use super::chart::{self, stacked_bars, Line};
 use super::files::QueryError;
 use super::html::{count, millis, percent, usd, Html};
-use super::overview::{cost, overview, By, Overview, Percentiles};
+use super::overview::{cost, By, Overview, Percentiles};
 use super::{Admin, Reply, Request};
 use crate::config::Config;
 use crate::usage::sqlite::rollup::Sums;
@@ -155,10 +155,7 @@ async fn overview_page(admin: &Admin, config: &Config, params: &Params) -> Resul
     let today = Admin::now().date_naive();
     let range = range(params, today)?;
     let (step, by) = (step(params, range)?, by(params)?);
-    let files = Admin::files(config);
-    let o = admin
-        .blocking(move || overview(&files, range, step, by))
-        .await?;
+    let o = admin.overview(config, range, step, by).await?;
     let mut h = layout("Overview", "/");
     h.el("h1", &[], "Overview");
     controls(&mut h, params, &o);
