@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The admin page's cost to the proxy: gpt-api's throughput (0 ms backend, small chat answer, recording on) with no
+# admin client, with one reloading the month's overview every 100 ms, and with one reloading the requests page
+# every 100 ms; and the admin page's own answer times on a month file of BENCH_ADMIN_RECORDS records.
+#
+# Usage: bench/admin.sh    (needs 2+ cores, wrk, curl, taskset; builds the release binaries unless BENCH_NO_BUILD=1)
+# Env:   BENCH_SECONDS=10 length of each wrk run; BENCH_ROUNDS=3 alternating rounds of the three runs;
+#        BENCH_ADMIN_RECORDS=1000000 records seeded into 2026-11 (skipped when BENCH_ADMIN_DB names a seeded dir)
+#        BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1: gpt-api (all its threads, the admin page's too) on one core, wrk, the
+#        backend and the admin client on the other.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SECS=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+RECORDS=${BENCH_ADMIN_RECORDS:-1000000}
+PROXY_CPU=${BENCH_PROXY_CPU:-0}
+LOAD_CPU=${BENCH_LOAD_CPU:-1}
+KEY=bench-admin-key
+TMP=$(mktemp -d /tmp/gpt-api-admin-bench.XXXXXX)
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+log() { echo "admin-bench: $*" >&2; }
+
+if [[ -z ${BENCH_NO_BUILD:-} ]]; then
+    log "building (release): gpt-api, bench-backend, bench-admin-seed"
+    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin gpt-api --example bench-backend \
+        --example bench-admin-seed
+fi
+BIN=$ROOT/target/release
+DB=${BENCH_ADMIN_DB:-$TMP/db}
+if [[ -z ${BENCH_ADMIN_DB:-} ]]; then
+    log "seeding $RECORDS records"
+    "$BIN/examples/bench-admin-seed" --dir "$DB" --records "$RECORDS" --month 2026-11 >&2
+fi
+
+taskset -c "$LOAD_CPU" "$BIN/examples/bench-backend" --listen 127.0.0.1:0 >"$TMP/backend.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q "listening on" "$TMP/backend.log" && break; sleep 0.05; done
+BACKEND=$(sed -n 's/.*listening on //p' "$TMP/backend.log" | head -n1)
+[[ -n $BACKEND ]] || { cat "$TMP/backend.log"; exit 1; }
+
+PORT=18431
+ADMIN_PORT=18432
+cat >"$TMP/config.yaml" <<EOF
+openai_clients:
+  - name: backend
+    base_url: "http://$BACKEND/v1"
+    model_match: {type: exact, value: [fast]}
+server:
+  admin_listen: "127.0.0.1:$ADMIN_PORT"
+  admin_key: "$KEY"
+usage:
+  dir: "$DB"
+EOF
+RUST_LOG=warn taskset -c "$PROXY_CPU" "$BIN/gpt-api" --config "$TMP/config.yaml" --listen "127.0.0.1:$PORT" \
+    >"$TMP/gpt-api.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.05; done
+
+cat >"$TMP/fast.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"model":"fast","messages":[{"role":"user","content":"hi"}]}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+ADMIN=http://127.0.0.1:$ADMIN_PORT
+OVERVIEW="$ADMIN/?from=2026-11-01&to=2026-11-30"
+REQUESTS="$ADMIN/requests?from=2026-11-01&to=2026-11-30"
+
+# One answer's time, in ms (the best of 5: the first query also warms SQLite's page cache).
+time_ms() {
+    local best=999999 t
+    for _ in 1 2 3 4 5; do
+        t=$(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $KEY" "$1")
+        best=$(awk -v a="$best" -v b="$t" 'BEGIN { b *= 1000; print (b < a ? b : a) }')
+    done
+    printf '%.1f' "$best"
+}
+
+# The first overview of the month is computed (a cached one is served for 5 s): time a range not asked before.
+log "admin answer times (month file of $(du -h "$DB"/record_202611.db | cut -f1))"
+first=$(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $KEY" "$ADMIN/api/overview?from=2026-11-01&to=2026-11-30&by=key")
+echo "| call | ms |"
+echo "| --- | --- |"
+echo "| month overview, computed (\`/api/overview?from=2026-11-01&to=2026-11-30&by=key\`, first call) | $(awk -v t="$first" 'BEGIN { printf "%.1f", t * 1000 }') |"
+for url in "$OVERVIEW" "$REQUESTS" "$ADMIN/requests?model=o3-mini" "$ADMIN/requests?status=500" \
+    "$ADMIN/requests?key=team-03&stream=true" "$ADMIN/api/requests?limit=50" "$ADMIN/backends" "$ADMIN/keys"; do
+    echo "| \`${url#"$ADMIN"}\` | $(time_ms "$url") |"
+done
+sleep 5.5  # let the cached overview expire
+for by in model backend; do
+    t=$(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $KEY" "$OVERVIEW&by=$by&step=hour")
+    echo "| month overview by $by per hour, computed | $(awk -v t="$t" 'BEGIN { printf "%.1f", t * 1000 }') |"
+done
+usage=$(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $KEY" "$ADMIN/api/usage?from=2026-11-01&to=2026-11-30&by=day,model")
+echo "| \`/api/usage?from=2026-11-01&to=2026-11-30&by=day,model\` (exact, every row's index entry) | $(awk -v t="$usage" 'BEGIN { printf "%.1f", t * 1000 }') |"
+
+# An admin client reloading $1 every 100 ms until killed.
+reload_loop() {
+    while true; do
+        curl -s -o /dev/null -H "Authorization: Bearer $KEY" "$1"
+        sleep 0.1
+    done
+}
+
+run_wrk() {
+    taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${SECS}s" -s "$TMP/fast.lua" "http://127.0.0.1:$PORT/v1/chat/completions" \
+        | awk '/Requests\/sec/ { print $2 }'
+}
+
+taskset -c "$LOAD_CPU" wrk -t1 -c64 -d2s -s "$TMP/fast.lua" "http://127.0.0.1:$PORT/v1/chat/completions" >/dev/null
+echo
+echo "| round | no admin client (req/s) | overview every 100 ms (req/s) | requests page every 100 ms (req/s) |"
+echo "| --- | --- | --- | --- |"
+for round in $(seq "$ROUNDS"); do
+    base=$(run_wrk)
+    taskset -c "$LOAD_CPU" bash -c "$(declare -f reload_loop); KEY=$KEY reload_loop '$OVERVIEW'" &
+    loop=$!
+    over=$(run_wrk)
+    kill "$loop"; wait "$loop" 2>/dev/null || true
+    taskset -c "$LOAD_CPU" bash -c "$(declare -f reload_loop); KEY=$KEY reload_loop '$REQUESTS'" &
+    loop=$!
+    reqs=$(run_wrk)
+    kill "$loop"; wait "$loop" 2>/dev/null || true
+    echo "| $round | $base | $over | $reqs |"
+done
