@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::files::{has_table, Files, MonthFile, QueryError};
 use crate::report::Range;
-use crate::usage::sqlite::rollup::{self, bucket_value, Delta, Group, Sums};
+use crate::usage::sqlite::rollup::{self, bucket_value, Delta, Group, Histogram, Sums};
 
 /// Series drawn in a chart; the rest are added up as "other".
 pub const SERIES: usize = 7;
@@ -119,7 +119,7 @@ pub struct Overview {
 /// Takes the rollup rows (and histogram counts) of a range as they are read.
 pub trait Visit {
     fn group(&mut self, group: &Group, sums: &Sums);
-    fn ms(&mut self, _kind: i64, _bucket: i64, _count: i64) {}
+    fn ms(&mut self, _kind: i64, _bucket: usize, _count: i64) {}
 }
 
 /// What the files of a range hold, added up.
@@ -132,7 +132,7 @@ struct Acc {
     keys: HashMap<String, Sums>,
     total: Sums,
     /// (kind, bucket) -> count.
-    ms: BTreeMap<(i64, i64), i64>,
+    ms: BTreeMap<(i64, usize), i64>,
 }
 
 impl Visit for Acc {
@@ -149,7 +149,7 @@ impl Visit for Acc {
         self.total.merge(s);
     }
 
-    fn ms(&mut self, kind: i64, bucket: i64, count: i64) {
+    fn ms(&mut self, kind: i64, bucket: usize, count: i64) {
         *self.ms.entry((kind, bucket)).or_default() += count;
     }
 }
@@ -216,8 +216,10 @@ fn read_month(
     for (g, s) in tail.groups() {
         acc.group(g, s);
     }
-    for ((_, kind, bucket), count) in tail.histograms() {
-        acc.ms(*kind, *bucket, *count);
+    for (_, kind, histogram) in tail.histograms() {
+        for (bucket, count) in histogram.counts() {
+            acc.ms(*kind, bucket, i64::from(count));
+        }
     }
     tx.finish()
 }
@@ -256,12 +258,15 @@ fn read_rollup(
         };
         acc.group(&group, &sums);
     }
-    let sql = "SELECT Kind, Bucket, sum(Count) FROM rollup_ms WHERE Day >= ?1 AND Day < ?2 \
-               GROUP BY Kind, Bucket";
+    let sql = "SELECT Kind, Counts FROM rollup_ms WHERE Day >= ?1 AND Day < ?2";
     let mut select = c.prepare(sql)?;
     let mut rows = select.query([lower, upper])?;
     while let Some(r) = rows.next()? {
-        acc.ms(r.get(0)?, r.get(1)?, r.get(2)?);
+        let kind: i64 = r.get(0)?;
+        let counts: Vec<u8> = r.get(1)?;
+        for (bucket, count) in Histogram::from_blob(&counts).counts() {
+            acc.ms(kind, bucket, i64::from(count));
+        }
     }
     Ok(())
 }
@@ -346,8 +351,8 @@ fn labels(range: Range, step: Step) -> Vec<String> {
 }
 
 /// Nearest-rank p50 and p99 over histogram buckets in ascending order.
-fn percentiles<'a>(buckets: impl Iterator<Item = (&'a (i64, i64), &'a i64)>) -> Percentiles {
-    let buckets: Vec<(i64, i64)> = buckets.map(|((_, b), n)| (*b, *n)).collect();
+fn percentiles<'a>(buckets: impl Iterator<Item = (&'a (i64, usize), &'a i64)>) -> Percentiles {
+    let buckets: Vec<(usize, i64)> = buckets.map(|((_, b), n)| (*b, *n)).collect();
     let n: i64 = buckets.iter().map(|(_, c)| c).sum();
     let at = |p: i64| {
         let rank = (p * n + 99) / 100;

@@ -1,5 +1,4 @@
-//! The batched INSERT of usage records: multi-row statements, values bound straight from the records, and their
-//! rollup in the same transaction.
+//! The batched INSERT of usage records: multi-row statements, values bound straight from the records.
 
 use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat, Timelike};
 use rusqlite::{Connection, Statement};
@@ -45,7 +44,6 @@ impl Inserts {
         records: &[R],
     ) -> rusqlite::Result<()> {
         let transaction = connection.transaction()?;
-        let rollup = rollup::before_insert(&transaction)?;
         // Reused for every record's Time text, which SQLite copies when it is bound.
         let mut time = String::with_capacity(40);
         let mut rest = records;
@@ -73,7 +71,8 @@ impl Inserts {
                 bound = Some(chunk);
             }
         }
-        rollup::after_insert(&transaction, records, rollup)?;
+        // The rollup of these rows commits with them (`rollup.rs`).
+        rollup::after_insert(&transaction, records)?;
         let mut progress = transaction.prepare_cached(PROGRESS)?;
         for (segment, end) in spool_ends(records) {
             progress.execute(rusqlite::params![segment, sql_int(end)])?;

@@ -19,10 +19,14 @@ use super::schema;
 use crate::money::Usd;
 use crate::usage::record::UsageRecord;
 use crate::usage::sink::Entry;
+pub use histogram::Histogram;
+
+mod histogram;
+pub use histogram::{index as bucket, value as bucket_value, BUCKETS};
 
 /// Sums per hour and group.
 pub const HOURS: &str = "rollup_hours";
-/// Counts per day, histogram kind and bucket.
+/// One histogram per day and kind ([`Histogram`] as a blob).
 pub const MS: &str = "rollup_ms";
 /// `covered`: the last `records.id` summed into the rollup.
 pub const STATE: &str = "rollup_state";
@@ -37,8 +41,8 @@ pub(super) const TABLES: &str = "CREATE TABLE IF NOT EXISTS rollup_hours (Hour T
     TotalTokens INTEGER NOT NULL, CachedTokens INTEGER NOT NULL, ReasoningTokens INTEGER NOT NULL, \
     NoUsage INTEGER NOT NULL, Estimated INTEGER NOT NULL, CostNanos INTEGER NOT NULL, \
     Costed INTEGER NOT NULL, PRIMARY KEY (Hour, Model, KeyName, Backend)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rollup_ms (Day TEXT NOT NULL, Kind INTEGER NOT NULL, Bucket INTEGER NOT NULL, \
-    Count INTEGER NOT NULL, PRIMARY KEY (Day, Kind, Bucket)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_ms (Day TEXT NOT NULL, Kind INTEGER NOT NULL, Counts BLOB NOT NULL, \
+    UNIQUE (Day, Kind));
 CREATE TABLE IF NOT EXISTS rollup_state (Name TEXT PRIMARY KEY, Value INTEGER NOT NULL) WITHOUT ROWID;";
 
 /// The figures of a group, added up. Costs in whole nano-dollars, rounded per record as the report does.
@@ -142,7 +146,8 @@ pub struct Delta {
     /// Groups by the hash of their borrowed values, so a record only allocates when it starts a group.
     groups: HashMap<u64, Vec<(Group, Sums)>>,
     hasher: std::collections::hash_map::RandomState,
-    ms: HashMap<(String, i64, i64), i64>,
+    /// (day, kind, counts): a handful per batch.
+    ms: Vec<(String, i64, Histogram)>,
 }
 
 impl Delta {
@@ -169,12 +174,20 @@ impl Delta {
         let day = f.hour.get(..10).unwrap_or(f.hour);
         for (kind, ms) in [(LATENCY, f.latency_ms), (FIRST_TOKEN, f.first_token_ms)] {
             if let Some(ms) = ms {
-                *self
-                    .ms
-                    .entry((day.to_owned(), kind, bucket(ms)))
-                    .or_default() += 1;
+                self.histogram(day, kind).add(ms);
             }
         }
+    }
+
+    fn histogram(&mut self, day: &str, kind: i64) -> &mut Histogram {
+        let at = match self.ms.iter().position(|(d, k, _)| d == day && *k == kind) {
+            Some(at) => at,
+            None => {
+                self.ms.push((day.to_owned(), kind, Histogram::default()));
+                self.ms.len() - 1
+            }
+        };
+        &mut self.ms[at].2
     }
 
     fn write(&self, connection: &Connection, covered: i64) -> rusqlite::Result<()> {
@@ -198,9 +211,15 @@ impl Delta {
                 s.costed
             ])?;
         }
-        let mut ms = connection.prepare_cached(UPSERT_MS)?;
-        for ((day, kind, bucket), count) in &self.ms {
-            ms.execute(params![day, kind, bucket, count])?;
+        for (day, kind, counts) in &self.ms {
+            let mut select = connection.prepare_cached(SELECT_MS)?;
+            let stored: Option<Vec<u8>> = select
+                .query_row(params![day, kind], |r| r.get(0))
+                .optional()?;
+            let mut sum = stored.map_or_else(Histogram::default, |b| Histogram::from_blob(&b));
+            sum.merge(counts);
+            let mut upsert = connection.prepare_cached(UPSERT_MS)?;
+            upsert.execute(params![day, kind, sum.to_blob()])?;
         }
         connection.execute(SET_COVERED, [covered])?;
         Ok(())
@@ -216,31 +235,12 @@ const UPSERT_HOUR: &str = "INSERT INTO rollup_hours VALUES (?1, ?2, ?3, ?4, ?5, 
     ReasoningTokens = ReasoningTokens + excluded.ReasoningTokens, NoUsage = NoUsage + excluded.NoUsage, \
     Estimated = Estimated + excluded.Estimated, CostNanos = CostNanos + excluded.CostNanos, \
     Costed = Costed + excluded.Costed";
-const UPSERT_MS: &str = "INSERT INTO rollup_ms VALUES (?1, ?2, ?3, ?4) \
-    ON CONFLICT (Day, Kind, Bucket) DO UPDATE SET Count = Count + excluded.Count";
+const SELECT_MS: &str = "SELECT Counts FROM rollup_ms WHERE Day = ?1 AND Kind = ?2";
+const UPSERT_MS: &str = "INSERT INTO rollup_ms (Day, Kind, Counts) VALUES (?1, ?2, ?3) \
+    ON CONFLICT (Day, Kind) DO UPDATE SET Counts = excluded.Counts";
 const SET_COVERED: &str = "INSERT INTO rollup_state VALUES ('covered', ?1) \
     ON CONFLICT (Name) DO UPDATE SET Value = excluded.Value";
 pub const COVERED: &str = "SELECT Value FROM rollup_state WHERE Name = 'covered'";
-
-/// A latency's histogram bucket: exact below 100 ms, else its lower bound at two significant digits (so a
-/// percentile read from the histogram is within 5% of the exact one). Negative values count as 0.
-pub fn bucket(ms: i64) -> i64 {
-    let ms = ms.max(0);
-    let mut step = 1;
-    while ms / step >= 100 {
-        step *= 10;
-    }
-    ms / step * step
-}
-
-/// The value a bucket stands for: its middle (the bucket itself below 100 ms).
-pub fn bucket_value(bucket: i64) -> i64 {
-    let mut step = 1;
-    while bucket / step >= 100 {
-        step *= 10;
-    }
-    bucket + step / 2
-}
 
 /// The last id in `records` (0 when empty).
 fn last_id(connection: &Connection) -> rusqlite::Result<i64> {
@@ -255,22 +255,18 @@ pub fn covered(connection: &Connection) -> rusqlite::Result<i64> {
         .unwrap_or(0))
 }
 
-/// Before a batch's rows are inserted, in its transaction: where the rollup stands, and whether the rows
-/// about to be inserted follow it directly.
-pub(super) fn before_insert(connection: &Connection) -> rusqlite::Result<(i64, bool)> {
-    let covered = covered(connection)?;
-    Ok((covered, covered == last_id(connection)?))
-}
-
-/// After the batch's rows are inserted, in the same transaction: adds them (or everything after `covered`,
-/// when the rollup was behind) to the rollup.
+/// After a batch's rows are inserted, in the same transaction (so nothing is read before the write lock is
+/// held: a read first would risk SQLITE_BUSY_SNAPSHOT with two writers during an upgrade): adds them to the
+/// rollup, summed from memory when they follow what it holds (a batch's rows have consecutive ids, the file being
+/// locked), else read back with everything after what it holds.
 pub(super) fn after_insert<R: Entry>(
     connection: &Connection,
     records: &[R],
-    (covered, in_step): (i64, bool),
 ) -> rusqlite::Result<()> {
+    let covered = covered(connection)?;
+    let last = last_id(connection)?;
     let mut delta = Delta::default();
-    if in_step {
+    if covered == last - records.len() as i64 {
         let mut hour = [0u8; 13];
         for r in records {
             let r = r.record();
@@ -279,7 +275,7 @@ pub(super) fn after_insert<R: Entry>(
     } else {
         read_after(connection, covered, &mut |f| delta.add(f))?;
     }
-    delta.write(connection, last_id(connection)?)
+    delta.write(connection, last)
 }
 
 /// `YYYY-MM-DDTHH` of the record's local time, as the start of its Time text.
@@ -429,8 +425,8 @@ impl Delta {
         self.groups.values().flatten()
     }
 
-    /// Every (day, kind, bucket) with its count.
-    pub fn histograms(&self) -> impl Iterator<Item = (&(String, i64, i64), &i64)> {
+    /// Every (day, kind) with its histogram.
+    pub fn histograms(&self) -> impl Iterator<Item = &(String, i64, Histogram)> {
         self.ms.iter()
     }
 }
