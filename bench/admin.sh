@@ -96,13 +96,30 @@ done
 usage=$(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $KEY" "$ADMIN/api/usage?from=2026-11-01&to=2026-11-30&by=day,model")
 echo "| \`/api/usage?from=2026-11-01&to=2026-11-30&by=day,model\` (exact, every row's index entry) | $(awk -v t="$usage" 'BEGIN { printf "%.1f", t * 1000 }') |"
 
-# An admin client reloading $1 every 100 ms until killed.
-reload_loop() {
-    while true; do
-        curl -s -o /dev/null -H "Authorization: Bearer $KEY" "$1"
-        sleep 0.1
+# An admin client reloading $1 every 100 ms until killed, on one keep-alive connection (a curl per reload
+# would cost the load core more than the page costs gpt-api).
+cat >"$TMP/reload.py" <<'EOF'
+import http.client, sys, time, urllib.parse
+url = urllib.parse.urlsplit(sys.argv[1])
+conn = http.client.HTTPConnection(url.hostname, url.port)
+while True:
+    conn.request("GET", url.path + "?" + url.query, headers={"Authorization": "Bearer " + sys.argv[2]})
+    conn.getresponse().read()
+    time.sleep(0.1)
+EOF
+
+# CPU seconds of gpt-api's admin threads so far (its service thread and its blocking pool's), in clock ticks.
+GPT_PID=${PIDS[1]}
+admin_cpu() {
+    local total=0 t
+    for t in /proc/"$GPT_PID"/task/*; do
+        case $(cat "$t/comm" 2>/dev/null) in
+            admin|tokio-rt-worker) total=$((total + $(awk '{ print $14 + $15 }' "$t/stat"))) ;;
+        esac
     done
+    echo "$total"
 }
+TICKS=$(getconf CLK_TCK)
 
 run_wrk() {
     taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${SECS}s" -s "$TMP/fast.lua" "http://127.0.0.1:$PORT/v1/chat/completions" \
@@ -111,17 +128,24 @@ run_wrk() {
 
 taskset -c "$LOAD_CPU" wrk -t1 -c64 -d2s -s "$TMP/fast.lua" "http://127.0.0.1:$PORT/v1/chat/completions" >/dev/null
 echo
-echo "| round | no admin client (req/s) | overview every 100 ms (req/s) | requests page every 100 ms (req/s) |"
+# One wrk run while an admin client reloads $1 (none when empty): "req/s (admin CPU ms)".
+with_admin() {
+    local loop="" before after rps
+    if [[ -n $1 ]]; then
+        taskset -c "$LOAD_CPU" python3 "$TMP/reload.py" "$1" "$KEY" &
+        loop=$!
+    fi
+    before=$(admin_cpu)
+    rps=$(run_wrk)
+    after=$(admin_cpu)
+    if [[ -n $loop ]]; then kill "$loop"; wait "$loop" 2>/dev/null || true; fi
+    echo "$rps ($(( (after - before) * 1000 / TICKS )) ms)"
+}
+
+echo "gpt-api's requests/s over ${SECS} s (\`wrk -t1 -c64\`), and in brackets the CPU time its admin threads used meanwhile:"
+echo
+echo "| round | no admin client | overview every 100 ms | requests page every 100 ms |"
 echo "| --- | --- | --- | --- |"
 for round in $(seq "$ROUNDS"); do
-    base=$(run_wrk)
-    taskset -c "$LOAD_CPU" bash -c "$(declare -f reload_loop); KEY=$KEY reload_loop '$OVERVIEW'" &
-    loop=$!
-    over=$(run_wrk)
-    kill "$loop"; wait "$loop" 2>/dev/null || true
-    taskset -c "$LOAD_CPU" bash -c "$(declare -f reload_loop); KEY=$KEY reload_loop '$REQUESTS'" &
-    loop=$!
-    reqs=$(run_wrk)
-    kill "$loop"; wait "$loop" 2>/dev/null || true
-    echo "| $round | $base | $over | $reqs |"
+    echo "| $round | $(with_admin "") | $(with_admin "$OVERVIEW") | $(with_admin "$REQUESTS") |"
 done

@@ -70,8 +70,31 @@ pub struct Recent {
     pub p50_ms: Option<u32>,
 }
 
-/// The records of the last [`RECENT`] by backend (read through `idx_records_scan`: a few thousand index rows).
-pub fn recent(files: &Files, now: DateTime<Local>) -> Result<HashMap<String, Recent>, QueryError> {
+/// The newest records read for the recent figures at most: a busy gateway writes millions in five minutes, and
+/// the figures of the newest 50,000 tell as much at a bounded cost (~5 ms).
+pub const RECENT_RECORDS: usize = 50_000;
+
+/// The recent figures by backend, and what they cover.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecentWindow {
+    pub backends: HashMap<String, Recent>,
+    /// Seconds covered: [`RECENT`], or less when the newest [`RECENT_RECORDS`] go back less far.
+    pub seconds: u64,
+    /// The window was cut at [`RECENT_RECORDS`].
+    pub sampled: bool,
+}
+
+/// The records of the last [`RECENT`] by backend, newest first, at most [`RECENT_RECORDS`] of them (read through
+/// `idx_records_scan` backwards: no table row).
+pub fn recent(files: &Files, now: DateTime<Local>) -> Result<RecentWindow, QueryError> {
+    recent_within(files, now, RECENT_RECORDS)
+}
+
+fn recent_within(
+    files: &Files,
+    now: DateTime<Local>,
+    most: usize,
+) -> Result<RecentWindow, QueryError> {
     let since = now - chrono::Duration::from_std(RECENT).unwrap_or_default();
     let lower = since.format("%Y-%m-%dT%H:%M:%S").to_string();
     let mut months = vec![Month::of(&now.fixed_offset())];
@@ -80,23 +103,31 @@ pub fn recent(files: &Files, now: DateTime<Local>) -> Result<HashMap<String, Rec
         months.push(first);
     }
     let mut latencies: HashMap<String, (Recent, Vec<u32>)> = HashMap::new();
+    let mut read_so_far = 0usize;
+    let mut oldest: Option<String> = None;
     for month in months {
         let Some(file) = files.open(month)? else {
             continue;
         };
+        let left = most - read_so_far;
         let mut read = || -> rusqlite::Result<()> {
             let c = &file.connection;
             if !has_table(c, "records")? {
                 return Ok(());
             }
-            let sql = "SELECT Backend, Status, Error IS NOT NULL, LatencyMs FROM records WHERE Time >= ?1";
-            let mut select = c.prepare(sql)?;
+            let sql = format!(
+                "SELECT Time, Backend, Status, Error IS NOT NULL, LatencyMs FROM records WHERE Time >= ?1 \
+                 ORDER BY Time DESC LIMIT {left}"
+            );
+            let mut select = c.prepare(&sql)?;
             let mut rows = select.query([&lower])?;
             while let Some(r) = rows.next()? {
-                let backend: Option<String> = r.get(0)?;
-                let status: Option<i64> = r.get(1)?;
-                let failed: bool = r.get(2)?;
-                let latency: Option<i64> = r.get(3)?;
+                read_so_far += 1;
+                oldest = r.get(0)?;
+                let backend: Option<String> = r.get(1)?;
+                let status: Option<i64> = r.get(2)?;
+                let failed: bool = r.get(3)?;
+                let latency: Option<i64> = r.get(4)?;
                 let entry = latencies.entry(backend.unwrap_or_default()).or_default();
                 entry.0.requests += 1;
                 entry.0.errors += i64::from(failed || status.is_some_and(|s| s >= 400));
@@ -107,18 +138,32 @@ pub fn recent(files: &Files, now: DateTime<Local>) -> Result<HashMap<String, Rec
             Ok(())
         };
         read().map_err(QueryError::read(&file.path))?;
+        if read_so_far >= most {
+            break;
+        }
     }
-    Ok(latencies
+    let sampled = read_so_far >= most;
+    let covered = oldest
+        .filter(|_| sampled)
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| (now.fixed_offset() - t).num_seconds().max(0) as u64);
+    let backends = latencies
         .into_iter()
         .map(|(name, (mut recent, mut ms))| {
             ms.sort_unstable();
             recent.p50_ms = nearest_rank(&ms, 50);
             (name, recent)
         })
-        .collect())
+        .collect();
+    Ok(RecentWindow {
+        backends,
+        seconds: covered.unwrap_or(RECENT.as_secs()),
+        sampled,
+    })
 }
 
-pub fn backends_json(backends: &[BackendState], recent: &HashMap<String, Recent>) -> Value {
+pub fn backends_json(backends: &[BackendState], window: &RecentWindow) -> Value {
+    let recent = &window.backends;
     let rows: Vec<Value> = backends
         .iter()
         .map(|b| {
@@ -134,7 +179,8 @@ pub fn backends_json(backends: &[BackendState], recent: &HashMap<String, Recent>
                 "cooling_until": b.cooling_until.map(|t| t.to_rfc3339()),
                 "in_flight": b.in_flight,
                 "recent": {
-                    "seconds": RECENT.as_secs(),
+                    "seconds": window.seconds,
+                    "sampled": window.sampled,
                     "requests": r.requests,
                     "errors": r.errors,
                     "error_rate": rate(r.errors, r.requests),
@@ -213,4 +259,46 @@ pub fn keys_json(keys: &[KeyState], usage: &HashMap<String, (Sums, Sums)>, auth:
         })
         .collect();
     json!({ "auth": auth, "keys": rows })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::usage::sqlite::tests::record;
+    use crate::usage::Store;
+
+    #[test]
+    fn recent_figures_cover_five_minutes_or_the_newest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Local::now();
+        let records: Vec<_> = (0..40)
+            .map(|i| {
+                let mut r = record("2026-11-26T13:05:09.123+08:00");
+                r.time = (now - chrono::Duration::seconds(i * 10)).fixed_offset();
+                r.backend = Some(if i % 2 == 0 { "a" } else { "b" }.into());
+                r.status = if i % 4 == 0 { 500 } else { 200 };
+                r.latency_ms = 100 + i as u64;
+                r
+            })
+            .collect();
+        Store::new(dir.path()).write(&records).unwrap();
+        let files = Files {
+            dir: dir.path().to_path_buf(),
+        };
+        let all = recent_within(&files, now, 1000).unwrap();
+        assert!(!all.sampled);
+        assert_eq!(all.seconds, 300);
+        let a = &all.backends["a"];
+        // 0, 10, ..., 300 s ago (the window starts at the whole second): every other one is a's.
+        assert_eq!((a.requests, a.errors), (16, 8));
+        assert_eq!(all.backends["b"].requests, 15);
+        let newest = recent_within(&files, now, 6).unwrap();
+        assert!(newest.sampled);
+        assert!((49..=52).contains(&newest.seconds), "{}", newest.seconds);
+        assert_eq!(
+            newest.backends["a"].requests + newest.backends["b"].requests,
+            6
+        );
+    }
 }

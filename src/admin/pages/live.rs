@@ -5,7 +5,7 @@
 
 use super::{end, layout, Problem};
 use crate::admin::html::{count, millis, percent, usd, Html};
-use crate::admin::live::{key_usage, recent, RECENT};
+use crate::admin::live::{key_usage, recent, RECENT, RECENT_RECORDS};
 use crate::admin::overview::cost;
 use crate::admin::Admin;
 use crate::config::Config;
@@ -25,8 +25,17 @@ pub async fn backends(admin: &Admin, config: &Config) -> Result<String, Problem>
     let recent = admin.blocking(move || recent(&files, now)).await?;
     let mut h = layout("Backends", "/backends");
     h.el("h1", &[], "Backends");
-    let minutes = RECENT.as_secs() / 60;
-    h.el("p", &[("class", Some("muted"))], &format!("Health now; requests, error rate and p50 latency over the last {minutes} minutes (from the records)."));
+    let window = match recent.sampled {
+        false => format!("the last {} minutes", RECENT.as_secs() / 60),
+        true => format!(
+            "the newest {RECENT_RECORDS} records (the last {} s)",
+            recent.seconds
+        ),
+    };
+    let note = format!(
+        "Health now; requests, error rate and p50 latency over {window}, from the records."
+    );
+    h.el("p", &[("class", Some("muted"))], &note);
     h.raw("<div class=\"scroll\"><table id=\"backends\">");
     th(
         &mut h,
@@ -43,7 +52,7 @@ pub async fn backends(admin: &Admin, config: &Config) -> Result<String, Problem>
         ],
     );
     for b in &backends {
-        let r = recent.get(&b.name).cloned().unwrap_or_default();
+        let r = recent.backends.get(&b.name).cloned().unwrap_or_default();
         h.raw("<tr>").el("td", &[], &b.name);
         h.el("td", &[("class", Some("num"))], &b.priority.to_string());
         match b.cooling_until {
