@@ -108,16 +108,19 @@ while True:
     time.sleep(0.1)
 EOF
 
-# CPU seconds of gpt-api's admin threads so far (its service thread and its blocking pool's), in clock ticks.
+# "tid ticks" of gpt-api's admin threads (its service thread and its blocking pool's): CPU time in clock ticks.
 GPT_PID=${PIDS[1]}
-admin_cpu() {
-    local total=0 t
+admin_threads() {
+    local t
     for t in /proc/"$GPT_PID"/task/*; do
         case $(cat "$t/comm" 2>/dev/null) in
-            admin|tokio-rt-worker) total=$((total + $(awk '{ print $14 + $15 }' "$t/stat"))) ;;
+            admin|tokio-rt-worker) echo "${t##*/} $(awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null)" ;;
         esac
     done
-    echo "$total"
+}
+# The ticks used between two snapshots (a blocking thread that ended in between is missed: they idle 10 s first).
+admin_ticks() {
+    awk 'NR == FNR { before[$1] = $2; next } { used += $2 - before[$1] } END { print used + 0 }' "$1" "$2"
 }
 TICKS=$(getconf CLK_TCK)
 
@@ -130,16 +133,16 @@ taskset -c "$LOAD_CPU" wrk -t1 -c64 -d2s -s "$TMP/fast.lua" "http://127.0.0.1:$P
 echo
 # One wrk run while an admin client reloads $1 (none when empty): "req/s (admin CPU ms)".
 with_admin() {
-    local loop="" before after rps
+    local loop="" rps
     if [[ -n $1 ]]; then
         taskset -c "$LOAD_CPU" python3 "$TMP/reload.py" "$1" "$KEY" &
         loop=$!
     fi
-    before=$(admin_cpu)
+    admin_threads >"$TMP/before"
     rps=$(run_wrk)
-    after=$(admin_cpu)
+    admin_threads >"$TMP/after"
     if [[ -n $loop ]]; then kill "$loop"; wait "$loop" 2>/dev/null || true; fi
-    echo "$rps ($(( (after - before) * 1000 / TICKS )) ms)"
+    echo "$rps ($(( $(admin_ticks "$TMP/before" "$TMP/after") * 1000 / TICKS )) ms)"
 }
 
 echo "gpt-api's requests/s over ${SECS} s (\`wrk -t1 -c64\`), and in brackets the CPU time its admin threads used meanwhile:"
@@ -148,4 +151,14 @@ echo "| round | no admin client | overview every 100 ms | requests page every 10
 echo "| --- | --- | --- | --- |"
 for round in $(seq "$ROUNDS"); do
     echo "| $round | $(with_admin "") | $(with_admin "$OVERVIEW") | $(with_admin "$REQUESTS") |"
+done
+
+echo
+echo "After the runs, with this month's file holding $(curl -s -H "Authorization: Bearer $KEY" "$ADMIN/api/overview?range=month" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["total"]["requests"])') records of its own:"
+echo
+echo "| call | ms |"
+echo "| --- | --- |"
+for url in "$ADMIN/requests" "$ADMIN/requests?model=o3-mini" "$ADMIN/requests?model=none-such" "$ADMIN/backends"; do
+    echo "| \`${url#"$ADMIN"}\` | $(time_ms "$url") |"
 done
