@@ -67,6 +67,13 @@ try:
     found["top_models_text"] = driver.find_element(By.ID, "top-models").text
     found["injected_elements"] = len(driver.find_elements(By.CSS_SELECTOR, "main img, main script"))
 
+    found["light_background"] = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+    dark = {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", dark)
+    visit("overview-dark", "/?range=30d")
+    found["dark_background"] = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
     driver.set_window_size(390, 844)
     visit("overview-phone", "/?range=30d")
     found["phone_overflow"] = driver.execute_script(
