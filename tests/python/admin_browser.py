@@ -8,6 +8,7 @@ argv[1]: JSON {"base": URL, "key": admin key, "shots": dir, "record": id of a ho
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -19,11 +20,12 @@ args = json.loads(sys.argv[1])
 base = args["base"]
 os.makedirs(args["shots"], exist_ok=True)
 
+profile = tempfile.mkdtemp(prefix="gpt-api-chromium-")
 options = webdriver.ChromeOptions()
 for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", "--window-size=1280,1000",
-             "--user-data-dir=" + tempfile.mkdtemp(prefix="gpt-api-chromium-")]:
+             "--user-data-dir=" + profile]:
     options.add_argument(flag)
 options.binary_location = "/usr/bin/chromium"
 options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -110,5 +112,6 @@ try:
         found["alert"] = False
 finally:
     driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
 
 print(json.dumps(found))
