@@ -34,6 +34,13 @@ impl ClientHealth {
         self.cooled_until_ms.load(Ordering::Relaxed) > self.now_ms()
     }
 
+    /// How long the cooldown still lasts; `None` when not cooling.
+    pub fn cooling_for(&self) -> Option<Duration> {
+        let until = self.cooled_until_ms.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
     /// Failures in a row so far.
     pub fn failures(&self) -> u32 {
         self.failures.load(Ordering::Relaxed)
@@ -107,7 +114,13 @@ mod tests {
         assert!(!h.is_cooling());
         assert!(h.record_failure(POLICY, None));
         assert!(h.is_cooling());
+        let left = h.cooling_for().unwrap();
+        assert!(
+            left > Duration::from_secs(29) && left <= POLICY.cooldown,
+            "{left:?}"
+        );
         h.record_success();
+        assert_eq!(h.cooling_for(), None);
         assert!(!h.is_cooling());
         assert_eq!(h.failures(), 0);
     }

@@ -34,10 +34,13 @@
 //! - `failover`  the order of attempts (candidates by priority, then fallback models, bounded hops) and the
 //!   attempt's life as one state machine (`failover::attempt`);
 //! - `accounting` what a finished request cost: tokens counted when none were reported, price, budget, metric;
+//! - `admin/`    the admin page on `server.admin_listen`: overview, requests, backends, keys, and its JSON API,
+//!   read from the monthly files (their hourly rollup) and the running gateway (`admin::Live`);
 //! - `proxy/`    the only code that touches Pingora: the `ProxyHttp` hooks handing off to one module per phase
 //!   (admit, attempt, response, finish), the per-request state, the edge loop, server and services.
 
 pub(crate) mod accounting;
+pub mod admin;
 pub(crate) mod auth;
 pub mod balance;
 pub(crate) mod client_ip;

@@ -237,6 +237,17 @@ impl Limiter {
         self.local.spent(key, Period::of(&now))
     }
 
+    /// What is left of `key`'s rpm and tpm now by this process's count (the admin page's keys; with a shared
+    /// store, the other nodes' requests are not in it).
+    pub fn left(&self, key: &KeyInfo, now: Instant) -> Quota {
+        let limits = Limits {
+            rpm: key.rpm(),
+            tpm: key.tpm(),
+            max_concurrent: None,
+        };
+        self.local.left(&key.name, limits, now)
+    }
+
     /// Adds the tokens of a finished request (from streamed or JSON usage) to the key's tpm window.
     pub fn add_tokens(&self, key: &KeyInfo, tokens: u64, now: Instant) {
         if tokens == 0 || key.tpm().is_none() {

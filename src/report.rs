@@ -315,6 +315,11 @@ pub fn run(
     })
 }
 
+/// The report as `--format json` prints it (also the admin page's `/api/usage`).
+pub fn json(report: &Report) -> String {
+    render::json(report)
+}
+
 /// Reads the records of `range` from the month files in `dirs` and groups them by `by`.
 pub fn collect(dirs: &[PathBuf], range: Range, by: &[Dim]) -> Result<Report, ReportError> {
     summarize(&mut MonthFiles::new(dirs)?, range, by)

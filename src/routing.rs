@@ -176,6 +176,15 @@ impl Router {
     pub fn clients(&self) -> &[Arc<Client>] {
         &self.clients
     }
+
+    /// Every client with its health and load, in [`Router::clients`] order (the admin page's backends).
+    pub fn states(&self) -> impl Iterator<Item = (&Arc<Client>, &ClientHealth, &ClientLoad)> {
+        self.clients
+            .iter()
+            .zip(&self.health)
+            .zip(&self.loads)
+            .map(|((c, h), l)| (c, h.as_ref(), l.as_ref()))
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_yaml::{Mapping, Value};
 
+use super::admin::{compile_admin, report_shared_key};
 use super::auth::{compile_auth, keyless_clients, report_budgets_without_records, report_keyless};
 use super::client::compile_clients;
 use super::cluster::{compile_cluster, compile_postgres_url};
@@ -56,6 +57,7 @@ pub(super) fn compile(
     if auth.is_some() {
         report_keyless(&keyless, &mut errors);
     }
+    report_shared_key(server.admin.as_ref(), auth.as_ref(), &mut errors);
     if !usage.enabled {
         report_budgets_without_records(auth.as_ref(), &mut errors);
     }
@@ -188,6 +190,11 @@ fn compile_server(server: file::ServerFile, errors: &mut Errors) -> ServerSettin
     );
     let tls = server.tls.and_then(|tls| compile_tls(tls, &mut s));
     let metrics_listen = metrics_listen(&mut s, server.metrics_listen, &listen);
+    let taken = [
+        ("listen", Some(listen.as_str())),
+        ("metrics_listen", metrics_listen.as_deref()),
+    ];
+    let admin = compile_admin(&mut s, server.admin_listen, server.admin_key, &taken);
     ServerSettings {
         listen,
         max_body_bytes: usize::try_from(max).unwrap_or(usize::MAX),
@@ -204,6 +211,7 @@ fn compile_server(server: file::ServerFile, errors: &mut Errors) -> ServerSettin
         )),
         tls,
         metrics_listen,
+        admin,
         trusted_proxies: trusted_proxies(&mut s, server.trusted_proxies.unwrap_or_default()),
         max_header_bytes: size(
             &mut s,

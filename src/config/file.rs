@@ -80,6 +80,8 @@ pub(super) struct ServerFile {
     pub client_header_timeout_ms: Option<i64>,
     pub client_body_timeout_ms: Option<i64>,
     pub send_timeout_ms: Option<i64>,
+    pub admin_listen: Option<String>,
+    pub admin_key: Option<String>,
 }
 
 /// `server.tls`: serve HTTPS (HTTP/2 and HTTP/1.1 through ALPN) with this PEM certificate chain and key.
@@ -195,6 +197,8 @@ const SERVER: Shape = Shape::Section(&[
     ("client_header_timeout_ms", Shape::Int),
     ("client_body_timeout_ms", Shape::Int),
     ("send_timeout_ms", Shape::Int),
+    ("admin_listen", Shape::Str),
+    ("admin_key", Shape::Str),
 ]);
 
 const TLS: Shape = Shape::Section(&[("cert_path", Shape::Str), ("key_path", Shape::Str)]);

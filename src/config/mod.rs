@@ -6,8 +6,9 @@
 //! `auth.rs` the `auth:` gateway keys; `logging.rs` the `logging:` section and `server.metrics_listen`;
 //! `pricing.rs` the `pricing:` section, the price file format and the shipped `config/prices.yaml`;
 //! `routing.rs` the `routing:` section and each client's `balance`; `cluster.rs` the `cluster:` section and
-//! `usage.postgres_url`).
+//! `usage.postgres_url`; `admin.rs` `server.admin_listen` and `server.admin_key`).
 
+mod admin;
 mod auth;
 mod base_url;
 mod client;
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use admin::AdminSettings;
 pub use auth::{AuthSettings, Budget, KeyChanges, KeySettings};
 pub use base_url::{mask_userinfo, BaseUrl, BaseUrlError};
 pub use cluster::{ClusterSettings, OnRedisDown, RedisSettings};
@@ -102,6 +104,9 @@ pub struct ServerSettings {
     /// `server.metrics_listen`: where Prometheus metrics are served (`GET /metrics`); `None`: not served.
     /// Read at startup only.
     pub metrics_listen: Option<String>,
+    /// `server.admin_listen` and `server.admin_key`: the admin page; `None`: not served. The address
+    /// is read at startup; the key is the config's in force (a reload that changes it ends every session).
+    pub admin: Option<AdminSettings>,
     /// `server.trusted_proxies`: peers whose `X-Forwarded-For` is believed (empty: none, the socket peer is
     /// the caller).
     pub trusted_proxies: Vec<ipnet::IpNet>,

@@ -5,10 +5,11 @@
 //! is `ctx.rs`. Around them: `gateway.rs` (shared state), `caller.rs` (the caller's address), `body.rs` and
 //! `replay.rs` (reading the body before routing; Pingora internals), `upstream.rs` (peer and request head),
 //! `respond.rs` (local JSON answers), `models.rs` (`/v1/models`), `reload.rs` and `watch.rs` (config and
-//! certificate reloads), `server.rs` (Pingora server and services), `listen.rs` (listening sockets bound
+//! certificate reloads), `server.rs` (Pingora server and services), `admin.rs` (the admin page's service and live state), `listen.rs` (listening sockets bound
 //! before Pingora would), `framing.rs` (request framing checks, HTTP/1.0), `edge.rs` and `guard.rs` (the
 //! connection loop before Pingora's: request head limits, send timeout).
 
+mod admin;
 mod admit;
 mod attempt;
 mod body;

@@ -177,6 +177,10 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
             certs: certs.clone(),
         },
     ));
+    if let Some(admin) = &gateway.runtime().config.server.admin {
+        let service = super::admin::service(gateway.clone(), &admin.listen, admin.is_loopback());
+        server.add_service(Prebound::new(service, args.upgrade)?);
+    }
     let proxy = http_proxy(&server.configuration, Proxy(gateway.clone()));
     let mut service = Service::new(
         "Pingora HTTP Proxy Service".to_string(),

@@ -190,6 +190,22 @@ impl MemoryStore {
         bucket.tokens = bucket.tokens.saturating_add(tokens);
     }
 
+    /// What is left of `key`'s rpm and tpm now, counting nothing (the admin page's keys).
+    pub fn left(&self, key: &str, limits: Limits, now: Instant) -> Quota {
+        let window = self.window(key);
+        let window = window.lock().unwrap_or_else(PoisonError::into_inner);
+        let (requests, tokens) = window.totals(self.since_origin(now).as_secs());
+        Quota {
+            limit_requests: limits.rpm,
+            remaining_requests: limits.rpm.map(|limit| {
+                u32::try_from(u64::from(limit).saturating_sub(requests)).unwrap_or(limit)
+            }),
+            limit_tokens: limits.tpm,
+            remaining_tokens: limits.tpm.map(|limit| limit.saturating_sub(tokens)),
+            ..Quota::default()
+        }
+    }
+
     /// Also makes the kept keys' windows, so that a new key's first request does not copy the map. Slots
     /// in use are kept for every key (their requests still end).
     pub fn release(&self, keep: &[&str]) {

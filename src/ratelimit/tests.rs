@@ -410,3 +410,29 @@ fn a_key_without_limits_is_admitted_with_nothing_held() {
     let a = admit(&limiter, &key(None, None), "a", 1).unwrap();
     assert!(a.headers.is_empty() && a.slot.is_none() && a.reservation.is_none());
 }
+
+#[test]
+fn what_is_left_is_read_without_counting() {
+    let (limiter, at) = clock();
+    let key = key(Some(3), Some(100));
+    assert!(limiter.check(&key, at(0.5)).is_allowed());
+    limiter.add_tokens(&key, 40, at(0.6));
+    for _ in 0..3 {
+        let left = limiter.left(&key, at(1.0));
+        assert_eq!(left.remaining_requests, Some(2));
+        assert_eq!(left.remaining_tokens, Some(60));
+        assert_eq!(
+            (left.limit_requests, left.limit_tokens),
+            (Some(3), Some(100))
+        );
+    }
+    let later = limiter.left(&key, at(61.0));
+    assert_eq!(
+        (later.remaining_requests, later.remaining_tokens),
+        (Some(3), Some(100))
+    );
+    assert_eq!(
+        limiter.left(&self::key(None, None), at(1.0)),
+        Quota::default()
+    );
+}

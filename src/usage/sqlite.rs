@@ -16,6 +16,7 @@ use super::sink::{BatchError, Entry, Sink};
 use insert::Inserts;
 
 mod insert;
+pub mod rollup;
 pub mod schema;
 pub mod spend;
 
@@ -280,4 +281,4 @@ fn open(dir: &Path, path: &Path, month: Month) -> Result<Connection, StoreError>
 }
 
 #[cfg(test)]
-pub(super) mod tests;
+pub(crate) mod tests;

@@ -1,4 +1,5 @@
-//! The Python clients' interpreter: a virtualenv under `target/` with a pinned `openai`, made once per checkout.
+//! The Python clients' interpreters: virtualenvs under `target/` with pinned packages (`openai` for the SDK
+//! tests, `selenium` for the admin page's browser tests), each made once per checkout.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,13 +18,18 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
-/// `target/py-venv/bin/python`, with `openai` installed; made on first use. Test processes run in parallel:
-/// one makes it under a lock directory (created atomically), the others wait for its ready marker.
+/// `target/py-venv/bin/python`, with `openai` installed; made on first use.
 pub fn python() -> PathBuf {
-    let venv = target_dir().join("py-venv");
-    let ready = venv.join(format!(".ready-{OPENAI}"));
+    python_with("py-venv", OPENAI)
+}
+
+/// `target/<name>/bin/python`, with `requirement` installed; made on first use. Test processes run in parallel:
+/// one makes it under a lock directory (created atomically), the others wait for its ready marker.
+pub fn python_with(name: &str, requirement: &str) -> PathBuf {
+    let venv = target_dir().join(name);
+    let ready = venv.join(format!(".ready-{requirement}"));
     let bin = venv.join("bin/python");
-    let lock = target_dir().join("py-venv.lock");
+    let lock = target_dir().join(format!("{name}.lock"));
     let deadline = Instant::now() + SETUP_TIMEOUT;
     loop {
         if ready.exists() {
@@ -32,7 +38,7 @@ pub fn python() -> PathBuf {
         std::fs::create_dir_all(target_dir()).expect("create target/");
         match std::fs::create_dir(&lock) {
             Ok(()) => {
-                let made = make(&venv, &bin);
+                let made = make(&venv, &bin, requirement);
                 let _ = std::fs::remove_dir(&lock);
                 if let Err(why) = made {
                     panic!(
@@ -62,7 +68,7 @@ pub fn python() -> PathBuf {
     }
 }
 
-fn make(venv: &Path, bin: &Path) -> Result<(), String> {
+fn make(venv: &Path, bin: &Path, requirement: &str) -> Result<(), String> {
     run(Command::new("python3")
         .args(["-m", "venv", "--clear"])
         .arg(venv))
@@ -75,7 +81,7 @@ fn make(venv: &Path, bin: &Path) -> Result<(), String> {
         "install",
         "-q",
         "--disable-pip-version-check",
-        OPENAI,
+        requirement,
     ]))
 }
 

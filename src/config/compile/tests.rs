@@ -170,7 +170,7 @@ fn unset_variable_names_the_field() {
 fn bad_server_and_usage_values_are_reported_with_their_paths() {
     let text = "server: {listen: 'localhost', lisen: 1}\nopenai_clients: []\nx: 1";
     let expected = [
-            "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies, max_header_bytes, client_header_timeout_ms, client_body_timeout_ms, send_timeout_ms",
+            "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies, max_header_bytes, client_header_timeout_ms, client_body_timeout_ms, send_timeout_ms, admin_listen, admin_key",
             "x: unknown field, expected one of openai_clients, server, usage, failover, auth, logging, pricing, routing, cluster",
             "server.listen: expected an address such as 0.0.0.0:8000, not \"localhost\"",
         ];

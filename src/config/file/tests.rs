@@ -38,7 +38,7 @@ openai_clients:
     failure_threshold: 8
     cooldown_seconds: 9
     retry_on: [500]
-server: {listen: "127.0.0.1:1", max_body_bytes: 3, expose_backend_header: false, models_timeout_ms: 4, models_cache_seconds: 5, tls: {cert_path: c.pem, key_path: k.pem}, metrics_listen: "127.0.0.1:2", max_header_bytes: 6, client_header_timeout_ms: 7, client_body_timeout_ms: 8, send_timeout_ms: 9}
+server: {listen: "127.0.0.1:1", max_body_bytes: 3, expose_backend_header: false, models_timeout_ms: 4, models_cache_seconds: 5, tls: {cert_path: c.pem, key_path: k.pem}, metrics_listen: "127.0.0.1:2", max_header_bytes: 6, client_header_timeout_ms: 7, client_body_timeout_ms: 8, send_timeout_ms: 9, admin_listen: "127.0.0.1:3", admin_key: adm}
 failover: {max_fallback_hops: 1, failure_threshold: 2, cooldown_seconds: 3, retry_on: [429]}
 usage:
   dir: db
@@ -95,7 +95,9 @@ fn schema_and_structs_agree() {
             "max_header_bytes",
             "client_header_timeout_ms",
             "client_body_timeout_ms",
-            "send_timeout_ms"
+            "send_timeout_ms",
+            "admin_listen",
+            "admin_key"
         ]
     );
     assert_eq!(server.expose_backend_header, Some(false));
@@ -141,7 +143,7 @@ fn unknown_keys_and_wrong_types_are_reported_at_their_paths_and_removed() {
                 "openai_clients[0].model_match.type: expected a string",
                 "openai_clients[0].model_match.valu: unknown field, expected one of type, value",
                 "openai_clients[1]: expected a mapping",
-                "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies, max_header_bytes, client_header_timeout_ms, client_body_timeout_ms, send_timeout_ms",
+                "server.lisen: unknown field, expected one of listen, max_body_bytes, expose_backend_header, models_timeout_ms, models_cache_seconds, tls, metrics_listen, trusted_proxies, max_header_bytes, client_header_timeout_ms, client_body_timeout_ms, send_timeout_ms, admin_listen, admin_key",
                 "extra: unknown field, expected one of openai_clients, server, usage, failover, auth, logging, pricing, routing, cluster",
                 "usage.record_bodies: expected true or false",
                 "usage.batch: unknown field, expected one of dir, enabled, record_bodies, max_body_bytes, batch_size, flush_interval_ms, queue_capacity, queue_max_mb, postgres_url",

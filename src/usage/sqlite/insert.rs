@@ -3,6 +3,7 @@
 use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat, Timelike};
 use rusqlite::{Connection, Statement};
 
+use super::rollup;
 use super::schema::{COLUMNS, TABLE};
 use crate::usage::record::UsageRecord;
 use crate::usage::sink::Entry;
@@ -70,6 +71,8 @@ impl Inserts {
                 bound = Some(chunk);
             }
         }
+        // The rollup of these rows commits with them (`rollup.rs`).
+        rollup::after_insert(&transaction, records)?;
         let mut progress = transaction.prepare_cached(PROGRESS)?;
         for (segment, end) in spool_ends(records) {
             progress.execute(rusqlite::params![segment, sql_int(end)])?;
