@@ -232,7 +232,6 @@ impl Limiter {
     }
 
     /// What `key` spent today and this month by this process's count, and its reservations in flight.
-    #[cfg(test)]
     pub fn spent(&self, key: &str, now: DateTime<Local>) -> (Spent, Usd) {
         self.local.spent(key, Period::of(&now))
     }

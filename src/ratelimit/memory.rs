@@ -243,7 +243,6 @@ impl MemoryStore {
     }
 
     /// What `key` spent in `period`, and its reservations in flight.
-    #[cfg(test)]
     pub fn spent(&self, key: &str, period: Period) -> (Spent, Usd) {
         self.spending(key, period, |s| (s.spent, s.reserved))
     }
