@@ -131,27 +131,46 @@ run_wrk() {
 
 taskset -c "$LOAD_CPU" wrk -t1 -c64 -d2s -s "$TMP/fast.lua" "http://127.0.0.1:$PORT/v1/chat/completions" >/dev/null
 echo
-# One wrk run while an admin client reloads $1 (none when empty): "req/s (admin CPU ms)".
+# gpt-api's whole CPU time so far, in clock ticks.
+process_ticks() { awk '{ print $14 + $15 }' /proc/"$GPT_PID"/stat; }
+
+# One wrk run while an admin client reloads $1 (none when empty): "req/s (admin CPU ms, proxy CPU us/request)",
+# the proxy's CPU being the process's less its admin threads'.
 with_admin() {
-    local loop="" rps
+    local loop="" rps p0 p1 admin
     if [[ -n $1 ]]; then
         taskset -c "$LOAD_CPU" python3 "$TMP/reload.py" "$1" "$KEY" &
         loop=$!
     fi
     admin_threads >"$TMP/before"
+    p0=$(process_ticks)
     rps=$(run_wrk)
+    p1=$(process_ticks)
     admin_threads >"$TMP/after"
     if [[ -n $loop ]]; then kill "$loop"; wait "$loop" 2>/dev/null || true; fi
-    echo "$rps ($(( $(admin_ticks "$TMP/before" "$TMP/after") * 1000 / TICKS )) ms)"
+    admin=$(admin_ticks "$TMP/before" "$TMP/after")
+    echo "$rps ($((admin * 1000 / TICKS)) ms, $(awk -v t=$((p1 - p0 - admin)) -v hz="$TICKS" -v r="$rps" -v s="$SECS" \
+        'BEGIN { printf "%.1f", t / hz * 1e6 / (r * s) }') us)"
 }
 
-echo "gpt-api's requests/s over ${SECS} s (\`wrk -t1 -c64\`), and in brackets the CPU time its admin threads used meanwhile:"
+echo "gpt-api's requests/s over ${SECS} s (\`wrk -t1 -c64\`), and in brackets the CPU time its admin threads used"
+echo "meanwhile and the CPU time of the rest of the process per request:"
 echo
 echo "| round | no admin client | overview every 100 ms | requests page every 100 ms |"
 echo "| --- | --- | --- | --- |"
+: >"$TMP/rounds"
 for round in $(seq "$ROUNDS"); do
-    echo "| $round | $(with_admin "") | $(with_admin "$OVERVIEW") | $(with_admin "$REQUESTS") |"
+    row="| $round | $(with_admin "") | $(with_admin "$OVERVIEW") | $(with_admin "$REQUESTS") |"
+    echo "$row"
+    echo "$row" >>"$TMP/rounds"
 done
+# The median of each column's requests/s, and each with-admin median against the no-admin one.
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+# Field $2 of column $1: 1 the requests/s, 4 the proxy's CPU us per request.
+col() { awk -F'|' -v c="$1" -v i="$2" '{ split($c, f, " "); print f[i] }' "$TMP/rounds" | median; }
+vs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.1f%%", (a / b - 1) * 100 }'; }
+r1=$(col 3 1); r2=$(col 4 1); r3=$(col 5 1); u1=$(col 3 4); u2=$(col 4 4); u3=$(col 5 4)
+echo "| median | $r1 ($u1 us) | $r2 ($(vs "$r2" "$r1"); $u2 us, $(vs "$u2" "$u1")) | $r3 ($(vs "$r3" "$r1"); $u3 us, $(vs "$u3" "$u1")) |"
 
 echo
 echo "After the runs, with this month's file holding $(curl -s -H "Authorization: Bearer $KEY" "$ADMIN/api/overview?range=month" \
