@@ -11,6 +11,7 @@ mod auth;
 mod balancing;
 mod bodies;
 mod check;
+mod cluster;
 mod compression;
 mod edge;
 mod errors;

@@ -305,7 +305,7 @@ fn give_back(queue: &Queue, call: AdmitCall, answer: &Answer) {
             .reserved
             .map_or(String::new(), |r| member(r, &call.request_id)),
         reserved: call.reserved.unwrap_or(Usd::ZERO),
-        second: call.counted.then(|| answer.now.as_secs()),
+        second: call.counted.then_some(answer.now.as_secs()),
         keys: call.keys,
         request_id: call.request_id,
     });
