@@ -131,6 +131,8 @@ struct Sources {
     usage: Option<Arc<UsageStats>>,
     shipping: Option<Arc<ShipStats>>,
     reloads: Option<Counts>,
+    /// `gpt_api_redis_up` and what it shows.
+    redis: Option<(IntGauge, Box<dyn Fn() -> bool + Send + Sync>)>,
 }
 
 impl Metrics {
@@ -340,6 +342,17 @@ impl Metrics {
         self.sources().shipping = Some(stats);
     }
 
+    /// Shows `gpt_api_redis_up` from now on, `up()` read at each scrape (absent without Redis).
+    pub fn watch_redis(&self, up: impl Fn() -> bool + Send + Sync + 'static) {
+        let help = "1 while Redis, where the nodes share limits and budgets, answers; else 0.";
+        let gauge =
+            IntGauge::new("gpt_api_redis_up", help).and_then(|g| Reg(&self.registry).add(g));
+        match gauge {
+            Ok(gauge) => self.sources().redis = Some((gauge, Box::new(up))),
+            Err(e) => log::warn!("metrics: cannot add gpt_api_redis_up: {e}"),
+        }
+    }
+
     /// Reads the reload counts `(applied, rejected)` at each scrape, e.g. from the reloader's `ReloadStats`.
     /// Each counter shows the larger of these counts and the calls to [`Metrics::reload`], so using both
     /// does not count twice. Nothing in the gateway uses it today (the reloader calls [`Metrics::reload`]);
@@ -380,6 +393,9 @@ impl Metrics {
             self.ship_pending
                 .set(i64::try_from(pending).unwrap_or(i64::MAX));
             raise(&self.shipped, ship.shipped.load(Relaxed));
+        }
+        if let Some((gauge, up)) = &sources.redis {
+            gauge.set(i64::from(up()));
         }
         if let Some(counts) = &sources.reloads {
             let (applied, rejected) = counts();

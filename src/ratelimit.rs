@@ -1,11 +1,13 @@
 //! Per-key limits: requests and tokens per minute over a sliding 60 s window with their OpenAI-style headers,
 //! and budgets in dollars per day and month (`budget.rs`).
 //!
-//! [`Limiter`] is what the proxy calls; it keeps the windows in a [`LimitStore`] (`store.rs`), today the
-//! in-process [`MemoryStore`] (`memory.rs`). A store shared across nodes is a new file beside it.
+//! [`Limiter`] is what the proxy calls; it keeps the windows in a [`LimitStore`] (`store.rs`): the in-process
+//! [`MemoryStore`] (`memory.rs`), or the [`RedisStore`] shared across nodes (`redis.rs`) with the memory
+//! store as its fallback.
 
 pub mod budget;
 mod memory;
+mod redis;
 mod store;
 
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub use budget::{BudgetRefusal, Reservation};
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 pub use store::{Ask, BudgetAsk, LimitStore, Limits, Verdict};
 
 use budget::{BudgetCheck, Period, Spent};
@@ -142,6 +145,13 @@ impl Limiter {
         Limiter {
             local: Arc::new(MemoryStore::new()),
             shared: Some(Shared { store, on_down }),
+        }
+    }
+
+    /// Starts the shared store's connection and tasks (call once the server runs, after its daemon fork).
+    pub fn start(&self) {
+        if let Some(shared) = &self.shared {
+            shared.store.start();
         }
     }
 

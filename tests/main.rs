@@ -12,6 +12,7 @@ mod auth;
 mod balancing;
 mod bodies;
 mod check;
+mod cluster;
 mod compression;
 mod edge;
 mod errors;

@@ -11,10 +11,10 @@ use super::models::{ModelLists, ModelsCache};
 use super::reload::{Reload, Reloader};
 use crate::accounting::Accountant;
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, OnRedisDown};
 use crate::dns::DnsCache;
 use crate::metrics::Metrics;
-use crate::ratelimit::Limiter;
+use crate::ratelimit::{Limiter, RedisStore};
 use crate::routing::Router;
 use crate::usage::UsageQueue;
 
@@ -74,9 +74,16 @@ pub struct GatewayParts {
 }
 
 impl Gateway {
-    pub fn new(config: Config, parts: GatewayParts) -> Self {
+    /// Fails only on a `cluster.redis_url` the Redis client does not take.
+    pub fn new(config: Config, parts: GatewayParts) -> Result<Self, String> {
         let runtime = Runtime::new(config, None);
-        let limiter = Arc::new(Limiter::new());
+        let limiter = Arc::new(limiter_for(&runtime.config)?);
+        if limiter.shared_up().is_some() {
+            let limits = Arc::clone(&limiter);
+            parts
+                .metrics
+                .watch_redis(move || limits.shared_up() == Some(true));
+        }
         note_auth(&runtime, &limiter);
         let accountant = Arc::new(Accountant::new(
             Arc::clone(&limiter),
@@ -85,7 +92,7 @@ impl Gateway {
         parts
             .metrics
             .set_known_models(crate::metrics::known_models(&runtime.config));
-        Gateway {
+        Ok(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             dns: DnsCache::new(DNS_TTL),
             usage: parts.usage,
@@ -94,7 +101,7 @@ impl Gateway {
             accountant,
             models: ModelLists::new(parts.connector),
             reloader: Reloader::new(parts.config_path, parts.fingerprint),
-        }
+        })
     }
 
     /// The config in force now.
@@ -133,6 +140,25 @@ impl Gateway {
     pub async fn models_body(&self, rt: &Runtime, caller_auth: Option<&str>) -> Bytes {
         self.models.body(rt, &self.dns, caller_auth).await
     }
+}
+
+/// Limits in this process's memory, or shared through Redis when `cluster.redis_url` is set (it connects
+/// once started; not answering then is no error).
+fn limiter_for(config: &Config) -> Result<Limiter, String> {
+    let Some(redis) = &config.cluster.redis else {
+        return Ok(Limiter::new());
+    };
+    let store = RedisStore::new(redis).map_err(|e| e.to_string())?;
+    let on_down = match redis.on_down {
+        OnRedisDown::Local => "count on each node alone",
+        OnRedisDown::Deny => "refuse limited keys",
+    };
+    log::info!(
+        "limits shared through Redis {} (timeout {} ms; while it is down: {on_down})",
+        redis.shown(),
+        redis.timeout.as_millis(),
+    );
+    Ok(Limiter::shared(Arc::new(store), redis.on_down))
 }
 
 /// Points the limiter at the runtime's keys; an open gateway is worth a warning at start.

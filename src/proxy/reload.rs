@@ -103,6 +103,11 @@ fn apply(runtime: &ArcSwap<Runtime>, config: Config, why: &str) {
     if config.usage != old.config.usage {
         log::warn!("the usage section changed: this takes a restart");
     }
+    if config.cluster.redis != old.config.cluster.redis {
+        log::warn!(
+            "cluster.redis_url, redis_timeout_ms or on_redis_down changed: a restart applies it"
+        );
+    }
     let summary = config.summary();
     let keys = KeyChanges::between(old.config.auth.as_ref(), config.auth.as_ref());
     runtime.store(Arc::new(Runtime::new(config, Some(&old))));

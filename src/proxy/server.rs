@@ -73,6 +73,17 @@ impl BackgroundService for LogFlushService {
     }
 }
 
+/// Starts the shared limit store (its thread, connection and probe) once the server runs: after Pingora's
+/// daemon fork, which would lose a thread started before it.
+struct SharedLimits(Arc<Gateway>);
+
+#[async_trait]
+impl BackgroundService for SharedLimits {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.0.limiter().start();
+    }
+}
+
 /// Pingora's own command-line options, next to the gateway's `--config`.
 #[derive(Debug, Clone, Default)]
 pub struct ServerArgs {
@@ -166,9 +177,15 @@ pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
         dir: config.usage.dir.clone(),
         postgres: config.usage.postgres_url.clone(),
     });
-    let gateway = Arc::new(Gateway::new(config, parts));
+    let gateway = Arc::new(Gateway::new(config, parts)?);
     if let Some(source) = spend_source {
         seed_spend(&gateway, &source);
+    }
+    if gateway.limiter().shared_up().is_some() {
+        server.add_service(background_service(
+            "shared limits",
+            SharedLimits(gateway.clone()),
+        ));
     }
     server.add_service(background_service(
         "file watcher",

@@ -15,7 +15,7 @@ use crate::config::Budget;
 use crate::money::Usd;
 
 /// The window, in seconds; one bucket per second.
-const WINDOW: u64 = 60;
+pub(super) const WINDOW: u64 = 60;
 
 /// The state of every key, by key name.
 ///
@@ -306,7 +306,21 @@ impl Default for Window {
 }
 
 impl Window {
-    fn check(&mut self, rpm: Option<u32>, tpm: Option<u64>, at: Duration) -> Decision {
+    /// A window holding these seconds' `(second, requests, tokens)`, as a shared store read them back: its
+    /// check then decides and words a request exactly as this store would.
+    pub(super) fn from_counts(counts: impl IntoIterator<Item = (u64, u64, u64)>) -> Window {
+        let mut window = Window::default();
+        for (second, requests, tokens) in counts {
+            let bucket = window.bucket(second);
+            bucket.requests = bucket.requests.saturating_add(requests);
+            bucket.tokens = bucket.tokens.saturating_add(tokens);
+        }
+        window
+    }
+
+    /// Counts one request at `at` (time since the window's origin) unless a limit is reached, and says what
+    /// is left.
+    pub(super) fn check(&mut self, rpm: Option<u32>, tpm: Option<u64>, at: Duration) -> Decision {
         let now = at.as_secs();
         let (mut requests, tokens) = self.totals(now);
         let requests_over = rpm.is_some_and(|limit| requests >= u64::from(limit));

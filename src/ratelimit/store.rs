@@ -95,4 +95,8 @@ pub trait LimitStore: Send + Sync {
     fn is_up(&self) -> bool {
         true
     }
+
+    /// Starts what the store runs in the background (a shared store's connection), once the process is
+    /// the one that serves (after Pingora's daemon fork). Idempotent; the first call that needs it also starts it.
+    fn start(&self) {}
 }

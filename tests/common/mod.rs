@@ -1,12 +1,14 @@
 //! Integration-test harness: a recording mock OpenAI backend, the real gateway binary on a free port, and HTTP helpers.
 
 pub mod http;
+pub mod inflight;
 pub mod mock;
 pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod raw;
 pub mod records;
+pub mod redis;
 pub mod reload;
 pub mod tls;
 

@@ -1,0 +1,365 @@
+//! The updates after admission (a slot freed, tokens, spend settled or seeded): queued without waiting, sent
+//! in pipelined batches by one task on the store's runtime, and kept to be sent again while Redis is down.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{Cmd, RedisResult, Script, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::health::Health;
+use super::keys::{Keys, DAY_TTL, MONTH_TTL};
+use super::script::UPDATE;
+use crate::money::Usd;
+use crate::ratelimit::budget::{Period, Spent};
+use crate::ratelimit::memory::WINDOW;
+
+/// Updates waiting for the task, at most; a full queue drops (and counts) the newest.
+const QUEUE: usize = 16_384;
+/// Updates per pipeline.
+const BATCH: usize = 256;
+/// Updates kept while Redis is down, at most; beyond, the oldest are dropped (and counted).
+const KEPT: usize = 65_536;
+/// How often a task holding updates looks whether Redis is back.
+const DOWN_POLL: Duration = Duration::from_millis(100);
+
+/// One update, sent as one call of `update.lua`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A request's concurrency slot is free.
+    End { keys: Keys, request_id: String },
+    /// Tokens of a finished request, counted in Redis's current second.
+    Tokens { keys: Keys, tokens: u64 },
+    /// A request's reservation `member` (empty: none) released and `cost` added to the period's spend.
+    Settle {
+        keys: Keys,
+        member: String,
+        reserved: Usd,
+        cost: Usd,
+        period: Period,
+    },
+    /// Spend read back from the records, added only if no node seeded this period yet.
+    Seed {
+        keys: Keys,
+        spent: Spent,
+        period: Period,
+    },
+    /// An admission whose caller stopped waiting: its slot, reservation and counted request given back.
+    Undo {
+        keys: Keys,
+        request_id: String,
+        member: String,
+        reserved: Usd,
+        second: Option<u64>,
+    },
+}
+
+/// A reservation's member in the `reservations` set: its amount, so that an expired lease can be subtracted.
+pub fn member(reserved: Usd, request_id: &str) -> String {
+    format!("{}:{request_id}", reserved.0)
+}
+
+impl Op {
+    /// `EVALSHA <update.lua> numkeys KEYS... op ARGV...`
+    pub fn command(&self, sha: &str) -> Cmd {
+        let (op, keys, args): (&str, Vec<String>, Vec<String>) = match self {
+            Op::End { keys, request_id } => ("end", vec![keys.slots()], vec![request_id.clone()]),
+            Op::Tokens { keys, tokens } => (
+                "tokens",
+                vec![keys.tokens()],
+                vec![tokens.to_string(), (WINDOW + 2).to_string()],
+            ),
+            Op::Settle {
+                keys,
+                member,
+                reserved,
+                cost,
+                period,
+            } => (
+                "settle",
+                vec![
+                    keys.reservations(),
+                    keys.reserved(),
+                    keys.spent_day(*period),
+                    keys.spent_month(*period),
+                ],
+                vec![
+                    member.clone(),
+                    reserved.0.to_string(),
+                    cost.0.to_string(),
+                    DAY_TTL.as_secs().to_string(),
+                    MONTH_TTL.as_secs().to_string(),
+                ],
+            ),
+            Op::Seed {
+                keys,
+                spent,
+                period,
+            } => (
+                "seed",
+                vec![
+                    keys.seeded_day(*period),
+                    keys.spent_day(*period),
+                    keys.seeded_month(*period),
+                    keys.spent_month(*period),
+                ],
+                vec![
+                    spent.day.0.to_string(),
+                    spent.month.0.to_string(),
+                    DAY_TTL.as_secs().to_string(),
+                    MONTH_TTL.as_secs().to_string(),
+                ],
+            ),
+            Op::Undo {
+                keys,
+                request_id,
+                member,
+                reserved,
+                second,
+            } => (
+                "undo",
+                vec![
+                    keys.slots(),
+                    keys.reservations(),
+                    keys.reserved(),
+                    keys.requests(),
+                ],
+                vec![
+                    request_id.clone(),
+                    member.clone(),
+                    reserved.0.to_string(),
+                    second.map_or(String::new(), |s| s.to_string()),
+                ],
+            ),
+        };
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha).arg(keys.len()).arg(keys).arg(op).arg(args);
+        cmd
+    }
+}
+
+/// The sending side: never waits.
+#[derive(Debug)]
+pub struct Queue {
+    tx: mpsc::Sender<Op>,
+    /// Updates lost: queue full, kept too long while Redis was down, refused by Redis, or left at shutdown.
+    dropped: Arc<AtomicU64>,
+}
+
+impl Queue {
+    pub fn new() -> (Queue, mpsc::Receiver<Op>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        (Queue { tx, dropped }, rx)
+    }
+
+    pub fn push(&self, op: Op) {
+        if self.tx.try_send(op).is_err() {
+            count_dropped(&self.dropped, 1, "the queue is full");
+        }
+    }
+
+    #[cfg(test)]
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn sender(&self) -> Sender {
+        Sender {
+            script: Arc::new(Script::new(UPDATE)),
+            dropped: Arc::clone(&self.dropped),
+        }
+    }
+}
+
+/// Counts `n` lost updates; a WARN line at the first and then at each power of two.
+fn count_dropped(dropped: &AtomicU64, n: u64, why: &str) {
+    let before = dropped.fetch_add(n, Ordering::Relaxed);
+    let after = before + n;
+    if (before + 1..=after).any(u64::is_power_of_two) {
+        log::warn!("Redis updates: {n} dropped ({why}); {after} in all since start");
+    }
+}
+
+/// The task's side: takes updates off the queue and sends them.
+pub struct Sender {
+    script: Arc<Script>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Sender {
+    /// Sends until `stop`, then once more what is queued (while Redis answers). Runs on the store's runtime.
+    pub async fn run(
+        self,
+        mut conn: ConnectionManager,
+        health: Arc<Health>,
+        mut rx: mpsc::Receiver<Op>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        let mut kept: VecDeque<Op> = VecDeque::new();
+        let mut incoming = Vec::with_capacity(BATCH);
+        loop {
+            if kept.is_empty() {
+                tokio::select! {
+                    n = rx.recv_many(&mut incoming, BATCH) => if n == 0 { break },
+                    _ = &mut stop => break,
+                }
+            }
+            while incoming.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(op) => incoming.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.keep(&mut kept, &mut incoming);
+            if !health.is_up() {
+                tokio::select! {
+                    _ = tokio::time::sleep(DOWN_POLL) => continue,
+                    _ = &mut stop => break,
+                }
+            }
+            self.send_some(&mut conn, &mut kept, &health).await;
+        }
+        // Stopping: what is queued now, while Redis answers.
+        while let Ok(op) = rx.try_recv() {
+            kept.push_back(op);
+        }
+        while !kept.is_empty() && health.is_up() {
+            self.send_some(&mut conn, &mut kept, &health).await;
+        }
+        if !kept.is_empty() {
+            count_dropped(&self.dropped, kept.len() as u64, "shutdown with Redis down");
+        }
+    }
+
+    fn keep(&self, kept: &mut VecDeque<Op>, incoming: &mut Vec<Op>) {
+        kept.extend(incoming.drain(..));
+        let over = kept.len().saturating_sub(KEPT);
+        if over > 0 {
+            kept.drain(..over);
+            count_dropped(
+                &self.dropped,
+                over as u64,
+                "kept too long while Redis was down",
+            );
+        }
+    }
+
+    /// Sends one batch from the front of `kept`; on a failure it stays there and Redis is marked down.
+    async fn send_some(
+        &self,
+        conn: &mut ConnectionManager,
+        kept: &mut VecDeque<Op>,
+        health: &Health,
+    ) {
+        let n = kept.len().min(BATCH);
+        let batch: Vec<Op> = kept.iter().take(n).cloned().collect();
+        match self.send(conn, &batch).await {
+            Ok(()) => {
+                kept.drain(..n);
+            }
+            Err(e) => {
+                health.fail(&format!("sending updates: {e}"));
+            }
+        }
+    }
+
+    /// One pipeline of `batch`; updates Redis refuses are dropped (and counted), except for an unknown script,
+    /// which is loaded and the batch sent again (each update is the same script, so none ran).
+    async fn send(&self, conn: &mut ConnectionManager, batch: &[Op]) -> RedisResult<()> {
+        for attempt in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for op in batch {
+                pipe.add_command(op.command(self.script.get_hash()));
+            }
+            let results: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
+            let unknown = results
+                .iter()
+                .any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT")));
+            if unknown && attempt == 0 {
+                self.script.load_async(conn).await?;
+                continue;
+            }
+            let refused = results.iter().filter(|r| r.is_err()).count();
+            if refused > 0 {
+                let first = results.iter().find_map(|r| r.as_ref().err());
+                let why = first.map_or(String::new(), |e| e.to_string());
+                count_dropped(&self.dropped, refused as u64, &format!("refused: {why}"));
+            }
+            break;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(cmd: &Cmd) -> String {
+        String::from_utf8_lossy(&cmd.get_packed_command()).replace("\r\n", " ")
+    }
+
+    #[test]
+    fn each_update_is_one_call_of_the_script() {
+        let keys = Keys::new("team");
+        let period = Period {
+            day: 739_589,
+            month: 24_323,
+        };
+        let settle = Op::Settle {
+            keys: keys.clone(),
+            member: member(Usd(10), "r1"),
+            reserved: Usd(10),
+            cost: Usd(7),
+            period,
+        };
+        let cmd = text(&settle.command("abc"));
+        assert!(cmd.contains("EVALSHA $3 abc $1 4"), "{cmd}");
+        assert!(cmd.contains("gpt-api:{team}:reservations"), "{cmd}");
+        assert!(cmd.contains("$6 settle $5 10:r1 $2 10 $1 7"), "{cmd}");
+        let end = text(
+            &Op::End {
+                keys,
+                request_id: "r1".into(),
+            }
+            .command("abc"),
+        );
+        assert!(
+            end.ends_with("$20 gpt-api:{team}:slots $3 end $2 r1 "),
+            "{end}"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (queue, _rx) = Queue::new();
+        let op = Op::End {
+            keys: Keys::new("k"),
+            request_id: "r".into(),
+        };
+        for _ in 0..QUEUE + 3 {
+            queue.push(op.clone());
+        }
+        assert_eq!(queue.dropped(), 3);
+    }
+
+    #[test]
+    fn updates_kept_while_down_are_bounded() {
+        let (queue, _rx) = Queue::new();
+        let sender = queue.sender();
+        let op = Op::Tokens {
+            keys: Keys::new("k"),
+            tokens: 1,
+        };
+        let mut kept = VecDeque::new();
+        let mut incoming = vec![op; KEPT + 5];
+        sender.keep(&mut kept, &mut incoming);
+        assert_eq!(kept.len(), KEPT);
+        assert_eq!(queue.dropped(), 5);
+    }
+}
