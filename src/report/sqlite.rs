@@ -8,7 +8,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, Row};
 
 use super::{Dim, Fields, Range, ReportError, Source};
-use crate::usage::sqlite::schema::{self, Column, TABLE};
+use crate::usage::sqlite::schema::{self, int, real, Column, TABLE};
 
 /// How long a read waits when the gateway holds a lock on the file (a WAL checkpoint or recovery).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -165,30 +165,6 @@ fn fields(row: &Row<'_>, keys: usize) -> rusqlite::Result<Fields> {
         latency_ms: int(row, keys + 5)?,
         estimated: int(row, keys + 6)?.is_some_and(|n| n != 0),
         cost_usd: real(row, keys + 7)?,
-    })
-}
-
-/// An integer whatever type an older writer stored it as (SQLite columns are not strictly typed).
-fn int(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<i64>> {
-    Ok(match row.get_ref(i)? {
-        ValueRef::Integer(n) => Some(n),
-        ValueRef::Real(x) => Some(x as i64),
-        ValueRef::Text(t) => std::str::from_utf8(t)
-            .ok()
-            .and_then(|t| t.trim().parse().ok()),
-        ValueRef::Null | ValueRef::Blob(_) => None,
-    })
-}
-
-/// A number whatever type it was stored as; NULL, a blob or text that is no number is `None`.
-fn real(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<f64>> {
-    Ok(match row.get_ref(i)? {
-        ValueRef::Real(x) => Some(x),
-        ValueRef::Integer(n) => Some(n as f64),
-        ValueRef::Text(t) => std::str::from_utf8(t)
-            .ok()
-            .and_then(|t| t.trim().parse().ok()),
-        ValueRef::Null | ValueRef::Blob(_) => None,
     })
 }
 

@@ -15,7 +15,7 @@ use chrono::{Datelike, Timelike};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::schema;
+use super::schema::{self, int, real};
 use crate::money::Usd;
 use crate::usage::record::UsageRecord;
 use crate::usage::sink::Entry;
@@ -392,30 +392,6 @@ fn facts_row(row: &Row<'_>, add: &mut dyn FnMut(&Facts<'_>)) -> rusqlite::Result
     };
     add(&facts);
     Ok(())
-}
-
-/// An integer whatever type an older writer stored it as.
-fn int(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<i64>> {
-    Ok(match row.get_ref(i)? {
-        ValueRef::Integer(n) => Some(n),
-        ValueRef::Real(x) => Some(x as i64),
-        ValueRef::Text(t) => std::str::from_utf8(t)
-            .ok()
-            .and_then(|t| t.trim().parse().ok()),
-        ValueRef::Null | ValueRef::Blob(_) => None,
-    })
-}
-
-/// A number whatever type it was stored as (as the report reads costs).
-fn real(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<f64>> {
-    Ok(match row.get_ref(i)? {
-        ValueRef::Real(x) => Some(x),
-        ValueRef::Integer(n) => Some(n as f64),
-        ValueRef::Text(t) => std::str::from_utf8(t)
-            .ok()
-            .and_then(|t| t.trim().parse().ok()),
-        ValueRef::Null | ValueRef::Blob(_) => None,
-    })
 }
 
 /// A rollup summed in memory (the admin page's, from the tail of a file or a file without a rollup).

@@ -144,3 +144,30 @@ pub fn column_names(connection: &Connection) -> rusqlite::Result<Vec<String>> {
     })?;
     Ok(names)
 }
+
+/// A stored integer whatever type an older writer stored it as (SQLite columns are not strictly typed); NULL, a
+/// blob or text that is no number is `None`. Read so by the report and the rollup.
+pub fn int(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<i64>> {
+    use rusqlite::types::ValueRef;
+    Ok(match row.get_ref(i)? {
+        ValueRef::Integer(n) => Some(n),
+        ValueRef::Real(x) => Some(x as i64),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|t| t.trim().parse().ok()),
+        ValueRef::Null | ValueRef::Blob(_) => None,
+    })
+}
+
+/// A stored number whatever type it was stored as; NULL, a blob or text that is no number is `None`.
+pub fn real(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<f64>> {
+    use rusqlite::types::ValueRef;
+    Ok(match row.get_ref(i)? {
+        ValueRef::Real(x) => Some(x),
+        ValueRef::Integer(n) => Some(n as f64),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|t| t.trim().parse().ok()),
+        ValueRef::Null | ValueRef::Blob(_) => None,
+    })
+}
