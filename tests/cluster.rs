@@ -195,12 +195,11 @@ async fn three_gateways_share_one_tpm_limit() {
     let redis = Redis::start();
     let nodes = start_nodes(3, &mock.base_url("/v1"), &redis, json!({ "tpm": 100 })).await;
     let http = http_client();
-    let sum = || -> i64 {
-        let values = redis.cli(&["HVALS", "gpt-api:{team}:tokens"]);
-        values
-            .lines()
-            .filter_map(|l| l.trim().parse::<i64>().ok())
-            .sum()
+    let sum = || {
+        redis
+            .cli(&["HGET", "gpt-api:{team}:tokens", "sum"])
+            .parse()
+            .unwrap_or(0)
     };
     let mut admitted = 0;
     for i in 0..10 {

@@ -178,16 +178,60 @@ async fn rpm_verdicts_are_the_memory_stores() {
             _ => panic!("request {i}: Redis {shared:?}, memory {local:?}"),
         }
     }
-    let fields = server.cli(&["HLEN", "gpt-api:{team}:requests"]);
-    assert!(
-        fields == "1" || fields == "2",
-        "one bucket per second: {fields}"
-    );
+    assert_eq!(server.cli(&["HGET", "gpt-api:{team}:requests", "sum"]), "3");
     let ttl: i64 = server
         .cli(&["TTL", "gpt-api:{team}:requests"])
         .parse()
         .unwrap();
     assert!((1..=61).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
+async fn seconds_that_left_the_window_are_forgotten() {
+    let server = Server::start();
+    let redis = store(&server.url(), 1000);
+    let now: u64 = server
+        .cli(&["TIME"])
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (old, live) = ((now - 61).to_string(), (now - 30).to_string());
+    let key = "gpt-api:{w}:requests";
+    let fields = [
+        old.as_str(),
+        "2",
+        live.as_str(),
+        "1",
+        "sum",
+        "3",
+        "oldest",
+        &old,
+        "newest",
+        &live,
+    ];
+    server.cli(&[&["HSET", key][..], &fields[..]].concat());
+    let verdict = redis.admit(&ask("w", "r", rpm(3), None)).await.unwrap();
+    let Verdict::Allow { quota, .. } = verdict else {
+        panic!("{verdict:?}")
+    };
+    assert_eq!(
+        quota.remaining_requests,
+        Some(1),
+        "2 live: the old second's 2 left"
+    );
+    assert_eq!(server.cli(&["HEXISTS", key, &old]), "0");
+    assert_eq!(server.cli(&["HGET", key, "sum"]), "2");
+    assert_eq!(server.cli(&["HGET", key, "oldest"]), live);
+    let refused = redis.admit(&ask("w", "r", rpm(2), None)).await.unwrap();
+    let Verdict::Rate(Decision::Deny { retry_after, .. }) = refused else {
+        panic!("{refused:?}")
+    };
+    assert!(
+        retry_after <= Duration::from_secs(31) && retry_after >= Duration::from_secs(29),
+        "{retry_after:?}"
+    );
 }
 
 #[tokio::test]
@@ -249,6 +293,8 @@ async fn tokens_slots_and_spend_are_updated_after_admission() {
     };
     assert_eq!(budget_left, Some(Usd::from_f64(0.75)));
     assert_eq!(server.cli(&["GET", "gpt-api:{b}:reserved"]), "250000000");
+    let day = Keys::new("b").spent_day(budget.period);
+    let spent = |nanos: &str| wait(|| server.cli(&["GET", &day]) == nanos);
     redis.settle(
         "b",
         "r1",
@@ -256,11 +302,14 @@ async fn tokens_slots_and_spend_are_updated_after_admission() {
         Usd::from_f64(0.6),
         budget.period,
     );
-    let refused = admit_until(&redis, &ask("b", "r2", Limits::default(), Some(budget)), |v| {
-        matches!(v, Verdict::Allow { budget_left: Some(left), .. } if *left == Usd::from_f64(0.15))
-    })
-    .await;
-    assert!(matches!(refused, Verdict::Allow { .. }), "{refused:?}");
+    assert!(spent("600000000"));
+    let second = redis
+        .admit(&ask("b", "r2", Limits::default(), Some(budget)))
+        .await;
+    let Ok(Verdict::Allow { budget_left, .. }) = second else {
+        panic!("{second:?}")
+    };
+    assert_eq!(budget_left, Some(Usd::from_f64(0.15)));
     redis.settle(
         "b",
         "r2",
@@ -268,14 +317,12 @@ async fn tokens_slots_and_spend_are_updated_after_admission() {
         Usd::from_f64(0.4),
         budget.period,
     );
-    let refused = admit_until(
-        &redis,
-        &ask("b", "r3", Limits::default(), Some(budget)),
-        |v| matches!(v, Verdict::Budget(_)),
-    )
-    .await;
+    assert!(spent("1000000000"));
+    let refused = redis
+        .admit(&ask("b", "r3", Limits::default(), Some(budget)))
+        .await;
     assert!(
-        matches!(refused, Verdict::Budget(BudgetCheck::Deny { .. })),
+        matches!(refused, Ok(Verdict::Budget(BudgetCheck::Deny { .. }))),
         "{refused:?}"
     );
     assert_eq!(
@@ -419,4 +466,28 @@ fn a_bad_url_is_an_error_without_its_password() {
         "{text}"
     );
     assert!(!text.contains("hunter22"), "{text}");
+}
+
+#[tokio::test]
+async fn a_redis_slower_than_the_timeout_is_down() {
+    // Accepts and reads, never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let redis = store(&format!("redis://127.0.0.1:{port}"), 50);
+    let started = std::time::Instant::now();
+    let answer = redis.admit(&ask("k", "r", rpm(5), None)).await;
+    let waited = started.elapsed();
+    assert!(answer.is_err(), "{answer:?}");
+    assert!(
+        waited >= Duration::from_millis(50) && waited < Duration::from_millis(500),
+        "{waited:?}"
+    );
+    assert!(!redis.is_up());
+    hold.abort();
 }

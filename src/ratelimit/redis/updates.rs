@@ -23,6 +23,9 @@ const QUEUE: usize = 16_384;
 const BATCH: usize = 256;
 /// Updates kept while Redis is down, at most; beyond, the oldest are dropped (and counted).
 const KEPT: usize = 65_536;
+/// How long the task waits for more updates after the first of a batch: a round trip per few milliseconds
+/// rather than one per request.
+const LINGER: Duration = Duration::from_millis(5);
 /// How often a task holding updates looks whether Redis is back.
 const DOWN_POLL: Duration = Duration::from_millis(100);
 
@@ -206,6 +209,9 @@ impl Sender {
                 tokio::select! {
                     n = rx.recv_many(&mut incoming, BATCH) => if n == 0 { break },
                     _ = &mut stop => break,
+                }
+                if incoming.len() < BATCH {
+                    tokio::time::sleep(LINGER).await;
                 }
             }
             while incoming.len() < BATCH {
