@@ -1,7 +1,7 @@
 //! The updates after admission (a slot freed, tokens, spend settled or seeded): queued without waiting, sent
 //! in pipelined batches by one task on the store's runtime, and kept to be sent again while Redis is down.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -262,7 +262,7 @@ impl Sender {
         health: &Health,
     ) {
         let n = kept.len().min(BATCH);
-        let batch: Vec<Op> = kept.iter().take(n).cloned().collect();
+        let batch = coalesce(kept.iter().take(n));
         match self.send(conn, &batch).await {
             Ok(()) => {
                 kept.drain(..n);
@@ -302,6 +302,25 @@ impl Sender {
     }
 }
 
+/// The updates with each key's tokens added up into one (they all land in Redis's current second): one call
+/// per key and batch instead of one per request.
+fn coalesce<'a>(ops: impl Iterator<Item = &'a Op>) -> Vec<Op> {
+    let mut out: Vec<Op> = Vec::new();
+    let mut at: HashMap<&Keys, usize> = HashMap::new();
+    for op in ops {
+        if let Op::Tokens { keys, tokens } = op {
+            if let Some(Op::Tokens { tokens: sum, .. }) = at.get(keys).and_then(|&i| out.get_mut(i))
+            {
+                *sum = sum.saturating_add(*tokens);
+                continue;
+            }
+            at.insert(keys, out.len());
+        }
+        out.push(op.clone());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +358,27 @@ mod tests {
             end.ends_with("$20 gpt-api:{team}:slots $3 end $2 r1 "),
             "{end}"
         );
+    }
+
+    #[test]
+    fn tokens_of_one_key_are_sent_as_one_update() {
+        let tokens = |name: &str, n: u64| Op::Tokens {
+            keys: Keys::new(name),
+            tokens: n,
+        };
+        let end = Op::End {
+            keys: Keys::new("a"),
+            request_id: "r".into(),
+        };
+        let ops = [
+            tokens("a", 1),
+            end.clone(),
+            tokens("b", 5),
+            tokens("a", 2),
+            tokens("a", 3),
+        ];
+        let sent = coalesce(ops.iter());
+        assert_eq!(sent, vec![tokens("a", 6), end, tokens("b", 5)]);
     }
 
     #[test]
