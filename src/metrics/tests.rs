@@ -306,3 +306,21 @@ fn costs_from_other_threads_after_the_requests_add_up() {
         [r#"gpt_api_cost_usd_total{backend="x",model="m"} 375"#]
     );
 }
+
+#[test]
+fn redis_up_is_shown_only_with_redis_and_read_at_each_scrape() {
+    let m = Metrics::new().unwrap();
+    assert!(samples(&m.render(), "gpt_api_redis_up").is_empty());
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let seen = Arc::clone(&up);
+    m.watch_redis(move || seen.load(Relaxed));
+    assert_eq!(
+        samples(&m.render(), "gpt_api_redis_up"),
+        ["gpt_api_redis_up 1"]
+    );
+    up.store(false, Relaxed);
+    assert_eq!(
+        samples(&m.render(), "gpt_api_redis_up"),
+        ["gpt_api_redis_up 0"]
+    );
+}
