@@ -24,7 +24,7 @@ struct Node {
 }
 
 /// The key `team` with `limits` merged in, one client for `m1` and `flat` (priced $10 per 1M output tokens)
-/// at `base`, records in `dir`, Redis at `redis_url`; `cluster` fields in `extra_cluster`.
+/// at `base`, records in `dir`, Redis at `redis_url`, /metrics on port `metrics`.
 fn node_config(base: &str, redis_url: &str, limits: &Value, dir: &Path, metrics: u16) -> Value {
     let mut c = client("a", base, "exact", &["m1", "flat"]);
     c["api_key"] = json!("sk-backend");
@@ -195,12 +195,11 @@ async fn three_gateways_share_one_tpm_limit() {
     let redis = Redis::start();
     let nodes = start_nodes(3, &mock.base_url("/v1"), &redis, json!({ "tpm": 100 })).await;
     let http = http_client();
-    let sum = || -> i64 {
-        let values = redis.cli(&["HVALS", "gpt-api:{team}:tokens"]);
-        values
-            .lines()
-            .filter_map(|l| l.trim().parse::<i64>().ok())
-            .sum()
+    let sum = || {
+        redis
+            .cli(&["HGET", "gpt-api:{team}:tokens", "sum"])
+            .parse()
+            .unwrap_or(0)
     };
     let mut admitted = 0;
     for i in 0..10 {
@@ -380,6 +379,14 @@ async fn with_deny_limited_keys_get_503_while_redis_is_down() {
     assert!(wait_redis_up(&[&node], 1, BACK_WITHIN).await);
     assert_eq!(ask(&http, &node, &chat("m1"), KEY).await.0, 200);
     assert_eq!(mock.count(), 2);
+
+    // Another Redis takes a restart: a reload says so and keeps the one in use.
+    let yaml = std::fs::read_to_string(&node.gw.config_path).unwrap();
+    node.gw
+        .rewrite_config_yaml(&yaml.replace(&url, "redis://127.0.0.1:1"));
+    let warning = "redis_url, redis_timeout_ms or on_redis_down changed: a restart applies it";
+    node.gw.wait_log(warning, 1, Duration::from_secs(10)).await;
+    assert_eq!(ask(&http, &node, &chat("m1"), KEY).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

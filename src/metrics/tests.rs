@@ -344,3 +344,21 @@ fn shipping_counts_are_read_at_scrape_time() {
         "{text}"
     );
 }
+
+#[test]
+fn redis_up_is_shown_only_with_redis_and_read_at_each_scrape() {
+    let m = Metrics::new().unwrap();
+    assert!(samples(&m.render(), "gpt_api_redis_up").is_empty());
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let seen = Arc::clone(&up);
+    m.watch_redis(move || seen.load(Relaxed));
+    assert_eq!(
+        samples(&m.render(), "gpt_api_redis_up"),
+        ["gpt_api_redis_up 1"]
+    );
+    up.store(false, Relaxed);
+    assert_eq!(
+        samples(&m.render(), "gpt_api_redis_up"),
+        ["gpt_api_redis_up 0"]
+    );
+}

@@ -6,14 +6,17 @@
 //! batches (`updates.rs`). Key layout: `keys.rs`. Slots and reservations are leases of [`LEASE`]: a node that
 //! dies with requests in flight holds them that long at most.
 //!
-//! The connection and the tasks run on a one-thread runtime of the store's own, started on first use or by
-//! [`LimitStore::start`] (after Pingora's daemon fork, which would lose its thread), so that `admit` works
-//! from any of Pingora's runtimes, which it restarts on upgrade. A failed or slow call marks Redis down
+//! The update task and the probe run on a one-thread runtime of the store's own, with a connection of its
+//! own, started on first use or by [`LimitStore::start`] (after Pingora's daemon fork, which would lose its
+//! thread). An admission runs on its caller's runtime with that thread's own connection (`local.rs`), made
+//! again when the runtime is gone (Pingora restarts its runtimes on upgrade): a hop to the store's thread and
+//! back cost more than the call itself (bench/RESULTS.md). A failed or slow call marks Redis down
 //! (`health.rs`): admissions then fail at once without a call, and the [`super::Limiter`] counts in memory or
 //! refuses; a probe (`PING` every [`PROBE_INTERVAL`]) marks it up again.
 
 mod health;
 mod keys;
+mod local;
 mod script;
 mod updates;
 
@@ -57,6 +60,10 @@ pub enum RedisStoreError {
 /// Limits kept in Redis, shared by every node pointed at it.
 pub struct RedisStore {
     client: redis::Client,
+    /// Of every connection: the response timeout is the call timeout.
+    config: ConnectionManagerConfig,
+    /// Lives as long as the store: the callers' threads drop their connections to it when it is gone.
+    token: Arc<()>,
     timeout: Duration,
     health: Arc<Health>,
     queue: Arc<Queue>,
@@ -87,8 +94,16 @@ impl RedisStore {
                 why: health.scrub(&e.to_string()),
             })?;
         let (queue, receiver) = Queue::new();
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(settings.timeout))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT.max(settings.timeout)))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(500));
         Ok(RedisStore {
             client,
+            config,
+            token: Arc::new(()),
             timeout: settings.timeout,
             health: Arc::new(health),
             queue: Arc::new(queue),
@@ -121,15 +136,9 @@ impl RedisStore {
                 return None;
             }
         };
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.timeout))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT.max(self.timeout)))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(500));
         let conn = {
             let _entered = runtime.enter();
-            ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
         };
         let conn = match conn {
             Ok(conn) => conn,
@@ -187,23 +196,36 @@ impl LimitStore for RedisStore {
             return Err(Unavailable("Redis is down".into()));
         }
         let call = AdmitCall::new(ask, LEASE);
-        let (tx, rx) = oneshot::channel();
-        let mut conn = running.conn.clone();
+        let (tx, mut rx) = oneshot::channel();
+        // On the caller's runtime with its thread's connection; the store's own when called from outside one.
+        let (mut conn, runtime) = match Handle::try_current() {
+            Ok(here) => match local::connection(&self.token, &self.client, &self.config) {
+                Ok(conn) => (conn, here),
+                Err(e) => return Err(self.unavailable(e.to_string())),
+            },
+            Err(_) => (running.conn.clone(), running.handle.clone()),
+        };
         let script = Arc::clone(&running.admit);
         let queue = Arc::clone(&self.queue);
-        running.handle.spawn(async move {
+        runtime.spawn(async move {
             let answer = evaluate(&script, &mut conn, &call).await;
             // The caller stopped waiting: what the script took is given back.
             if let Err(Ok(answer)) = tx.send(answer) {
                 give_back(&queue, call, &answer);
             }
         });
-        match tokio::time::timeout(self.timeout, rx).await {
+        match tokio::time::timeout(self.timeout, &mut rx).await {
             Ok(Ok(Ok(answer))) => Ok(answer.verdict(ask)),
             Ok(Ok(Err(why))) => Err(self.unavailable(why)),
             Ok(Err(_)) => Err(self.unavailable("its runtime stopped".into())),
             Err(_) => {
-                Err(self.unavailable(format!("no answer within {} ms", self.timeout.as_millis())))
+                // From now on the task gives back what it took; an answer that came just before, we do.
+                rx.close();
+                if let Ok(Ok(answer)) = rx.try_recv() {
+                    give_back(&self.queue, AdmitCall::new(ask, LEASE), &answer);
+                }
+                let ms = self.timeout.as_millis();
+                Err(self.unavailable(format!("no answer within {ms} ms")))
             }
         }
     }

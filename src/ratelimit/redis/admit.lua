@@ -5,12 +5,13 @@
 --
 -- KEYS: 1 slots (zset: request id, scored by its lease's end in ms), 2 reservations (zset: "<nanos>:<id>",
 -- likewise), 3 reserved (nano-dollars reserved), 4 spent today, 5 spent this month (nano-dollars),
--- 6 requests, 7 tokens (hashes: unix second -> count).
+-- 6 requests, 7 tokens (hashes: unix second -> count, and `sum`, `oldest`, `newest`; see `total`).
 -- ARGV: 1 request id, 2 max_concurrent (0: none), 3 lease ms, 4 reservation nanos ('': no budget),
 -- 5 day budget, 6 month budget, 7 rpm, 8 tpm ('': none), 9 window seconds.
 -- Answer: {status, seconds, microseconds, spent today, spent this month, reserved, requests, tokens}, status
 -- 0 allowed, 1 busy (only the first three), 2 budget reached, 3 rate reached; requests and tokens flat
--- {second, count, ...} of the window before this request.
+-- {second, count, ...} of the window before this request: every live second when refused, else the window's
+-- total in its newest second.
 
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis < 5: allows writes after TIME
@@ -54,34 +55,77 @@ if amount ~= '' then
   end
 end
 
--- The window's live seconds as {second, count, ...} and their total; seconds that left it are deleted.
-local function live(key)
+-- A window is a hash: unix second -> count, and three fields of its own: `sum` of the live seconds, the
+-- `oldest` and `newest` of them. Its total is read in O(1) until its oldest second leaves the window; only
+-- then are the seconds read, those that left deleted, and the three fields made again.
+local function total(key)
+  local head = redis.call('HMGET', key, 'sum', 'oldest', 'newest')
+  local sum, oldest, newest = tonumber(head[1]) or 0, tonumber(head[2]), tonumber(head[3])
+  if oldest == nil or oldest > now - window then
+    return sum, newest
+  end
   local flat = redis.call('HGETALL', key)
-  local kept, total, old = {}, 0, {}
+  local old = {}
+  sum, oldest, newest = 0, nil, nil
   for i = 1, #flat, 2 do
     local second = tonumber(flat[i])
     if second and second > now - window then
-      kept[#kept + 1] = flat[i]
-      kept[#kept + 1] = flat[i + 1]
-      total = total + (tonumber(flat[i + 1]) or 0)
-    else
+      sum = sum + (tonumber(flat[i + 1]) or 0)
+      oldest = math.min(oldest or second, second)
+      newest = math.max(newest or second, second)
+    elseif second then
       old[#old + 1] = flat[i]
     end
   end
   if #old > 0 then
     redis.call('HDEL', key, unpack(old))
   end
-  return kept, total
+  if oldest then
+    redis.call('HSET', key, 'sum', sum, 'oldest', oldest, 'newest', newest)
+  else
+    redis.call('DEL', key)
+  end
+  return sum, newest
 end
 
-local requests, tokens, request_total, token_total = {}, {}, 0, 0
+-- Every live second as {second, count, ...} (for a refusal's retry time).
+local function seconds(key)
+  local flat = redis.call('HGETALL', key)
+  local out = {}
+  for i = 1, #flat, 2 do
+    local second = tonumber(flat[i])
+    if second and second > now - window then
+      out[#out + 1] = flat[i]
+      out[#out + 1] = flat[i + 1]
+    end
+  end
+  return out
+end
+
+-- What an admission reports of a window: its total as if all in its newest second (enough for what is left
+-- and when it resets).
+local function summary(sum, newest)
+  if newest and sum > 0 then
+    return {newest, sum}
+  end
+  return {}
+end
+
+local request_total, newest_request, token_total, newest_token = 0, nil, 0, nil
 if rpm then
-  requests, request_total = live(KEYS[6])
+  request_total, newest_request = total(KEYS[6])
 end
 if tpm then
-  tokens, token_total = live(KEYS[7])
+  token_total, newest_token = total(KEYS[7])
 end
 if (rpm and request_total >= rpm) or (tpm and token_total >= tpm) then
+  local requests, tokens = {}, {}
+  if rpm then
+    requests = seconds(KEYS[6])
+  end
+  if tpm then
+    tokens = seconds(KEYS[7])
+  end
   return {3, time[1], time[2], spent_day, spent_month, reserved, requests, tokens}
 end
 
@@ -97,6 +141,11 @@ if amount ~= '' then
 end
 if rpm then
   redis.call('HINCRBY', KEYS[6], time[1], 1)
+  redis.call('HINCRBY', KEYS[6], 'sum', 1)
+  redis.call('HSETNX', KEYS[6], 'oldest', time[1])
+  redis.call('HSET', KEYS[6], 'newest', time[1])
   redis.call('EXPIRE', KEYS[6], window + 1)
 end
+local requests = summary(request_total, newest_request)
+local tokens = summary(token_total, newest_token)
 return {0, time[1], time[2], spent_day, spent_month, reserved, requests, tokens}

@@ -18,7 +18,7 @@ pub const MONTH_TTL: Duration = Duration::from_secs(32 * 86_400);
 
 /// The Redis keys of one gateway key. The name sits in a hash tag (`{...}`), so all of a key's state is in
 /// one Redis Cluster slot, as a script touching several keys needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Keys {
     /// `gpt-api:{<tag>}:`
     base: String,

@@ -3,8 +3,6 @@
 //! and up again, and any runtime calling it.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::*;
@@ -13,98 +11,9 @@ use crate::ratelimit::budget::BudgetCheck;
 use crate::ratelimit::store::{BudgetAsk, Limits};
 use crate::ratelimit::{Decision, MemoryStore};
 use crate::secret::Secret;
+use server::{free_port, wait, Server};
 
-/// A `redis-server` of this test; killed when dropped.
-struct Server {
-    port: u16,
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        Server::on(free_port())
-    }
-
-    fn on(port: u16) -> Server {
-        install();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--dir", dir.path().to_str().unwrap()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let server = Server {
-            port,
-            child: Some(child),
-            _dir: dir,
-        };
-        assert!(
-            wait(|| server.cli(&["PING"]) == "PONG"),
-            "redis-server on {port}"
-        );
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A loopback port nothing listened on a moment ago (the listener is closed before this returns).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// `redis-server` from the distribution when missing (under a lock: tests run in parallel processes).
-fn install() {
-    let script = "command -v redis-server >/dev/null || { apt-get update -qq && \
-                  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }";
-    let status = Command::new("flock")
-        .args(["/tmp/gpt-api-apt.lock", "sh", "-c", script])
-        .status()
-        .unwrap();
-    assert!(status.success(), "could not install redis-server");
-}
-
-/// Polls `cond` every 10 ms for up to 5 s.
-fn wait(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
+mod server;
 
 fn store(url: &str, timeout_ms: u64) -> RedisStore {
     let settings = RedisSettings {
@@ -178,16 +87,60 @@ async fn rpm_verdicts_are_the_memory_stores() {
             _ => panic!("request {i}: Redis {shared:?}, memory {local:?}"),
         }
     }
-    let fields = server.cli(&["HLEN", "gpt-api:{team}:requests"]);
-    assert!(
-        fields == "1" || fields == "2",
-        "one bucket per second: {fields}"
-    );
+    assert_eq!(server.cli(&["HGET", "gpt-api:{team}:requests", "sum"]), "3");
     let ttl: i64 = server
         .cli(&["TTL", "gpt-api:{team}:requests"])
         .parse()
         .unwrap();
     assert!((1..=61).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
+async fn seconds_that_left_the_window_are_forgotten() {
+    let server = Server::start();
+    let redis = store(&server.url(), 1000);
+    let now: u64 = server
+        .cli(&["TIME"])
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (old, live) = ((now - 61).to_string(), (now - 30).to_string());
+    let key = "gpt-api:{w}:requests";
+    let fields = [
+        old.as_str(),
+        "2",
+        live.as_str(),
+        "1",
+        "sum",
+        "3",
+        "oldest",
+        &old,
+        "newest",
+        &live,
+    ];
+    server.cli(&[&["HSET", key][..], &fields[..]].concat());
+    let verdict = redis.admit(&ask("w", "r", rpm(3), None)).await.unwrap();
+    let Verdict::Allow { quota, .. } = verdict else {
+        panic!("{verdict:?}")
+    };
+    assert_eq!(
+        quota.remaining_requests,
+        Some(1),
+        "2 live: the old second's 2 left"
+    );
+    assert_eq!(server.cli(&["HEXISTS", key, &old]), "0");
+    assert_eq!(server.cli(&["HGET", key, "sum"]), "2");
+    assert_eq!(server.cli(&["HGET", key, "oldest"]), live);
+    let refused = redis.admit(&ask("w", "r", rpm(2), None)).await.unwrap();
+    let Verdict::Rate(Decision::Deny { retry_after, .. }) = refused else {
+        panic!("{refused:?}")
+    };
+    assert!(
+        retry_after <= Duration::from_secs(31) && retry_after >= Duration::from_secs(29),
+        "{retry_after:?}"
+    );
 }
 
 #[tokio::test]
@@ -249,6 +202,8 @@ async fn tokens_slots_and_spend_are_updated_after_admission() {
     };
     assert_eq!(budget_left, Some(Usd::from_f64(0.75)));
     assert_eq!(server.cli(&["GET", "gpt-api:{b}:reserved"]), "250000000");
+    let day = Keys::new("b").spent_day(budget.period);
+    let spent = |nanos: &str| wait(|| server.cli(&["GET", &day]) == nanos);
     redis.settle(
         "b",
         "r1",
@@ -256,11 +211,14 @@ async fn tokens_slots_and_spend_are_updated_after_admission() {
         Usd::from_f64(0.6),
         budget.period,
     );
-    let refused = admit_until(&redis, &ask("b", "r2", Limits::default(), Some(budget)), |v| {
-        matches!(v, Verdict::Allow { budget_left: Some(left), .. } if *left == Usd::from_f64(0.15))
-    })
-    .await;
-    assert!(matches!(refused, Verdict::Allow { .. }), "{refused:?}");
+    assert!(spent("600000000"));
+    let second = redis
+        .admit(&ask("b", "r2", Limits::default(), Some(budget)))
+        .await;
+    let Ok(Verdict::Allow { budget_left, .. }) = second else {
+        panic!("{second:?}")
+    };
+    assert_eq!(budget_left, Some(Usd::from_f64(0.15)));
     redis.settle(
         "b",
         "r2",
@@ -268,14 +226,12 @@ async fn tokens_slots_and_spend_are_updated_after_admission() {
         Usd::from_f64(0.4),
         budget.period,
     );
-    let refused = admit_until(
-        &redis,
-        &ask("b", "r3", Limits::default(), Some(budget)),
-        |v| matches!(v, Verdict::Budget(_)),
-    )
-    .await;
+    assert!(spent("1000000000"));
+    let refused = redis
+        .admit(&ask("b", "r3", Limits::default(), Some(budget)))
+        .await;
     assert!(
-        matches!(refused, Verdict::Budget(BudgetCheck::Deny { .. })),
+        matches!(refused, Ok(Verdict::Budget(BudgetCheck::Deny { .. }))),
         "{refused:?}"
     );
     assert_eq!(
@@ -419,4 +375,28 @@ fn a_bad_url_is_an_error_without_its_password() {
         "{text}"
     );
     assert!(!text.contains("hunter22"), "{text}");
+}
+
+#[tokio::test]
+async fn a_redis_slower_than_the_timeout_is_down() {
+    // Accepts and reads, never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let redis = store(&format!("redis://127.0.0.1:{port}"), 50);
+    let started = std::time::Instant::now();
+    let answer = redis.admit(&ask("k", "r", rpm(5), None)).await;
+    let waited = started.elapsed();
+    assert!(answer.is_err(), "{answer:?}");
+    assert!(
+        waited >= Duration::from_millis(50) && waited < Duration::from_millis(500),
+        "{waited:?}"
+    );
+    assert!(!redis.is_up());
+    hold.abort();
 }

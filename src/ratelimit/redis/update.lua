@@ -1,6 +1,6 @@
 -- gpt-api: one update after admission (src/ratelimit/redis/updates.rs sends them in batches). ARGV[1] names it.
 --   end     KEYS slots;                                  ARGV id
---   tokens  KEYS tokens;                                 ARGV count, ttl
+--   tokens  KEYS tokens;                                 ARGV count, ttl (the window's form: admit.lua)
 --   settle  KEYS reservations, reserved, day, month;     ARGV member, nanos, cost, day ttl, month ttl
 --   seed    KEYS day marker, day, month marker, month;   ARGV day nanos, month nanos, day ttl, month ttl
 --   undo    KEYS slots, reservations, reserved, requests; ARGV id, member, nanos, second
@@ -30,8 +30,11 @@ elseif op == 'tokens' then
   if redis.replicate_commands then
     redis.replicate_commands()
   end
-  local time = redis.call('TIME')
-  redis.call('HINCRBY', KEYS[1], time[1], ARGV[2])
+  local now = redis.call('TIME')[1]
+  redis.call('HINCRBY', KEYS[1], now, ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'sum', ARGV[2])
+  redis.call('HSETNX', KEYS[1], 'oldest', now)
+  redis.call('HSET', KEYS[1], 'newest', now)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 elseif op == 'settle' then
   release(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
@@ -48,8 +51,11 @@ elseif op == 'seed' then
 elseif op == 'undo' then
   redis.call('ZREM', KEYS[1], ARGV[2])
   release(KEYS[2], KEYS[3], ARGV[3], ARGV[4])
-  if ARGV[5] ~= '' and redis.call('HINCRBY', KEYS[4], ARGV[5], -1) <= 0 then
-    redis.call('HDEL', KEYS[4], ARGV[5])
+  if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[4], ARGV[5]) == 1 then
+    redis.call('HINCRBY', KEYS[4], 'sum', -1)
+    if redis.call('HINCRBY', KEYS[4], ARGV[5], -1) <= 0 then
+      redis.call('HDEL', KEYS[4], ARGV[5])
+    end
   end
 else
   return redis.error_reply('unknown update ' .. tostring(op))
