@@ -199,7 +199,12 @@ impl LimitStore for RedisStore {
         let (tx, mut rx) = oneshot::channel();
         // On the caller's runtime with its thread's connection; the store's own when called from outside one.
         let (mut conn, runtime) = match Handle::try_current() {
-            Ok(here) => match local::connection(&self.token, &self.client, &self.config) {
+            Ok(here) => match local::connection(
+                &self.token,
+                self.health.outages(),
+                &self.client,
+                &self.config,
+            ) {
                 Ok(conn) => (conn, here),
                 Err(e) => return Err(self.unavailable(e.to_string())),
             },

@@ -1,6 +1,6 @@
 //! Whether Redis answers: starting, up or down, with one log line per change (never the URL's password).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crate::config::{OnRedisDown, RedisSettings};
 
@@ -12,6 +12,9 @@ const DOWN: u8 = 2;
 #[derive(Debug)]
 pub struct Health {
     state: AtomicU8,
+    /// Outages so far: a connection made before the latest one is made again (its client may still hold
+    /// the error of a reconnection tried while Redis was down).
+    outages: AtomicU64,
     /// The URL with its user and password masked.
     shown: String,
     on_down: OnRedisDown,
@@ -35,6 +38,7 @@ impl Health {
         let secrets: Vec<String> = password.into_iter().chain(decoded).collect();
         Health {
             state: AtomicU8::new(STARTING),
+            outages: AtomicU64::new(0),
             shown: settings.shown(),
             on_down: settings.on_down,
             secrets: secrets
@@ -54,10 +58,16 @@ impl Health {
         self.state.load(Ordering::Acquire) == UP
     }
 
+    /// How many times Redis went down so far.
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Acquire)
+    }
+
     /// A call failed or timed out: down. Logs one WARN line when this is news; returns whether it was.
     pub fn fail(&self, why: &str) -> bool {
         let was = self.state.swap(DOWN, Ordering::AcqRel);
         if was != DOWN {
+            self.outages.fetch_add(1, Ordering::AcqRel);
             log::warn!("{}", self.down_line(why));
         }
         was != DOWN
@@ -121,9 +131,11 @@ mod tests {
         assert!(h.answered());
         assert!(h.is_up() && h.is_confirmed());
         assert!(!h.answered(), "no news");
+        assert_eq!(h.outages(), 0);
         assert!(h.fail("timeout"));
         assert!(!h.is_up());
         assert!(!h.fail("timeout again"), "one line per outage");
+        assert_eq!(h.outages(), 1);
         assert!(h.answered());
         assert!(h.is_up());
     }

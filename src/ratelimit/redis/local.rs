@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisResult};
+use tokio::sync::oneshot;
 
 /// One thread's connection to one store's Redis.
 struct Local {
@@ -17,7 +18,11 @@ struct Local {
     store: Weak<()>,
     /// Gone when the runtime that drives the connection is shut down.
     runtime: Weak<()>,
+    /// The store's outage count when it was made: after an outage it is made again.
+    outages: u64,
     conn: ConnectionManager,
+    /// Dropped with this entry: ends the task holding the runtime's token.
+    _stop: oneshot::Sender<()>,
 }
 
 thread_local! {
@@ -25,30 +30,38 @@ thread_local! {
 }
 
 /// This thread's connection for the store whose liveness token is `store`, made (lazily connecting, on the
-/// current runtime) when there is none or its runtime is gone. Call from within a Tokio runtime.
+/// current runtime) when there is none, its runtime is gone, or Redis was down since it was made (`outages`:
+/// the store's count). Call from within a Tokio runtime.
 pub fn connection(
     store: &Arc<()>,
+    outages: u64,
     client: &Client,
     config: &ConnectionManagerConfig,
 ) -> RedisResult<ConnectionManager> {
     CONNECTIONS.with(|list| {
         let mut list = list.borrow_mut();
-        list.retain(|l| l.store.strong_count() > 0 && l.runtime.strong_count() > 0);
         let mine = Arc::downgrade(store);
+        list.retain(|l| {
+            let stale = Weak::ptr_eq(&l.store, &mine) && l.outages != outages;
+            l.store.strong_count() > 0 && l.runtime.strong_count() > 0 && !stale
+        });
         if let Some(found) = list.iter().find(|l| Weak::ptr_eq(&l.store, &mine)) {
             return Ok(found.conn.clone());
         }
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
         let token = Arc::new(());
         let runtime = Arc::downgrade(&token);
+        let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let _token = token;
-            std::future::pending::<()>().await;
+            let _ = stopped.await;
         });
         list.push(Local {
             store: mine,
             runtime,
+            outages,
             conn: conn.clone(),
+            _stop: stop,
         });
         Ok(conn)
     })

@@ -13,6 +13,7 @@ use crate::ratelimit::{Decision, MemoryStore};
 use crate::secret::Secret;
 use server::{free_port, wait, Server};
 
+mod batches;
 mod server;
 
 fn store(url: &str, timeout_ms: u64) -> RedisStore {

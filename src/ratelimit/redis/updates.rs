@@ -1,5 +1,10 @@
 //! The updates after admission (a slot freed, tokens, spend settled or seeded): queued without waiting, sent
 //! in pipelined batches by one task on the store's runtime, and kept to be sent again while Redis is down.
+//!
+//! A batch is one transaction (`MULTI` ... `EXEC`) that also sets a marker naming it (this node's random tag
+//! and the batch's number): a batch whose answer was lost (a timeout after Redis ran it, a dropped
+//! connection) is sent again only if its marker is absent, so no token or dollar is counted twice. Markers
+//! live [`MARKER_TTL`]; Redis's own commands run a transaction whole or not at all.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +16,7 @@ use redis::{Cmd, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::health::Health;
-use super::keys::{Keys, DAY_TTL, MONTH_TTL};
+use super::keys::{Keys, DAY_TTL, MONTH_TTL, PREFIX};
 use super::script::UPDATE;
 use crate::money::Usd;
 use crate::ratelimit::budget::{Period, Spent};
@@ -28,6 +33,9 @@ const KEPT: usize = 65_536;
 const LINGER: Duration = Duration::from_millis(5);
 /// How often a task holding updates looks whether Redis is back.
 const DOWN_POLL: Duration = Duration::from_millis(100);
+/// How long a batch's marker is kept: a batch whose answer was lost longer ago than this and that Redis did
+/// run would be counted twice (a partition this long with Redis's memory intact).
+const MARKER_TTL: Duration = Duration::from_secs(600);
 
 /// One update, sent as one call of `update.lua`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +182,9 @@ impl Queue {
         Sender {
             script: Arc::new(Script::new(UPDATE)),
             dropped: Arc::clone(&self.dropped),
+            tag: uuid::Uuid::now_v7().simple().to_string(),
+            batches: 0,
+            unsure: None,
         }
     }
 }
@@ -191,12 +202,18 @@ fn count_dropped(dropped: &AtomicU64, n: u64, why: &str) {
 pub struct Sender {
     script: Arc<Script>,
     dropped: Arc<AtomicU64>,
+    /// This sender's random name in its batches' markers.
+    tag: String,
+    /// Batches numbered so far.
+    batches: u64,
+    /// The batch at the front of `kept` whose answer was lost: its size and marker.
+    unsure: Option<(usize, String)>,
 }
 
 impl Sender {
     /// Sends until `stop`, then once more what is queued (while Redis answers). Runs on the store's runtime.
     pub async fn run(
-        self,
+        mut self,
         mut conn: ConnectionManager,
         health: Arc<Health>,
         mut rx: mpsc::Receiver<Op>,
@@ -241,11 +258,16 @@ impl Sender {
         }
     }
 
-    fn keep(&self, kept: &mut VecDeque<Op>, incoming: &mut Vec<Op>) {
+    fn keep(&mut self, kept: &mut VecDeque<Op>, incoming: &mut Vec<Op>) {
         kept.extend(incoming.drain(..));
         let over = kept.len().saturating_sub(KEPT);
         if over > 0 {
             kept.drain(..over);
+            // The unsure batch at the front lost its oldest updates (or all of them) with the rest.
+            self.unsure = self
+                .unsure
+                .take()
+                .and_then(|(n, marker)| (n > over).then(|| (n - over, marker)));
             count_dropped(
                 &self.dropped,
                 over as u64,
@@ -254,35 +276,64 @@ impl Sender {
         }
     }
 
-    /// Sends one batch from the front of `kept`; on a failure it stays there and Redis is marked down.
+    /// Sends one batch from the front of `kept`; on a failure it stays there (with its marker, to be looked
+    /// up before it is sent again) and Redis is marked down.
     async fn send_some(
-        &self,
+        &mut self,
         conn: &mut ConnectionManager,
         kept: &mut VecDeque<Op>,
         health: &Health,
     ) {
-        let n = kept.len().min(BATCH);
+        let (n, marker) = match self.unsure.take() {
+            Some((n, marker)) => match ran(conn, &marker).await {
+                Ok(true) => {
+                    kept.drain(..n.min(kept.len()));
+                    return;
+                }
+                Ok(false) => (n, marker),
+                Err(e) => {
+                    self.unsure = Some((n, marker));
+                    health.fail(&format!("sending updates: {e}"));
+                    return;
+                }
+            },
+            None => {
+                self.batches += 1;
+                let marker = format!("{PREFIX}sent:{}:{}", self.tag, self.batches);
+                (kept.len().min(BATCH), marker)
+            }
+        };
         let batch = coalesce(kept.iter().take(n));
-        match self.send(conn, &batch).await {
+        match self.send(conn, &batch, &marker).await {
             Ok(()) => {
                 kept.drain(..n);
             }
             Err(e) => {
+                self.unsure = Some((n, marker));
                 health.fail(&format!("sending updates: {e}"));
             }
         }
     }
 
-    /// One pipeline of `batch`; updates Redis refuses are dropped (and counted), except for an unknown script,
-    /// which is loaded and the batch sent again (each update is the same script, so none ran).
-    async fn send(&self, conn: &mut ConnectionManager, batch: &[Op]) -> RedisResult<()> {
+    /// One transaction of `batch` and its marker; updates Redis refuses are dropped (and counted), except for
+    /// an unknown script, which is loaded and the batch sent again (each update is the same script, so none
+    /// ran).
+    async fn send(
+        &self,
+        conn: &mut ConnectionManager,
+        batch: &[Op],
+        marker: &str,
+    ) -> RedisResult<()> {
+        let ttl = u64::try_from(MARKER_TTL.as_millis()).unwrap_or(u64::MAX);
         for attempt in 0..2 {
             let mut pipe = redis::pipe();
-            pipe.ignore_errors();
+            pipe.atomic().ignore_errors();
             for op in batch {
                 pipe.add_command(op.command(self.script.get_hash()));
             }
-            let results: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
+            pipe.cmd("SET").arg(marker).arg(1).arg("PX").arg(ttl);
+            let mut results: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
+            results.pop();
             let unknown = results
                 .iter()
                 .any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT")));
@@ -300,6 +351,34 @@ impl Sender {
         }
         Ok(())
     }
+}
+
+#[cfg(test)]
+impl Sender {
+    /// As if the answer to the last batch sent had been lost: its first `n` updates are at the front again.
+    pub fn lose_answer(&mut self, n: usize) {
+        self.unsure = Some((n, format!("{PREFIX}sent:{}:{}", self.tag, self.batches)));
+    }
+
+    /// As if a batch that never reached Redis had been lost.
+    pub fn lose_unsent(&mut self, n: usize) {
+        self.batches += 1;
+        self.lose_answer(n);
+    }
+
+    pub async fn send_front(&mut self, conn: &mut ConnectionManager, kept: &mut VecDeque<Op>) {
+        let health = Health::new(&crate::config::RedisSettings {
+            url: crate::secret::Secret::new("redis://127.0.0.1"),
+            timeout: Duration::from_secs(1),
+            on_down: crate::config::OnRedisDown::Local,
+        });
+        self.send_some(conn, kept, &health).await;
+    }
+}
+
+/// Whether the batch marked `marker` ran.
+async fn ran(conn: &mut ConnectionManager, marker: &str) -> RedisResult<bool> {
+    redis::cmd("EXISTS").arg(marker).query_async(conn).await
 }
 
 /// The updates with each key's tokens added up into one (they all land in Redis's current second): one call
@@ -397,7 +476,7 @@ mod tests {
     #[test]
     fn updates_kept_while_down_are_bounded() {
         let (queue, _rx) = Queue::new();
-        let sender = queue.sender();
+        let mut sender = queue.sender();
         let op = Op::Tokens {
             keys: Keys::new("k"),
             tokens: 1,

@@ -1,0 +1,53 @@
+//! A batch of updates whose answer was lost is sent again only if Redis did not run it (its marker).
+
+use std::collections::VecDeque;
+
+use super::super::keys::Keys;
+use super::super::updates::{Op, Queue};
+use super::server::Server;
+
+#[tokio::test]
+async fn a_batch_whose_answer_was_lost_is_not_counted_twice() {
+    let server = Server::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let (queue, _rx) = Queue::new();
+    let mut sender = queue.sender();
+    let tokens = |n: u64| Op::Tokens {
+        keys: Keys::new("k"),
+        tokens: n,
+    };
+    let sum = || server.cli(&["HGET", "gpt-api:{k}:tokens", "sum"]);
+
+    let mut kept = VecDeque::from([tokens(5), tokens(2)]);
+    sender.send_front(&mut conn, &mut kept).await;
+    assert!(kept.is_empty());
+    assert_eq!(sum(), "7");
+    let markers = server.cli(&["KEYS", "gpt-api:sent:*"]);
+    assert_eq!(markers.lines().count(), 1, "{markers}");
+    let ttl: u64 = server.cli(&["PTTL", markers.trim()]).parse().unwrap();
+    assert!(ttl > 590_000 && ttl <= 600_000, "{ttl}");
+
+    // Redis ran it, its answer was lost: the same updates are at the front again, and a newer one behind.
+    kept.extend([tokens(5), tokens(2), tokens(100)]);
+    sender.lose_answer(2);
+    sender.send_front(&mut conn, &mut kept).await;
+    assert_eq!(sum(), "7", "not run twice");
+    assert_eq!(kept, VecDeque::from([tokens(100)]));
+    sender.send_front(&mut conn, &mut kept).await;
+    assert_eq!(sum(), "107");
+
+    // Lost before Redis ran it: sent again.
+    kept.extend([tokens(1), tokens(1)]);
+    sender.lose_unsent(2);
+    sender.send_front(&mut conn, &mut kept).await;
+    assert!(kept.is_empty());
+    assert_eq!(sum(), "109");
+
+    // Redis lost its scripts (restarted, flushed): none of the transaction's updates ran; loaded, sent once.
+    assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    kept.extend([tokens(1), tokens(10)]);
+    sender.send_front(&mut conn, &mut kept).await;
+    assert!(kept.is_empty());
+    assert_eq!(sum(), "120");
+}
