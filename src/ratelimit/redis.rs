@@ -1,7 +1,8 @@
 //! The limit store shared by every node: each key's windows, slots, reservations and spend, in Redis.
 //!
 //! [`RedisStore::admit`] is one round trip: `admit.lua` (by `EVALSHA`) checks and takes the rpm, tpm, a
-//! concurrency slot and the budget reservation atomically, on Redis's clock, and its answer is read back into
+//! concurrency slot and the budget reservation atomically, on Redis's clock (the admissions that arrive on a
+//! thread while its call is out go together in the next call: `lane.rs`), and its answer is read back into
 //! the memory store's verdict (`script.rs`). What follows admission is queued without waiting and sent in
 //! batches (`updates.rs`). Key layout: `keys.rs`. Slots and reservations are leases of [`LEASE`]: a node that
 //! dies with requests in flight holds them that long at most.
@@ -16,6 +17,7 @@
 
 mod health;
 mod keys;
+mod lane;
 mod local;
 mod script;
 mod updates;
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisResult, Script, Value};
+use redis::{RedisResult, Script};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,6 +37,7 @@ use crate::config::RedisSettings;
 use crate::money::Usd;
 use health::Health;
 use keys::Keys;
+use lane::Lane;
 use script::{AdmitCall, Answer, Status, ADMIT, UPDATE};
 use updates::{member, Op, Queue};
 
@@ -77,7 +80,8 @@ pub struct RedisStore {
 struct Running {
     runtime: Option<Runtime>,
     handle: Handle,
-    conn: ConnectionManager,
+    /// The store's own connection, for callers outside any runtime.
+    lane: Arc<Lane>,
     admit: Arc<Script>,
     stop: Option<oneshot::Sender<()>>,
     /// Says when the update task has sent what it could at shutdown.
@@ -173,7 +177,7 @@ impl RedisStore {
         Some(Running {
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
-            conn,
+            lane: Arc::new(Lane::new(conn)),
             admit,
             stop: Some(stop),
             done: Mutex::new(done),
@@ -198,27 +202,21 @@ impl LimitStore for RedisStore {
         let call = AdmitCall::new(ask, LEASE);
         let (tx, mut rx) = oneshot::channel();
         // On the caller's runtime with its thread's connection; the store's own when called from outside one.
-        let (mut conn, runtime) = match Handle::try_current() {
+        match Handle::try_current() {
             Ok(here) => match local::connection(
                 &self.token,
                 self.health.outages(),
                 &self.client,
                 &self.config,
             ) {
-                Ok(conn) => (conn, here),
+                Ok(lane) => lane.submit(call, tx, &here, &running.admit, &self.queue),
                 Err(e) => return Err(self.unavailable(e.to_string())),
             },
-            Err(_) => (running.conn.clone(), running.handle.clone()),
-        };
-        let script = Arc::clone(&running.admit);
-        let queue = Arc::clone(&self.queue);
-        runtime.spawn(async move {
-            let answer = evaluate(&script, &mut conn, &call).await;
-            // The caller stopped waiting: what the script took is given back.
-            if let Err(Ok(answer)) = tx.send(answer) {
-                give_back(&queue, call, &answer);
+            Err(_) => {
+                let lane = &running.lane;
+                lane.submit(call, tx, &running.handle, &running.admit, &self.queue);
             }
-        });
+        }
         match tokio::time::timeout(self.timeout, &mut rx).await {
             Ok(Ok(Ok(answer))) => Ok(answer.verdict(ask)),
             Ok(Ok(Err(why))) => Err(self.unavailable(why)),
@@ -300,26 +298,6 @@ impl Drop for RedisStore {
             runtime.shutdown_background();
         }
     }
-}
-
-/// Runs the admission script (loading it first if Redis lost it) and reads its answer.
-async fn evaluate(
-    script: &Script,
-    conn: &mut ConnectionManager,
-    call: &AdmitCall,
-) -> Result<Answer, String> {
-    let mut invocation = script.prepare_invoke();
-    for key in &call.key_args {
-        invocation.key(key.as_str());
-    }
-    for arg in &call.args {
-        invocation.arg(arg.as_str());
-    }
-    let value: Value = invocation
-        .invoke_async(conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    Answer::parse(&value)
 }
 
 /// Queues the undoing of an admission nobody waited for.

@@ -1,4 +1,4 @@
-//! Each calling thread's own connection, driven by the caller's runtime: an admission then costs no hop to
+//! Each calling thread's own connection (and its batches of admissions, `lane.rs`), driven by the caller's runtime: an admission then costs no hop to
 //! another thread and back (measured: most of what Redis added per request, see bench/RESULTS.md).
 //!
 //! A connection lives in a thread-local list while its runtime and its store do: a small task spawned with
@@ -9,6 +9,8 @@ use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::lane::Lane;
 use redis::{Client, RedisResult};
 use tokio::sync::oneshot;
 
@@ -20,7 +22,7 @@ struct Local {
     runtime: Weak<()>,
     /// The store's outage count when it was made: after an outage it is made again.
     outages: u64,
-    conn: ConnectionManager,
+    lane: Arc<Lane>,
     /// Dropped with this entry: ends the task holding the runtime's token.
     _stop: oneshot::Sender<()>,
 }
@@ -37,7 +39,7 @@ pub fn connection(
     outages: u64,
     client: &Client,
     config: &ConnectionManagerConfig,
-) -> RedisResult<ConnectionManager> {
+) -> RedisResult<Arc<Lane>> {
     CONNECTIONS.with(|list| {
         let mut list = list.borrow_mut();
         let mine = Arc::downgrade(store);
@@ -46,9 +48,10 @@ pub fn connection(
             l.store.strong_count() > 0 && l.runtime.strong_count() > 0 && !stale
         });
         if let Some(found) = list.iter().find(|l| Weak::ptr_eq(&l.store, &mine)) {
-            return Ok(found.conn.clone());
+            return Ok(Arc::clone(&found.lane));
         }
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        let lane = Arc::new(Lane::new(conn));
         let token = Arc::new(());
         let runtime = Arc::downgrade(&token);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -60,9 +63,9 @@ pub fn connection(
             store: mine,
             runtime,
             outages,
-            conn: conn.clone(),
+            lane: Arc::clone(&lane),
             _stop: stop,
         });
-        Ok(conn)
+        Ok(lane)
     })
 }

@@ -1,10 +1,56 @@
-//! A batch of updates whose answer was lost is sent again only if Redis did not run it (its marker).
+//! Batches: a thread's admissions that arrive together go in one call with the verdicts of separate calls;
+//! a batch of updates whose answer was lost is sent again only if Redis did not run it (its marker).
 
 use std::collections::VecDeque;
 
 use super::super::keys::Keys;
 use super::super::updates::{Op, Queue};
 use super::server::Server;
+use super::{ask, rpm, store};
+use crate::ratelimit::store::{LimitStore, Verdict};
+
+#[tokio::test]
+async fn admissions_arriving_together_go_in_fewer_calls_with_the_same_verdicts() {
+    let server = Server::start();
+    let redis = std::sync::Arc::new(store(&server.url(), 2000));
+    // Connected and the script loaded before the burst.
+    let first = redis.admit(&ask("b", "r0", rpm(30), None)).await;
+    assert!(matches!(first, Ok(Verdict::Allow { .. })), "{first:?}");
+    let calls = || -> u64 {
+        let stats = server.cli(&["INFO", "commandstats"]);
+        let line = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:"));
+        let calls = line.and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok());
+        calls.unwrap_or(0)
+    };
+    let before = calls();
+    let tasks: Vec<_> = (1..=49)
+        .map(|i| {
+            let redis = std::sync::Arc::clone(&redis);
+            tokio::spawn(async move {
+                let id = format!("r{i}");
+                redis.admit(&ask("b", &id, rpm(30), None)).await
+            })
+        })
+        .collect();
+    let mut allowed = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(Verdict::Allow { quota, .. }) => allowed.push(quota.remaining_requests.unwrap()),
+            Ok(Verdict::Rate(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    allowed.sort_unstable();
+    assert_eq!(
+        allowed,
+        (0..29).collect::<Vec<u32>>(),
+        "29 more of 30, each its own place"
+    );
+    let sent = calls() - before;
+    assert!(sent < 49, "{sent} calls for 49 admissions");
+    eprintln!("49 admissions in {sent} calls");
+    assert_eq!(server.cli(&["HGET", "gpt-api:{b}:requests", "sum"]), "30");
+}
 
 #[tokio::test]
 async fn a_batch_whose_answer_was_lost_is_not_counted_twice() {
