@@ -24,7 +24,7 @@ done
     || { echo "bench: BENCH_SECONDS 1..60, BENCH_ROUNDS 1..20, BENCH_CONNECTIONS 1..1000" >&2; exit 1; }
 die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
-for tool in wrk curl taskset redis-server redis-cli ss; do
+for tool in wrk curl taskset redis-server redis-cli redis-benchmark ss; do
     command -v "$tool" >/dev/null || die "missing $tool (apt-get install -y wrk curl redis-server iproute2)"
 done
 
@@ -158,10 +158,16 @@ for t in memory redis; do  # warm-up
     timeout 40 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -s "$TMP/chat.lua" \
         "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" >/dev/null 2>&1 || true
 done
+# The floor under the p50 Redis adds: one PING round trip from the proxy's core, a client that waits for each.
+ping_p50() {
+    timeout 60 taskset -c "$PROXY_CPU" redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 1 -n 20000 -t ping --csv \
+        2>/dev/null | awk -F'"' '/PING_MBULK/ { print $10 }'
+}
 for round in $(seq 1 "$ROUNDS"); do
     for conns in 1 "$CONNS"; do
         for t in memory redis; do run "$t" "$conns" "$round"; done
     done
+    V[ping]+=" $(ping_p50)"
 done
 grep -q 'unavailable' "$TMP/redis/gpt-api.log" && log "warning: Redis was marked down during the run"
 
@@ -180,6 +186,7 @@ for conns in 1 "$CONNS"; do
 done
 echo
 awk -v a="$(m "redis,1,p50")" -v b="$(m "memory,1,p50")" 'BEGIN { printf "p50 added by Redis (1 conn): %.3f ms\n", a - b }'
+echo "one PING round trip (redis-benchmark, 1 client, from the proxy's core): p50 $(m ping) ms"
 awk -v a="$(m "redis,$CONNS,rps")" -v b="$(m "memory,$CONNS,rps")" \
     'BEGIN { printf "throughput with Redis / in memory (%s conns): %.3f\n", "'"$CONNS"'", a / b }'
 stats=$(redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),usec=[0-9]*,usec_per_call=\([0-9.]*\).*/\1 \2/p')
