@@ -8,7 +8,8 @@ use url::{Host, Url};
 
 use crate::endpoints::strip_v1;
 
-/// A validated `http`/`https` base URL without query, fragment or credentials.
+/// A validated `http`/`https` base URL without fragment or credentials; its query (Azure's `?api-version=...`)
+/// is added to every request's (the caller's value wins for a name both have).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseUrl {
     /// `https` (true) or `http` (false).
@@ -23,6 +24,8 @@ pub struct BaseUrl {
     pub ip: Option<IpAddr>,
     /// Value for the upstream `Host` header: `:port` only when non-default, IPv6 in brackets.
     pub host_header: String,
+    /// The URL's own query as written, without `?`; "" when none.
+    pub query: String,
 }
 
 /// `text` with its user name and password, if any, replaced by `***`: for every message or log line that shows
@@ -55,8 +58,6 @@ pub enum BaseUrlError {
     NoHost,
     #[error("URL must not contain a user name or password (use api_key or headers)")]
     Credentials,
-    #[error("URL must not contain a query (?...)")]
-    Query,
     #[error("URL must not contain a fragment (#...)")]
     Fragment,
 }
@@ -73,9 +74,6 @@ impl BaseUrl {
         };
         if !url.username().is_empty() || url.password().is_some() {
             return Err(BaseUrlError::Credentials);
-        }
-        if url.query().is_some() {
-            return Err(BaseUrlError::Query);
         }
         if url.fragment().is_some() {
             return Err(BaseUrlError::Fragment);
@@ -95,6 +93,7 @@ impl BaseUrl {
             port,
             path: url.path().trim_end_matches('/').to_string(),
             ip,
+            query: url.query().unwrap_or_default().to_owned(),
         })
     }
 
@@ -115,8 +114,48 @@ impl BaseUrl {
         if joined.is_empty() {
             joined.push('/');
         }
-        joined.push_str(query);
+        if self.query.is_empty() {
+            joined.push_str(query);
+        } else {
+            joined.push('?');
+            merge_query(
+                &self.query,
+                query.strip_prefix('?').unwrap_or(query),
+                &mut joined,
+            );
+        }
         joined
+    }
+}
+
+/// `own` then `caller`, both as written, leaving out the pairs of `own` whose name `caller` has too.
+fn merge_query(own: &str, caller: &str, out: &mut String) {
+    let name = |pair: &str| -> String {
+        let raw = pair.split('=').next().unwrap_or_default();
+        url::form_urlencoded::parse(raw.as_bytes())
+            .next()
+            .map(|(n, _)| n.into_owned())
+            .unwrap_or_default()
+    };
+    let callers: Vec<String> = caller
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(name)
+        .collect();
+    let mut first = true;
+    let pairs = own.split('&').filter(|p| !p.is_empty());
+    for pair in pairs.filter(|p| !callers.contains(&name(p))) {
+        if !first {
+            out.push('&');
+        }
+        out.push_str(pair);
+        first = false;
+    }
+    if !caller.is_empty() {
+        if !first {
+            out.push('&');
+        }
+        out.push_str(caller);
     }
 }
 
@@ -135,7 +174,17 @@ fn host_header(host: &str, ip: Option<IpAddr>, explicit_port: Option<u16>) -> St
 impl fmt::Display for BaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "https" } else { "http" };
-        write!(f, "{scheme}://{}{}", self.host_header, self.path)
+        write!(f, "{scheme}://{}{}", self.host_header, self.path)?;
+        // Values other than Azure's `api-version` may be keys (`?key=...`): shown masked.
+        for (i, pair) in self.query.split('&').filter(|p| !p.is_empty()).enumerate() {
+            let sep = if i == 0 { '?' } else { '&' };
+            match pair.split_once('=') {
+                Some(("api-version", _)) => write!(f, "{sep}{pair}")?,
+                Some((name, _)) => write!(f, "{sep}{name}=***")?,
+                None => write!(f, "{sep}{pair}")?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -206,7 +255,6 @@ mod tests {
         assert_eq!(err("ftp://h/x"), BaseUrlError::Scheme("ftp".into()));
         assert_eq!(err("unix:/tmp/sock"), BaseUrlError::Scheme("unix".into()));
         assert_eq!(err("https://user:pw@h/v1"), BaseUrlError::Credentials);
-        assert_eq!(err("https://h/v1?api-version=1"), BaseUrlError::Query);
         assert_eq!(err("https://h/v1#x"), BaseUrlError::Fragment);
         assert!(matches!(err("http://:80"), BaseUrlError::Invalid(..)));
     }
@@ -276,6 +324,45 @@ mod tests {
         assert_eq!(
             azure.join("/v1/chat/completions?api-version=2024-06-01"),
             "/openai/deployments/gpt4o/chat/completions?api-version=2024-06-01"
+        );
+    }
+
+    #[test]
+    fn the_urls_own_query_joins_the_callers_which_wins_on_a_name() {
+        let azure =
+            url("https://x.openai.azure.com/openai/deployments/gpt4o?api-version=2024-10-21");
+        assert_eq!(azure.query, "api-version=2024-10-21");
+        assert_eq!(
+            azure.join("/v1/chat/completions"),
+            "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            azure.join("/v1/chat/completions?api-version=2025-01-01&x=1"),
+            "/openai/deployments/gpt4o/chat/completions?api-version=2025-01-01&x=1"
+        );
+        assert_eq!(
+            azure.join("/v1/chat/completions?x=%20y"),
+            "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21&x=%20y"
+        );
+        assert_eq!(
+            azure.join("/v1/chat/completions?"),
+            "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21"
+        );
+        let two = url("http://h/v1?a=1&b=2");
+        assert_eq!(two.join("/v1/models?b=3"), "/v1/models?a=1&b=3");
+        assert_eq!(
+            two.join("/v1/models?%62=3"),
+            "/v1/models?a=1&%62=3",
+            "names compared decoded"
+        );
+        assert_eq!(
+            azure.to_string(),
+            "https://x.openai.azure.com/openai/deployments/gpt4o?api-version=2024-10-21"
+        );
+        let keyed = url("https://g.example/v1beta?key=s3cret&api-version=1");
+        assert_eq!(
+            keyed.to_string(),
+            "https://g.example/v1beta?key=***&api-version=1"
         );
     }
 }
