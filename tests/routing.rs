@@ -124,6 +124,12 @@ async fn upstream_path_joining_and_query() {
             "exact",
             &["pre"],
         ),
+        client(
+            "azure",
+            &prefixed.base_url("/openai/deployments/d1?api-version=2024-10-21"),
+            "exact",
+            &["az"],
+        ),
     ]))
     .await;
 
@@ -158,6 +164,18 @@ async fn upstream_path_joining_and_query() {
             &prefixed,
             "/api/openai/chat/completions",
         ),
+        (
+            "az",
+            "/v1/chat/completions",
+            &prefixed,
+            "/openai/deployments/d1/chat/completions?api-version=2024-10-21",
+        ),
+        (
+            "az",
+            "/v1/chat/completions?x=1&api-version=2025-01-01",
+            &prefixed,
+            "/openai/deployments/d1/chat/completions?x=1&api-version=2025-01-01",
+        ),
     ];
     for (model, path, mock, want) in cases {
         let before = mock.count();
@@ -175,7 +193,7 @@ async fn upstream_path_joining_and_query() {
     }
     assert_eq!(with_v1.count(), 6);
     assert_eq!(bare.count(), 3);
-    assert_eq!(prefixed.count(), 1);
+    assert_eq!(prefixed.count(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
