@@ -29,6 +29,12 @@ pub enum GatewayError {
     BodyTooLarge { limit: usize },
     #[error("Could not read the request body: {0}")]
     BodyRead(String),
+    /// A `Content-Encoding` of the request body the gateway cannot undo (the value, cut and escaped).
+    #[error("Content-Encoding `{0}` is not supported for request bodies: send gzip, deflate, br, zstd or none.")]
+    UnsupportedContentEncoding(String),
+    /// A compressed request body that does not decode (corrupt or cut).
+    #[error("The request body could not be decompressed: {0}")]
+    BodyEncoding(String),
     #[error("Chunked request bodies over 64 KiB are not supported on this connection; send Content-Length.")]
     LengthRequired,
     #[error("Unknown path {0}.")]
@@ -92,7 +98,9 @@ impl GatewayError {
             | Self::InvalidType { .. }
             | Self::BadPath
             | Self::BadHost
+            | Self::BodyEncoding(_)
             | Self::BodyRead(_) => 400,
+            Self::UnsupportedContentEncoding(_) => 415,
             Self::InvalidApiKey => 401,
             Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => 403,
             Self::RateLimited(_) | Self::BudgetExceeded(_) | Self::ConcurrencyLimit(_) => 429,
@@ -172,6 +180,8 @@ impl GatewayError {
             Self::HeaderTooLarge { .. } => "request_header_too_large",
             Self::RequestTimeout(_) => "request_timeout",
             Self::BodyRead(_) => "invalid_body",
+            Self::UnsupportedContentEncoding(_) => "unsupported_content_encoding",
+            Self::BodyEncoding(_) => "invalid_body_encoding",
             Self::LengthRequired => "length_required",
             Self::NotFound(_) => "unknown_url",
             Self::MethodNotAllowed { .. } => "method_not_allowed",

@@ -23,6 +23,7 @@ mod models;
 mod money;
 mod reload;
 mod report;
+mod request_encoding;
 mod request_id;
 mod rewriting;
 mod robustness_stream;

@@ -187,7 +187,8 @@ async fn route(
     ctx: &mut RequestCtx,
     rt: &Runtime,
 ) -> Result<(), GatewayError> {
-    let body = body::read_full(session, &rt.config.server).await?;
+    let received = body::read_full(session, &rt.config.server).await?;
+    let (body, encoded) = body::decoded(session, received, rt.config.server.max_body_bytes)?;
     let info = request::inspect(&body)?;
     // Formatted once: the record, the forwarded-for header of every attempt and the log use it.
     let socket = socket_ip(session);
@@ -217,7 +218,7 @@ async fn route(
         ip,
         peer_trusted,
     };
-    ctx.admit_request(caller, kind, body, info);
+    ctx.admit_request(caller, kind, (body, encoded), info);
     if ctx.key().is_some_and(|k| !k.allows(&model)) {
         return Err(GatewayError::ModelNotAllowed(model));
     }

@@ -47,7 +47,11 @@ pub(super) fn request_head(ctx: &RequestCtx, head: &mut RequestHeader) -> Result
         // A gateway key (auth on) never reaches a backend; nor does a caller's key where the client
         // sends its own.
         ctx.key().is_some() || !client.api_key.is_empty(),
-    )
+    )?;
+    if ctx.sends_decoded() {
+        head.remove_header(&http::header::CONTENT_ENCODING);
+    }
+    Ok(())
 }
 
 /// Pingora replays only the tail of the body it kept (see body.rs): the whole body goes at its end.

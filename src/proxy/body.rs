@@ -21,6 +21,32 @@ use tokio::time::Instant;
 use super::replay::ReplayStream;
 use crate::config::ServerSettings;
 use crate::error::GatewayError;
+use crate::escape;
+use crate::tap::decode::{decode_whole, Encoding, WholeError};
+
+/// The body with its `Content-Encoding` undone (at most `max` bytes decoded), and the bytes as received when
+/// it had one (sent on as they came when nothing in the body changes).
+pub fn decoded(
+    session: &Session,
+    body: Bytes,
+    max: usize,
+) -> Result<(Bytes, Option<Bytes>), GatewayError> {
+    let Some(value) = session.req_header().headers.get(header::CONTENT_ENCODING) else {
+        return Ok((body, None));
+    };
+    let encoding = Encoding::parse(value.as_bytes()).map_err(|_| {
+        let shown = String::from_utf8_lossy(value.as_bytes());
+        GatewayError::UnsupportedContentEncoding(escape::text(escape::cut(&shown, 64)).to_string())
+    })?;
+    let Some(encoding) = encoding else {
+        return Ok((body, None));
+    };
+    match decode_whole(encoding, &body, max) {
+        Ok(plain) => Ok((Bytes::from(plain), Some(body))),
+        Err(WholeError::TooLarge(_)) => Err(GatewayError::BodyTooLarge { limit: max }),
+        Err(WholeError::Invalid(e)) => Err(GatewayError::BodyEncoding(e.to_string())),
+    }
+}
 
 /// Pingora's retry buffer size (`BODY_BUF_LIMIT` in pingora-core).
 const RETRY_BUFFER_LIMIT: usize = 64 * 1024;

@@ -53,8 +53,10 @@ struct Admission {
     ratelimit_headers: Vec<(&'static str, String)>,
     info: Option<RequestInfo>,
     kind: ApiKind,
-    /// The complete request body, as received.
+    /// The complete request body, its `Content-Encoding` undone.
     body: Bytes,
+    /// The body as received, when it came compressed.
+    encoded: Option<Bytes>,
     /// The request's conversation, when its clients balance by affinity.
     affinity: Option<AffinityKey>,
 }
@@ -82,6 +84,7 @@ impl Default for Admission {
             info: None,
             kind: ApiKind::Other,
             body: Bytes::new(),
+            encoded: None,
             affinity: None,
         }
     }
@@ -170,11 +173,19 @@ impl RequestCtx {
     }
 
     /// The request as read: where it came from, its kind, its body and what the body says.
-    pub fn admit_request(&mut self, caller: Caller, kind: ApiKind, body: Bytes, info: RequestInfo) {
+    /// `body` is the decoded body; `encoded` the bytes received, when they were compressed.
+    pub fn admit_request(
+        &mut self,
+        caller: Caller,
+        kind: ApiKind,
+        (body, encoded): (Bytes, Option<Bytes>),
+        info: RequestInfo,
+    ) {
         let a = &mut self.admission;
         a.caller = caller;
         a.kind = kind;
         a.body = body;
+        a.encoded = encoded;
         a.info = Some(info);
     }
 

@@ -1,4 +1,5 @@
-//! Undoes a backend's `Content-Encoding` (gzip, deflate, br, zstd) as the body streams, so the tap reads plain bytes.
+//! Undoes a `Content-Encoding` (gzip, deflate, br, zstd): a backend's answer as it streams, so the tap reads plain
+//! bytes, and a caller's compressed request body whole, within a size cap ([`decode_whole`]).
 
 use std::io::{self, Write};
 
@@ -53,14 +54,32 @@ pub enum DecodeError {
     Invalid(Encoding, io::Error),
 }
 
-/// The decoded bytes, written by a decoder; refuses to grow past [`MAX_EXPANSION`] per piece.
-#[derive(Default)]
-struct Sink(Vec<u8>);
+/// The decoded bytes, written by a decoder; refuses to grow past its limit ([`MAX_EXPANSION`] per piece
+/// unless set lower).
+struct Sink(Vec<u8>, usize);
+
+impl Default for Sink {
+    fn default() -> Sink {
+        Sink(Vec::new(), MAX_EXPANSION)
+    }
+}
+
+/// The error a [`Sink`] refuses with: the bytes decoded reached the limit.
+#[derive(Debug)]
+struct OverLimit;
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the body decodes to more bytes than allowed")
+    }
+}
+
+impl std::error::Error for OverLimit {}
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.0.len() + buf.len() > MAX_EXPANSION {
-            return Err(io::Error::other("a piece decodes to more than 64 MiB"));
+        if self.0.len() + buf.len() > self.1 {
+            return Err(io::Error::other(OverLimit));
         }
         self.0.extend_from_slice(buf);
         Ok(buf.len())
@@ -85,6 +104,8 @@ enum Inner {
 pub struct Decoder {
     encoding: Encoding,
     inner: Inner,
+    /// A limit set before `deflate`'s decoder was chosen.
+    pending_limit: Option<usize>,
 }
 
 impl Decoder {
@@ -101,7 +122,27 @@ impl Decoder {
                     .map_err(|e| DecodeError::Invalid(encoding, e))?,
             ),
         };
-        Ok(Decoder { encoding, inner })
+        Ok(Decoder {
+            encoding,
+            inner,
+            pending_limit: None,
+        })
+    }
+
+    /// At most `bytes` decoded by the next piece (the default: [`MAX_EXPANSION`]).
+    fn limit(&mut self, bytes: usize) {
+        let sink = match &mut self.inner {
+            Inner::Gzip(d) => d.get_mut(),
+            Inner::Zlib(d) => d.get_mut(),
+            Inner::RawDeflate(d) => d.get_mut(),
+            Inner::Deflate(_) => {
+                self.pending_limit = Some(bytes);
+                return;
+            }
+            Inner::Brotli(d) => d.get_mut(),
+            Inner::Zstd(d) => d.get_mut(),
+        };
+        sink.1 = bytes;
     }
 
     /// Decodes the next piece of the body; `end`: it is the last, and the stream must be complete.
@@ -119,9 +160,10 @@ impl Decoder {
             let zlib = joined.len() >= 2
                 && joined[0] & 0x0f == 8
                 && (u16::from(joined[0]) << 8 | u16::from(joined[1])) % 31 == 0;
+            let sink = Sink(Vec::new(), self.pending_limit.unwrap_or(MAX_EXPANSION));
             self.inner = match zlib {
-                true => Inner::Zlib(flate2::write::ZlibDecoder::new(Sink::default())),
-                false => Inner::RawDeflate(flate2::write::DeflateDecoder::new(Sink::default())),
+                true => Inner::Zlib(flate2::write::ZlibDecoder::new(sink)),
+                false => Inner::RawDeflate(flate2::write::DeflateDecoder::new(sink)),
             };
             piece = &joined;
         }
@@ -135,6 +177,65 @@ impl Decoder {
         };
         out.map(Bytes::from).map_err(invalid)
     }
+}
+
+/// Why a whole body could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum WholeError {
+    /// It decodes to more than the limit.
+    #[error("the body decodes to more than {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Invalid(#[from] DecodeError),
+}
+
+/// Pieces fed to the decoder at a time: what one piece may expand to is bounded by the limit anyway.
+const WHOLE_PIECE: usize = 16 * 1024;
+
+/// The whole of `body` decoded, refused once it passes `max` bytes (never holding more: no decompression
+/// bomb), or when it is not valid or not complete.
+pub fn decode_whole(encoding: Encoding, body: &[u8], max: usize) -> Result<Vec<u8>, WholeError> {
+    let mut d = Decoder::new(encoding)?;
+    let mut out = Vec::new();
+    let mut pieces = body.chunks(WHOLE_PIECE).peekable();
+    if pieces.peek().is_none() {
+        out.extend_from_slice(&d.decode(&[], true)?);
+    }
+    while let Some(piece) = pieces.next() {
+        d.limit(max.saturating_sub(out.len()));
+        match d.decode(piece, pieces.peek().is_none()) {
+            Ok(bytes) => out.extend_from_slice(&bytes),
+            Err(DecodeError::Invalid(_, e)) if is_over_limit(&e) => {
+                return Err(WholeError::TooLarge(max))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // A zstd decoder's flush at its end does not say whether the last frame was complete; its size does.
+    if encoding == Encoding::Zstd {
+        let mut rest = body;
+        while !rest.is_empty() {
+            let n = zstd::zstd_safe::find_frame_compressed_size(rest)
+                .ok()
+                .filter(|&n| n > 0 && n <= rest.len())
+                .ok_or_else(|| {
+                    DecodeError::Invalid(encoding, io::Error::other("incomplete zstd frame"))
+                })?;
+            rest = &rest[n..];
+        }
+    }
+    // A brotli stream's flush at its end does not say whether it was complete; its close does.
+    if let Inner::Brotli(b) = &mut d.inner {
+        b.close()
+            .map_err(|e| DecodeError::Invalid(Encoding::Brotli, e))?;
+        out.extend_from_slice(&std::mem::take(&mut b.get_mut().0));
+    }
+    Ok(out)
+}
+
+/// Whether `e` is a [`Sink`]'s refusal, passed up by the decoder.
+fn is_over_limit(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<OverLimit>())
 }
 
 /// Writes `piece` into decoder `d`, finishing it at the end, and takes what it decoded so far.
@@ -192,6 +293,53 @@ data: [DONE]
             }
             (Encoding::Zstd, _) => zstd::encode_all(TEXT, 3).unwrap(),
         }
+    }
+
+    #[test]
+    fn a_whole_body_decodes_within_its_cap_and_a_bomb_is_refused_early() {
+        for (encoding, raw) in [
+            (Encoding::Gzip, false),
+            (Encoding::Deflate, false),
+            (Encoding::Deflate, true),
+            (Encoding::Brotli, false),
+            (Encoding::Zstd, false),
+        ] {
+            let body = encode(encoding, raw);
+            assert_eq!(decode_whole(encoding, &body, TEXT.len()).unwrap(), TEXT);
+            assert!(
+                matches!(
+                    decode_whole(encoding, &body, TEXT.len() - 1),
+                    Err(WholeError::TooLarge(_))
+                ),
+                "{encoding:?} raw={raw}"
+            );
+            let cut = &body[..body.len() - 3];
+            assert!(
+                matches!(
+                    decode_whole(encoding, cut, 1 << 20),
+                    Err(WholeError::Invalid(_))
+                ),
+                "{encoding:?} raw={raw}: a cut body"
+            );
+        }
+        // 64 MiB of zeros in ~64 KiB of gzip: refused at the cap, never held.
+        let zeros = vec![0u8; 1 << 20];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        for _ in 0..64 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let bomb = gz.finish().unwrap();
+        let started = std::time::Instant::now();
+        let err = decode_whole(Encoding::Gzip, &bomb, 4 << 20).unwrap_err();
+        assert!(
+            matches!(err, WholeError::TooLarge(n) if n == 4 << 20),
+            "{err:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(matches!(
+            decode_whole(Encoding::Zstd, b"not zstd at all", 100),
+            Err(WholeError::Invalid(_))
+        ));
     }
 
     #[test]

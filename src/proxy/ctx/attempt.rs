@@ -25,6 +25,8 @@ pub(super) struct Outgoing {
     pending: bool,
     /// The model named in the body sent.
     model: Option<String>,
+    /// The body sent is the decoded one of a compressed request: its `Content-Encoding` must go.
+    decoded: bool,
     /// The current attempt, counted in flight on its client until the next attempt or the request's end.
     in_flight: Option<InFlight>,
 }
@@ -49,7 +51,14 @@ impl RequestCtx {
             let body = &self.admission.body;
             let rewritten =
                 rewrite::rewrite(body, info, &cand.client, self.admission.kind, fallback);
-            self.outgoing.body = rewritten.unwrap_or_else(|| body.clone());
+            // A compressed request goes as it came unless the gateway changed it.
+            let encoded = self.admission.encoded.as_ref();
+            self.outgoing.decoded = encoded.is_some() && rewritten.is_some();
+            self.outgoing.body = match (rewritten, encoded) {
+                (Some(rewritten), _) => rewritten,
+                (None, Some(encoded)) => encoded.clone(),
+                (None, None) => body.clone(),
+            };
             self.outgoing.model =
                 Some(rewrite::upstream_model(info, &cand.client, fallback).to_owned());
         }
@@ -58,6 +67,11 @@ impl RequestCtx {
         self.outgoing.in_flight = Some(cand.load.start());
         self.answer.clear();
         Ok(Some(cand))
+    }
+
+    /// The current attempt sends a compressed request's body decoded (its `Content-Encoding` must go).
+    pub fn sends_decoded(&self) -> bool {
+        self.outgoing.decoded
     }
 
     /// The length of the body the current attempt sends.
