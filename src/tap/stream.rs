@@ -181,8 +181,10 @@ impl ResponseTap {
             && keys::null_or_absent(data, "usage")
     }
 
-    /// Whether the prefix has nothing left to do in the event `text`: there is none, every choice it may get
-    /// has it, or the event names choices only by `"index"` values that already have it.
+    /// Whether the prefix has nothing left to do in the event `data`: there is none, every choice it may get
+    /// has it, or the event names at least one `"index"` and each one it names already has it. (An event that
+    /// names none is read whole, so a choice known by its position is found; one without an index beside
+    /// choices with one, which no backend sends, would not be.)
     fn prefix_done(&self, data: &[u8]) -> bool {
         if self.prefix_json.is_none() || self.prefixed.len() >= PREFIXED_CHOICES {
             return true;
