@@ -6,7 +6,12 @@ pub const UPSTREAM_HEADER: &str = "x-upstream-request-id";
 
 /// A new id, as lower-case hyphenated text (36 bytes).
 pub fn new() -> String {
-    uuid::Uuid::now_v7().hyphenated().to_string()
+    // Encoded into a buffer on the stack, not through `Display` and the formatter.
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 #[cfg(test)]

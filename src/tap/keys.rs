@@ -1,8 +1,10 @@
-//! Finds one top-level key of a JSON object body by searching for it instead of parsing the whole body.
+//! Shallow reads of JSON objects: one top-level key found by searching instead of parsing, or an object's members.
 //!
 //! A non-stream answer is read only for `model` (near its start) and `usage` (near its end); the content in
 //! between can be long. A match of `"key"` followed by `:` whose quote is not escaped is a key in valid JSON;
 //! whether it is a top-level one is checked by walking only the bytes between it and the nearer end of the body.
+//! The same search tells a stream's event that has no usage from one that must be parsed ([`null_or_absent`]),
+//! and [`members`] reads a small object (a `usage`) member by member without building it.
 
 use serde_json::value::RawValue;
 
@@ -40,6 +42,136 @@ pub fn top_level<'a>(text: &'a str, key: &str, from: SearchFrom) -> Option<&'a R
     }
 }
 
+/// Calls `each` with the key (as written between its quotes) and the raw value text of every member of the
+/// JSON object `text`, in order; None when `text` is not an object. Meant for valid JSON (a `RawValue`'s
+/// text): values are skipped by their quotes and brackets, not checked.
+pub fn members<'a>(text: &'a str, mut each: impl FnMut(&'a str, &'a str)) -> Option<()> {
+    let b = text.as_bytes();
+    let mut i = skip_space(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_space(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return Some(());
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(b, i)?;
+        let key = text.get(i + 1..key_end - 1)?;
+        i = skip_space(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_space(b, i + 1);
+        let end = value_end(b, i)?;
+        each(key, text.get(i..end)?);
+        i = skip_space(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_space(b, i + 1),
+            Some(b'}') => return Some(()),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_space(b: &[u8], i: usize) -> usize {
+    i + b
+        .get(i..)
+        .map_or(0, |rest| rest.len() - rest.trim_ascii_start().len())
+}
+
+/// Just past the closing quote of the string that opens at `i`.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        if b[k] == b'"' {
+            return Some(k + 1);
+        }
+        j = k + 2;
+    }
+}
+
+/// Just past the value that starts at `i`: a string, an object or array (by its brackets), else a number or
+/// literal (up to the next delimiter).
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let (mut depth, mut j) = (0usize, i);
+            loop {
+                match b.get(j)? {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let rest = &b[i..];
+            let len = rest
+                .iter()
+                .position(|&c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace());
+            Some(i + len.unwrap_or(rest.len()))
+        }
+    }
+}
+
+/// Whether the JSON object `bytes` surely has no top-level `key` whose value is not `null`: searched from
+/// the end, a match of `"key":` followed by `null` one level inside the outermost object says so; any other
+/// value, even a nested one, says "maybe" (false), and so does a body that is not an object. Read through,
+/// never parsed: the cheap check of a stream's events for usage.
+pub fn null_or_absent(bytes: &[u8], key: &str) -> bool {
+    let trimmed = bytes.trim_ascii();
+    if !(trimmed.starts_with(b"{") && trimmed.ends_with(b"}")) {
+        return false;
+    }
+    let name = key.as_bytes();
+    let mut end = bytes.len();
+    while let Some(at) = memchr::memrchr(b'"', &bytes[..end]) {
+        end = at;
+        let quoted =
+            bytes[at + 1..].starts_with(name) && bytes.get(at + 1 + name.len()) == Some(&b'"');
+        if !quoted || escaped(bytes, at) {
+            continue;
+        }
+        let after_name = bytes[at + name.len() + 2..].trim_ascii_start();
+        let Some(value) = after_name.strip_prefix(b":") else {
+            continue; // a string, not a key
+        };
+        let Some(rest) = value.trim_ascii_start().strip_prefix(b"null") else {
+            return false;
+        };
+        if walk(rest) == Some((-1, -1)) {
+            return true;
+        }
+    }
+    true
+}
+
+/// Whether the quote at `at` is escaped (inside a string).
+fn escaped(bytes: &[u8], at: usize) -> bool {
+    let backslashes = bytes[..at]
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b'\\')
+        .count();
+    backslashes % 2 == 1
+}
+
 /// The value of the key whose quoted name starts at `at`, when it is a key of the outermost object. Only the
 /// bytes between the key and the end it was searched from are walked.
 fn value_if_top_level(
@@ -49,12 +181,7 @@ fn value_if_top_level(
     from: SearchFrom,
 ) -> Option<&RawValue> {
     let bytes = text.as_bytes();
-    let backslashes = bytes[..at]
-        .iter()
-        .rev()
-        .take_while(|&&b| b == b'\\')
-        .count();
-    if backslashes % 2 == 1 {
+    if escaped(bytes, at) {
         return None; // an escaped quote inside a string
     }
     let after_name = &text[at + name_len..];
@@ -142,6 +269,67 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn null_or_absent_never_hides_a_value() {
+        let bodies = [
+            (
+                r#"{"id":"c","choices":[{"delta":{"content":"x"}}],"usage":null}"#,
+                true,
+            ),
+            (r#"{"id":"c","choices":[]}"#, true),
+            (r#"{"choices":[],"usage":{"prompt_tokens":1}}"#, false),
+            (r#"{"usage" : null , "model":"m"}"#, true),
+            (r#"{"choices":[{"usage":{"x":1}}],"usage":null}"#, true),
+            (r#"{"usage":null,"choices":[{"usage":{"x":1}}]}"#, false),
+            (r#"{"c":"\"usage\":{\"fake\":1}","usage":null}"#, true),
+            (r#"{"c":"usage","d":"\"usage\""}"#, true),
+            (r#"{"usage":0}"#, false),
+            (r#"[{"usage":null}]"#, false),
+            ("not json", false),
+        ];
+        for (body, want) in bodies {
+            assert_eq!(null_or_absent(body.as_bytes(), "usage"), want, "{body}");
+            if want {
+                // Never true where a full parse finds a value.
+                let found = parsed(body, "usage");
+                assert!(found.is_none_or(|v| v == "null"), "{body}");
+            }
+        }
+    }
+
+    #[test]
+    fn members_are_read_like_a_full_parse() {
+        let objects = [
+            r#"{"a":1,"b":"x\"}","c":{"d":[1,{"e":"]"}]},"f":null , "g" : -2.5e3 ,"h":[]}"#,
+            r#" { } "#,
+            r#"{"only":true}"#,
+        ];
+        for text in objects {
+            let mut got = Vec::new();
+            members(text, |k, v| got.push((k.to_owned(), v.to_owned()))).unwrap();
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(text).unwrap();
+            let want: Vec<(String, String)> = map
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect();
+            let got: Vec<(String, String)> = (got.into_iter())
+                .map(|(k, v)| {
+                    (
+                        k,
+                        serde_json::from_str::<serde_json::Value>(&v)
+                            .unwrap()
+                            .to_string(),
+                    )
+                })
+                .collect();
+            assert_eq!(got, want, "{text}");
+        }
+        for not_object in ["[1]", "null", "\"s\"", "", "{\"a\"}"] {
+            assert!(members(not_object, |_, _| {}).is_none(), "{not_object}");
         }
     }
 

@@ -92,6 +92,9 @@ pub struct ResponseTap {
     decoder: Option<Decoder>,
     /// Why the body could not be decoded; nothing more is passed on after it.
     broken: Option<String>,
+    /// Tests: parse every event whole (the reference the quiet path must agree with).
+    #[cfg(test)]
+    always_parse: bool,
 }
 
 impl ResponseTap {
@@ -138,6 +141,8 @@ impl ResponseTap {
             frozen: None,
             decoder: None,
             broken: None,
+            #[cfg(test)]
+            always_parse: false,
         }
     }
 

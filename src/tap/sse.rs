@@ -64,6 +64,15 @@ impl<'a> Fields<'a> {
             first: None,
             more: Vec::new(),
         };
+        match lone_data(event) {
+            Some(value) => fields.first = Some(value),
+            None => fields.read_lines(),
+        }
+        fields
+    }
+
+    fn read_lines(&mut self) {
+        let event = self.event;
         let mut pos = 0;
         while pos < event.len() {
             let nl = memchr::memchr(b'\n', &event[pos..]);
@@ -76,10 +85,9 @@ impl<'a> Fields<'a> {
             if line_end == pos {
                 break;
             }
-            fields.field(pos, line_end);
+            self.field(pos, line_end);
             pos = end + 1;
         }
-        fields
     }
 
     fn field(&mut self, start: usize, end: usize) {
@@ -131,6 +139,26 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The value of an event that is a single `data` line and its blank line, the usual shape: found without
+/// reading it line by line. None for any other event (which [`Fields::read_lines`] reads).
+fn lone_data(event: &[u8]) -> Option<Range<usize>> {
+    const DATA: usize = b"data:".len();
+    let rest = event.strip_prefix(b"data:")?;
+    let nl = memchr::memchr(b'\n', rest)?;
+    if !matches!(&rest[nl + 1..], b"" | b"\n" | b"\r\n") {
+        return None;
+    }
+    let mut end = DATA + nl;
+    if end > DATA && event[end - 1] == b'\r' {
+        end -= 1;
+    }
+    let start = match event.get(DATA) {
+        Some(b' ') if DATA < end => DATA + 1,
+        _ => DATA,
+    };
+    Some(start..end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +201,41 @@ mod tests {
         assert_eq!(&e[at..at + 2], b"1}");
         let at = f.event_offset(5).unwrap();
         assert_eq!(e[at - 1], b':');
+    }
+
+    #[test]
+    fn a_lone_data_line_reads_as_the_line_by_line_reading_does() {
+        let events: [&[u8]; 12] = [
+            b"data: {\"a\":1}\n\n",
+            b"data:{\"a\":1}\r\n\r\n",
+            b"data: x\n",
+            b"data:\n\n",
+            b"data:\r\n\r\n",
+            b"data: \n\n",
+            b"data: a\rb\n\n",
+            b"data: a\ndata: b\n\n",
+            b"data: a\nevent: e\n\n",
+            b"data: a",
+            b"event: e\ndata: a\n\n",
+            b"datax: a\n\n",
+        ];
+        for event in events {
+            let fast = Fields::parse(event);
+            let mut slow = Fields {
+                event,
+                name: None,
+                first: None,
+                more: Vec::new(),
+            };
+            slow.read_lines();
+            let shown = String::from_utf8_lossy(event);
+            assert_eq!(fast.first, slow.first, "{shown:?}");
+            assert_eq!(
+                (fast.name, &fast.more),
+                (slow.name, &slow.more),
+                "{shown:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,8 +1,15 @@
 //! The SSE side of the tap: holds a partial event, reads each complete one once, splices the prefix, hides usage.
+//!
+//! Most events of a long stream say nothing the tap still needs: once the model and the first token are known
+//! and neither the prefix nor the record wants the deltas, an event is only searched for a top-level `usage`
+//! (or a `response`) and parsed only when it has one ([`ResponseTap::quiet`]).
 
-use super::{concat, prefix, sse, wire, ResponseTap, PREFIXED_CHOICES};
+use std::sync::LazyLock;
+
+use super::{concat, keys, prefix, sse, wire, ResponseTap, PREFIXED_CHOICES};
 use crate::endpoints::ApiKind;
 use bytes::{Bytes, BytesMut};
+use memchr::memmem::Finder;
 use wire::Envelope;
 
 /// An event held longer than this is passed on unread, so a stream without blank lines cannot grow memory.
@@ -95,6 +102,9 @@ impl ResponseTap {
         if data.is_empty() {
             return Action::Keep;
         }
+        if self.quiet(&data) {
+            return Action::Keep;
+        }
         let Ok(text) = std::str::from_utf8(&data) else {
             return Action::Keep;
         };
@@ -148,6 +158,54 @@ impl ResponseTap {
             }
         }
         at
+    }
+}
+
+/// `"response"` anywhere in an event: a Responses API `response` object may carry usage and model.
+static RESPONSE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"response\""));
+
+impl ResponseTap {
+    /// Whether parsing the event's `data` could change nothing: the model and the first token are known, the
+    /// record rebuilds no message, no prefix is left to splice, and the event is a JSON object without a
+    /// top-level `usage` that is not null and without `"response"`. Such an event passes on unparsed; any
+    /// other is parsed whole, as before.
+    fn quiet(&self, data: &[u8]) -> bool {
+        #[cfg(test)]
+        if self.always_parse {
+            return false;
+        }
+        let settled = self.model.is_some() && self.first_token && self.recon.is_none();
+        settled
+            && self.prefix_done(data)
+            && RESPONSE_KEY.find(data).is_none()
+            && keys::null_or_absent(data, "usage")
+    }
+
+    /// Whether the prefix has nothing left to do in the event `data`: there is none, every choice it may get
+    /// has it, or the event names at least one `"index"` and each one it names already has it. (An event that
+    /// names none is read whole, so a choice known by its position is found; one without an index beside
+    /// choices with one, which no backend sends, would not be.)
+    fn prefix_done(&self, data: &[u8]) -> bool {
+        if self.prefix_json.is_none() || self.prefixed.len() >= PREFIXED_CHOICES {
+            return true;
+        }
+        let mut named = 0;
+        for at in memchr::memmem::find_iter(data, b"\"index\"") {
+            let rest = data[at + 7..].trim_ascii_start();
+            let digits = rest.strip_prefix(b":").unwrap_or(b"x").trim_ascii_start();
+            let end = digits
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .unwrap_or(digits.len());
+            let index = std::str::from_utf8(&digits[..end])
+                .ok()
+                .and_then(|d| d.parse::<u32>().ok());
+            match index {
+                Some(index) if self.prefixed.contains(&index) => named += 1,
+                _ => return false,
+            }
+        }
+        named > 0
     }
 }
 

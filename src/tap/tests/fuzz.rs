@@ -41,6 +41,17 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
             t = js(&t)
         )
         .into_bytes()),
+        (proptest::option::of(0u32..3), text).prop_map(|(i, t)| format!(
+            "data: {{\"model\":\"m\",\"choices\":[{{{}\"delta\":{{\"content\":{}}}}}],\"usage\":null}}\n\n",
+            i.map_or(String::new(), |i| format!("\"index\":{i},")),
+            js(&t)
+        )
+        .into_bytes()),
+        (any::<u32>(), text).prop_map(|(p, t)| format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":{}}}}}],\"usage\":{{\"prompt_tokens\":{p}}}}}\n\n",
+            js(&t)
+        )
+        .into_bytes()),
         Just(b"data: [DONE]\n\n".to_vec()),
         Just(b"\n".to_vec()),
         Just(b"\r\n".to_vec()),
@@ -110,7 +121,13 @@ fn assert_within_caps(tap: &ResponseTap, o: &TapOptions) {
 
 /// Feeds the pieces, checking the caps after each, and ends the body.
 fn run_checked(o: &TapOptions, pieces: &[Vec<u8>]) -> Run {
+    run_with(o, pieces, false)
+}
+
+/// As [`run_checked`]; `always_parse`: every event is parsed whole (no quiet path).
+fn run_with(o: &TapOptions, pieces: &[Vec<u8>], always_parse: bool) -> Run {
     let mut tap = ResponseTap::new(o.clone());
+    tap.always_parse = always_parse;
     let mut out = Vec::new();
     for piece in pieces {
         out.extend_from_slice(&tap.feed(Bytes::copy_from_slice(piece)));
@@ -148,6 +165,16 @@ proptest! {
         let whole = run_checked(&o, std::slice::from_ref(&bytes));
         let pieces = split(&bytes, &cuts);
         prop_assert_eq!(run_checked(&o, &pieces), whole);
+    }
+
+    #[test]
+    fn events_passed_on_unparsed_change_nothing(
+        o in options(),
+        fragments in proptest::collection::vec(fragment(), 0..24),
+    ) {
+        let bytes = fragments.concat();
+        let whole = std::slice::from_ref(&bytes);
+        prop_assert_eq!(run_with(&o, whole, false), run_with(&o, whole, true));
     }
 
     #[test]

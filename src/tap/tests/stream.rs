@@ -158,6 +158,48 @@ fn each_choice_gets_the_prefix_once() {
 }
 
 #[test]
+fn without_a_record_every_prefix_still_due_is_spliced() {
+    // Without a record, events the tap need not read pass unparsed: never one that may owe a choice its prefix.
+    let s = [
+        chat_event(r#"[{"index":1,"delta":{"content":"B1"}}]"#),
+        chat_event(r#"[{"index":1,"delta":{"content":"B2"}}]"#),
+        chat_event(r#"[{"delta":{"content":"A1"}}]"#),
+        chat_event(r#"[{"index":1,"delta":{"content":"B3"}}]"#),
+        chat_event(r#"[{"index":2,"delta":{"content":"C1"}}]"#),
+        chat_event(r#"[{"index":2,"delta":{"content":"C2"}}],"usage":null"#),
+    ]
+    .concat();
+    let o = TapOptions {
+        prefix: Some("P".into()),
+        keep_body: None,
+        ..all_on()
+    };
+    let want = s
+        .replace(r#""B1""#, r#""PB1""#)
+        .replace(r#""A1""#, r#""PA1""#)
+        .replace(r#""C1""#, r#""PC1""#);
+    assert_eq!(run1(&o, &s).out, want);
+}
+
+#[test]
+fn without_a_record_usage_is_read_from_any_chunk() {
+    let usage = r#""usage":{"prompt_tokens":3,"completion_tokens":4}"#;
+    let s = [
+        chat_event(r#"[{"index":0,"delta":{"content":"A"}}],"usage":null"#),
+        chat_event(r#"[{"index":0,"delta":{"content":"B"}}],"usage":null"#),
+        chat_event(&format!(
+            r#"[{{"index":0,"delta":{{}},"finish_reason":"stop"}}],{usage}"#
+        )),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    let r = run1(&opts(ApiKind::Chat, true), &s);
+    assert_eq!(r.out, s);
+    let tokens = r.usage.unwrap();
+    assert_eq!((tokens.prompt, tokens.completion), (Some(3), Some(4)));
+}
+
+#[test]
 fn both_choices_in_one_event_and_multiline_data() {
     let one =
         chat_event(r#"[{"index":0,"delta":{"content":"A"}},{"index":1,"delta":{"content":"B"}}]"#);
