@@ -5,6 +5,7 @@
 
 pub mod anthropic;
 mod frames;
+mod json;
 
 /// Why a request, answer or stream could not be translated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,11 +2,15 @@
 //!
 //! What has no chat equivalent is dropped: `cache_control`, `thinking` blocks sent back, `top_k`, server
 //! tools (web search, code execution), documents other than plain text. Unknown top-level fields are dropped
-//! too: a chat backend would refuse Anthropic's.
+//! too: a chat backend would refuse Anthropic's. The body is read into borrowed views (texts without escapes
+//! borrowed, tool schemas and inputs kept as raw JSON) and written by serde, with no tree in between.
 
-use super::{effort_for_budget, parse_object, text_of};
+use super::effort_for_budget;
+use crate::dialect::json::{is_null, is_string, TextOr};
 use crate::dialect::DialectError;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 /// How the chat request is shaped.
 #[derive(Debug, Clone, Default)]
@@ -16,172 +20,394 @@ pub struct ToChat {
     pub legacy_max_tokens: bool,
 }
 
-/// The chat completions request for a Messages request body. A stream asks for usage
-/// (`stream_options.include_usage`), so the translated stream's last `message_delta` can carry it.
-pub fn messages_to_chat(body: &[u8], opts: &ToChat) -> Result<Vec<u8>, DialectError> {
-    let mut req = parse_object(body)?;
-    let mut out = Map::new();
-    if let Some(model) = req.remove("model") {
-        out.insert("model".into(), model);
-    }
-    let mut messages = Vec::new();
-    if let Some(system) = req.remove("system") {
-        let text = text_of(&system, "\n\n");
-        if !text.is_empty() {
-            messages.push(json!({"role": "system", "content": text}));
-        }
-    }
-    match req.remove("messages") {
-        Some(Value::Array(list)) => {
-            for m in list {
-                push_message(m, &mut messages)?;
-            }
-        }
-        Some(_) => return Err(invalid("messages", "expected an array of messages.")),
-        None => return Err(DialectError::Missing("messages")),
-    }
-    out.insert("messages".into(), Value::Array(messages));
-    if let Some(max) = req.remove("max_tokens") {
-        let key = if opts.legacy_max_tokens {
-            "max_tokens"
-        } else {
-            "max_completion_tokens"
-        };
-        out.insert(key.into(), max);
-    }
-    for key in ["temperature", "top_p"] {
-        if let Some(v) = req.remove(key).filter(|v| !v.is_null()) {
-            out.insert(key.into(), v);
-        }
-    }
-    if let Some(Value::Array(stops)) = req.remove("stop_sequences") {
-        if !stops.is_empty() {
-            out.insert("stop".into(), Value::Array(stops));
-        }
-    }
-    if let Some(user) = req.get("metadata").and_then(|m| m.get("user_id")) {
-        if user.is_string() {
-            out.insert("user".into(), user.clone());
-        }
-    }
-    if let Some(effort) = req.get("thinking").and_then(effort_of) {
-        out.insert("reasoning_effort".into(), effort.into());
-    }
-    tools(&mut req, &mut out)?;
-    if req.get("stream").and_then(Value::as_bool) == Some(true) {
-        out.insert("stream".into(), true.into());
-        out.insert("stream_options".into(), json!({"include_usage": true}));
-    }
-    Ok(Value::Object(out).to_string().into_bytes())
+type Content<'a> = TextOr<'a, Block<'a>>;
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    system: Option<TextOr<'a, Block<'a>>>,
+    #[serde(borrow)]
+    messages: Option<Vec<Message<'a>>>,
+    #[serde(borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    temperature: Option<&'a RawValue>,
+    #[serde(borrow)]
+    top_p: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stop_sequences: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    metadata: Option<Metadata<'a>>,
+    #[serde(borrow)]
+    thinking: Option<Thinking<'a>>,
+    #[serde(borrow)]
+    tools: Option<Vec<Tool<'a>>>,
+    #[serde(borrow)]
+    tool_choice: Option<ToolChoice<'a>>,
+    stream: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    #[serde(borrow)]
+    user_id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Thinking<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    budget_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    #[serde(borrow)]
+    content: Content<'a>,
+}
+
+/// Every kind of content block at once; each kind reads the fields it has.
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    source: Option<Source<'a>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_use_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<Content<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Source<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    media_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    url: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Tool<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    description: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    input_schema: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ToolChoice<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    disable_parallel_tool_use: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct ChatRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a RawValue>,
+    messages: Vec<ChatMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<Vec<Cow<'a, str>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<ChatTool<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ChatToolChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct ChatMessage<'a> {
+    role: &'static str,
+    content: ChatContent<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ChatContent<'a> {
+    Null,
+    Text(Cow<'a, str>),
+    Parts(Vec<Part<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Part<'a> {
+    Text { text: Cow<'a, str> },
+    ImageUrl { image_url: ImageUrl<'a> },
+}
+
+#[derive(Serialize)]
+struct ImageUrl<'a> {
+    url: Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+struct ToolCall<'a> {
+    id: Cow<'a, str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: Call<'a>,
+}
+
+#[derive(Serialize)]
+struct Call<'a> {
+    name: Cow<'a, str>,
+    /// The tool input's JSON text, as a string.
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct ChatTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: Function<'a>,
+}
+
+#[derive(Serialize)]
+struct Function<'a> {
+    name: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<Cow<'a, str>>,
+    parameters: &'a RawValue,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ChatToolChoice<'a> {
+    Mode(&'static str),
+    Function {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: Named<'a>,
+    },
+}
+
+#[derive(Serialize)]
+struct Named<'a> {
+    name: Cow<'a, str>,
 }
 
 fn invalid(field: &'static str, reason: &'static str) -> DialectError {
     DialectError::Invalid { field, reason }
 }
 
-/// `thinking: {"type":"enabled","budget_tokens":N}` as an effort band; `adaptive` lets the backend choose.
-fn effort_of(thinking: &Value) -> Option<&'static str> {
-    if thinking.get("type").and_then(Value::as_str) != Some("enabled") {
-        return None;
+/// The chat completions request for a Messages request body. A stream asks for usage
+/// (`stream_options.include_usage`), so the translated stream's last `message_delta` can carry it.
+pub fn messages_to_chat(body: &[u8], opts: &ToChat) -> Result<Vec<u8>, DialectError> {
+    let req: Request<'_> = match serde_json::from_slice(body) {
+        Ok(req) => req,
+        Err(e) if e.is_data() && body.trim_ascii_start().first() != Some(&b'{') => {
+            return Err(DialectError::NotObject)
+        }
+        Err(e) => return Err(DialectError::InvalidJson(e.to_string())),
+    };
+    let list = req.messages.ok_or(DialectError::Missing("messages"))?;
+    let mut messages = Vec::with_capacity(list.len() + 1);
+    if let Some(system) = &req.system {
+        let text = text_of(system, "\n\n");
+        if !text.is_empty() {
+            messages.push(message("system", ChatContent::Text(text)));
+        }
     }
-    let budget = thinking.get("budget_tokens").and_then(Value::as_u64)?;
-    Some(effort_for_budget(budget))
+    for m in list {
+        match (&*m.role, m.content) {
+            (role @ ("user" | "assistant"), TextOr::Text(text)) => {
+                let role = if role == "user" { "user" } else { "assistant" };
+                messages.push(message(role, ChatContent::Text(text)));
+            }
+            ("user", TextOr::List(blocks)) => user_blocks(blocks, &mut messages)?,
+            ("assistant", TextOr::List(blocks)) => messages.push(assistant_blocks(blocks)),
+            ("user" | "assistant", TextOr::Null) => {
+                return Err(invalid(
+                    "messages.content",
+                    "expected a string or an array of blocks.",
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "messages.role",
+                    "must be \"user\" or \"assistant\".",
+                ))
+            }
+        }
+    }
+    let (tools, tool_choice, parallel) = tools(req.tools, req.tool_choice)?;
+    let stream = req.stream == Some(true);
+    let max = req.max_tokens;
+    let out = ChatRequest {
+        model: req.model,
+        messages,
+        max_completion_tokens: max.filter(|_| !opts.legacy_max_tokens),
+        max_tokens: max.filter(|_| opts.legacy_max_tokens),
+        temperature: req.temperature.filter(|t| !is_null(&Some(t))),
+        top_p: req.top_p.filter(|t| !is_null(&Some(t))),
+        stop: req.stop_sequences.filter(|s| !s.is_empty()),
+        user: req
+            .metadata
+            .and_then(|m| m.user_id)
+            .filter(|u| is_string(u)),
+        reasoning_effort: req.thinking.and_then(|t| {
+            (t.kind == "enabled")
+                .then_some(t.budget_tokens?)
+                .map(effort_for_budget)
+        }),
+        tools,
+        tool_choice,
+        parallel_tool_calls: parallel,
+        stream: stream.then_some(true),
+        stream_options: stream.then_some(StreamOptions {
+            include_usage: true,
+        }),
+    };
+    serde_json::to_vec(&out).map_err(|e| DialectError::InvalidJson(e.to_string()))
 }
 
-fn push_message(m: Value, out: &mut Vec<Value>) -> Result<(), DialectError> {
-    let Value::Object(mut m) = m else {
-        return Err(invalid("messages", "each message must be an object."));
-    };
-    let role = match m.get("role").and_then(Value::as_str) {
-        Some("user") => "user",
-        Some("assistant") => "assistant",
-        _ => {
-            return Err(invalid(
-                "messages.role",
-                "must be \"user\" or \"assistant\".",
-            ))
-        }
-    };
-    match m.remove("content") {
-        Some(Value::String(text)) => out.push(json!({"role": role, "content": text})),
-        Some(Value::Array(blocks)) if role == "user" => user_blocks(blocks, out)?,
-        Some(Value::Array(blocks)) => assistant_blocks(blocks, out),
-        _ => {
-            return Err(invalid(
-                "messages.content",
-                "expected a string or an array of blocks.",
-            ))
-        }
+fn message<'a>(role: &'static str, content: ChatContent<'a>) -> ChatMessage<'a> {
+    ChatMessage {
+        role,
+        content,
+        tool_calls: None,
+        tool_call_id: None,
     }
-    Ok(())
+}
+
+/// The text of a content value: itself, or its text blocks' joined with `sep` (borrowed when one).
+fn text_of<'a>(content: &Content<'a>, sep: &str) -> Cow<'a, str> {
+    let TextOr::List(blocks) = content else {
+        return match content {
+            TextOr::Text(t) => t.clone(),
+            _ => Cow::Borrowed(""),
+        };
+    };
+    let mut texts = blocks
+        .iter()
+        .filter(|b| b.kind == "text")
+        .filter_map(|b| b.text.as_ref());
+    let Some(first) = texts.next() else {
+        return Cow::Borrowed("");
+    };
+    let mut joined = first.clone();
+    for t in texts {
+        let s = joined.to_mut();
+        s.push_str(sep);
+        s.push_str(t);
+    }
+    joined
 }
 
 /// A user turn: its `tool_result` blocks become `tool` messages (first, as chat wants them right after the
 /// assistant's `tool_calls`), the rest one user message of text and image parts.
-fn user_blocks(blocks: Vec<Value>, out: &mut Vec<Value>) -> Result<(), DialectError> {
+fn user_blocks<'a>(
+    blocks: Vec<Block<'a>>,
+    out: &mut Vec<ChatMessage<'a>>,
+) -> Result<(), DialectError> {
     let mut parts = Vec::new();
-    for block in blocks {
-        let Value::Object(mut b) = block else {
-            continue;
-        };
-        match b.get("type").and_then(Value::as_str) {
-            Some("text") => parts.push(text_part(b.remove("text"))),
-            Some("image") => parts.push(image_part(b.get("source"))?),
-            Some("document") => {
-                let source = b.get("source");
-                if source.and_then(|s| s.get("type")).and_then(Value::as_str) == Some("text") {
-                    parts.push(text_part(source.and_then(|s| s.get("data")).cloned()));
-                }
-            }
-            Some("tool_result") => {
-                let id = b.remove("tool_use_id").unwrap_or_default();
-                let content = b.remove("content").unwrap_or_default();
-                if let Value::Array(inner) = &content {
-                    for img in inner.iter().filter(|i| i["type"] == "image") {
-                        parts.push(image_part(img.get("source"))?);
+    for b in blocks {
+        match &*b.kind {
+            "text" => parts.push(Part::Text {
+                text: b.text.unwrap_or_default(),
+            }),
+            "image" => parts.push(image_part(b.source)?),
+            "document" => {
+                if let Some(Source {
+                    kind,
+                    data: Some(data),
+                    ..
+                }) = b.source
+                {
+                    if kind == "text" {
+                        parts.push(Part::Text { text: data });
                     }
                 }
-                out.push(
-                    json!({"role": "tool", "tool_call_id": id, "content": text_of(&content, "\n")}),
-                );
+            }
+            "tool_result" => {
+                let content = b.content.unwrap_or(TextOr::Null);
+                let text = text_of(&content, "\n");
+                if let TextOr::List(inner) = content {
+                    for img in inner.into_iter().filter(|i| i.kind == "image") {
+                        parts.push(image_part(img.source)?);
+                    }
+                }
+                out.push(ChatMessage {
+                    role: "tool",
+                    content: ChatContent::Text(text),
+                    tool_calls: None,
+                    tool_call_id: Some(b.tool_use_id.unwrap_or_default()),
+                });
             }
             _ => {}
         }
     }
     match parts.len() {
         0 => {}
-        1 if parts[0]["type"] == "text" => {
-            let text = parts
-                .pop()
-                .map(|mut p| p["text"].take())
-                .unwrap_or_default();
-            out.push(json!({"role": "user", "content": text}));
+        1 if matches!(parts[0], Part::Text { .. }) => {
+            if let Some(Part::Text { text }) = parts.pop() {
+                out.push(message("user", ChatContent::Text(text)));
+            }
         }
-        _ => out.push(json!({"role": "user", "content": parts})),
+        _ => out.push(message("user", ChatContent::Parts(parts))),
     }
     Ok(())
 }
 
-fn text_part(text: Option<Value>) -> Value {
-    json!({"type": "text", "text": text.unwrap_or_else(|| "".into())})
-}
-
 /// An image block's `source` (base64 or URL) as a chat `image_url` part (base64 as a data URL).
-fn image_part(source: Option<&Value>) -> Result<Value, DialectError> {
+fn image_part(source: Option<Source<'_>>) -> Result<Part<'_>, DialectError> {
     let source = source.ok_or(invalid("image.source", "an image needs a source."))?;
-    let url = match source.get("type").and_then(Value::as_str) {
-        Some("base64") => {
-            let media = source.get("media_type").and_then(Value::as_str);
-            let data = source.get("data").and_then(Value::as_str);
-            match (media, data) {
-                (Some(media), Some(data)) => format!("data:{media};base64,{data}"),
-                _ => return Err(invalid("image.source", "base64 needs media_type and data.")),
-            }
-        }
-        Some("url") => match source.get("url").and_then(Value::as_str) {
-            Some(url) => url.to_owned(),
-            None => return Err(invalid("image.source.url", "expected a string.")),
+    let url = match &*source.kind {
+        "base64" => match (source.media_type, source.data) {
+            (Some(media), Some(data)) => Cow::Owned(format!("data:{media};base64,{data}")),
+            _ => return Err(invalid("image.source", "base64 needs media_type and data.")),
         },
+        "url" => source
+            .url
+            .ok_or(invalid("image.source.url", "expected a string."))?,
         _ => {
             return Err(invalid(
                 "image.source.type",
@@ -189,64 +415,90 @@ fn image_part(source: Option<&Value>) -> Result<Value, DialectError> {
             ))
         }
     };
-    Ok(json!({"type": "image_url", "image_url": {"url": url}}))
+    Ok(Part::ImageUrl {
+        image_url: ImageUrl { url },
+    })
 }
 
 /// An assistant turn: its text joined, its `tool_use` blocks as `tool_calls` (input as a JSON string);
 /// thinking blocks are the backend's own and have no place in a chat request.
-fn assistant_blocks(blocks: Vec<Value>, out: &mut Vec<Value>) {
-    let mut text = String::new();
+fn assistant_blocks(blocks: Vec<Block<'_>>) -> ChatMessage<'_> {
+    let mut text: Option<Cow<'_, str>> = None;
     let mut calls = Vec::new();
-    for mut b in blocks {
-        match b.get("type").and_then(Value::as_str) {
-            Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => calls.push(json!({
-                "id": b["id"].take(),
-                "type": "function",
-                "function": {"name": b["name"].take(), "arguments": b["input"].to_string()},
-            })),
+    for b in blocks {
+        match &*b.kind {
+            "text" => match (&mut text, b.text) {
+                (None, t) => text = t,
+                (Some(acc), Some(t)) => acc.to_mut().push_str(&t),
+                _ => {}
+            },
+            "tool_use" => calls.push(ToolCall {
+                id: b.id.unwrap_or_default(),
+                kind: "function",
+                function: Call {
+                    name: b.name.unwrap_or_default(),
+                    arguments: b.input.map_or("{}", RawValue::get),
+                },
+            }),
             _ => {}
         }
     }
-    let mut msg = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { text.into() }});
-    if !calls.is_empty() {
-        msg["tool_calls"] = Value::Array(calls);
-    } else if msg["content"].is_null() {
-        msg["content"] = "".into();
+    let text = text.filter(|t| !t.is_empty());
+    let content = match (text, calls.is_empty()) {
+        (Some(t), _) => ChatContent::Text(t),
+        (None, true) => ChatContent::Text(Cow::Borrowed("")),
+        (None, false) => ChatContent::Null,
+    };
+    ChatMessage {
+        role: "assistant",
+        content,
+        tool_calls: (!calls.is_empty()).then_some(calls),
+        tool_call_id: None,
     }
-    out.push(msg);
 }
 
-/// `tools` as chat functions (server tools, which have no `input_schema`, are dropped) and `tool_choice`.
-fn tools(req: &mut Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), DialectError> {
-    let list = match req.remove("tools") {
-        Some(Value::Array(list)) => list,
-        Some(Value::Null) | None => Vec::new(),
-        Some(_) => return Err(invalid("tools", "expected an array of tools.")),
-    };
-    let functions: Vec<Value> = list
+type ToolsOut<'a> = (
+    Option<Vec<ChatTool<'a>>>,
+    Option<ChatToolChoice<'a>>,
+    Option<bool>,
+);
+
+/// `tools` as chat functions (server tools, which have no `input_schema`, are dropped), `tool_choice` and
+/// `parallel_tool_calls`.
+fn tools<'a>(
+    tools: Option<Vec<Tool<'a>>>,
+    choice: Option<ToolChoice<'a>>,
+) -> Result<ToolsOut<'a>, DialectError> {
+    let functions: Vec<ChatTool<'a>> = tools
         .into_iter()
-        .filter_map(|mut t| {
-            let schema = t.get_mut("input_schema")?.take();
-            let mut function = json!({"name": t.get_mut("name")?.take(), "parameters": schema});
-            if let Some(d) = t.get_mut("description").map(Value::take) {
-                function["description"] = d;
-            }
-            Some(json!({"type": "function", "function": function}))
+        .flatten()
+        .filter_map(|t| {
+            Some(ChatTool {
+                kind: "function",
+                function: Function {
+                    name: t.name?,
+                    description: t.description,
+                    parameters: t.input_schema?,
+                },
+            })
         })
         .collect();
     if functions.is_empty() {
-        return Ok(());
+        return Ok((None, None, None));
     }
-    out.insert("tools".into(), Value::Array(functions));
-    let Some(choice) = req.get("tool_choice") else {
-        return Ok(());
+    let Some(choice) = choice else {
+        return Ok((Some(functions), None, None));
     };
-    let mapped = match choice.get("type").and_then(Value::as_str) {
-        Some("auto") => "auto".into(),
-        Some("any") => "required".into(),
-        Some("none") => "none".into(),
-        Some("tool") => json!({"type": "function", "function": {"name": choice["name"].clone()}}),
+    let mapped = match &*choice.kind {
+        "auto" => ChatToolChoice::Mode("auto"),
+        "any" => ChatToolChoice::Mode("required"),
+        "none" => ChatToolChoice::Mode("none"),
+        "tool" => ChatToolChoice::Function {
+            kind: "function",
+            function: Named {
+                name: choice.name.unwrap_or_default(),
+            },
+        },
         _ => {
             return Err(invalid(
                 "tool_choice.type",
@@ -254,13 +506,6 @@ fn tools(req: &mut Map<String, Value>, out: &mut Map<String, Value>) -> Result<(
             ))
         }
     };
-    out.insert("tool_choice".into(), mapped);
-    if choice
-        .get("disable_parallel_tool_use")
-        .and_then(Value::as_bool)
-        == Some(true)
-    {
-        out.insert("parallel_tool_calls".into(), false.into());
-    }
-    Ok(())
+    let parallel = (choice.disable_parallel_tool_use == Some(true)).then_some(false);
+    Ok((Some(functions), Some(mapped), parallel))
 }

@@ -30,7 +30,8 @@ fn claude_code_request_to_chat_field_by_field() {
         m[2],
         json!({"role": "assistant", "content": "Let me look at the log.", "tool_calls": [{
             "id": "toolu_01A09q90qw90lq917835lq9", "type": "function", "function": {"name": "Bash",
-            "arguments": "{\"command\":\"cargo build 2>&1 | tail -20\",\"description\":\"Build\"}"}}]})
+            // The input's JSON text as the caller wrote it.
+            "arguments": "{\"command\": \"cargo build 2>&1 | tail -20\", \"description\": \"Build\"}"}}]})
     );
     assert_eq!(
         m[3],
