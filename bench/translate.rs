@@ -27,6 +27,9 @@ const CHAT_ANSWER: &[u8] = include_bytes!("../src/dialect/anthropic/fixtures/cha
 const MESSAGES_ANSWER: &[u8] =
     include_bytes!("../src/dialect/anthropic/fixtures/messages_answer.json");
 
+/// A named translation of an input, giving its output's length (0 when it failed).
+type Case<'a> = (&'a str, &'a [u8], &'a dyn Fn(&[u8]) -> usize);
+
 /// The words of the streamed text (about 5 bytes a token, like an English answer).
 const WORDS: [&str; 8] = [
     " The",
@@ -187,7 +190,7 @@ fn main() -> ExitCode {
 
     println!("| translation | input bytes | output bytes | µs per translation |");
     println!("| --- | ---: | ---: | ---: |");
-    let cases: [(&str, &[u8], &dyn Fn(&[u8]) -> usize); 4] = [
+    let cases: [Case<'_>; 4] = [
         (
             "request, Messages (Claude Code style) -> chat",
             &messages_req,
