@@ -20,9 +20,8 @@ pub use messages_stream::ChatToMessagesStream;
 pub use to_chat::{messages_to_chat, ToChat};
 pub use to_messages::{chat_to_messages, ToMessages, DEFAULT_MAX_TOKENS};
 
-use crate::dialect::DialectError;
 use crate::tokens::TokenUsage;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Anthropic's `stop_reason` for a chat `finish_reason`.
 pub fn stop_reason(finish_reason: &str) -> &'static str {
@@ -179,29 +178,4 @@ fn count(v: &Value) -> Option<i64> {
             .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
             .map(|f| f as i64)
     })
-}
-
-/// The JSON object of a request or answer body.
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>, DialectError> {
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(DialectError::NotObject),
-        Err(e) => Err(DialectError::InvalidJson(e.to_string())),
-    }
-}
-
-/// The text of a content value: a string, or the `text` of its text blocks/parts joined with `sep`.
-fn text_of(content: &Value, sep: &str) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(blocks) => {
-            let texts = blocks.iter().filter_map(|b| {
-                (b.get("type").and_then(Value::as_str) == Some("text"))
-                    .then(|| b.get("text").and_then(Value::as_str))
-                    .flatten()
-            });
-            texts.collect::<Vec<_>>().join(sep)
-        }
-        _ => String::new(),
-    }
 }

@@ -54,7 +54,7 @@ impl<'de: 'a, 'a, T: Deserialize<'de>> Visitor<'de> for TextOrVisitor<'a, T> {
     }
 }
 
-/// `s` as a JSON string literal's raw text is a string (its first byte a quote).
+/// The raw value is a JSON string (its first byte a quote).
 pub fn is_string(raw: &serde_json::value::RawValue) -> bool {
     raw.get().starts_with('"')
 }

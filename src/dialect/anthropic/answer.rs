@@ -1,10 +1,10 @@
 //! Whole (non-stream) answers: a chat completion as a Messages answer, and a Messages answer as a chat
 //! completion, each with its usage in OpenAI's meaning.
 
-use super::{chat_usage, chat_usage_json, finish_reason, parse_object, stop_reason, Counts};
+use super::{chat_usage, chat_usage_json, finish_reason, stop_reason, Counts};
 use crate::dialect::DialectError;
 use crate::tokens::TokenUsage;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 fn bad(what: &str) -> DialectError {
     DialectError::BadAnswer(what.to_owned())
@@ -33,7 +33,7 @@ pub fn chat_answer_to_messages(body: &[u8]) -> Result<(Vec<u8>, TokenUsage), Dia
     if let Some(thinking) = reasoning.filter(|t| !t.is_empty()) {
         content.push(json!({"type": "thinking", "thinking": thinking, "signature": ""}));
     }
-    let text = super::text_of(&msg["content"], "");
+    let text = text_of(&msg["content"], "");
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -115,4 +115,29 @@ pub fn messages_answer_to_chat(
         "usage": chat_usage_json(&usage),
     });
     Ok((answer.to_string().into_bytes(), usage))
+}
+
+/// The JSON object of an answer body.
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, DialectError> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(DialectError::NotObject),
+        Err(e) => Err(DialectError::InvalidJson(e.to_string())),
+    }
+}
+
+/// The text of a content value: a string, or the `text` of its text blocks/parts joined with `sep`.
+fn text_of(content: &Value, sep: &str) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => {
+            let texts = blocks.iter().filter_map(|b| {
+                (b.get("type").and_then(Value::as_str) == Some("text"))
+                    .then(|| b.get("text").and_then(Value::as_str))
+                    .flatten()
+            });
+            texts.collect::<Vec<_>>().join(sep)
+        }
+        _ => String::new(),
+    }
 }

@@ -88,6 +88,8 @@ pub struct ChatToMessagesStream {
     frames: Frames,
     started: bool,
     block: Block,
+    /// The id of the last tool call opened (cut like the names).
+    tool_id: String,
     /// The index the next content block gets.
     next_index: u32,
     stop: Option<&'static str>,
@@ -114,6 +116,7 @@ impl ChatToMessagesStream {
             frames: Frames::new(cap),
             started: false,
             block: Block::None,
+            tool_id: String::new(),
             next_index: 0,
             stop: None,
             usage: None,
@@ -224,7 +227,12 @@ impl ChatToMessagesStream {
         for call in delta.tool_calls.iter().flatten() {
             let index = call.index.unwrap_or(0);
             let function = call.function.as_ref();
-            if call.id.is_some() || self.block != Block::Tool(index) {
+            // Some servers repeat the id in every piece of one call: only a new id or index starts a call.
+            let new_id = call
+                .id
+                .as_deref()
+                .is_some_and(|id| !id.is_empty() && id != self.tool_id);
+            if new_id || self.block != Block::Tool(index) {
                 let name = function.and_then(|f| f.name.as_deref()).unwrap_or("");
                 self.open_tool(index, call.id.as_deref().unwrap_or(""), name, out);
             }
@@ -254,6 +262,8 @@ impl ChatToMessagesStream {
 
     fn open_tool(&mut self, index: u64, id: &str, name: &str, out: &mut Vec<u8>) {
         self.close_block(out);
+        self.tool_id.clear();
+        self.tool_id.push_str(cut(id));
         let block =
             serde_json::json!({"type": "tool_use", "id": cut(id), "name": cut(name), "input": {}});
         self.start_block(Block::Tool(index), block, out);

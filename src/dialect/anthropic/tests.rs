@@ -6,6 +6,7 @@ mod requests;
 mod streams;
 
 use super::*;
+use crate::dialect::DialectError;
 use serde_json::Value;
 
 const CLAUDE_CODE: &[u8] = include_bytes!("fixtures/claude_code_request.json");

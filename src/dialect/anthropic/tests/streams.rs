@@ -250,3 +250,17 @@ fn dump_goldens() {
         &to_messages(&[CHAT_REASONING]).0,
     );
 }
+
+#[test]
+fn a_tool_call_whose_id_repeats_in_each_piece_stays_one_block() {
+    let piece = |args: &str| {
+        let delta = json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "f", "arguments": args}}]});
+        let chunk = json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": null}]});
+        format!("data: {chunk}\n\n")
+    };
+    let stream = format!("{}{}data: [DONE]\n\n", piece("{\"a\":"), piece("1}"));
+    let (out, _) = to_messages(&[stream.as_bytes()]);
+    assert_eq!(out.matches("content_block_start").count(), 2, "{out}");
+    assert_eq!(out.matches("input_json_delta").count(), 2);
+}
