@@ -1,4 +1,5 @@
-//! Translation between API dialects: Anthropic's Messages API and OpenAI's chat completions, both ways.
+//! Translation between API dialects: Anthropic's Messages API <-> OpenAI's chat completions, and OpenAI's
+//! Responses API -> chat completions (for backends that serve chat only).
 //!
 //! Plain functions over bytes (requests, whole answers, error bodies) and incremental stream translators fed
 //! raw bytes as they arrive. No Pingora here: the proxy picks the direction and calls these.
@@ -6,6 +7,7 @@
 pub mod anthropic;
 mod frames;
 mod json;
+pub mod responses;
 
 /// Why a request, answer or stream could not be translated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,4 +41,16 @@ impl DialectError {
             Self::BadAnswer(_) | Self::EventTooLarge(_) => 502,
         }
     }
+}
+
+/// `s` cut to `cap` bytes at a character boundary (ids, names and messages copied from a backend).
+pub(crate) fn cut(s: &str, cap: usize) -> &str {
+    if s.len() <= cap {
+        return s;
+    }
+    let mut end = cap;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

@@ -20,6 +20,7 @@ pub use messages_stream::ChatToMessagesStream;
 pub use to_chat::{messages_to_chat, ToChat};
 pub use to_messages::{chat_to_messages, ToMessages, DEFAULT_MAX_TOKENS};
 
+use crate::dialect::cut;
 use crate::tokens::TokenUsage;
 use serde_json::Value;
 
@@ -157,18 +158,6 @@ pub fn chat_usage_json(u: &TokenUsage) -> Value {
         usage["completion_tokens_details"] = serde_json::json!({"reasoning_tokens": r});
     }
     usage
-}
-
-/// `s` cut to `cap` bytes at a character boundary (ids, names and messages copied from a backend).
-fn cut(s: &str, cap: usize) -> &str {
-    if s.len() <= cap {
-        return s;
-    }
-    let mut end = cap;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// A whole count: an integer, or a float with no fraction (some servers send `12.0`).
