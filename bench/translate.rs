@@ -5,7 +5,8 @@
 //! prints the CPU time of one translation (this thread's, from /proc/thread-self/schedstat; median of N rounds,
 //! each translating 2,000 times) of a 2 KB request each way (a Claude Code style Messages request: system blocks with
 //! cache_control, tools, thinking, a tool call and its result; a chat request of the same content), a whole
-//! answer each way, and a stream each way per event (text deltas and a tool call's argument pieces, fed as
+//! answer each way, a 2 KB Codex style Responses request and a chat answer as a response, and a stream each
+//! way (and chat -> Responses) per event (text deltas and a tool call's argument pieces, fed as
 //! one read and as 1,460-byte reads like TCP segments).
 
 use std::process::ExitCode;
@@ -14,6 +15,9 @@ use std::time::Instant;
 use gpt_api::dialect::anthropic::{
     chat_answer_to_messages, chat_to_messages, messages_answer_to_chat, messages_to_chat,
     ChatToMessagesStream, MessagesToChatStream, ToChat, ToMessages,
+};
+use gpt_api::dialect::responses::{
+    chat_answer_to_response, responses_to_chat, ChatToResponsesStream,
 };
 use serde_json::json;
 
@@ -26,6 +30,7 @@ const CHAT_REQUEST: &[u8] = include_bytes!("../src/dialect/anthropic/fixtures/ch
 const CHAT_ANSWER: &[u8] = include_bytes!("../src/dialect/anthropic/fixtures/chat_answer.json");
 const MESSAGES_ANSWER: &[u8] =
     include_bytes!("../src/dialect/anthropic/fixtures/messages_answer.json");
+const CODEX: &[u8] = include_bytes!("../src/dialect/responses/fixtures/codex_request.json");
 
 /// A named translation of an input, giving its output's length (0 when it failed).
 type Case<'a> = (&'a str, &'a [u8], &'a dyn Fn(&[u8]) -> usize);
@@ -186,11 +191,12 @@ fn main() -> ExitCode {
     };
     let messages_req = sized(CLAUDE_CODE, 2048, "/messages/0/content/1/text");
     let chat_req = sized(CHAT_REQUEST, 2048, "/messages/6/content");
+    let codex_req = sized(CODEX, 2048, "/input/2/content/0/text");
     let (to_chat_opts, to_messages_opts) = (ToChat::default(), ToMessages::default());
 
     println!("| translation | input bytes | output bytes | µs per translation |");
     println!("| --- | ---: | ---: | ---: |");
-    let cases: [Case<'_>; 4] = [
+    let cases: [Case<'_>; 6] = [
         (
             "request, Messages (Claude Code style) -> chat",
             &messages_req,
@@ -204,6 +210,14 @@ fn main() -> ExitCode {
         }),
         ("answer, Messages -> chat", MESSAGES_ANSWER, &|b| {
             messages_answer_to_chat(b, 1_745_916_231).map_or(0, |o| o.0.len())
+        }),
+        (
+            "request, Responses (Codex style) -> chat",
+            &codex_req,
+            &|b| responses_to_chat(b, &to_chat_opts).map_or(0, |o| o.len()),
+        ),
+        ("answer, chat -> Responses", CHAT_ANSWER, &|b| {
+            chat_answer_to_response(b, 1_745_916_231).map_or(0, |o| o.0.len())
         }),
     ];
     for (name, input, f) in cases {
@@ -260,6 +274,23 @@ fn main() -> ExitCode {
         println!(
             "| Messages -> chat | {messages_events} | {} | {out} | {label} | {us:.3} |",
             messages.len()
+        );
+        let to_responses = || {
+            let mut t = ChatToResponsesStream::new(1_745_916_231);
+            let mut out = Vec::with_capacity(128 << 10);
+            for piece in chat.chunks(read.min(chat.len())) {
+                if t.feed(piece, &mut out).is_err() {
+                    return 0;
+                }
+            }
+            t.finish(&mut out);
+            out.len()
+        };
+        let out = to_responses();
+        let us = median_us(rounds, 20, to_responses) / chat_events as f64;
+        println!(
+            "| chat -> Responses | {chat_events} | {} | {out} | {label} | {us:.3} |",
+            chat.len()
         );
     }
     ExitCode::SUCCESS

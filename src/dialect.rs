@@ -5,6 +5,7 @@
 //! raw bytes as they arrive. No Pingora here: the proxy picks the direction and calls these.
 
 pub mod anthropic;
+mod chat;
 mod frames;
 mod json;
 pub mod responses;

@@ -6,9 +6,10 @@
 //! borrowed, tool schemas and inputs kept as raw JSON) and written by serde, with no tree in between.
 
 use super::effort_for_budget;
+use crate::dialect::chat::{self, Content as ChatContent, Message as ChatMessage, Part};
 use crate::dialect::json::{is_null, is_string, TextOr};
 use crate::dialect::DialectError;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
@@ -122,118 +123,6 @@ struct ToolChoice<'a> {
     disable_parallel_tool_use: Option<bool>,
 }
 
-#[derive(Serialize)]
-struct ChatRequest<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<&'a RawValue>,
-    messages: Vec<ChatMessage<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_completion_tokens: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stop: Option<Vec<Cow<'a, str>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reasoning_effort: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tools: Option<Vec<ChatTool<'a>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<ChatToolChoice<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parallel_tool_calls: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(Serialize)]
-struct StreamOptions {
-    include_usage: bool,
-}
-
-#[derive(Serialize)]
-struct ChatMessage<'a> {
-    role: &'static str,
-    content: ChatContent<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_calls: Option<Vec<ToolCall<'a>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_call_id: Option<Cow<'a, str>>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum ChatContent<'a> {
-    Null,
-    Text(Cow<'a, str>),
-    Parts(Vec<Part<'a>>),
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Part<'a> {
-    Text { text: Cow<'a, str> },
-    ImageUrl { image_url: ImageUrl<'a> },
-}
-
-#[derive(Serialize)]
-struct ImageUrl<'a> {
-    url: Cow<'a, str>,
-}
-
-#[derive(Serialize)]
-struct ToolCall<'a> {
-    id: Cow<'a, str>,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    function: Call<'a>,
-}
-
-#[derive(Serialize)]
-struct Call<'a> {
-    name: Cow<'a, str>,
-    /// The tool input's JSON text, as a string.
-    arguments: &'a str,
-}
-
-#[derive(Serialize)]
-struct ChatTool<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    function: Function<'a>,
-}
-
-#[derive(Serialize)]
-struct Function<'a> {
-    name: Cow<'a, str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<Cow<'a, str>>,
-    parameters: &'a RawValue,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum ChatToolChoice<'a> {
-    Mode(&'static str),
-    Function {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        function: Named<'a>,
-    },
-}
-
-#[derive(Serialize)]
-struct Named<'a> {
-    name: Cow<'a, str>,
-}
-
 fn invalid(field: &'static str, reason: &'static str) -> DialectError {
     DialectError::Invalid { field, reason }
 }
@@ -253,14 +142,14 @@ pub fn messages_to_chat(body: &[u8], opts: &ToChat) -> Result<Vec<u8>, DialectEr
     if let Some(system) = &req.system {
         let text = text_of(system, "\n\n");
         if !text.is_empty() {
-            messages.push(message("system", ChatContent::Text(text)));
+            messages.push(ChatMessage::new("system", ChatContent::Text(text)));
         }
     }
     for m in list {
         match (&*m.role, m.content) {
             (role @ ("user" | "assistant"), TextOr::Text(text)) => {
                 let role = if role == "user" { "user" } else { "assistant" };
-                messages.push(message(role, ChatContent::Text(text)));
+                messages.push(ChatMessage::new(role, ChatContent::Text(text)));
             }
             ("user", TextOr::List(blocks)) => user_blocks(blocks, &mut messages)?,
             ("assistant", TextOr::List(blocks)) => messages.push(assistant_blocks(blocks)),
@@ -279,13 +168,9 @@ pub fn messages_to_chat(body: &[u8], opts: &ToChat) -> Result<Vec<u8>, DialectEr
         }
     }
     let (tools, tool_choice, parallel) = tools(req.tools, req.tool_choice)?;
-    let stream = req.stream == Some(true);
-    let max = req.max_tokens;
-    let out = ChatRequest {
+    let mut out = chat::Request {
         model: req.model,
         messages,
-        max_completion_tokens: max.filter(|_| !opts.legacy_max_tokens),
-        max_tokens: max.filter(|_| opts.legacy_max_tokens),
         temperature: req.temperature.filter(|t| !is_null(&Some(t))),
         top_p: req.top_p.filter(|t| !is_null(&Some(t))),
         stop: req.stop_sequences.filter(|s| !s.is_empty()),
@@ -294,28 +179,17 @@ pub fn messages_to_chat(body: &[u8], opts: &ToChat) -> Result<Vec<u8>, DialectEr
             .and_then(|m| m.user_id)
             .filter(|u| is_string(u)),
         reasoning_effort: req.thinking.and_then(|t| {
-            (t.kind == "enabled")
-                .then_some(t.budget_tokens?)
-                .map(effort_for_budget)
+            let budget = (t.kind == "enabled").then_some(t.budget_tokens?)?;
+            Some(Cow::Borrowed(effort_for_budget(budget)))
         }),
         tools,
         tool_choice,
         parallel_tool_calls: parallel,
-        stream: stream.then_some(true),
-        stream_options: stream.then_some(StreamOptions {
-            include_usage: true,
-        }),
+        ..chat::Request::default()
     };
+    out.set_max(req.max_tokens, opts.legacy_max_tokens);
+    out.set_stream(req.stream == Some(true));
     serde_json::to_vec(&out).map_err(|e| DialectError::InvalidJson(e.to_string()))
-}
-
-fn message<'a>(role: &'static str, content: ChatContent<'a>) -> ChatMessage<'a> {
-    ChatMessage {
-        role,
-        content,
-        tool_calls: None,
-        tool_call_id: None,
-    }
 }
 
 /// The text of a content value: itself, or its text blocks' joined with `sep` (borrowed when one).
@@ -389,10 +263,10 @@ fn user_blocks<'a>(
         0 => {}
         1 if matches!(parts[0], Part::Text { .. }) => {
             if let Some(Part::Text { text }) = parts.pop() {
-                out.push(message("user", ChatContent::Text(text)));
+                out.push(ChatMessage::new("user", ChatContent::Text(text)));
             }
         }
-        _ => out.push(message("user", ChatContent::Parts(parts))),
+        _ => out.push(ChatMessage::new("user", ChatContent::Parts(parts))),
     }
     Ok(())
 }
@@ -416,7 +290,7 @@ fn image_part(source: Option<Source<'_>>) -> Result<Part<'_>, DialectError> {
         }
     };
     Ok(Part::ImageUrl {
-        image_url: ImageUrl { url },
+        image_url: chat::ImageUrl { url, detail: None },
     })
 }
 
@@ -432,12 +306,12 @@ fn assistant_blocks(blocks: Vec<Block<'_>>) -> ChatMessage<'_> {
                 (Some(acc), Some(t)) => acc.to_mut().push_str(&t),
                 _ => {}
             },
-            "tool_use" => calls.push(ToolCall {
+            "tool_use" => calls.push(chat::ToolCall {
                 id: b.id.unwrap_or_default(),
                 kind: "function",
-                function: Call {
+                function: chat::Call {
                     name: b.name.unwrap_or_default(),
-                    arguments: b.input.map_or("{}", RawValue::get),
+                    arguments: Cow::Borrowed(b.input.map_or("{}", RawValue::get)),
                 },
             }),
             _ => {}
@@ -458,8 +332,8 @@ fn assistant_blocks(blocks: Vec<Block<'_>>) -> ChatMessage<'_> {
 }
 
 type ToolsOut<'a> = (
-    Option<Vec<ChatTool<'a>>>,
-    Option<ChatToolChoice<'a>>,
+    Option<Vec<chat::Tool<'a>>>,
+    Option<chat::ToolChoice<'a>>,
     Option<bool>,
 );
 
@@ -469,16 +343,17 @@ fn tools<'a>(
     tools: Option<Vec<Tool<'a>>>,
     choice: Option<ToolChoice<'a>>,
 ) -> Result<ToolsOut<'a>, DialectError> {
-    let functions: Vec<ChatTool<'a>> = tools
+    let functions: Vec<chat::Tool<'a>> = tools
         .into_iter()
         .flatten()
         .filter_map(|t| {
-            Some(ChatTool {
+            Some(chat::Tool {
                 kind: "function",
-                function: Function {
+                function: chat::Function {
                     name: t.name?,
                     description: t.description,
-                    parameters: t.input_schema?,
+                    parameters: Some(t.input_schema?),
+                    strict: None,
                 },
             })
         })
@@ -490,12 +365,12 @@ fn tools<'a>(
         return Ok((Some(functions), None, None));
     };
     let mapped = match &*choice.kind {
-        "auto" => ChatToolChoice::Mode("auto"),
-        "any" => ChatToolChoice::Mode("required"),
-        "none" => ChatToolChoice::Mode("none"),
-        "tool" => ChatToolChoice::Function {
+        "auto" => chat::ToolChoice::Mode(Cow::Borrowed("auto")),
+        "any" => chat::ToolChoice::Mode(Cow::Borrowed("required")),
+        "none" => chat::ToolChoice::Mode(Cow::Borrowed("none")),
+        "tool" => chat::ToolChoice::Function {
             kind: "function",
-            function: Named {
+            function: chat::Named {
                 name: choice.name.unwrap_or_default(),
             },
         },

@@ -17,6 +17,7 @@ use crate::tokens::TokenUsage;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
+use std::io::Write;
 
 /// How much item text is kept for the `.done` events and `response.completed`, at most.
 pub const KEEP_CAP: usize = 8 << 20;
@@ -327,19 +328,28 @@ impl ChatToResponsesStream {
         });
     }
 
-    /// One delta of the open item (`part_key`: its `content_index`/`summary_index`, if any); its text is kept.
+    /// One delta of the open item (`part_key`: its `content_index`/`summary_index`, if any), written without
+    /// building a JSON value; its text is kept.
     fn piece(&mut self, name: &str, part_key: &str, text: &str, out: &mut Vec<u8>) {
         let Some(open) = &mut self.open else { return };
         if self.kept + text.len() <= KEEP_CAP {
             open.text.push_str(text);
             self.kept += text.len();
         }
-        let mut fields = json!({"item_id": open.id, "output_index": self.items.len()});
+        let _ = write!(
+            out,
+            "event: {name}\ndata: {{\"type\":\"{name}\",\"sequence_number\":{},\"item_id\":",
+            self.seq
+        );
+        let _ = serde_json::to_writer(&mut *out, &open.id);
+        let _ = write!(out, ",\"output_index\":{}", self.items.len());
         if !part_key.is_empty() {
-            fields[part_key] = 0.into();
+            let _ = write!(out, ",\"{part_key}\":0");
         }
-        fields["delta"] = text.into();
-        self.emit(out, name, fields);
+        out.extend_from_slice(b",\"delta\":");
+        let _ = serde_json::to_writer(&mut *out, text);
+        out.extend_from_slice(b"}\n\n");
+        self.seq += 1;
     }
 
     /// Closes the open item: its `.done` events with the whole text, then `response.output_item.done`.
