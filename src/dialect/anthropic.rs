@@ -7,6 +7,7 @@
 mod answer;
 mod chat_stream;
 pub mod error;
+mod messages;
 mod messages_stream;
 mod to_chat;
 mod to_messages;

@@ -8,9 +8,12 @@
 //! Read into borrowed views and written by serde, like the other direction.
 
 use super::budget_for_effort;
+use super::messages::{
+    Block, MessagesRequest, Metadata, Source, Thinking, ToolChoice, ToolOut, Turn, TurnContent,
+};
 use crate::dialect::json::{is_null, is_string, TextOr};
 use crate::dialect::DialectError;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
@@ -122,111 +125,10 @@ struct ChoiceFunction<'a> {
     function: Named<'a>,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize)]
 struct Named<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
-}
-
-#[derive(Serialize)]
-struct MessagesRequest<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    system: String,
-    messages: Vec<Turn<'a>>,
-    max_tokens: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stop_sequences: Option<Vec<Cow<'a, str>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    thinking: Option<Thinking>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tools: Option<Vec<ToolOut<'a>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<ToolChoice<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<Metadata<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream: Option<bool>,
-}
-
-#[derive(Serialize)]
-struct Thinking {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    budget_tokens: u64,
-}
-
-#[derive(Serialize)]
-struct Metadata<'a> {
-    user_id: &'a RawValue,
-}
-
-#[derive(Serialize)]
-struct Turn<'a> {
-    role: &'static str,
-    content: TurnContent<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum TurnContent<'a> {
-    Text(Cow<'a, str>),
-    Blocks(Vec<Block<'a>>),
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Block<'a> {
-    Text {
-        text: Cow<'a, str>,
-    },
-    Image {
-        source: Source<'a>,
-    },
-    ToolUse {
-        id: Cow<'a, str>,
-        name: Cow<'a, str>,
-        input: Box<RawValue>,
-    },
-    ToolResult {
-        tool_use_id: Cow<'a, str>,
-        content: Cow<'a, str>,
-    },
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Source<'a> {
-    Base64 {
-        media_type: Cow<'a, str>,
-        data: Cow<'a, str>,
-    },
-    Url {
-        url: Cow<'a, str>,
-    },
-}
-
-#[derive(Serialize)]
-struct ToolOut<'a> {
-    name: Cow<'a, str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<Cow<'a, str>>,
-    input_schema: &'a RawValue,
-}
-
-#[derive(Serialize)]
-struct ToolChoice<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<Cow<'a, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    disable_parallel_tool_use: Option<bool>,
 }
 
 fn invalid(field: &'static str, reason: &'static str) -> DialectError {
