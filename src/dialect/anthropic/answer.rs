@@ -21,11 +21,12 @@ fn answer_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, DialectE
 /// the text, then the tool calls as `tool_use` blocks.
 pub fn chat_answer_to_messages(body: &[u8]) -> Result<(Vec<u8>, TokenUsage), DialectError> {
     let mut chat = answer_object(body)?;
-    let mut choice = match chat.get_mut("choices").and_then(|c| c.get_mut(0)) {
+    let choice = match chat.get_mut("choices").and_then(|c| c.get_mut(0)) {
         Some(c) => c.take(),
         None => return Err(bad("no choices")),
     };
-    let msg = &mut choice["message"];
+    // Read only through `get` and `[]` (never `[]` on a `&mut`, which panics on a value of the wrong type).
+    let msg = &choice["message"];
     let mut content = Vec::new();
     let reasoning = msg["reasoning_content"]
         .as_str()
@@ -37,16 +38,16 @@ pub fn chat_answer_to_messages(body: &[u8]) -> Result<(Vec<u8>, TokenUsage), Dia
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
-    if let Value::Array(calls) = msg["tool_calls"].take() {
-        for mut call in calls {
+    if let Value::Array(calls) = &msg["tool_calls"] {
+        for call in calls {
             let args = call["function"]["arguments"].as_str().unwrap_or("");
             // A model's malformed arguments cannot become an input object; an empty one is the least wrong.
             let input = serde_json::from_str::<Value>(args)
                 .ok()
                 .filter(Value::is_object)
                 .unwrap_or_else(|| json!({}));
-            content.push(json!({"type": "tool_use", "id": call["id"].take(),
-                "name": call["function"]["name"].take(), "input": input}));
+            content.push(json!({"type": "tool_use", "id": call["id"],
+                "name": call["function"]["name"], "input": input}));
         }
     }
     let usage = chat.get("usage").map(chat_usage).unwrap_or_default();
@@ -75,14 +76,14 @@ pub fn messages_answer_to_chat(
         return Err(bad("no content"));
     };
     let (mut text, mut thinking, mut calls) = (String::new(), String::new(), Vec::new());
-    for mut b in blocks {
+    for b in blocks {
         match b["type"].as_str() {
             Some("text") => text.push_str(b["text"].as_str().unwrap_or("")),
             Some("thinking") => thinking.push_str(b["thinking"].as_str().unwrap_or("")),
             Some("tool_use") => calls.push(json!({
-                "id": b["id"].take(),
+                "id": b["id"],
                 "type": "function",
-                "function": {"name": b["name"].take(), "arguments": b["input"].to_string()},
+                "function": {"name": b["name"], "arguments": b["input"].to_string()},
             })),
             _ => {}
         }

@@ -250,3 +250,30 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(crate::fuzz_config())]
+
+    /// Pieces of real chunks mixed with junk: no panic.
+    #[test]
+    fn junk_streams_never_panic(pieces in proptest::collection::vec(
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            (0..CHAT_TOOLS.len(), 1usize..300).prop_map(|(at, n)| CHAT_TOOLS[at..(at + n).min(CHAT_TOOLS.len())].to_vec()),
+        ], 0..30)) {
+        let mut t = ChatToResponsesStream::new(0);
+        let mut out = Vec::new();
+        for p in &pieces {
+            let _ = t.feed(p, &mut out);
+        }
+        t.finish(&mut out);
+    }
+
+    /// Any JSON-ish request body: an error or a translation, never a panic.
+    #[test]
+    fn junk_requests_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200), at in 0usize..1500) {
+        let _ = responses_to_chat(&body, &ToChat::default());
+        let cut = &CODEX[..at.min(CODEX.len())];
+        let _ = responses_to_chat(cut, &ToChat::default());
+    }
+}

@@ -288,3 +288,56 @@ fn reasoning_effort_and_thinking_bands() {
         );
     }
 }
+
+/// Every JSON pointer in `v`.
+pub(super) fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => map
+            .iter()
+            .for_each(|(k, v)| pointers(v, format!("{at}/{k}"), out)),
+        Value::Array(list) => list
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| pointers(v, format!("{at}/{i}"), out)),
+        _ => {}
+    }
+    out.push(at);
+}
+
+#[test]
+fn any_field_of_the_wrong_type_is_an_error_or_a_translation_never_a_panic() {
+    let odd = [
+        json!(null),
+        json!(1),
+        json!(-1.5),
+        json!("x"),
+        json!([]),
+        json!({}),
+        json!(true),
+        json!([{}]),
+    ];
+    let cases: [(&[u8], &dyn Fn(&[u8]) -> bool); 3] = [
+        (CLAUDE_CODE, &|b| {
+            messages_to_chat(b, &ToChat::default()).is_ok()
+        }),
+        (CHAT_REQUEST, &|b| {
+            chat_to_messages(b, &ToMessages::default()).is_ok()
+        }),
+        (
+            include_bytes!("../../responses/fixtures/codex_request.json"),
+            &|b| crate::dialect::responses::responses_to_chat(b, &ToChat::default()).is_ok(),
+        ),
+    ];
+    for (fixture, translate) in cases {
+        let base = json(fixture);
+        let mut all = Vec::new();
+        pointers(&base, String::new(), &mut all);
+        for at in all.iter().filter(|p| !p.is_empty()) {
+            for v in &odd {
+                let mut body = base.clone();
+                *body.pointer_mut(at).unwrap() = v.clone();
+                translate(body.to_string().as_bytes());
+            }
+        }
+    }
+}

@@ -264,3 +264,58 @@ fn a_tool_call_whose_id_repeats_in_each_piece_stays_one_block() {
     assert_eq!(out.matches("content_block_start").count(), 2, "{out}");
     assert_eq!(out.matches("input_json_delta").count(), 2);
 }
+
+proptest! {
+    #![proptest_config(crate::fuzz_config())]
+
+    /// Whatever a backend sends (pieces of real events mixed with junk), the translators neither panic nor
+    /// keep more than the cap.
+    #[test]
+    fn junk_streams_never_panic(pieces in proptest::collection::vec(
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            (0..CHAT_TOOLS.len(), 1usize..300).prop_map(|(at, n)| CHAT_TOOLS[at..(at + n).min(CHAT_TOOLS.len())].to_vec()),
+            (0..MESSAGES_TOOLS.len(), 1usize..300).prop_map(|(at, n)| MESSAGES_TOOLS[at..(at + n).min(MESSAGES_TOOLS.len())].to_vec()),
+        ], 0..30)) {
+        let mut to_m = ChatToMessagesStream::with_cap(1024);
+        let mut to_c = MessagesToChatStream::with_cap(0, true, 1024);
+        let mut out = Vec::new();
+        for p in &pieces {
+            let _ = to_m.feed(p, &mut out);
+            let _ = to_c.feed(p, &mut out);
+        }
+        to_m.finish(&mut out);
+        to_c.finish(&mut out);
+    }
+}
+
+#[test]
+fn answers_with_any_field_of_the_wrong_type_never_panic() {
+    let odd = [
+        json!(null),
+        json!(1),
+        json!("x"),
+        json!([]),
+        json!({}),
+        json!([1]),
+    ];
+    let cases: [(&[u8], &dyn Fn(&[u8]) -> bool); 3] = [
+        (CHAT_ANSWER, &|b| chat_answer_to_messages(b).is_ok()),
+        (MESSAGES_ANSWER, &|b| messages_answer_to_chat(b, 0).is_ok()),
+        (CHAT_ANSWER, &|b| {
+            crate::dialect::responses::chat_answer_to_response(b, 0).is_ok()
+        }),
+    ];
+    for (fixture, translate) in cases {
+        let base = json(fixture);
+        let mut all = Vec::new();
+        super::requests::pointers(&base, String::new(), &mut all);
+        for at in all.iter().filter(|p| !p.is_empty()) {
+            for v in &odd {
+                let mut body = base.clone();
+                *body.pointer_mut(at).unwrap() = v.clone();
+                translate(body.to_string().as_bytes());
+            }
+        }
+    }
+}
