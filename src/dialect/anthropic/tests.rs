@@ -9,6 +9,9 @@ use super::*;
 use crate::dialect::DialectError;
 use serde_json::Value;
 
+/// A fixture and a translation of it (true when it translated).
+type Fixture<'a> = (&'a [u8], &'a dyn Fn(&[u8]) -> bool);
+
 const CLAUDE_CODE: &[u8] = include_bytes!("fixtures/claude_code_request.json");
 const CHAT_REQUEST: &[u8] = include_bytes!("fixtures/chat_request.json");
 const CHAT_ANSWER: &[u8] = include_bytes!("fixtures/chat_answer.json");

@@ -316,7 +316,7 @@ fn any_field_of_the_wrong_type_is_an_error_or_a_translation_never_a_panic() {
         json!(true),
         json!([{}]),
     ];
-    let cases: [(&[u8], &dyn Fn(&[u8]) -> bool); 3] = [
+    let cases: [Fixture<'_>; 3] = [
         (CLAUDE_CODE, &|b| {
             messages_to_chat(b, &ToChat::default()).is_ok()
         }),

@@ -299,7 +299,7 @@ fn answers_with_any_field_of_the_wrong_type_never_panic() {
         json!({}),
         json!([1]),
     ];
-    let cases: [(&[u8], &dyn Fn(&[u8]) -> bool); 3] = [
+    let cases: [Fixture<'_>; 3] = [
         (CHAT_ANSWER, &|b| chat_answer_to_messages(b).is_ok()),
         (MESSAGES_ANSWER, &|b| messages_answer_to_chat(b, 0).is_ok()),
         (CHAT_ANSWER, &|b| {
