@@ -31,6 +31,8 @@
 //! - `report`    the `gpt-api usage` report: sums and latency percentiles read from a `Source` (the monthly files,
 //!   or the shared PostgreSQL table);
 //! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
+//! - `dialect`   translation between API dialects: Anthropic's Messages <-> chat completions, and the Responses
+//!   API -> chat completions (requests, answers, streams as they arrive, errors);
 //! - `failover`  the order of attempts (candidates by priority, then fallback models, bounded hops) and the
 //!   attempt's life as one state machine (`failover::attempt`);
 //! - `accounting` what a finished request cost: tokens counted when none were reported, price, budget, metric;
@@ -45,6 +47,7 @@ pub(crate) mod auth;
 pub mod balance;
 pub(crate) mod client_ip;
 pub mod config;
+pub mod dialect;
 pub(crate) mod dns;
 pub(crate) mod duration;
 pub(crate) mod endpoints;

@@ -5,7 +5,7 @@ pub mod decode;
 mod keys;
 mod prefix;
 mod reconstruct;
-mod sse;
+pub(crate) mod sse;
 mod stream;
 pub mod text;
 mod usage;
