@@ -328,7 +328,7 @@ mod tests {
         headers: {x: "a\x01"} | headers.x: invalid HTTP header value (control characters?)
         headers: {x: a, X: b} | headers.x: duplicate header (names are case-insensitive)
         'http://h'=>'ftp://h' | base_url: scheme must be http or https, not "ftp"
-        'http://h'=>'https://h/v1?x=1' | base_url: URL must not contain a query (?...)
+        'http://h'=>'https://h/v1#x' | base_url: URL must not contain a fragment (#...)
         'http://h'=>'h.com' | base_url: invalid URL "h.com": relative URL without a base
         'http://h'=>null | base_url: required field is missing
     "#;
