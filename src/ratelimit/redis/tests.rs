@@ -138,8 +138,9 @@ async fn seconds_that_left_the_window_are_forgotten() {
     let Verdict::Rate(Decision::Deny { retry_after, .. }) = refused else {
         panic!("{refused:?}")
     };
+    // 30 s after the test read Redis's clock, less the time since (a second may have started meanwhile).
     assert!(
-        retry_after <= Duration::from_secs(31) && retry_after >= Duration::from_secs(29),
+        retry_after <= Duration::from_secs(31) && retry_after >= Duration::from_secs(28),
         "{retry_after:?}"
     );
 }
