@@ -13,8 +13,10 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::record::UsageRecord;
 use super::sink::{BatchError, Entry, Sink};
+use checkpoint::Checkpointer;
 use insert::Inserts;
 
+mod checkpoint;
 mod insert;
 pub mod rollup;
 pub mod schema;
@@ -114,6 +116,8 @@ pub struct Store {
     inserts: Inserts,
     /// (segment, month) -> how far this file has that segment's records, for the imports.
     import_progress: HashMap<(String, Month), u64>,
+    /// Checkpoints the open files' logs, off the writer's thread; after `files`, so dropped after them.
+    checkpointer: Checkpointer,
 }
 
 impl Store {
@@ -124,6 +128,7 @@ impl Store {
             files: BTreeMap::new(),
             inserts: Inserts::new(),
             import_progress: HashMap::new(),
+            checkpointer: Checkpointer::default(),
         }
     }
 
@@ -161,17 +166,26 @@ impl Store {
         let path = self.path(month);
         let connection = match self.files.entry(month) {
             Slot::Occupied(open) => open.into_mut(),
-            Slot::Vacant(closed) => closed.insert(open(&self.dir, &path, month)?),
-        };
-        self.inserts.write(connection, records).map_err(|source| {
-            // Reopened on the next attempt, in case the file was replaced or the handle went bad.
-            self.files.remove(&month);
-            StoreError::Write {
-                path,
-                month,
-                source,
+            Slot::Vacant(closed) => {
+                closed.insert(open(&self.dir, &path, month, &mut self.checkpointer)?)
             }
-        })
+        };
+        match self.inserts.write(connection, records) {
+            Ok(()) => {
+                // In the common case nothing: the checkpoint thread keeps the log short.
+                self.checkpointer.bound(connection, &path);
+                Ok(())
+            }
+            Err(source) => {
+                // Reopened on the next attempt, in case the file was replaced or the handle went bad.
+                self.files.remove(&month);
+                Err(StoreError::Write {
+                    path,
+                    month,
+                    source,
+                })
+            }
+        }
     }
 
     /// The end offset of the last frame of spool segment `segment` committed to the file of `month` (0: none).
@@ -179,7 +193,9 @@ impl Store {
         let path = self.path(month);
         let connection = match self.files.entry(month) {
             Slot::Occupied(open) => open.into_mut(),
-            Slot::Vacant(closed) => closed.insert(open(&self.dir, &path, month)?),
+            Slot::Vacant(closed) => {
+                closed.insert(open(&self.dir, &path, month, &mut self.checkpointer)?)
+            }
         };
         let sql = "SELECT Offset FROM spool_progress WHERE Segment = ?1";
         let offset: Option<i64> = connection
@@ -197,7 +213,11 @@ impl Store {
     /// the old month); older files are closed so a long-running process does not hold every month open.
     fn close_old(&mut self) {
         if let Some(newest) = self.files.keys().next_back().copied() {
-            self.files = self.files.split_off(&newest.previous());
+            let kept = self.files.split_off(&newest.previous());
+            for (month, connection) in std::mem::replace(&mut self.files, kept) {
+                drop(connection);
+                self.checkpointer.closed(&self.path(month));
+            }
         }
     }
 }
@@ -222,7 +242,9 @@ impl Sink for Store {
         Ok(())
     }
 
+    /// Closes the files after a last checkpoint that empties their logs, and stops the checkpoint thread.
     fn close(&mut self) {
+        self.checkpointer.stop();
         self.files.clear();
     }
 
@@ -263,14 +285,22 @@ impl Sink for Store {
     }
 }
 
-fn open(dir: &Path, path: &Path, month: Month) -> Result<Connection, StoreError> {
+/// Opens the writer's connection to the file of `month`, creating it if needed; its log is checkpointed by
+/// `checkpointer` (or by SQLite on the writer's commits if that thread cannot start).
+fn open(
+    dir: &Path,
+    path: &Path,
+    month: Month,
+    checkpointer: &mut Checkpointer,
+) -> Result<Connection, StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
         dir: dir.to_path_buf(),
         month,
         source,
     })?;
-    let opened = Connection::open(path).and_then(|connection| {
+    let opened = Connection::open(path).and_then(|mut connection| {
         schema::create(&connection)?;
+        checkpointer.watch(&mut connection, path)?;
         Ok(connection)
     });
     opened.map_err(|source| StoreError::Open {

@@ -392,3 +392,5 @@ impl Entry for Spooled {
         Some(("s", self.1))
     }
 }
+
+mod checkpoint;
