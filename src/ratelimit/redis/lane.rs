@@ -1,5 +1,5 @@
 //! One thread's way to Redis: its connection, and its admissions sent together, the first at once and those
-//! that arrive while a call is out in one call after it (no wait added, fewer calls under load).
+//! that arrive while calls are out in one call after them (no wait added, fewer calls under load).
 //!
 //! Each waiting admission has its own answer channel; an answer nobody waits for any more (the caller's
 //! timeout passed) is given back through the update queue, as before batching.
@@ -17,6 +17,8 @@ use super::updates::Queue;
 
 /// Admissions in one call, at most (7 keys and 9 arguments each).
 const MAX_BATCH: usize = 64;
+/// Calls out at once per thread: while one waits on Redis, the next batch need not.
+const MAX_IN_FLIGHT: u8 = 2;
 
 /// What the caller waits for: the answer, or why there is none.
 pub type Reply = Result<Answer, String>;
@@ -30,8 +32,8 @@ pub struct Lane {
 #[derive(Default)]
 struct State {
     waiting: Vec<(AdmitCall, oneshot::Sender<Reply>)>,
-    /// A task is sending (it takes what waits when its call returns).
-    sending: bool,
+    /// Tasks sending (each takes what waits when its call returns), at most [`MAX_IN_FLIGHT`].
+    sending: u8,
 }
 
 impl Lane {
@@ -54,10 +56,10 @@ impl Lane {
         {
             let mut state = self.lock();
             state.waiting.push((call, reply));
-            if state.sending {
+            if state.sending >= MAX_IN_FLIGHT {
                 return;
             }
-            state.sending = true;
+            state.sending += 1;
         }
         let (lane, script, queue) = (Arc::clone(self), Arc::clone(script), Arc::clone(queue));
         runtime.spawn(async move { lane.send_all(&script, &queue).await });
@@ -78,7 +80,7 @@ impl Lane {
             let batch = {
                 let mut state = self.lock();
                 if state.waiting.is_empty() {
-                    state.sending = false;
+                    state.sending -= 1;
                     sending.finished = true;
                     return;
                 }
@@ -105,8 +107,8 @@ impl Lane {
     }
 }
 
-/// Held by the sending task: should it end without finishing (its runtime shut down), another may start,
-/// and the callers still waiting hear at once that no answer comes.
+/// Held by a sending task: should it end without finishing (its runtime shut down), another may start, and
+/// when none is left the callers still waiting hear at once that no answer comes.
 struct Sending<'a> {
     lane: &'a Lane,
     /// Ended as it should: nothing to do.
@@ -119,8 +121,10 @@ impl Drop for Sending<'_> {
             return;
         }
         let mut state = self.lane.lock();
-        state.sending = false;
-        state.waiting.clear();
+        state.sending = state.sending.saturating_sub(1);
+        if state.sending == 0 {
+            state.waiting.clear();
+        }
     }
 }
 
