@@ -18,6 +18,7 @@ mod edge;
 mod errors;
 mod failover;
 mod logs;
+mod messages;
 mod metrics;
 mod models;
 mod money;

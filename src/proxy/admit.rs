@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -15,6 +16,7 @@ use crate::accounting;
 use crate::auth::Auth;
 use crate::balance;
 use crate::config::UsageSettings;
+use crate::dialect::anthropic::{messages_to_chat, ToChat};
 use crate::endpoints::{classify, normalize_path, ApiKind, Endpoint};
 use crate::error::GatewayError;
 use crate::failover::attempt::Attempt;
@@ -218,7 +220,15 @@ async fn route(
         ip,
         peer_trusted,
     };
+    let chat = match kind {
+        // Every backend speaks chat completions for now: a Messages request is translated once, up front.
+        ApiKind::Messages => Some(to_chat(&body)?),
+        _ => None,
+    };
     ctx.admit_request(caller, kind, (body, encoded), info);
+    if let Some((chat_body, chat_info)) = chat {
+        ctx.translated_to_chat(chat_body, chat_info);
+    }
     if ctx.key().is_some_and(|k| !k.allows(&model)) {
         return Err(GatewayError::ModelNotAllowed(model));
     }
@@ -242,6 +252,13 @@ async fn route(
     }
     ctx.route(Attempt::new(order));
     Ok(())
+}
+
+/// A Messages request body as a chat completions request, and what that says.
+fn to_chat(body: &[u8]) -> Result<(Bytes, request::RequestInfo), GatewayError> {
+    let chat = Bytes::from(messages_to_chat(body, &ToChat::default())?);
+    let info = request::inspect(&chat)?;
+    Ok((chat, info))
 }
 
 fn pending_record(

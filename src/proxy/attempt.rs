@@ -37,6 +37,9 @@ pub(super) fn request_head(ctx: &RequestCtx, head: &mut RequestHeader) -> Result
     let client = ctx
         .client()
         .ok_or_else(|| internal("no route for request"))?;
+    if ctx.translates() {
+        upstream::retarget(head, ctx.upstream_kind())?;
+    }
     let caller = ctx.caller();
     upstream::rewrite(
         head,

@@ -9,6 +9,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, OrErr, Result};
 
 use crate::config::Client;
+use crate::endpoints::ApiKind;
 
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -94,6 +95,33 @@ pub fn rewrite(
         }
         xff.push_str(ip);
         req.insert_header(X_FORWARDED_FOR, xff)?;
+    }
+    Ok(())
+}
+
+/// Points a translated request at the path of the API it now calls (the caller's query kept), and drops the
+/// headers of the caller's dialect, which mean nothing to that API.
+pub fn retarget(req: &mut RequestHeader, kind: ApiKind) -> Result<()> {
+    let path = match kind {
+        ApiKind::Chat => "/v1/chat/completions",
+        _ => return Ok(()),
+    };
+    let target = match req.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let uri = target
+        .parse::<http::Uri>()
+        .or_err(ErrorType::InternalError, "building upstream URI")?;
+    req.set_uri(uri);
+    let dialect: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("anthropic-"))
+        .cloned()
+        .collect();
+    for name in &dialect {
+        req.remove_header(name);
     }
     Ok(())
 }

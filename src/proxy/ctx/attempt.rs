@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::RequestCtx;
 use crate::balance::InFlight;
+use crate::endpoints::ApiKind;
 use crate::error::GatewayError;
 use crate::failover::attempt::{Broke, Verdict};
 use crate::failover::Failure;
@@ -29,6 +30,8 @@ pub(super) struct Outgoing {
     decoded: bool,
     /// The current attempt, counted in flight on its client until the next attempt or the request's end.
     in_flight: Option<InFlight>,
+    /// The API the body sent calls: the caller's, or chat completions for a translated request.
+    kind: Option<ApiKind>,
 }
 
 impl RequestCtx {
@@ -48,12 +51,21 @@ impl RequestCtx {
         };
         if !reconnect {
             let fallback = attempt.fallback_model();
-            let body = &self.admission.body;
-            let rewritten =
-                rewrite::rewrite(body, info, &cand.client, self.admission.kind, fallback);
+            // Per-backend rewriting applies after translation, in the backend's dialect.
+            let (body, info, kind, encoded) = match self.admission.chat.as_deref() {
+                Some(chat) => (&chat.body, &chat.info, ApiKind::Chat, None),
+                None => (
+                    &self.admission.body,
+                    info,
+                    self.admission.kind,
+                    self.admission.encoded.as_ref(),
+                ),
+            };
+            let rewritten = rewrite::rewrite(body, info, &cand.client, kind, fallback);
             // A compressed request goes as it came unless the gateway changed it.
-            let encoded = self.admission.encoded.as_ref();
-            self.outgoing.decoded = encoded.is_some() && rewritten.is_some();
+            self.outgoing.decoded = self.admission.encoded.is_some()
+                && (rewritten.is_some() || self.admission.chat.is_some());
+            self.outgoing.kind = Some(kind);
             self.outgoing.body = match (rewritten, encoded) {
                 (Some(rewritten), _) => rewritten,
                 (None, Some(encoded)) => encoded.clone(),
@@ -67,6 +79,16 @@ impl RequestCtx {
         self.outgoing.in_flight = Some(cand.load.start());
         self.answer.clear();
         Ok(Some(cand))
+    }
+
+    /// The API the current attempt calls upstream (the caller's until an attempt starts).
+    pub fn upstream_kind(&self) -> ApiKind {
+        self.outgoing.kind.unwrap_or(self.admission.kind)
+    }
+
+    /// The current attempt translates: it calls another API than the caller's.
+    pub fn translates(&self) -> bool {
+        self.upstream_kind() != self.admission.kind
     }
 
     /// The current attempt sends a compressed request's body decoded (its `Content-Encoding` must go).
