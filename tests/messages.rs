@@ -285,3 +285,52 @@ async fn backend_errors_and_exhausted_backends_are_in_anthropics_shape() {
     let r = post_bytes(&gw, "/v1/messages", messages_body("m1", true).to_string()).await;
     assert_eq!(anthropic_error(&r, 502), "api_error");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_anthropic_python_sdk_works_against_the_gateway_with_tools() {
+    let mock = Mock::start("b").await;
+    let answer = json!({
+        "id": "chatcmpl-9", "object": "chat.completion", "created": 1700000000, "model": "m1",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+            "content": "Let me check.",
+            "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}}],
+        "usage": usage_json(11, 6),
+    });
+    let events = tool_call_stream_events("m1", "get_weather", &["{\"city\":", "\"Paris\"}"]);
+    let usage = usage_chunk("m1", "chat.completion.chunk", usage_json(20, 5));
+    mock.set_reply(Reply {
+        body: Some(answer.to_string()),
+        ..Reply::stream(events, Some(usage))
+    });
+    let mut cfg = crate::common::config(one_client(&mock));
+    cfg["openai_clients"][0]["api_key"] = json!("sk-backend");
+    cfg["auth"] = json!({"keys": [{"name": "team", "key": KEY}]});
+    let gw = Gateway::start(&cfg).await;
+    crate::common::run_python_script(
+        crate::common::python::anthropic_python,
+        "test_anthropic_sdk.py",
+        vec![gw.url("").into(), KEY.into(), "m1".into()],
+    )
+    .await;
+    let sent: Vec<Value> = mock.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(
+        sent.len(),
+        2,
+        "JSON and stream; nothing for the refused ones"
+    );
+    for body in &sent {
+        let roles: Vec<&str> = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            roles[roles.len() - 3..],
+            ["user", "assistant", "tool"],
+            "{body}"
+        );
+        assert_eq!(body["tools"][0]["function"]["name"], "get_weather");
+    }
+}
