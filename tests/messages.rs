@@ -334,3 +334,39 @@ async fn the_anthropic_python_sdk_works_against_the_gateway_with_tools() {
         assert_eq!(body["tools"][0]["function"]["name"], "get_weather");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn count_tokens_is_answered_by_the_gateway() {
+    let mock = Mock::start("b").await;
+    let db = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&usage_config(one_client(&mock), db.path(), json!({}))).await;
+    let short = json!({"model": "m1", "messages": [{"role": "user", "content": "Say hi"}]});
+    let r = post_bytes(&gw, "/v1/messages/count_tokens", short.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let n = v["input_tokens"].as_i64().unwrap();
+    // "Say hi" is 2 tokens, its message 3 more and its role 1, and the reply's priming 3.
+    assert_eq!(n, 9, "{v}");
+    assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+
+    let long = json!({"model": "m1", "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Say hi ".repeat(100)}],
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]});
+    let r = post_bytes(&gw, "/v1/messages/count_tokens", long.to_string()).await;
+    assert!(
+        r.json()["input_tokens"].as_i64().unwrap() > 200,
+        "{}",
+        r.text()
+    );
+
+    let unknown = json!({"model": "nope", "messages": []});
+    let r = post_bytes(&gw, "/v1/messages/count_tokens", unknown.to_string()).await;
+    assert_eq!(anthropic_error(&r, 404), "not_found_error");
+    assert_eq!(mock.count(), 0, "never sent to a backend");
+
+    let rows = crate::common::records::wait_rows(db.path(), 3).await;
+    let kinds: Vec<_> = rows.iter().map(|r| r.kind.as_deref()).collect();
+    assert_eq!(kinds, [Some("count_tokens"); 3]);
+    assert_eq!(rows[0].status, Some(200));
+    assert_eq!(rows[0].prompt_tokens, None, "a count is not usage");
+}

@@ -61,10 +61,37 @@ pub(super) async fn admit(
     if let Err(e) = route(gw, session, ctx, &rt).await {
         return reject(session, ctx, e, &[]).await;
     }
-    match limit(gw, ctx, &rt).await {
-        Ok(()) => Ok(false),
-        Err((e, headers)) => reject(session, ctx, e, &headers).await,
+    if let Err((e, headers)) = limit(gw, ctx, &rt).await {
+        return reject(session, ctx, e, &headers).await;
     }
+    if ctx.kind() == ApiKind::CountTokens {
+        return count_tokens(gw, session, ctx, &rt).await;
+    }
+    Ok(false)
+}
+
+/// Anthropic's `count_tokens`, answered by the gateway: the request translated to chat, its prompt counted
+/// with OpenAI's tokenizers (an estimate for other models), `{"input_tokens": N}`.
+async fn count_tokens(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rt: &Runtime,
+) -> Result<bool> {
+    let chat = match messages_to_chat(ctx.body(), &ToChat::default()) {
+        Ok(chat) => Bytes::from(chat),
+        Err(e) => return reject(session, ctx, e.into(), &[]).await,
+    };
+    let model = ctx.model().to_owned();
+    let n = gw
+        .accountant()
+        .count_prompt(chat, &model, &rt.config.prices)
+        .await;
+    let body = serde_json::json!({ "input_tokens": n })
+        .to_string()
+        .into_bytes();
+    respond::json_with(session, 200, body, ctx.ratelimit_headers()).await?;
+    Ok(true)
 }
 
 /// Admits the routed request under its key's limits (rpm, tpm, concurrency, budget: one check, one round trip
