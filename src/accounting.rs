@@ -22,8 +22,9 @@ pub const DEFAULT_RESERVED_OUTPUT: u64 = 4096;
 /// Estimates waiting for the worker, at most, in jobs and in the bytes they hold.
 const ESTIMATE_QUEUE_JOBS: usize = 4096;
 const ESTIMATE_QUEUE_BYTES: usize = 64 << 20;
-/// Longest wait for a count a caller asked for (`count_tokens`) before it is answered with a rough one.
-pub const COUNT_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for a count a caller asked for (`count_tokens`) before it is answered with a rough one (the
+/// first count after a start also builds the tokenizer: seconds in a debug build on a busy machine).
+pub const COUNT_WAIT: Duration = Duration::from_secs(10);
 
 /// The services a request's accounts need: the limiter (budgets, token windows), the metrics, and the
 /// worker that counts tokens (started on first use, so after Pingora's daemon fork).
