@@ -8,6 +8,7 @@
 mod common;
 
 mod admin;
+mod anthropic;
 mod auth;
 mod balancing;
 mod bodies;

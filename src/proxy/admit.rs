@@ -10,12 +10,12 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use super::caller::{caller_ip, socket_ip};
-use super::ctx::{Caller, PendingRecord};
+use super::ctx::{chat_as_messages, Caller, PendingRecord};
 use super::{body, framing, respond, Gateway, RequestCtx, Runtime};
 use crate::accounting;
 use crate::auth::Auth;
 use crate::balance;
-use crate::config::UsageSettings;
+use crate::config::{Protocol, UsageSettings};
 use crate::dialect::anthropic::{messages_to_chat, ToChat};
 use crate::endpoints::{classify, normalize_path, ApiKind, Endpoint};
 use crate::error::GatewayError;
@@ -268,6 +268,15 @@ async fn route(
     ctx.set_affinity(key);
     if candidates.is_empty() {
         return Err(GatewayError::ModelNotFound(model));
+    }
+    if kind == ApiKind::Chat {
+        // A request an anthropic backend would get translated is refused now (400), not mid-failover.
+        let anthropic = candidates
+            .iter()
+            .find(|c| c.client.protocol == Protocol::Anthropic);
+        if let Some(c) = anthropic {
+            chat_as_messages(ctx.body(), &c.client)?;
+        }
     }
     let max_hops = rt.config.failover.max_fallback_hops;
     let order = Attempts::new(&model, candidates, max_hops, ctx.key().cloned());

@@ -51,6 +51,7 @@ pub(super) fn request_head(ctx: &RequestCtx, head: &mut RequestHeader) -> Result
         // sends its own.
         ctx.key().is_some() || !client.api_key.is_empty(),
     )?;
+    upstream::anthropic_version(head, client)?;
     if ctx.sends_decoded() {
         head.remove_header(&http::header::CONTENT_ENCODING);
     }

@@ -23,6 +23,7 @@ use crate::error::GatewayError;
 use crate::failover::attempt::Attempt;
 use crate::request::RequestInfo;
 use answer::Answer;
+pub use attempt::chat_as_messages;
 use attempt::Outgoing;
 pub use record::PendingRecord;
 use record::Record;

@@ -6,7 +6,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
 use super::{Gateway, RequestCtx};
-use crate::dialect::relay::Relay;
+use crate::dialect::relay::{AnswerHead, Relay};
 use crate::escape;
 use crate::failover::attempt::pause;
 use crate::failover::Failure;
@@ -44,9 +44,14 @@ pub(super) fn head(gw: &Gateway, resp: &mut ResponseHeader, ctx: &mut RequestCtx
     let usage = &rt.config.usage;
     // The tap reads the answer in the backend's dialect; a relay then translates it for the caller.
     let kind = ctx.upstream_kind();
-    let relay = ctx
-        .translates()
-        .then(|| Relay::messages_from_chat(status, sse));
+    let relay = Relay::for_answer(AnswerHead {
+        caller: ctx.kind(),
+        upstream: kind,
+        status,
+        sse,
+        include_usage: ctx.info().is_some_and(|i| i.include_usage),
+        created: chrono::Utc::now().timestamp(),
+    });
     let opts = TapOptions {
         sse,
         kind,
@@ -60,14 +65,15 @@ pub(super) fn head(gw: &Gateway, resp: &mut ResponseHeader, ctx: &mut RequestCtx
             && kind.streams_usage_option(),
         keep_body: (usage.enabled && usage.record_bodies).then_some(usage.max_body_bytes),
     };
-    let rewrites = opts.prefix.is_some() || (sse && opts.hide_usage_chunk) || relay.is_some();
+    let translated = relay.as_ref().is_some_and(Relay::rewrites);
+    let rewrites = opts.prefix.is_some() || (sse && opts.hide_usage_chunk) || translated;
     let (tap, decoded) = tap_for(opts, resp);
     if rewrites || decoded || tap.buffers_whole_body() {
         // The body changes length: let Pingora send it chunked.
         resp.remove_header(&header::CONTENT_LENGTH);
     }
     let caller_sse = match &relay {
-        Some(relay) => {
+        Some(relay) if relay.rewrites() => {
             let content_type = match relay.is_stream() {
                 true => "text/event-stream",
                 false => "application/json",
@@ -75,7 +81,7 @@ pub(super) fn head(gw: &Gateway, resp: &mut ResponseHeader, ctx: &mut RequestCtx
             resp.insert_header(header::CONTENT_TYPE, content_type)?;
             relay.is_stream()
         }
-        None => sse,
+        _ => sse,
     };
     ctx.answer_with(tap, relay, caller_sse);
     if let Some(theirs) = resp.remove_header(crate::request_id::HEADER) {

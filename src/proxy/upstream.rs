@@ -8,7 +8,7 @@ use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, OrErr, Result};
 
-use crate::config::Client;
+use crate::config::{Client, Protocol};
 use crate::endpoints::ApiKind;
 
 /// How long an idle pooled upstream connection is kept.
@@ -104,6 +104,7 @@ pub fn rewrite(
 pub fn retarget(req: &mut RequestHeader, kind: ApiKind) -> Result<()> {
     let path = match kind {
         ApiKind::Chat => "/v1/chat/completions",
+        ApiKind::Messages => "/v1/messages",
         _ => return Ok(()),
     };
     let target = match req.uri.query() {
@@ -114,6 +115,9 @@ pub fn retarget(req: &mut RequestHeader, kind: ApiKind) -> Result<()> {
         .parse::<http::Uri>()
         .or_err(ErrorType::InternalError, "building upstream URI")?;
     req.set_uri(uri);
+    if kind != ApiKind::Chat {
+        return Ok(());
+    }
     let dialect: Vec<HeaderName> = req
         .headers
         .keys()
@@ -125,6 +129,25 @@ pub fn retarget(req: &mut RequestHeader, kind: ApiKind) -> Result<()> {
     }
     Ok(())
 }
+
+/// The `anthropic-version` an anthropic backend gets when the caller sent none.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// An anthropic backend's `anthropic-version`: the caller's, else the client's, else 2023-06-01
+/// (`anthropic-beta` passes through as the caller sent it).
+pub fn anthropic_version(req: &mut RequestHeader, client: &Client) -> Result<()> {
+    if client.protocol != Protocol::Anthropic || req.headers.contains_key(ANTHROPIC_VERSION) {
+        return Ok(());
+    }
+    let version = client
+        .anthropic_version
+        .as_deref()
+        .unwrap_or(DEFAULT_ANTHROPIC_VERSION);
+    req.insert_header(ANTHROPIC_VERSION, version)?;
+    Ok(())
+}
+
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 

@@ -101,8 +101,14 @@ impl RequestCtx {
 
     /// Notes the first token's arrival time once the tap has seen it.
     pub fn note_first_token(&mut self) {
+        let relay_saw = || {
+            self.answer
+                .relay
+                .as_deref()
+                .is_some_and(Relay::saw_first_token)
+        };
         if self.answer.first_token.is_none()
-            && self.answer.tap().is_some_and(|t| t.saw_first_token())
+            && (self.answer.tap().is_some_and(|t| t.saw_first_token()) || relay_saw())
         {
             self.answer.first_token = Some(self.started.elapsed());
         }
@@ -118,15 +124,24 @@ impl RequestCtx {
         if let Some(tap) = self.answer.tap_mut() {
             tap.abandon();
         }
+        if let Some(relay) = self.answer.relay.as_deref_mut() {
+            relay.abandon();
+        }
         self.note_first_token();
     }
 
     /// The tokens the answer reported (none without an answer).
     pub fn tokens(&self) -> TokenUsage {
-        self.answer
-            .tap()
-            .and_then(|t| t.usage())
-            .unwrap_or_default()
+        self.reported_usage().unwrap_or_default()
+    }
+
+    /// The usage the backend reported: read by the relay when the answer is in another dialect than chat's
+    /// (an Anthropic backend's), else by the tap.
+    pub fn reported_usage(&self) -> Option<TokenUsage> {
+        match self.answer.relay.as_deref() {
+            Some(relay) => relay.usage(),
+            None => self.answer.tap().and_then(|t| t.usage()),
+        }
     }
 
     /// Whether the caller has the whole answer, given how many body bytes reached its connection: the
@@ -157,7 +172,7 @@ fn translate(relay: &mut Relay, out: Option<Bytes>, end: bool) -> Result<Option<
         return Ok(None);
     }
     let mut caller = match out {
-        Some(piece) => relay.feed(&piece).map_err(|e| e.to_string())?,
+        Some(piece) => relay.feed(piece).map_err(|e| e.to_string())?,
         None => Bytes::new(),
     };
     if end {

@@ -6,11 +6,14 @@ use bytes::Bytes;
 
 use super::RequestCtx;
 use crate::balance::InFlight;
+use crate::config::{Client, Protocol};
+use crate::dialect::anthropic::{chat_to_messages, ToMessages};
 use crate::endpoints::ApiKind;
 use crate::error::GatewayError;
 use crate::failover::attempt::{Broke, Verdict};
 use crate::failover::Failure;
 use crate::metrics::Metrics;
+use crate::request::RequestInfo;
 use crate::routing::Candidate;
 use crate::{escape, rewrite};
 
@@ -34,6 +37,20 @@ pub(super) struct Outgoing {
     kind: Option<ApiKind>,
 }
 
+/// A chat completions request as a Messages request for `client` (its `max_tokens` cap, else 4096, when the
+/// caller gives none), and what that body says.
+pub fn chat_as_messages(
+    body: &[u8],
+    client: &Client,
+) -> Result<(Bytes, RequestInfo), GatewayError> {
+    let opts = ToMessages {
+        default_max_tokens: client.max_tokens,
+    };
+    let messages = Bytes::from(chat_to_messages(body, &opts)?);
+    let info = crate::request::inspect(&messages)?;
+    Ok((messages, info))
+}
+
 impl RequestCtx {
     /// Moves the attempts on (the first candidate, the same one after a stale connection, the next one or a
     /// fallback's after a failure) and readies the body for it. `None`: nothing is left to try.
@@ -51,10 +68,21 @@ impl RequestCtx {
         };
         if !reconnect {
             let fallback = attempt.fallback_model();
+            let protocol = cand.client.protocol;
+            // A chat request to an anthropic backend: its translation depends on the client's cap.
+            let to_messages = match (self.admission.kind, protocol) {
+                (ApiKind::Chat, Protocol::Anthropic) => {
+                    Some(chat_as_messages(&self.admission.body, &cand.client)?)
+                }
+                _ => None,
+            };
             // Per-backend rewriting applies after translation, in the backend's dialect.
-            let (body, info, kind, encoded) = match self.admission.chat.as_deref() {
-                Some(chat) => (&chat.body, &chat.info, ApiKind::Chat, None),
-                None => (
+            let (body, info, kind, encoded) = match (&to_messages, &self.admission.chat, protocol) {
+                (Some((body, info)), _, _) => (body, info, ApiKind::Messages, None),
+                (None, Some(chat), Protocol::OpenAi) => {
+                    (&chat.body, &chat.info, ApiKind::Chat, None)
+                }
+                _ => (
                     &self.admission.body,
                     info,
                     self.admission.kind,
@@ -62,9 +90,9 @@ impl RequestCtx {
                 ),
             };
             let rewritten = rewrite::rewrite(body, info, &cand.client, kind, fallback);
-            // A compressed request goes as it came unless the gateway changed it.
-            self.outgoing.decoded = self.admission.encoded.is_some()
-                && (rewritten.is_some() || self.admission.chat.is_some());
+            // A compressed request goes as it came unless the gateway changed (or translated) it.
+            let sends_encoded = rewritten.is_none() && encoded.is_some();
+            self.outgoing.decoded = self.admission.encoded.is_some() && !sends_encoded;
             self.outgoing.kind = Some(kind);
             self.outgoing.body = match (rewritten, encoded) {
                 (Some(rewritten), _) => rewritten,

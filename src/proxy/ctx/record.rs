@@ -73,7 +73,7 @@ impl RequestCtx {
         let Some(accountant) = self.record.accountant.take() else {
             return;
         };
-        let reported = self.answer.tap().and_then(|t| t.usage());
+        let reported = self.reported_usage();
         let count = self.what_to_count(status, reported.is_some());
         let record = self.captured_record(status);
         let reservation = self.record.reservation.take().map(|r| *r);
@@ -133,7 +133,7 @@ impl RequestCtx {
             ip: p.ip,
             model: self.model().to_owned(),
             kind: p.kind,
-            tokens: tap.and_then(|t| t.usage()).unwrap_or_default(),
+            tokens: self.reported_usage().unwrap_or_default(),
             tool: info.is_some_and(|i| i.tool),
             multimodal: info.is_some_and(|i| i.multimodal),
             // Rendered by the writer from `raw`.
