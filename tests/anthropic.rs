@@ -128,6 +128,7 @@ async fn messages_pass_through_with_usage_read_from_the_events() {
         ),
         (Some(38), Some(15), Some(53), Some(10))
     );
+    assert_eq!(row.cache_write_tokens, Some(3));
     assert!(row.first_token_ms.is_some(), "{row:#?}");
 }
 
