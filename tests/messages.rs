@@ -370,3 +370,41 @@ async fn count_tokens_is_answered_by_the_gateway() {
     assert_eq!(rows[0].status, Some(200));
     assert_eq!(rows[0].prompt_tokens, None, "a count is not usage");
 }
+
+/// The translation is incremental: the backend's first chunk reaches the caller as Messages events while the
+/// backend holds the rest of its answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_event_reaches_the_caller_before_the_backend_sends_the_rest() {
+    let mock = Mock::start("b").await;
+    mock.set_sse(3, Duration::ZERO);
+    mock.hold_after_first_event();
+    let gw = Gateway::start(&crate::common::config(one_client(&mock))).await;
+    let started = std::time::Instant::now();
+    let resp = send_json(&gw.url("/v1/messages"), &messages_body("m1", true), &[]).await;
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("\"text\":\"c0 \"") {
+        let piece = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("the first event did not come while the backend held the rest")
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&piece).unwrap());
+    }
+    let first = started.elapsed();
+    assert!(seen.starts_with("event: message_start\n"), "{seen}");
+    assert!(!seen.contains("message_stop"), "{seen}");
+    mock.release();
+    while let Some(piece) = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("stream stalled")
+    {
+        seen.push_str(std::str::from_utf8(&piece.unwrap()).unwrap());
+    }
+    assert!(seen.contains("\"text\":\"c2 \""), "{seen}");
+    assert!(
+        seen.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+        "{seen}"
+    );
+    eprintln!("first translated event after {first:?} (request start to caller)");
+}
