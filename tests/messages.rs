@@ -408,3 +408,25 @@ async fn the_first_event_reaches_the_caller_before_the_backend_sends_the_rest() 
     );
     eprintln!("first translated event after {first:?} (request start to caller)");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_without_usage_is_counted_as_the_chat_request_it_became() {
+    let mock = Mock::start("b").await;
+    let answer = json!({"id": "c", "object": "chat.completion", "model": "m1", "choices": [{"index": 0,
+        "message": {"role": "assistant", "content": "hello there"}, "finish_reason": "stop"}]});
+    mock.set_reply(Reply::body(answer.to_string()));
+    let db = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&usage_config(one_client(&mock), db.path(), json!({}))).await;
+    let r = post_bytes(&gw, "/v1/messages", messages_body("m1", false).to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["content"][0]["text"], "hello there");
+    let row = wait_one_row(db.path()).await;
+    assert_eq!(row.usage_estimated, Some(1), "{row:#?}");
+    // The chat request: system "Be brief." (3 + 1 + 3), user "Say hi" (3 + 1 + 2), the reply's priming (3); the
+    // answer's two words.
+    assert_eq!(
+        (row.prompt_tokens, row.completion_tokens),
+        (Some(16), Some(2)),
+        "{row:#?}"
+    );
+}

@@ -156,7 +156,7 @@ impl Relay {
         let out = match &mut self.how {
             How::ChatBody(held) => match chat_answer_to_messages(held) {
                 Ok((body, usage)) => {
-                    self.usage = Some(usage);
+                    self.usage = reported(usage);
                     body
                 }
                 Err(e) => error::body(502, &e.to_string()),
@@ -164,7 +164,7 @@ impl Relay {
             How::OpenAiError { status, held } => error::from_openai(*status, held),
             How::MessagesBody { held, created } => match messages_answer_to_chat(held, *created) {
                 Ok((body, usage)) => {
-                    self.usage = Some(usage);
+                    self.usage = reported(usage);
                     body
                 }
                 Err(e) => openai_error(&e.to_string()),
@@ -225,6 +225,11 @@ impl Relay {
         }
         out
     }
+}
+
+/// A whole answer's usage, unless it had none (its counts all absent): then the gateway counts the tokens.
+fn reported(usage: TokenUsage) -> Option<TokenUsage> {
+    (usage.prompt.is_some() || usage.completion.is_some() || usage.total.is_some()).then_some(usage)
 }
 
 /// OpenAI's error body for an answer that could not be translated.
