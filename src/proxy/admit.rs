@@ -247,15 +247,7 @@ async fn route(
         ip,
         peer_trusted,
     };
-    let chat = match kind {
-        // Every backend speaks chat completions for now: a Messages request is translated once, up front.
-        ApiKind::Messages => Some(to_chat(&body)?),
-        _ => None,
-    };
     ctx.admit_request(caller, kind, (body, encoded), info);
-    if let Some((chat_body, chat_info)) = chat {
-        ctx.translated_to_chat(chat_body, chat_info);
-    }
     if ctx.key().is_some_and(|k| !k.allows(&model)) {
         return Err(GatewayError::ModelNotAllowed(model));
     }
@@ -269,14 +261,22 @@ async fn route(
     if candidates.is_empty() {
         return Err(GatewayError::ModelNotFound(model));
     }
-    if kind == ApiKind::Chat {
+    let anthropic = candidates
+        .iter()
+        .find(|c| c.client.protocol == Protocol::Anthropic);
+    match (kind, anthropic) {
         // A request an anthropic backend would get translated is refused now (400), not mid-failover.
-        let anthropic = candidates
-            .iter()
-            .find(|c| c.client.protocol == Protocol::Anthropic);
-        if let Some(c) = anthropic {
+        (ApiKind::Chat, Some(c)) => {
             chat_as_messages(ctx.body(), &c.client)?;
         }
+        // Translated once for every openai backend (a fallback model's too); one an anthropic backend can
+        // take as it is goes on untranslated when it does not translate.
+        (ApiKind::Messages, _) => match to_chat(ctx.body()) {
+            Ok((chat, info)) => ctx.translated_to_chat(chat, info),
+            Err(e) if anthropic.is_none() => return Err(e),
+            Err(_) => {}
+        },
+        _ => {}
     }
     let max_hops = rt.config.failover.max_fallback_hops;
     let order = Attempts::new(&model, candidates, max_hops, ctx.key().cloned());
