@@ -22,6 +22,9 @@ pub const DEFAULT_RESERVED_OUTPUT: u64 = 4096;
 /// Estimates waiting for the worker, at most, in jobs and in the bytes they hold.
 const ESTIMATE_QUEUE_JOBS: usize = 4096;
 const ESTIMATE_QUEUE_BYTES: usize = 64 << 20;
+/// Longest wait for a count a caller asked for (`count_tokens`) before it is answered with a rough one (the
+/// first count after a start also builds the tokenizer: seconds in a debug build on a busy machine).
+pub const COUNT_WAIT: Duration = Duration::from_secs(10);
 
 /// The services a request's accounts need: the limiter (budgets, token windows), the metrics, and the
 /// worker that counts tokens (started on first use, so after Pingora's daemon fork).
@@ -157,6 +160,32 @@ impl Accountant {
             log::warn!("token estimate queue full: counted roughly");
             rough.store(true, Ordering::Relaxed);
             job();
+        }
+    }
+
+    /// The prompt tokens of a chat completions request `body` for `model` (OpenAI's tokenizers: an estimate for
+    /// other vendors' models), counted on the estimator's thread; a rough count (bytes / 4) when its queue is
+    /// full or it does not answer within [`COUNT_WAIT`].
+    pub async fn count_prompt(&self, body: Bytes, model: &str, prices: &Prices) -> i64 {
+        let configured = prices.first([model]).and_then(|p| p.tokenizer);
+        let tok = estimate::tokenizer_for(model, configured);
+        let len = body.len();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Box::new(move || {
+            let counted = estimate::prompt_tokens(ApiKind::Chat, &body, tok)
+                .unwrap_or_else(|| estimate::rough_tokens(body.len()));
+            // The caller may have stopped waiting.
+            let _ = tx.send(counted);
+        });
+        let estimator = self
+            .estimator
+            .get_or_init(|| Estimator::start(ESTIMATE_QUEUE_JOBS, ESTIMATE_QUEUE_BYTES));
+        if estimator.submit(len, job).is_err() {
+            return estimate::rough_tokens(len);
+        }
+        match tokio::time::timeout(COUNT_WAIT, rx).await {
+            Ok(Ok(counted)) => counted,
+            _ => estimate::rough_tokens(len),
         }
     }
 

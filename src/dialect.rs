@@ -8,6 +8,7 @@ pub mod anthropic;
 mod chat;
 mod frames;
 mod json;
+pub mod relay;
 pub mod responses;
 
 /// Why a request, answer or stream could not be translated.
@@ -40,6 +41,23 @@ impl DialectError {
         match self {
             Self::InvalidJson(_) | Self::NotObject | Self::Invalid { .. } | Self::Missing(_) => 400,
             Self::BadAnswer(_) | Self::EventTooLarge(_) => 502,
+        }
+    }
+}
+
+impl From<DialectError> for crate::error::GatewayError {
+    /// A caller's request that cannot be translated: the same errors as a body the gateway cannot read.
+    fn from(e: DialectError) -> Self {
+        use crate::error::GatewayError;
+        match e {
+            DialectError::InvalidJson(why) => GatewayError::InvalidJson(why),
+            DialectError::NotObject => GatewayError::BodyNotObject,
+            DialectError::BadAnswer(_) | DialectError::EventTooLarge(_) => {
+                GatewayError::Internal(e.to_string())
+            }
+            DialectError::Invalid { .. } | DialectError::Missing(_) => {
+                GatewayError::InvalidRequest(e.to_string())
+            }
         }
     }
 }

@@ -14,8 +14,10 @@ pub enum Endpoint {
 }
 
 /// Routed POST endpoints, named so a GET to them is a 405 rather than a 404 (also without `/v1`).
-const KNOWN_POST: [&str; 9] = [
+const KNOWN_POST: [&str; 11] = [
     "/chat/completions",
+    "/messages",
+    "/messages/count_tokens",
     "/completions",
     "/embeddings",
     "/responses",
@@ -33,6 +35,10 @@ pub enum ApiKind {
     Completions,
     Embeddings,
     Responses,
+    /// Anthropic's Messages API (`/v1/messages`).
+    Messages,
+    /// Anthropic's token count (`/v1/messages/count_tokens`), answered by the gateway.
+    CountTokens,
     Other,
 }
 
@@ -43,6 +49,8 @@ impl ApiKind {
             "/completions" => ApiKind::Completions,
             "/embeddings" => ApiKind::Embeddings,
             "/responses" => ApiKind::Responses,
+            "/messages" => ApiKind::Messages,
+            "/messages/count_tokens" => ApiKind::CountTokens,
             _ => ApiKind::Other,
         }
     }
@@ -54,6 +62,8 @@ impl ApiKind {
             ApiKind::Completions => "text_completion".into(),
             ApiKind::Embeddings => "embeddings".into(),
             ApiKind::Responses => "responses".into(),
+            ApiKind::Messages => "messages".into(),
+            ApiKind::CountTokens => "count_tokens".into(),
             ApiKind::Other => strip_v1(path).trim_matches('/').replace('/', "."),
         }
     }
@@ -62,8 +72,13 @@ impl ApiKind {
     pub fn generates_text(self) -> bool {
         matches!(
             self,
-            ApiKind::Chat | ApiKind::Completions | ApiKind::Responses
+            ApiKind::Chat | ApiKind::Completions | ApiKind::Responses | ApiKind::Messages
         )
+    }
+
+    /// The caller speaks Anthropic's dialect: the gateway's own errors go to it in Anthropic's shape.
+    pub fn speaks_anthropic(self) -> bool {
+        matches!(self, ApiKind::Messages | ApiKind::CountTokens)
     }
 
     /// Chat and completions streams can be asked for usage (`stream_options.include_usage`).
@@ -211,6 +226,8 @@ mod tests {
             ("POST", "/v1/embeddings", Route),
             ("GET", "/v1/chat/completions", MethodNotAllowed),
             ("GET", "/chat/completions", MethodNotAllowed),
+            ("POST", "/v1/messages", Route),
+            ("GET", "/messages", MethodNotAllowed),
             ("PUT", "/v1/anything", MethodNotAllowed),
             ("GET", "/nope", NotFound),
             ("GET", "/", NotFound),
@@ -266,6 +283,13 @@ mod tests {
             ("/v1/completions", ApiKind::Completions, "text_completion"),
             ("/v1/embeddings", ApiKind::Embeddings, "embeddings"),
             ("/v1/responses", ApiKind::Responses, "responses"),
+            ("/v1/messages", ApiKind::Messages, "messages"),
+            ("/messages", ApiKind::Messages, "messages"),
+            (
+                "/v1/messages/count_tokens",
+                ApiKind::CountTokens,
+                "count_tokens",
+            ),
             ("/v1/audio/speech", ApiKind::Other, "audio.speech"),
             ("/v1beta/x", ApiKind::Other, "v1beta.x"),
         ];

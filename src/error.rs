@@ -23,6 +23,10 @@ pub enum GatewayError {
         expected: &'static str,
         got: &'static str,
     },
+    /// A request the gateway must translate for its backend whose fields are invalid (the reason, not the
+    /// value).
+    #[error("{0}")]
+    InvalidRequest(String),
     #[error("The model `{0}` does not exist.")]
     ModelNotFound(String),
     #[error("Request body too large: the limit is {limit} bytes.")]
@@ -96,6 +100,7 @@ impl GatewayError {
             | Self::ModelNotString
             | Self::ModelTooLong { .. }
             | Self::InvalidType { .. }
+            | Self::InvalidRequest(_)
             | Self::BadPath
             | Self::BadHost
             | Self::BodyEncoding(_)
@@ -166,6 +171,7 @@ impl GatewayError {
             Self::ModelMissing | Self::ModelNotString => "invalid_model",
             Self::ModelTooLong { .. } => "string_above_max_length",
             Self::InvalidType { .. } => "invalid_type",
+            Self::InvalidRequest(_) => "invalid_request",
             Self::ModelNotFound(_) => "model_not_found",
             Self::InvalidApiKey => "invalid_api_key",
             Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => "model_not_allowed",

@@ -125,10 +125,10 @@ pub fn estimate(
 ) -> TokenUsage {
     let prompt = prompt_tokens(kind, body, tok);
     let completion = match kind {
-        ApiKind::Chat | ApiKind::Completions | ApiKind::Responses => {
+        ApiKind::Chat | ApiKind::Completions | ApiKind::Responses | ApiKind::Messages => {
             Some(completion_tokens(completion, completion_bytes, tok))
         }
-        ApiKind::Embeddings | ApiKind::Other => None,
+        ApiKind::Embeddings | ApiKind::CountTokens | ApiKind::Other => None,
     };
     with_total(prompt, completion)
 }

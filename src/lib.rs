@@ -32,7 +32,8 @@
 //!   or the shared PostgreSQL table);
 //! - `tap`       the response tap: SSE/JSON parsing for usage, the special prefix, the recorded body;
 //! - `dialect`   translation between API dialects: Anthropic's Messages <-> chat completions, and the Responses
-//!   API -> chat completions (requests, answers, streams as they arrive, errors);
+//!   API -> chat completions (requests, answers, streams as they arrive, errors), and the relay that takes an
+//!   answer to the caller in its dialect (`dialect::relay`);
 //! - `failover`  the order of attempts (candidates by priority, then fallback models, bounded hops) and the
 //!   attempt's life as one state machine (`failover::attempt`);
 //! - `accounting` what a finished request cost: tokens counted when none were reported, price, budget, metric;

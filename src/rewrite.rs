@@ -95,7 +95,9 @@ fn cap_fields(kind: ApiKind) -> &'static [&'static str] {
     match kind {
         ApiKind::Chat | ApiKind::Completions => &["max_tokens", "max_completion_tokens"],
         ApiKind::Responses => &["max_output_tokens"],
-        ApiKind::Embeddings | ApiKind::Other => &[],
+        ApiKind::Messages => &["max_tokens"],
+        // count_tokens is never sent.
+        ApiKind::Embeddings | ApiKind::CountTokens | ApiKind::Other => &[],
     }
 }
 

@@ -8,6 +8,7 @@
 mod common;
 
 mod admin;
+mod anthropic;
 mod auth;
 mod balancing;
 mod bodies;
@@ -18,6 +19,7 @@ mod edge;
 mod errors;
 mod failover;
 mod logs;
+mod messages;
 mod metrics;
 mod models;
 mod money;

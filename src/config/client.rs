@@ -10,7 +10,7 @@ use super::compile::{Errors, Section, MISSING};
 use super::failover::{health_policy, retry_on, ClientDefaults};
 use super::file::{self, index_path, key_path, ClientFile, FallbackFile, OneOrMany};
 use super::routing::balance;
-use super::{BaseUrl, Client, ConfigError, MatchKind, ModelMatch};
+use super::{BaseUrl, Client, ConfigError, MatchKind, ModelMatch, Protocol};
 use super::{DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_READ_TIMEOUT_MS};
 use crate::secret::Secret;
 
@@ -104,13 +104,36 @@ fn compile_client(
         c.read_timeout_ms,
         DEFAULT_READ_TIMEOUT_MS,
     );
-    let retry_on = retry_on(s, c.retry_on, &defaults.retry_on);
+    let protocol = protocol(c.protocol.as_deref(), s);
+    let anthropic_version = c.anthropic_version.filter(|v| {
+        let ok = !v.is_empty() && HeaderValue::from_str(v).is_ok();
+        if !ok {
+            s.report("anthropic_version", "expected a version such as 2023-06-01");
+        } else if protocol != Some(Protocol::Anthropic) {
+            s.report(
+                "anthropic_version",
+                "only for a client with protocol: anthropic",
+            );
+        }
+        ok
+    });
+    // An overloaded Anthropic backend answers 529: another one should be tried.
+    let mut default_retry = defaults.retry_on.clone();
+    if protocol == Some(Protocol::Anthropic) && !default_retry.contains(&529) {
+        default_retry.push(529);
+    }
+    let retry_on = retry_on(s, c.retry_on, &default_retry);
     let health_policy = health_policy(s, c.failure_threshold, c.cooldown_seconds, defaults.policy);
     if s.failed {
         return None;
     }
-    let base_url = base_url?;
-    let fixed_headers = fixed_headers(&base_url, &api_key, &headers)?;
+    let mut base_url = base_url?;
+    let protocol = protocol?;
+    if protocol == Protocol::Anthropic && !base_url.path.ends_with("/v1") {
+        // Anthropic's API lives under /v1 (`https://api.anthropic.com`): a base_url without it gets it.
+        base_url.path.push_str("/v1");
+    }
+    let fixed_headers = fixed_headers(&base_url, &api_key, &headers, protocol)?;
     Some(Client {
         name: name?,
         api_key,
@@ -131,7 +154,20 @@ fn compile_client(
         read_timeout: Duration::from_millis(read_ms),
         retry_on,
         health_policy,
+        protocol,
+        anthropic_version,
     })
+}
+
+fn protocol(name: Option<&str>, s: &mut Section) -> Option<Protocol> {
+    match name {
+        None | Some("openai") => Some(Protocol::OpenAi),
+        Some("anthropic") => Some(Protocol::Anthropic),
+        Some(_) => {
+            s.report("protocol", r#"expected "openai" or "anthropic""#);
+            None
+        }
+    }
 }
 
 /// Checked here so a stray newline from an env file is a config error, not a failed request later.
@@ -219,6 +255,7 @@ pub(crate) fn fixed_headers(
     base_url: &BaseUrl,
     api_key: &Secret,
     headers: &[(HeaderName, Secret)],
+    protocol: Protocol,
 ) -> Option<Vec<(HeaderName, HeaderValue)>> {
     let sensitive = |text: &str| {
         let mut value = HeaderValue::from_str(text).ok()?;
@@ -237,9 +274,16 @@ pub(crate) fn fixed_headers(
             HeaderValue::from_static("identity"),
         ),
     ];
-    if !api_key.is_empty() {
-        let bearer = sensitive(&format!("Bearer {}", api_key.expose()))?;
-        fixed.push((http::header::AUTHORIZATION, bearer));
+    match protocol {
+        _ if api_key.is_empty() => {}
+        Protocol::OpenAi => {
+            let bearer = sensitive(&format!("Bearer {}", api_key.expose()))?;
+            fixed.push((http::header::AUTHORIZATION, bearer));
+        }
+        Protocol::Anthropic => {
+            let key = sensitive(api_key.expose())?;
+            fixed.push((HeaderName::from_static("x-api-key"), key));
+        }
     }
     for (name, value) in headers {
         fixed.push((name.clone(), sensitive(value.expose())?));
@@ -283,6 +327,54 @@ mod tests {
     }
 
     #[test]
+    fn protocol_anthropic_sends_its_key_in_x_api_key_and_retries_529() {
+        let text = client("protocol: anthropic, api_key: sk-a, anthropic_version: '2024-01-01'");
+        let config = compile(&text, &no_env).unwrap();
+        let c = &config.clients[0];
+        assert_eq!(c.protocol, Protocol::Anthropic);
+        assert_eq!(c.anthropic_version.as_deref(), Some("2024-01-01"));
+        assert!(c.retry_on.contains(&529), "{:?}", c.retry_on);
+        assert_eq!(
+            c.base_url.join("/v1/messages"),
+            "/v1/messages",
+            "/v1 added to a bare base_url"
+        );
+        let names: Vec<&str> = c.fixed_headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            names.contains(&"x-api-key") && !names.contains(&"authorization"),
+            "{names:?}"
+        );
+        let own = compile(&client("protocol: anthropic, retry_on: [500]"), &no_env).unwrap();
+        assert_eq!(
+            own.clients[0].retry_on,
+            [500],
+            "a client's own list is kept as it is"
+        );
+        let openai = compile(&client("protocol: openai"), &no_env).unwrap();
+        assert_eq!(openai.clients[0].protocol, Protocol::OpenAi);
+        assert!(!openai.clients[0].retry_on.contains(&529));
+    }
+
+    #[test]
+    fn protocol_errors_name_their_field() {
+        let e = errors(&client("protocol: grpc"));
+        assert_eq!(
+            e,
+            [r#"openai_clients[0].protocol: expected "openai" or "anthropic""#]
+        );
+        let e = errors(&client("anthropic_version: '2023-06-01'"));
+        assert_eq!(
+            e,
+            ["openai_clients[0].anthropic_version: only for a client with protocol: anthropic"]
+        );
+        let e = errors(&client("protocol: anthropic, anthropic_version: ''"));
+        assert_eq!(
+            e,
+            ["openai_clients[0].anthropic_version: expected a version such as 2023-06-01"]
+        );
+    }
+
+    #[test]
     fn every_optional_field_compiles() {
         let fields = "api_key: '', weight: 3, stop: '</s>', max_tokens: 100, extra_body: {top_k: 5}, \
                       model: up, headers: {Api-Key: '${KEY:-secret}'}, connect_timeout_ms: 5, fallback: null";
@@ -312,7 +404,7 @@ mod tests {
         value: m=>value: [] | model_match.value: must not be an empty list
         value: m=>value: [''] | model_match.value[0]: must not be empty
         value: m=>value: m, valu: m | model_match.valu: unknown field, expected one of type, value
-        model_matc: '${NOPE}' | model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, balance, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms, failure_threshold, cooldown_seconds, retry_on
+        model_matc: '${NOPE}' | model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, balance, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms, failure_threshold, cooldown_seconds, retry_on, protocol, anthropic_version
         name: a=>name: '' | name: must not be empty
         priority: high | priority: expected an integer
         fallback: true | fallback: expected a model name or false

@@ -138,6 +138,10 @@ pub(super) struct ClientFile {
     pub failure_threshold: Option<i64>,
     pub cooldown_seconds: Option<i64>,
     pub retry_on: Option<Vec<i64>>,
+    /// "openai" (default) or "anthropic"; checked in `compile`.
+    pub protocol: Option<String>,
+    /// The `anthropic-version` sent to an anthropic backend when the caller sends none.
+    pub anthropic_version: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -244,6 +248,8 @@ const CLIENT: Shape = Shape::Section(&[
     ("failure_threshold", Shape::Int),
     ("cooldown_seconds", Shape::Int),
     ("retry_on", Shape::ListOf(&Shape::Int)),
+    ("protocol", Shape::Str),
+    ("anthropic_version", Shape::Str),
 ]);
 
 const AUTH_KEY: Shape = Shape::Section(&[

@@ -238,6 +238,20 @@ pub struct Client {
     pub retry_on: Vec<u16>,
     /// When consecutive failures put this client aside, and for how long.
     pub health_policy: HealthPolicy,
+    /// The API dialect the backend speaks.
+    pub protocol: Protocol,
+    /// For an anthropic backend: the `anthropic-version` sent when the caller sends none (else 2023-06-01).
+    pub anthropic_version: Option<String>,
+}
+
+/// The API dialect a backend speaks (`protocol:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// OpenAI's APIs (chat completions, ...): the default.
+    #[default]
+    OpenAi,
+    /// Anthropic's Messages API: key in `x-api-key`, an `anthropic-version` header.
+    Anthropic,
 }
 
 impl Client {

@@ -9,6 +9,7 @@ mod chat_stream;
 pub mod error;
 mod messages;
 mod messages_stream;
+mod reader;
 mod to_chat;
 mod to_messages;
 
@@ -18,6 +19,7 @@ mod tests;
 pub use answer::{chat_answer_to_messages, messages_answer_to_chat};
 pub use chat_stream::MessagesToChatStream;
 pub use messages_stream::ChatToMessagesStream;
+pub use reader::MessagesReader;
 pub use to_chat::{messages_to_chat, ToChat};
 pub use to_messages::{chat_to_messages, ToMessages, DEFAULT_MAX_TOKENS};
 

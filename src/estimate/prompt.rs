@@ -32,7 +32,11 @@ const REPLY_PRIMING: i64 = 3;
 /// their compact JSON text, an image a fixed [`IMAGE_TOKENS`], audio and files nothing. The Responses API's overheads are not
 /// published: its instructions and input items are counted as the chat messages they correspond to.
 pub fn prompt_tokens(kind: ApiKind, body: &[u8], tok: Tokenizer) -> Option<i64> {
-    if kind == ApiKind::Other {
+    // Anthropic's bodies are counted once translated to chat (the proxy does that).
+    if matches!(
+        kind,
+        ApiKind::Other | ApiKind::Messages | ApiKind::CountTokens
+    ) {
         return None;
     }
     let body: Body = serde_json::from_slice(body).ok()?;
@@ -45,7 +49,7 @@ pub fn prompt_tokens(kind: ApiKind, body: &[u8], tok: Tokenizer) -> Option<i64> 
         }
         ApiKind::Embeddings => count.prompt(body.input.as_ref()?),
         ApiKind::Responses => count.responses(&body),
-        ApiKind::Other => None,
+        ApiKind::Messages | ApiKind::CountTokens | ApiKind::Other => None,
     }
 }
 

@@ -4,17 +4,19 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header;
 use pingora::proxy::Session;
 use pingora::Result;
 
 use super::caller::{caller_ip, socket_ip};
-use super::ctx::{Caller, PendingRecord};
+use super::ctx::{chat_as_messages, Caller, PendingRecord};
 use super::{body, framing, respond, Gateway, RequestCtx, Runtime};
 use crate::accounting;
 use crate::auth::Auth;
 use crate::balance;
-use crate::config::UsageSettings;
+use crate::config::{Protocol, UsageSettings};
+use crate::dialect::anthropic::{messages_to_chat, ToChat};
 use crate::endpoints::{classify, normalize_path, ApiKind, Endpoint};
 use crate::error::GatewayError;
 use crate::failover::attempt::Attempt;
@@ -59,10 +61,37 @@ pub(super) async fn admit(
     if let Err(e) = route(gw, session, ctx, &rt).await {
         return reject(session, ctx, e, &[]).await;
     }
-    match limit(gw, ctx, &rt).await {
-        Ok(()) => Ok(false),
-        Err((e, headers)) => reject(session, ctx, e, &headers).await,
+    if let Err((e, headers)) = limit(gw, ctx, &rt).await {
+        return reject(session, ctx, e, &headers).await;
     }
+    if ctx.kind() == ApiKind::CountTokens {
+        return count_tokens(gw, session, ctx, &rt).await;
+    }
+    Ok(false)
+}
+
+/// Anthropic's `count_tokens`, answered by the gateway: the request translated to chat, its prompt counted
+/// with OpenAI's tokenizers (an estimate for other models), `{"input_tokens": N}`.
+async fn count_tokens(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rt: &Runtime,
+) -> Result<bool> {
+    let chat = match messages_to_chat(ctx.body(), &ToChat::default()) {
+        Ok(chat) => Bytes::from(chat),
+        Err(e) => return reject(session, ctx, e.into(), &[]).await,
+    };
+    let model = ctx.model().to_owned();
+    let n = gw
+        .accountant()
+        .count_prompt(chat, &model, &rt.config.prices)
+        .await;
+    let body = serde_json::json!({ "input_tokens": n })
+        .to_string()
+        .into_bytes();
+    respond::json_with(session, 200, body, ctx.ratelimit_headers()).await?;
+    Ok(true)
 }
 
 /// Admits the routed request under its key's limits (rpm, tpm, concurrency, budget: one check, one round trip
@@ -232,6 +261,23 @@ async fn route(
     if candidates.is_empty() {
         return Err(GatewayError::ModelNotFound(model));
     }
+    let anthropic = candidates
+        .iter()
+        .find(|c| c.client.protocol == Protocol::Anthropic);
+    match (kind, anthropic) {
+        // A request an anthropic backend would get translated is refused now (400), not mid-failover.
+        (ApiKind::Chat, Some(c)) => {
+            chat_as_messages(ctx.body(), &c.client)?;
+        }
+        // Translated once for every openai backend (a fallback model's too); one an anthropic backend can
+        // take as it is goes on untranslated when it does not translate.
+        (ApiKind::Messages, _) => match to_chat(ctx.body()) {
+            Ok((chat, info)) => ctx.translated_to_chat(chat, info),
+            Err(e) if anthropic.is_none() => return Err(e),
+            Err(_) => {}
+        },
+        _ => {}
+    }
     let max_hops = rt.config.failover.max_fallback_hops;
     let order = Attempts::new(&model, candidates, max_hops, ctx.key().cloned());
     if order.is_empty() {
@@ -242,6 +288,13 @@ async fn route(
     }
     ctx.route(Attempt::new(order));
     Ok(())
+}
+
+/// A Messages request body as a chat completions request, and what that says.
+fn to_chat(body: &[u8]) -> Result<(Bytes, request::RequestInfo), GatewayError> {
+    let chat = Bytes::from(messages_to_chat(body, &ToChat::default())?);
+    let info = request::inspect(&chat)?;
+    Ok((chat, info))
 }
 
 fn pending_record(

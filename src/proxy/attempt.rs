@@ -37,6 +37,9 @@ pub(super) fn request_head(ctx: &RequestCtx, head: &mut RequestHeader) -> Result
     let client = ctx
         .client()
         .ok_or_else(|| internal("no route for request"))?;
+    if ctx.translates() {
+        upstream::retarget(head, ctx.upstream_kind())?;
+    }
     let caller = ctx.caller();
     upstream::rewrite(
         head,
@@ -48,6 +51,7 @@ pub(super) fn request_head(ctx: &RequestCtx, head: &mut RequestHeader) -> Result
         // sends its own.
         ctx.key().is_some() || !client.api_key.is_empty(),
     )?;
+    upstream::anthropic_version(head, client)?;
     if ctx.sends_decoded() {
         head.remove_header(&http::header::CONTENT_ENCODING);
     }

@@ -23,6 +23,7 @@ use crate::error::GatewayError;
 use crate::failover::attempt::Attempt;
 use crate::request::RequestInfo;
 use answer::Answer;
+pub use attempt::chat_as_messages;
 use attempt::Outgoing;
 pub use record::PendingRecord;
 use record::Record;
@@ -59,6 +60,14 @@ struct Admission {
     encoded: Option<Bytes>,
     /// The request's conversation, when its clients balance by affinity.
     affinity: Option<AffinityKey>,
+    /// The request translated to chat completions, for a backend that speaks only that (a Messages caller).
+    chat: Option<Box<ChatRequest>>,
+}
+
+/// A request translated to chat completions: its body and what that body says.
+struct ChatRequest {
+    body: Bytes,
+    info: RequestInfo,
 }
 
 /// Where the request came from.
@@ -86,6 +95,7 @@ impl Default for Admission {
             body: Bytes::new(),
             encoded: None,
             affinity: None,
+            chat: None,
         }
     }
 }
@@ -187,6 +197,12 @@ impl RequestCtx {
         a.body = body;
         a.encoded = encoded;
         a.info = Some(info);
+    }
+
+    /// The request as a chat completions request (`body`, and what it says), for backends that speak only
+    /// that: each attempt to one sends it, rewritten for its client, to the chat completions path.
+    pub fn translated_to_chat(&mut self, body: Bytes, info: RequestInfo) {
+        self.admission.chat = Some(Box::new(ChatRequest { body, info }));
     }
 
     pub fn caller(&self) -> &Caller {

@@ -9,6 +9,7 @@ use pingora::{Error, ErrorSource};
 use super::attempt::describe;
 use super::caller::{caller_ip, socket_ip};
 use super::{respond, Gateway, RequestCtx};
+use crate::dialect::anthropic;
 use crate::error::GatewayError;
 use crate::escape;
 use crate::logging::ACCESS_TARGET as LOG;
@@ -65,7 +66,10 @@ async fn cut(session: &mut Session, e: &Error, ctx: &mut RequestCtx, caller_gone
     if !caller_gone {
         ctx.answer_cut_short();
         if ctx.is_stream_answer() {
-            let event = ResponseTap::error_event(&why, "upstream_error");
+            let event = match ctx.kind().speaks_anthropic() {
+                true => anthropic::error::event(502, &why),
+                false => ResponseTap::error_event(&why, "upstream_error"),
+            };
             if let Err(write) = session.write_response_body(Some(event), true).await {
                 log::debug!(target: LOG, "could not send the error event: {write}");
             }

@@ -5,6 +5,8 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
+use crate::dialect::anthropic;
+use crate::endpoints::ApiKind;
 use crate::error::GatewayError;
 
 /// Writes a complete JSON response (status, content-type, content-length, body) with `headers` (the request
@@ -27,11 +29,21 @@ pub async fn json_with(
         .await
 }
 
-/// Writes `err` as an OpenAI-shaped error response, with `headers`.
+/// Writes `err` as an error response in the caller's dialect (Anthropic's for its endpoints, else OpenAI's),
+/// with `headers`.
 pub async fn error_with(
     session: &mut Session,
     err: &GatewayError,
     headers: &[(&'static str, String)],
 ) -> Result<()> {
-    json_with(session, err.status(), err.to_json(), headers).await
+    let body = match speaks_anthropic(session) {
+        true => anthropic::error::gateway(err).1,
+        false => err.to_json(),
+    };
+    json_with(session, err.status(), body, headers).await
+}
+
+/// The caller called one of Anthropic's endpoints (read from the path: errors come before the body is).
+pub fn speaks_anthropic(session: &Session) -> bool {
+    ApiKind::from_path(session.req_header().uri.path()).speaks_anthropic()
 }

@@ -6,6 +6,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
 use super::{Gateway, RequestCtx};
+use crate::dialect::relay::{AnswerHead, Relay};
 use crate::escape;
 use crate::failover::attempt::pause;
 use crate::failover::Failure;
@@ -41,7 +42,16 @@ pub(super) fn head(gw: &Gateway, resp: &mut ResponseHeader, ctx: &mut RequestCtx
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let usage = &rt.config.usage;
-    let kind = ctx.kind();
+    // The tap reads the answer in the backend's dialect; a relay then translates it for the caller.
+    let kind = ctx.upstream_kind();
+    let relay = Relay::for_answer(AnswerHead {
+        caller: ctx.kind(),
+        upstream: kind,
+        status,
+        sse,
+        include_usage: ctx.info().is_some_and(|i| i.include_usage),
+        created: chrono::Utc::now().timestamp(),
+    });
     let opts = TapOptions {
         sse,
         kind,
@@ -49,17 +59,31 @@ pub(super) fn head(gw: &Gateway, resp: &mut ResponseHeader, ctx: &mut RequestCtx
             .contains(&status)
             .then(|| client.special_prefix.clone())
             .flatten(),
-        hide_usage_chunk: ctx.info().is_some_and(|i| i.stream && !i.include_usage)
+        // A translated stream needs the backend's usage chunk: it ends the caller's last event.
+        hide_usage_chunk: relay.is_none()
+            && ctx.info().is_some_and(|i| i.stream && !i.include_usage)
             && kind.streams_usage_option(),
         keep_body: (usage.enabled && usage.record_bodies).then_some(usage.max_body_bytes),
     };
-    let rewrites = opts.prefix.is_some() || (sse && opts.hide_usage_chunk);
+    let translated = relay.as_ref().is_some_and(Relay::rewrites);
+    let rewrites = opts.prefix.is_some() || (sse && opts.hide_usage_chunk) || translated;
     let (tap, decoded) = tap_for(opts, resp);
     if rewrites || decoded || tap.buffers_whole_body() {
         // The body changes length: let Pingora send it chunked.
         resp.remove_header(&header::CONTENT_LENGTH);
     }
-    ctx.answer_with(tap, sse);
+    let caller_sse = match &relay {
+        Some(relay) if relay.rewrites() => {
+            let content_type = match relay.is_stream() {
+                true => "text/event-stream",
+                false => "application/json",
+            };
+            resp.insert_header(header::CONTENT_TYPE, content_type)?;
+            relay.is_stream()
+        }
+        _ => sse,
+    };
+    ctx.answer_with(tap, relay, caller_sse);
     if let Some(theirs) = resp.remove_header(crate::request_id::HEADER) {
         resp.insert_header(crate::request_id::UPSTREAM_HEADER, theirs)?;
     }

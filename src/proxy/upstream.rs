@@ -8,7 +8,8 @@ use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, OrErr, Result};
 
-use crate::config::Client;
+use crate::config::{Client, Protocol};
+use crate::endpoints::ApiKind;
 
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -97,6 +98,56 @@ pub fn rewrite(
     }
     Ok(())
 }
+
+/// Points a translated request at the path of the API it now calls (the caller's query kept), and drops the
+/// headers of the caller's dialect, which mean nothing to that API.
+pub fn retarget(req: &mut RequestHeader, kind: ApiKind) -> Result<()> {
+    let path = match kind {
+        ApiKind::Chat => "/v1/chat/completions",
+        ApiKind::Messages => "/v1/messages",
+        _ => return Ok(()),
+    };
+    let target = match req.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let uri = target
+        .parse::<http::Uri>()
+        .or_err(ErrorType::InternalError, "building upstream URI")?;
+    req.set_uri(uri);
+    if kind != ApiKind::Chat {
+        return Ok(());
+    }
+    let dialect: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("anthropic-"))
+        .cloned()
+        .collect();
+    for name in &dialect {
+        req.remove_header(name);
+    }
+    Ok(())
+}
+
+/// The `anthropic-version` an anthropic backend gets when the caller sent none.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// An anthropic backend's `anthropic-version`: the caller's, else the client's, else 2023-06-01
+/// (`anthropic-beta` passes through as the caller sent it).
+pub fn anthropic_version(req: &mut RequestHeader, client: &Client) -> Result<()> {
+    if client.protocol != Protocol::Anthropic || req.headers.contains_key(ANTHROPIC_VERSION) {
+        return Ok(());
+    }
+    let version = client
+        .anthropic_version
+        .as_deref()
+        .unwrap_or(DEFAULT_ANTHROPIC_VERSION);
+    req.insert_header(ANTHROPIC_VERSION, version)?;
+    Ok(())
+}
+
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 

@@ -29,6 +29,8 @@ fn client() -> Client {
         model: None,
         headers: Vec::new(),
         fixed_headers: Vec::new(),
+        protocol: crate::config::Protocol::OpenAi,
+        anthropic_version: None,
         connect_timeout: Duration::from_secs(1),
         read_timeout: Duration::from_secs(1),
         retry_on: Vec::new(),

@@ -562,6 +562,9 @@ pub struct Reply {
     /// Stream answers (scripted or default): the SSE text cut into frames of at most this many bytes, with the
     /// [`Mock::set_sse`] delay between frames, so that events reach the gateway split across reads.
     pub piece_bytes: Option<usize>,
+    /// A stream answer sent as exactly these SSE frames (an Anthropic stream, with its `event:` lines and no
+    /// `[DONE]`) instead of `events`.
+    pub frames: Option<Vec<String>>,
 }
 
 impl Reply {
@@ -791,7 +794,9 @@ fn asks_usage(request: &Value) -> bool {
 /// chunk when asked).
 fn stream_events(state: &State, model: &str, events: usize, include_usage: bool) -> Vec<String> {
     let reply = state.reply.lock().unwrap().clone();
-    let out = if reply.events.is_some() {
+    let out = if let Some(frames) = &reply.frames {
+        frames.clone()
+    } else if reply.events.is_some() {
         reply.sse(include_usage)
     } else {
         let mut out = Mock::sse_events(model, events);

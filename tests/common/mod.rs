@@ -434,11 +434,21 @@ impl Gateway {
 /// Runs `tests/python/<script>` with `args` (the official OpenAI SDK as a real client, loopback only) and
 /// fails the test with its output when it does not exit 0.
 pub async fn run_python_client(script: &str, args: Vec<std::ffi::OsString>) {
+    run_python_script(python::python, script, args).await
+}
+
+/// Runs `tests/python/<script>` with `args` under the interpreter `python` gives (a virtualenv's, made on
+/// first use: see `python.rs`).
+pub async fn run_python_script(
+    python: fn() -> std::path::PathBuf,
+    script: &str,
+    args: Vec<std::ffi::OsString>,
+) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(python::python())
+        Command::new(python())
             .arg(path)
             .args(&args)
             .env("NO_PROXY", "*")

@@ -1,5 +1,5 @@
 //! The Python clients' interpreters: virtualenvs under `target/` with pinned packages (`openai` for the SDK
-//! tests, `selenium` for the admin page's browser tests), each made once per checkout.
+//! tests, `anthropic` for the Messages API's, `selenium` for the admin page's browser tests), each made once per checkout.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,6 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The OpenAI SDK version the tests run against.
 const OPENAI: &str = "openai==3.60.0";
+/// The Anthropic SDK version the Messages API tests run against.
+const ANTHROPIC: &str = "anthropic==2.17.0";
 /// Longest wait for another test process that is making the virtualenv.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(600);
 /// A lock older than this was left by a process that died while making the virtualenv.
@@ -21,6 +23,11 @@ fn target_dir() -> PathBuf {
 /// `target/py-venv/bin/python`, with `openai` installed; made on first use.
 pub fn python() -> PathBuf {
     python_with("py-venv", OPENAI)
+}
+
+/// `target/py-venv-anthropic/bin/python`, with `anthropic` installed; made on first use.
+pub fn anthropic_python() -> PathBuf {
+    python_with("py-venv-anthropic", ANTHROPIC)
 }
 
 /// `target/<name>/bin/python`, with `requirement` installed; made on first use. Test processes run in parallel:

@@ -54,6 +54,7 @@ pub struct Row {
     pub affinity_key: Option<String>,
     pub request_id: Option<String>,
     pub node: Option<String>,
+    pub cache_write_tokens: Option<i64>,
 }
 
 impl Row {
@@ -90,7 +91,8 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
 
 const SELECT: &str = "SELECT id, Time, IP, Model, Type, CompletionTokens, PromptTokens, TotalTokens, Tool, \
      Multimodal, Headers, Request, Response, Backend, UpstreamModel, Stream, Status, LatencyMs, FirstTokenMs, \
-     Attempts, CachedTokens, ReasoningTokens, Error, KeyName, CostUsd, UsageEstimated, AffinityKey, RequestId, Node FROM records ORDER BY id";
+     Attempts, CachedTokens, ReasoningTokens, Error, KeyName, CostUsd, UsageEstimated, AffinityKey, RequestId, Node, \
+     CacheWriteTokens FROM records ORDER BY id";
 
 fn read_file(path: &Path) -> rusqlite::Result<Vec<Row>> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -128,6 +130,7 @@ fn read_file(path: &Path) -> rusqlite::Result<Vec<Row>> {
             affinity_key: r.get(26)?,
             request_id: r.get(27)?,
             node: r.get(28)?,
+            cache_write_tokens: r.get(29)?,
         })
     })?;
     rows.collect()

@@ -28,6 +28,12 @@ pub fn body(status: u16, message: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// An SSE `error` event, as Anthropic ends a stream that failed under way.
+pub fn event(status: u16, message: &str) -> bytes::Bytes {
+    let body = body_value(type_for_status(status), message);
+    bytes::Bytes::from(format!("event: error\ndata: {body}\n\n"))
+}
+
 /// A gateway error in Anthropic's shape: its status and body.
 pub fn gateway(e: &GatewayError) -> (u16, Vec<u8>) {
     (e.status(), body(e.status(), &e.to_string()))

@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::RequestCtx;
+use crate::dialect::relay::Relay;
 use crate::tap::ResponseTap;
 use crate::usage::TokenUsage;
 
@@ -18,6 +19,8 @@ const CUT_SHORT: u16 = 502;
 pub(super) struct Answer {
     /// Boxed, like the record: the ctx is moved with Pingora's per-request future, so it is kept small.
     tap: Option<Box<ResponseTap>>,
+    /// Translates the answer (after the tap, which reads it in the backend's dialect) for the caller.
+    relay: Option<Box<Relay>>,
     /// The response is an SSE stream.
     sse: bool,
     first_token: Option<Duration>,
@@ -29,6 +32,7 @@ impl Answer {
     /// A new attempt: nothing of an earlier answer counts.
     pub(super) fn clear(&mut self) {
         self.tap = None;
+        self.relay = None;
     }
 
     pub(super) fn tap(&self) -> Option<&ResponseTap> {
@@ -46,10 +50,12 @@ impl Answer {
 }
 
 impl RequestCtx {
-    /// The answer's head is accepted: its body goes through `tap`.
-    pub fn answer_with(&mut self, tap: ResponseTap, sse: bool) {
+    /// The answer's head is accepted: its body goes through `tap`, then `relay` when it is translated.
+    /// `sse`: the caller gets a stream.
+    pub fn answer_with(&mut self, tap: ResponseTap, relay: Option<Relay>, sse: bool) {
         self.answer.sse = sse;
         self.answer.tap = Some(Box::new(tap));
+        self.answer.relay = relay.map(Box::new);
     }
 
     /// Passes a piece of the answer's body through the tap; at its end, adds what the tap still held.
@@ -80,6 +86,9 @@ impl RequestCtx {
                 });
             }
         }
+        if let Some(relay) = self.answer.relay.as_deref_mut() {
+            out = translate(relay, out, end_of_stream)?;
+        }
         *body = out;
         self.note_first_token();
         Ok(())
@@ -92,8 +101,14 @@ impl RequestCtx {
 
     /// Notes the first token's arrival time once the tap has seen it.
     pub fn note_first_token(&mut self) {
+        let relay_saw = || {
+            self.answer
+                .relay
+                .as_deref()
+                .is_some_and(Relay::saw_first_token)
+        };
         if self.answer.first_token.is_none()
-            && self.answer.tap().is_some_and(|t| t.saw_first_token())
+            && (self.answer.tap().is_some_and(|t| t.saw_first_token()) || relay_saw())
         {
             self.answer.first_token = Some(self.started.elapsed());
         }
@@ -109,22 +124,34 @@ impl RequestCtx {
         if let Some(tap) = self.answer.tap_mut() {
             tap.abandon();
         }
+        if let Some(relay) = self.answer.relay.as_deref_mut() {
+            relay.abandon();
+        }
         self.note_first_token();
     }
 
     /// The tokens the answer reported (none without an answer).
     pub fn tokens(&self) -> TokenUsage {
-        self.answer
-            .tap()
-            .and_then(|t| t.usage())
-            .unwrap_or_default()
+        self.reported_usage().unwrap_or_default()
+    }
+
+    /// The usage the backend reported: read by the relay when the answer is in another dialect than chat's
+    /// (an Anthropic backend's), else by the tap.
+    pub fn reported_usage(&self) -> Option<TokenUsage> {
+        match self.answer.relay.as_deref() {
+            Some(relay) => relay.usage(),
+            None => self.answer.tap().and_then(|t| t.usage()),
+        }
     }
 
     /// Whether the caller has the whole answer, given how many body bytes reached its connection: the
     /// stream's `[DONE]` or the end of the backend's body was among them.
     pub fn answer_delivered(&self, bytes_sent: usize) -> bool {
         let sent = u64::try_from(bytes_sent).unwrap_or(u64::MAX);
-        self.answer.tap().is_some_and(|t| t.delivered(sent))
+        match self.answer.relay.as_deref() {
+            Some(relay) => relay.delivered(sent),
+            None => self.answer.tap().is_some_and(|t| t.delivered(sent)),
+        }
     }
 
     /// Notes that the backend broke off an answer whose header already reached the caller.
@@ -137,6 +164,29 @@ impl RequestCtx {
         let delivered = self.answer_delivered(bytes_sent);
         final_status(written, caller_left, self.answer.cut_short, delivered)
     }
+}
+
+/// The tap's output translated for the caller; at the end of the body, with what the relay still held.
+fn translate(relay: &mut Relay, out: Option<Bytes>, end: bool) -> Result<Option<Bytes>, String> {
+    if out.is_none() && !end {
+        return Ok(None);
+    }
+    let mut caller = match out {
+        Some(piece) => relay.feed(piece).map_err(|e| e.to_string())?,
+        None => Bytes::new(),
+    };
+    if end {
+        let rest = relay.finish();
+        if caller.is_empty() {
+            caller = rest;
+        } else if !rest.is_empty() {
+            let mut joined = bytes::BytesMut::with_capacity(caller.len() + rest.len());
+            joined.extend_from_slice(&caller);
+            joined.extend_from_slice(&rest);
+            caller = joined.freeze();
+        }
+    }
+    Ok(Some(caller))
 }
 
 /// How a request ended, as one status: the status sent when the caller has the whole answer (whatever failed

@@ -6,10 +6,14 @@ use bytes::Bytes;
 
 use super::RequestCtx;
 use crate::balance::InFlight;
+use crate::config::{Client, Protocol};
+use crate::dialect::anthropic::{chat_to_messages, ToMessages};
+use crate::endpoints::ApiKind;
 use crate::error::GatewayError;
 use crate::failover::attempt::{Broke, Verdict};
 use crate::failover::Failure;
 use crate::metrics::Metrics;
+use crate::request::RequestInfo;
 use crate::routing::Candidate;
 use crate::{escape, rewrite};
 
@@ -29,6 +33,22 @@ pub(super) struct Outgoing {
     decoded: bool,
     /// The current attempt, counted in flight on its client until the next attempt or the request's end.
     in_flight: Option<InFlight>,
+    /// The API the body sent calls: the caller's, or chat completions for a translated request.
+    kind: Option<ApiKind>,
+}
+
+/// A chat completions request as a Messages request for `client` (its `max_tokens` cap, else 4096, when the
+/// caller gives none), and what that body says.
+pub fn chat_as_messages(
+    body: &[u8],
+    client: &Client,
+) -> Result<(Bytes, RequestInfo), GatewayError> {
+    let opts = ToMessages {
+        default_max_tokens: client.max_tokens,
+    };
+    let messages = Bytes::from(chat_to_messages(body, &opts)?);
+    let info = crate::request::inspect(&messages)?;
+    Ok((messages, info))
 }
 
 impl RequestCtx {
@@ -48,12 +68,32 @@ impl RequestCtx {
         };
         if !reconnect {
             let fallback = attempt.fallback_model();
-            let body = &self.admission.body;
-            let rewritten =
-                rewrite::rewrite(body, info, &cand.client, self.admission.kind, fallback);
-            // A compressed request goes as it came unless the gateway changed it.
-            let encoded = self.admission.encoded.as_ref();
-            self.outgoing.decoded = encoded.is_some() && rewritten.is_some();
+            let protocol = cand.client.protocol;
+            // A chat request to an anthropic backend: its translation depends on the client's cap.
+            let to_messages = match (self.admission.kind, protocol) {
+                (ApiKind::Chat, Protocol::Anthropic) => {
+                    Some(chat_as_messages(&self.admission.body, &cand.client)?)
+                }
+                _ => None,
+            };
+            // Per-backend rewriting applies after translation, in the backend's dialect.
+            let (body, info, kind, encoded) = match (&to_messages, &self.admission.chat, protocol) {
+                (Some((body, info)), _, _) => (body, info, ApiKind::Messages, None),
+                (None, Some(chat), Protocol::OpenAi) => {
+                    (&chat.body, &chat.info, ApiKind::Chat, None)
+                }
+                _ => (
+                    &self.admission.body,
+                    info,
+                    self.admission.kind,
+                    self.admission.encoded.as_ref(),
+                ),
+            };
+            let rewritten = rewrite::rewrite(body, info, &cand.client, kind, fallback);
+            // A compressed request goes as it came unless the gateway changed (or translated) it.
+            let sends_encoded = rewritten.is_none() && encoded.is_some();
+            self.outgoing.decoded = self.admission.encoded.is_some() && !sends_encoded;
+            self.outgoing.kind = Some(kind);
             self.outgoing.body = match (rewritten, encoded) {
                 (Some(rewritten), _) => rewritten,
                 (None, Some(encoded)) => encoded.clone(),
@@ -67,6 +107,16 @@ impl RequestCtx {
         self.outgoing.in_flight = Some(cand.load.start());
         self.answer.clear();
         Ok(Some(cand))
+    }
+
+    /// The API the current attempt calls upstream (the caller's until an attempt starts).
+    pub fn upstream_kind(&self) -> ApiKind {
+        self.outgoing.kind.unwrap_or(self.admission.kind)
+    }
+
+    /// The current attempt translates: it calls another API than the caller's.
+    pub fn translates(&self) -> bool {
+        self.upstream_kind() != self.admission.kind
     }
 
     /// The current attempt sends a compressed request's body decoded (its `Content-Encoding` must go).

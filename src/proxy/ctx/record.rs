@@ -73,7 +73,7 @@ impl RequestCtx {
         let Some(accountant) = self.record.accountant.take() else {
             return;
         };
-        let reported = self.answer.tap().and_then(|t| t.usage());
+        let reported = self.reported_usage();
         let count = self.what_to_count(status, reported.is_some());
         let record = self.captured_record(status);
         let reservation = self.record.reservation.take().map(|r| *r);
@@ -85,7 +85,7 @@ impl RequestCtx {
             return;
         };
         let bill = Bill {
-            kind: self.kind(),
+            kind: self.counted_as().0,
             prices: &rt.config.prices,
             answered_model: self.answer.tap().and_then(|t| t.upstream_model()),
             sent_model: self.outgoing_model(),
@@ -109,17 +109,29 @@ impl RequestCtx {
     /// What to count when the backend reported no usage and the request is billable (answered, cut short, or
     /// left by the caller after it was sent): the request body, and what the tap kept of the answer.
     fn what_to_count(&mut self, status: u16, reported: bool) -> Option<ToCount> {
+        let (kind, request) = self.counted_as();
         let countable = matches!(
-            self.kind(),
+            kind,
             ApiKind::Chat | ApiKind::Completions | ApiKind::Responses | ApiKind::Embeddings
         );
         let billable =
             (200..300).contains(&status) || status == CLIENT_CLOSED || self.answer.was_cut_short();
         let tried = self.attempt.as_ref().is_some_and(|a| a.count() > 0);
         (!reported && countable && billable && tried).then(|| ToCount {
-            request: self.admission.body.clone(),
+            request,
             generated: self.answer.tap_mut().and_then(|t| t.generated()),
         })
+    }
+
+    /// The API and the request body tokens are counted as: a Messages request sent translated to chat is
+    /// counted as the chat request it became (what the backend answered to, and what the tap read).
+    fn counted_as(&self) -> (ApiKind, Bytes) {
+        match self.admission.chat.as_deref() {
+            Some(chat) if self.upstream_kind() == ApiKind::Chat => {
+                (ApiKind::Chat, chat.body.clone())
+            }
+            _ => (self.kind(), self.admission.body.clone()),
+        }
     }
 
     /// The record to send, with its queue, once the request reached routing with recording on.
@@ -133,7 +145,7 @@ impl RequestCtx {
             ip: p.ip,
             model: self.model().to_owned(),
             kind: p.kind,
-            tokens: tap.and_then(|t| t.usage()).unwrap_or_default(),
+            tokens: self.reported_usage().unwrap_or_default(),
             tool: info.is_some_and(|i| i.tool),
             multimodal: info.is_some_and(|i| i.multimodal),
             // Rendered by the writer from `raw`.

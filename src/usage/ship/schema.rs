@@ -83,7 +83,7 @@ const fn column(local: local::Column, kind: Kind) -> Column {
 
 /// The columns of the monthly files ([`local::COLUMNS`], same names, same order), as shipped. A unit test
 /// keeps the two lists in step: a column added to the files must be given its kind here.
-pub const SHIPPED: [Column; 28] = [
+pub const SHIPPED: [Column; 29] = [
     column(local::TIME, Kind::Time),
     column(local::IP, Kind::Text),
     column(local::MODEL, Kind::Text),
@@ -112,6 +112,7 @@ pub const SHIPPED: [Column; 28] = [
     column(local::AFFINITY_KEY, Kind::Text),
     column(local::REQUEST_ID, Kind::RequestId),
     column(local::NODE, Kind::Node),
+    column(local::CACHE_WRITE_TOKENS, Kind::Int),
 ];
 
 /// The columns only the shared table has, after [`SHIPPED`].

@@ -54,7 +54,7 @@ fn the_shared_table_has_the_files_columns_in_their_order() {
 fn one_insert_binds_one_array_per_column() {
     let sql = schema::insert();
     let columns = schema::columns().count();
-    assert_eq!(columns, 30);
+    assert_eq!(columns, 31);
     assert!(sql.contains(&format!("${columns}::date[]")), "{sql}");
     assert!(!sql.contains(&format!("${}", columns + 1)), "{sql}");
     assert!(
@@ -169,6 +169,7 @@ fn values<'a>(
         ValueRef::Null,
         opt(request_id),
         opt(node),
+        ValueRef::Integer(5),
     ]
 }
 

@@ -19,7 +19,8 @@ pub const HEADER: usize = 12;
 /// (bit 3 of the flags, always 0 in version 1); a frame of version 1 reads as unpriced and not estimated.
 /// 3 added the affinity key (an optional string after the cost); older frames read without one.
 /// 4 added the request id and the node (two optional strings after the affinity key).
-const VERSION: u8 = 4;
+/// 5 added the cache write tokens (an optional i64 after the node); older frames read without them.
+const VERSION: u8 = 5;
 const OLDEST: u8 = 1;
 
 /// Why a frame could not be read back.
@@ -73,6 +74,7 @@ pub fn encode<'a>(record: &'a CapturedRecord, buf: &mut Vec<u8>) -> Option<[&'a 
     out.opt_str(r.affinity_key.as_deref())?;
     out.opt_str(r.request_id.as_deref())?;
     out.opt_str(r.node.as_deref())?;
+    out.opt_i64(t.cache_write);
     let Some(raw) = record.raw.as_deref() else {
         out.u8(0);
         return seal(buf, [&[], &[], &[]]);
@@ -230,7 +232,7 @@ pub fn decode(payload: &[u8]) -> Result<CapturedRecord, Damaged> {
         cache_write: None,
     };
     let flags = at.u8()?;
-    let row = UsageRecord {
+    let mut row = UsageRecord {
         time,
         ip,
         model,
@@ -260,6 +262,9 @@ pub fn decode(payload: &[u8]) -> Result<CapturedRecord, Damaged> {
             None
         },
     };
+    if version >= 5 {
+        row.tokens.cache_write = at.opt_i64()?;
+    }
     if !at.flag()? {
         return at.end().map(|()| CapturedRecord { row, raw: None });
     }

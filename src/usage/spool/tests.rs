@@ -302,14 +302,14 @@ fn frames_of_version_1_read_as_unpriced_and_not_estimated() {
         let mut buf = Vec::new();
         let record = CapturedRecord::from(row.clone());
         frame::encode(&record, &mut buf).unwrap();
-        assert_eq!(buf[frame::HEADER], 4, "version");
+        assert_eq!(buf[frame::HEADER], 5, "version");
         assert_eq!(
             frame::decode(&buf[frame::HEADER..]).unwrap().row,
             *row,
             "{i}"
         );
         // An unknown later version is refused, not misread.
-        buf[frame::HEADER] = 5;
+        buf[frame::HEADER] = 6;
         assert!(matches!(
             frame::decode(&buf[frame::HEADER..]),
             Err(Damaged::Malformed("version"))
@@ -328,11 +328,11 @@ fn frames_of_version_2_read_without_an_affinity_key() {
     let mut payload = buf[frame::HEADER..].to_vec();
     let n = payload.len();
     assert_eq!(
-        payload[n - 4..],
-        [0; 4],
-        "no affinity key, id, node, raw texts"
+        payload[n - 5..],
+        [0; 5],
+        "no affinity key, id, node, cache writes, raw texts"
     );
-    payload.drain(n - 4..n - 1);
+    payload.drain(n - 5..n - 1);
     payload[0] = 2;
     assert_eq!(frame::decode(&payload).unwrap().row, row);
     row.affinity_key = Some("0123456789ab".into());
@@ -351,12 +351,35 @@ fn frames_of_version_3_read_without_a_request_id_or_node() {
     frame::encode(&CapturedRecord::from(row.clone()), &mut buf).unwrap();
     let mut payload = buf[frame::HEADER..].to_vec();
     let n = payload.len();
-    assert_eq!(payload[n - 3..], [0; 3], "no id, no node, no raw texts");
-    payload.drain(n - 3..n - 1);
+    assert_eq!(
+        payload[n - 4..],
+        [0; 4],
+        "no id, no node, no cache writes, no raw texts"
+    );
+    payload.drain(n - 4..n - 1);
     payload[0] = 3;
     assert_eq!(frame::decode(&payload).unwrap().row, row);
     row.request_id = Some("0190a5b2-0000-7000-8000-000000000001".into());
     row.node = Some("gw-1".into());
+    let mut buf = Vec::new();
+    frame::encode(&CapturedRecord::from(row.clone()), &mut buf).unwrap();
+    assert_eq!(frame::decode(&buf[frame::HEADER..]).unwrap().row, row);
+}
+
+/// A version-4 frame is a version-5 one without the cache write tokens: they read as absent; they round-trip
+/// in version 5.
+#[test]
+fn frames_of_version_4_read_without_cache_writes() {
+    let mut row = record(TIME);
+    let mut buf = Vec::new();
+    frame::encode(&CapturedRecord::from(row.clone()), &mut buf).unwrap();
+    let mut payload = buf[frame::HEADER..].to_vec();
+    let n = payload.len();
+    assert_eq!(payload[n - 2..], [0; 2], "no cache writes, no raw texts");
+    payload.remove(n - 2);
+    payload[0] = 4;
+    assert_eq!(frame::decode(&payload).unwrap().row, row);
+    row.tokens.cache_write = Some(5);
     let mut buf = Vec::new();
     frame::encode(&CapturedRecord::from(row.clone()), &mut buf).unwrap();
     assert_eq!(frame::decode(&buf[frame::HEADER..]).unwrap().row, row);

@@ -153,6 +153,7 @@ fn bind(
         r.affinity_key.as_deref(),
         r.request_id.as_deref(),
         r.node.as_deref(),
+        r.tokens.cache_write,
     );
     debug_assert_eq!(index - before, COLUMNS.len(), "one value per column");
     Ok(())

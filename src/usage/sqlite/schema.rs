@@ -49,6 +49,9 @@ pub const AFFINITY_KEY: Column = column("AffinityKey", "TEXT");
 pub const REQUEST_ID: Column = column("RequestId", "TEXT");
 /// The node that served the request (`cluster.node`).
 pub const NODE: Column = column("Node", "TEXT");
+/// Prompt tokens written to the backend's prompt cache (Anthropic's `cache_creation_input_tokens`); they are
+/// part of `PromptTokens`, like the cache reads of `CachedTokens`.
+pub const CACHE_WRITE_TOKENS: Column = column("CacheWriteTokens", "INTEGER");
 
 /// The columns after `id`, in table order. The table, its inserts and the upgrade of files written by older
 /// versions are built from this list, and the report names its columns from the constants above, so none of
@@ -82,6 +85,7 @@ pub const COLUMNS: &[Column] = &[
     AFFINITY_KEY,
     REQUEST_ID,
     NODE,
+    CACHE_WRITE_TOKENS,
 ];
 
 /// WAL with `synchronous=NORMAL`: a commit is an append to the log, not an fsync, which is what makes

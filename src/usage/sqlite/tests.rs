@@ -88,7 +88,7 @@ fn the_table_has_the_documented_columns_and_indexes() {
         Request TEXT, Response TEXT, Backend TEXT, UpstreamModel TEXT, Stream INTEGER, Status INTEGER, \
         LatencyMs INTEGER, FirstTokenMs INTEGER, Attempts INTEGER, CachedTokens INTEGER, \
         ReasoningTokens INTEGER, Error TEXT, KeyName TEXT, CostUsd REAL, UsageEstimated INTEGER, \
-        AffinityKey TEXT, RequestId TEXT, Node TEXT";
+        AffinityKey TEXT, RequestId TEXT, Node TEXT, CacheWriteTokens INTEGER";
     assert_eq!(columns.join(", "), expected);
     let sql = "SELECT sql FROM sqlite_master WHERE tbl_name = 'records' ORDER BY name";
     let mut select = connection.prepare(sql).unwrap();
@@ -189,6 +189,7 @@ fn a_record_is_stored_column_by_column() {
         Value::Null,
         Value::Null,
         Value::Null,
+        Value::Null,
     ];
     assert_eq!(row[..], expected);
 }
@@ -258,7 +259,7 @@ fn files_of_older_versions_gain_the_new_columns() {
     Store::new(dir.path()).write(&[record(TIME)]).unwrap();
     let rows = rows(&path);
     assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].len(), &rows[0][3]), (29, &text("old")));
+    assert_eq!((rows[0].len(), &rows[0][3]), (30, &text("old")));
     assert_eq!((&rows[0][23], &rows[1][23]), (&Value::Null, &text("team")));
     assert_eq!((&rows[0][24], &rows[0][25]), (&Value::Null, &Value::Null));
     assert_eq!(rows[0][26], Value::Null, "AffinityKey");

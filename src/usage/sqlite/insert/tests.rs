@@ -50,6 +50,7 @@ fn varied(start: &DateTime<FixedOffset>, i: usize) -> UsageRecord {
     r.affinity_key = (i % 5 != 1).then(|| format!("{:012x}", i % 9));
     r.request_id = (i % 6 != 4).then(|| format!("0190a5b2-0000-7000-8000-{i:012x}"));
     r.node = (i % 17 != 3).then(|| ["gw-1", "gw-2"][i / 20 % 2].into());
+    r.tokens.cache_write = (i % 4 == 1).then(|| i64::try_from(i % 9).unwrap());
     r
 }
 
@@ -90,6 +91,7 @@ fn expected(r: &UsageRecord) -> Vec<Value> {
         opt_text(&r.affinity_key),
         opt_text(&r.request_id),
         r.node.as_deref().map_or(Value::Null, text),
+        opt_int(r.tokens.cache_write),
     ]
 }
 
