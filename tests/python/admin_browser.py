@@ -15,6 +15,8 @@ import tempfile
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 args = json.loads(sys.argv[1])
 base = args["base"]
@@ -43,11 +45,18 @@ def visit(name, path):
     driver.save_screenshot(os.path.join(args["shots"], name + ".png"))
 
 
+def submit(button):
+    """Clicks a form's button and waits for the page it leads to (a click does not wait for navigation)."""
+    button.click()
+    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(button))
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def log_in(key):
     field = driver.find_element(By.ID, "key")
     field.clear()
     field.send_keys(key)
-    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+    submit(driver.find_element(By.CSS_SELECTOR, "form.login button"))
 
 
 try:
@@ -87,7 +96,7 @@ try:
     found["requests_text"] = driver.find_element(By.ID, "requests").text
     model = driver.find_element(By.CSS_SELECTOR, "#filters input[name=model]")
     model.send_keys(args["filter_model"])
-    driver.find_element(By.CSS_SELECTOR, "#filters button").click()
+    submit(driver.find_element(By.CSS_SELECTOR, "#filters button"))
     found["console"]["requests-filtered"] = severe()
     found["rows_after"] = len(driver.find_elements(By.CSS_SELECTOR, "#requests tbody tr"))
     found["filtered_url"] = driver.current_url
