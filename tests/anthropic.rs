@@ -285,3 +285,29 @@ async fn an_overloaded_anthropic_backend_fails_over_to_an_openai_one_translated(
         assert!(sent.json()["messages"].is_array());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_messages_body_that_does_not_translate_never_reaches_an_openai_backend_as_it_is() {
+    let ant = Mock::start_with(
+        "ant",
+        Behavior::Fail {
+            status: 529,
+            body: json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+                .to_string(),
+        },
+    )
+    .await;
+    let openai = Mock::start("oai").await;
+    let mut second = client("oai", &openai.base_url("/v1"), "exact", &["claude-x"]);
+    second["priority"] = json!(1);
+    let cfg = crate::common::config(vec![anthropic_client(&ant, json!({})), second]);
+    let gw = Gateway::start(&cfg).await;
+
+    // Content the translator does not take: the anthropic backend gets it as it is and is overloaded.
+    let body = json!({"model": "claude-x", "max_tokens": 50, "messages": [{"role": "user", "content": 5}]});
+    let r: Resp = post_with(&gw, "/v1/messages", &body, &[]).await;
+    assert!(r.status >= 400, "{}", r.text());
+    assert_eq!(r.json()["type"], "error", "{}", r.text());
+    assert_eq!(ant.count(), 1);
+    assert_eq!(openai.count(), 0, "no Messages body sent to a chat backend");
+}

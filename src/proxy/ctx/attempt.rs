@@ -82,6 +82,14 @@ impl RequestCtx {
                 (None, Some(chat), Protocol::OpenAi) => {
                     (&chat.body, &chat.info, ApiKind::Chat, None)
                 }
+                // A Messages request that did not translate (kept for an anthropic backend) never reaches
+                // an openai one as it is.
+                (None, None, Protocol::OpenAi) if self.admission.kind == ApiKind::Messages => {
+                    return Err(GatewayError::InvalidRequest(format!(
+                        "this Messages request could not be translated for backend {}",
+                        cand.client.name
+                    )));
+                }
                 _ => (
                     &self.admission.body,
                     info,
