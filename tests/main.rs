@@ -27,6 +27,7 @@ mod reload;
 mod report;
 mod request_encoding;
 mod request_id;
+mod responses;
 mod rewriting;
 mod robustness_stream;
 mod routing;
