@@ -1,42 +1,16 @@
 //! Backends that compress their answers (gzip, deflate, br, zstd) whatever they are asked: the usage, the prefix,
 //! the hidden usage chunk and the recorded body still work, and the caller gets a body it can read.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use crate::common::records::{usage_config, wait_rows};
-use crate::common::{client, http_client, Gateway};
+use crate::common::{client, compress, http_client, Gateway};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const ENCODINGS: [&str; 4] = ["gzip", "deflate", "br", "zstd"];
 const PREFIX: &str = "[gw] ";
-
-fn compress(encoding: &str, text: &[u8]) -> Vec<u8> {
-    match encoding {
-        "gzip" => {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(text).unwrap();
-            e.finish().unwrap()
-        }
-        "deflate" => {
-            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(text).unwrap();
-            e.finish().unwrap()
-        }
-        "br" => {
-            let mut out = Vec::new();
-            {
-                let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
-                e.write_all(text).unwrap();
-            }
-            out
-        }
-        "zstd" => zstd::encode_all(text, 3).unwrap(),
-        other => panic!("no encoder for {other}"),
-    }
-}
 
 fn chunk(model: &str, delta: Value) -> String {
     let v = json!({"id": "c1", "object": "chat.completion.chunk", "model": model,

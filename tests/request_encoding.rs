@@ -2,35 +2,10 @@
 //! their decoded `model`, sent on as they came unless the gateway changed them, and refused clearly when they
 //! cannot be decoded, are of an unknown coding, or decode past `server.max_body_bytes`.
 
-use std::io::Write;
-
-use crate::common::{client, config, config_with_max_body, http_client, Gateway, Mock, Resp};
+use crate::common::{
+    client, compress, config, config_with_max_body, http_client, Gateway, Mock, Resp,
+};
 use serde_json::json;
-
-fn compress(encoding: &str, text: &[u8]) -> Vec<u8> {
-    match encoding {
-        "gzip" => {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(text).unwrap();
-            e.finish().unwrap()
-        }
-        "deflate" => {
-            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(text).unwrap();
-            e.finish().unwrap()
-        }
-        "br" => {
-            let mut out = Vec::new();
-            {
-                let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
-                e.write_all(text).unwrap();
-            }
-            out
-        }
-        "zstd" => zstd::encode_all(text, 3).unwrap(),
-        other => panic!("no encoder for {other}"),
-    }
-}
 
 async fn post_encoded(gw: &Gateway, encoding: &str, body: Vec<u8>) -> Resp {
     let resp = http_client()

@@ -1,7 +1,9 @@
-//! The chat completions request the translators write: serde structs borrowing from the caller's body.
+//! The chat completions request the translators write, and the stream chunk they read: serde structs borrowing
+//! from the bytes they come from.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use serde_json::Value;
 use std::borrow::Cow;
 
 #[derive(Serialize, Default)]
@@ -173,4 +175,59 @@ pub struct JsonSchema<'a> {
     pub schema: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
+}
+
+/// One chunk of a chat completions stream, as the stream translators read it (borrowed, shallow).
+#[derive(Deserialize)]
+pub struct Chunk<'a> {
+    #[serde(borrow, default)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub choices: Option<Vec<ChunkChoice<'a>>>,
+    #[serde(default)]
+    pub usage: Option<Value>,
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+pub struct ChunkChoice<'a> {
+    #[serde(default)]
+    pub index: u64,
+    #[serde(borrow, default)]
+    pub delta: Option<ChunkDelta<'a>>,
+    #[serde(borrow, default)]
+    pub finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+pub struct ChunkDelta<'a> {
+    #[serde(borrow, default)]
+    pub content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub reasoning: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub tool_calls: Option<Vec<ChunkToolCall<'a>>>,
+}
+
+#[derive(Deserialize)]
+pub struct ChunkToolCall<'a> {
+    #[serde(default)]
+    pub index: Option<u64>,
+    #[serde(borrow, default)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub function: Option<ChunkFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+pub struct ChunkFunction<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub arguments: Option<Cow<'a, str>>,
 }

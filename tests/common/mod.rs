@@ -465,3 +465,30 @@ pub async fn run_python_script(
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `text` compressed with the HTTP content coding `encoding` (gzip, deflate, br, zstd).
+pub fn compress(encoding: &str, text: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match encoding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(text).unwrap();
+            e.finish().unwrap()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(text).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            {
+                let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                e.write_all(text).unwrap();
+            }
+            out
+        }
+        "zstd" => zstd::encode_all(text, 3).unwrap(),
+        other => panic!("no encoder for {other}"),
+    }
+}

@@ -7,70 +7,15 @@
 //! finish chunk (or `[DONE]`, or the end of the stream after a finish). Only choice 0 is translated.
 
 use super::{error, stop_reason, Counts};
+use crate::dialect::chat::{Chunk, ChunkDelta as Delta};
 use crate::dialect::frames::{Event, Frames, EVENT_CAP};
 use crate::dialect::DialectError;
 use crate::tokens::TokenUsage;
-use serde::Deserialize;
 use serde_json::Value;
-use std::borrow::Cow;
 use std::io::Write;
 
 /// The longest id or model name copied into the events (longer ones are cut).
 const NAME_CAP: usize = 256;
-
-#[derive(Deserialize)]
-struct Chunk<'a> {
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
-    #[serde(default)]
-    usage: Option<Value>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Choice<'a> {
-    #[serde(default)]
-    index: u64,
-    #[serde(borrow, default)]
-    delta: Option<Delta<'a>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    reasoning_content: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    reasoning: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<ToolCall<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ToolCall<'a> {
-    #[serde(default)]
-    index: Option<u64>,
-    #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    function: Option<Function<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Function<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
-}
 
 /// The content block open in the caller's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
