@@ -55,6 +55,23 @@ impl<'de: 'a, 'a, T: Deserialize<'de>> Visitor<'de> for TextOrVisitor<'a, T> {
 }
 
 /// The raw value is a JSON string (its first byte a quote).
+/// `texts` joined with `sep`: the one text borrowed as it is, "" for none, a new string for several.
+pub fn joined<'a: 'b, 'b>(
+    mut texts: impl Iterator<Item = &'b Cow<'a, str>>,
+    sep: &str,
+) -> Cow<'a, str> {
+    let Some(first) = texts.next() else {
+        return Cow::Borrowed("");
+    };
+    let mut joined = first.clone();
+    for t in texts {
+        let s = joined.to_mut();
+        s.push_str(sep);
+        s.push_str(t);
+    }
+    joined
+}
+
 pub fn is_string(raw: &serde_json::value::RawValue) -> bool {
     raw.get().starts_with('"')
 }

@@ -7,7 +7,7 @@
 
 use super::effort_for_budget;
 use crate::dialect::chat::{self, Content as ChatContent, Message as ChatMessage, Part};
-use crate::dialect::json::{is_null, is_string, TextOr};
+use crate::dialect::json::{is_null, is_string, joined, TextOr};
 use crate::dialect::DialectError;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -200,20 +200,11 @@ fn text_of<'a>(content: &Content<'a>, sep: &str) -> Cow<'a, str> {
             _ => Cow::Borrowed(""),
         };
     };
-    let mut texts = blocks
+    let texts = blocks
         .iter()
         .filter(|b| b.kind == "text")
         .filter_map(|b| b.text.as_ref());
-    let Some(first) = texts.next() else {
-        return Cow::Borrowed("");
-    };
-    let mut joined = first.clone();
-    for t in texts {
-        let s = joined.to_mut();
-        s.push_str(sep);
-        s.push_str(t);
-    }
-    joined
+    joined(texts, sep)
 }
 
 /// A user turn: its `tool_result` blocks become `tool` messages (first, as chat wants them right after the

@@ -11,7 +11,7 @@ use super::budget_for_effort;
 use super::messages::{
     Block, MessagesRequest, Metadata, Source, Thinking, ToolChoice, ToolOut, Turn, TurnContent,
 };
-use crate::dialect::json::{is_null, is_string, TextOr};
+use crate::dialect::json::{is_null, is_string, joined, TextOr};
 use crate::dialect::DialectError;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -270,20 +270,11 @@ fn text_of<'a>(content: &Content<'a>, sep: &str) -> Cow<'a, str> {
             _ => Cow::Borrowed(""),
         };
     };
-    let mut texts = parts
+    let texts = parts
         .iter()
         .filter(|p| p.kind == "text")
         .filter_map(|p| p.text.as_ref());
-    let Some(first) = texts.next() else {
-        return Cow::Borrowed("");
-    };
-    let mut joined = first.clone();
-    for t in texts {
-        let s = joined.to_mut();
-        s.push_str(sep);
-        s.push_str(t);
-    }
-    joined
+    joined(texts, sep)
 }
 
 /// A chat content value (string or parts) as Messages blocks; empty text is left out (Anthropic refuses it).
