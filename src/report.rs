@@ -45,7 +45,8 @@ the gateway's estimate, the backend having reported none; they count in the toke
 (the sum of the recorded costs in US dollars, 4 decimals in the table, 6 in CSV and JSON; a
 record without a cost, i.e. its model has no price or its file was written before costs were
 recorded, adds nothing; a group without any cost shows - in the table, empty in CSV, null in
-JSON). Grouped by key, a record without a key name (or from a file written before the KeyName
+JSON); cached_tokens, cache_write_tokens (input tokens read from and written to the backends' prompt
+caches, both already counted in prompt_tokens). Grouped by key, a record without a key name (or from a file written before the KeyName
 column existed) is in the group \"-\" (null in JSON, empty in CSV); likewise a record without a
 backend. Rows are sorted by their group values; table and JSON add a total.
 
@@ -183,6 +184,9 @@ pub struct Stats {
     pub estimated: u64,
     /// The sum of the known costs; `None` when no record of the group has one.
     pub cost_usd: Option<Usd>,
+    /// Input tokens read from, and written to, the backends' prompt caches (both part of `prompt_tokens`).
+    pub cached_tokens: i64,
+    pub cache_write_tokens: i64,
 }
 
 /// One output row: the group's values in `--by` order (`None`: not recorded) and its figures.
@@ -230,6 +234,10 @@ impl Acc {
                 .push(u32::try_from(ms.max(0)).unwrap_or(u32::MAX));
         }
         s.estimated += u64::from(f.estimated);
+        s.cached_tokens = s.cached_tokens.saturating_add(f.cached.unwrap_or(0));
+        s.cache_write_tokens = s
+            .cache_write_tokens
+            .saturating_add(f.cache_write.unwrap_or(0));
         s.cost_usd = add_cost(
             s.cost_usd,
             f.cost_usd.filter(|c| c.is_finite()).map(Usd::from_f64),
@@ -245,6 +253,8 @@ impl Acc {
         s.no_usage += o.no_usage;
         s.errors += o.errors;
         s.estimated += o.estimated;
+        s.cached_tokens = s.cached_tokens.saturating_add(o.cached_tokens);
+        s.cache_write_tokens = s.cache_write_tokens.saturating_add(o.cache_write_tokens);
         s.cost_usd = add_cost(s.cost_usd, o.cost_usd);
         self.latencies.extend_from_slice(&other.latencies);
     }

@@ -251,12 +251,33 @@ fn read_rollup(
             total: r.get(8)?,
             cached: r.get(9)?,
             reasoning: r.get(10)?,
+            cache_write: 0,
             no_usage: r.get(11)?,
             estimated: r.get(12)?,
             cost_nanos: r.get(13)?,
             costed: r.get(14)?,
         };
         acc.group(&group, &sums);
+    }
+    if has_table(c, rollup::CACHE_WRITES)? {
+        let sql =
+            "SELECT Hour, Model, KeyName, Backend, CacheWriteTokens FROM rollup_cache_writes \
+                   WHERE Hour >= ?1 AND Hour < ?2";
+        let mut select = c.prepare(sql)?;
+        let mut rows = select.query([lower, upper])?;
+        while let Some(r) = rows.next()? {
+            let group = Group {
+                hour: r.get(0)?,
+                model: r.get(1)?,
+                key: r.get(2)?,
+                backend: r.get(3)?,
+            };
+            let sums = Sums {
+                cache_write: r.get(4)?,
+                ..Sums::default()
+            };
+            acc.group(&group, &sums);
+        }
     }
     let sql = "SELECT Kind, Counts FROM rollup_ms WHERE Day >= ?1 AND Day < ?2";
     let mut select = c.prepare(sql)?;
@@ -414,6 +435,7 @@ pub fn sums_json(name: Option<&str>, s: &Sums) -> Value {
         "completion_tokens": s.completion,
         "total_tokens": s.total,
         "cached_tokens": s.cached,
+        "cache_write_tokens": s.cache_write,
         "reasoning_tokens": s.reasoning,
         "estimated": s.estimated,
         "cost_usd": cost(s),

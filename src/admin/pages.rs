@@ -292,8 +292,13 @@ fn figures(h: &mut Html, o: &Overview) {
     card(
         h,
         "cached",
-        "Cached · reasoning",
-        &format!("{} · {}", count(t.cached), count(t.reasoning)),
+        "Cache read · write · reasoning",
+        &format!(
+            "{} · {} · {}",
+            count(t.cached),
+            count(t.cache_write),
+            count(t.reasoning)
+        ),
         "tokens",
     );
     card(

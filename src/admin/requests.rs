@@ -108,6 +108,7 @@ const SUMMARY: &[&str] = &[
     "Attempts",
     "Error",
     "RequestId",
+    "CacheWriteTokens",
 ];
 
 /// The rest of a whole record.
@@ -285,6 +286,7 @@ fn summary(row: &Row<'_>, month: Month) -> rusqlite::Result<Value> {
         "attempts",
         "error",
         "request_id",
+        "cache_write_tokens",
     ];
     for (i, name) in names.iter().enumerate() {
         let mut value = value(row, i + 1)?;

@@ -91,6 +91,8 @@ pub fn select_sql(by: &[Dim]) -> String {
         "\"LatencyMs\"",
         "coalesce(\"UsageEstimated\", false)",
         "\"CostUsd\"",
+        "\"CachedTokens\"",
+        "\"CacheWriteTokens\"",
     ]);
     format!(
         "SELECT {} FROM {TABLE} WHERE \"Day\" >= $1 AND \"Day\" <= $2 \
@@ -111,6 +113,8 @@ fn fields(row: &Row, keys: usize) -> Fields {
         latency_ms: int(5),
         estimated: row.try_get(keys + 6).unwrap_or(false),
         cost_usd: row.try_get::<_, Option<f64>>(keys + 7).ok().flatten(),
+        cached: int(8),
+        cache_write: int(9),
     }
 }
 

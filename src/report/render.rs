@@ -11,7 +11,7 @@ pub const MAX_CELL: usize = 64;
 
 /// The figure columns, after the group columns, in every format. Columns added later go at the end, so that
 /// a script reading the CSV by position keeps reading the same figures.
-const FIGURES: [&str; 10] = [
+const FIGURES: [&str; 12] = [
     "requests",
     "prompt_tokens",
     "completion_tokens",
@@ -22,6 +22,8 @@ const FIGURES: [&str; 10] = [
     "p99_ms",
     "estimated",
     "cost_usd",
+    "cached_tokens",
+    "cache_write_tokens",
 ];
 
 /// Decimals of a cost in the table: a hundredth of a cent, enough to tell small sums apart at a glance.
@@ -29,7 +31,7 @@ const TABLE_CENTS: u32 = 4;
 /// Decimals of a cost in CSV and JSON: a millionth of a dollar, about what one small request costs.
 const COST_DECIMALS: u32 = 6;
 
-fn figures(s: &Stats, cost_decimals: u32) -> [Option<String>; 10] {
+fn figures(s: &Stats, cost_decimals: u32) -> [Option<String>; 12] {
     [
         Some(s.requests.to_string()),
         Some(s.prompt_tokens.to_string()),
@@ -41,6 +43,8 @@ fn figures(s: &Stats, cost_decimals: u32) -> [Option<String>; 10] {
         s.p99_ms.map(|ms| ms.to_string()),
         Some(s.estimated.to_string()),
         s.cost_usd.map(|usd| usd.decimal(cost_decimals)),
+        Some(s.cached_tokens.to_string()),
+        Some(s.cache_write_tokens.to_string()),
     ]
 }
 
@@ -213,6 +217,8 @@ fn stats_json(s: &Stats) -> Map<String, Value> {
         json!(s.p99_ms),
         json!(s.estimated),
         json!(s.cost_usd.map(|usd| usd.rounded(COST_DECIMALS))),
+        json!(s.cached_tokens),
+        json!(s.cache_write_tokens),
     ];
     FIGURES.iter().map(|f| f.to_string()).zip(values).collect()
 }

@@ -18,6 +18,9 @@ pub struct Fields {
     pub estimated: bool,
     /// What the request cost in USD; `None`: unknown (no price, or recorded before costs were).
     pub cost_usd: Option<f64>,
+    /// Input tokens read from the backend's prompt cache, and written to it (part of `prompt`).
+    pub cached: Option<i64>,
+    pub cache_write: Option<i64>,
 }
 
 /// Records to report on. The report only groups and sums; a source decides what to read and how.

@@ -147,6 +147,8 @@ fn select_sql(by: &[Dim], columns: &[String]) -> String {
     select.push(column(schema::LATENCY_MS));
     select.push(column(schema::USAGE_ESTIMATED));
     select.push(column(schema::COST_USD));
+    select.push(column(schema::CACHED_TOKENS));
+    select.push(column(schema::CACHE_WRITE_TOKENS));
     format!(
         "SELECT {} FROM {TABLE} WHERE {time} >= ?1 AND {time} < ?2",
         select.join(", "),
@@ -165,6 +167,8 @@ fn fields(row: &Row<'_>, keys: usize) -> rusqlite::Result<Fields> {
         latency_ms: int(row, keys + 5)?,
         estimated: int(row, keys + 6)?.is_some_and(|n| n != 0),
         cost_usd: real(row, keys + 7)?,
+        cached: int(row, keys + 8)?,
+        cache_write: int(row, keys + 9)?,
     })
 }
 
@@ -192,15 +196,28 @@ mod tests {
         assert_eq!(
             select_sql(&by, &all),
             "SELECT substr(Time, 1, 10), Model, Backend, KeyName, Node, PromptTokens, CompletionTokens, \
-             TotalTokens, Status, Error IS NOT NULL, LatencyMs, UsageEstimated, CostUsd FROM records \
+             TotalTokens, Status, Error IS NOT NULL, LatencyMs, UsageEstimated, CostUsd, CachedTokens, \
+             CacheWriteTokens FROM records \
              WHERE Time >= ?1 AND Time < ?2"
         );
         let old: Vec<String> = all
             .into_iter()
-            .filter(|c| !["keyname", "costusd", "usageestimated", "node"].contains(&c.as_str()))
+            .filter(|c| {
+                ![
+                    "keyname",
+                    "costusd",
+                    "usageestimated",
+                    "node",
+                    "cachewritetokens",
+                ]
+                .contains(&c.as_str())
+            })
             .collect();
         let sql = select_sql(&[Dim::Key, Dim::Node], &old);
         assert!(sql.starts_with("SELECT NULL, NULL, PromptTokens"), "{sql}");
-        assert!(sql.contains("LatencyMs, NULL, NULL FROM"), "{sql}");
+        assert!(
+            sql.contains("LatencyMs, NULL, NULL, CachedTokens, NULL FROM"),
+            "{sql}"
+        );
     }
 }

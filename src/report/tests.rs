@@ -125,6 +125,35 @@ fn groups_and_sums_records_across_two_months() {
 }
 
 #[test]
+fn prompt_cache_reads_and_writes_are_summed_per_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let cached = |model: &str, read: Option<i64>, written: Option<i64>| {
+        let mut r = record("2026-11-03T10:00:00+08:00", model, 100, 5, 10);
+        r.tokens.cached = read;
+        r.tokens.cache_write = written;
+        r
+    };
+    write(
+        dir.path(),
+        &[
+            cached("claude", Some(60), Some(30)),
+            cached("claude", Some(40), None),
+            cached("gpt", None, None),
+        ],
+    );
+    let by = [Dim::Model];
+    let report = collect(&[dir.path().into()], range("2026-11-01", "2026-11-30"), &by).unwrap();
+    let claude = stats_of(&report, &[Some("claude")]);
+    assert_eq!((claude.cached_tokens, claude.cache_write_tokens), (100, 30));
+    let gpt = stats_of(&report, &[Some("gpt")]);
+    assert_eq!((gpt.cached_tokens, gpt.cache_write_tokens), (0, 0));
+    assert_eq!(
+        (report.total.cached_tokens, report.total.cache_write_tokens),
+        (100, 30)
+    );
+}
+
+#[test]
 fn groups_by_several_fields_in_the_order_given() {
     let dir = tempfile::tempdir().unwrap();
     let mut other = record("2026-11-02T11:00:00+08:00", "gpt-4o", 1, 1, 10);

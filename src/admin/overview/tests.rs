@@ -26,6 +26,8 @@ fn seed(dir: &std::path::Path) {
             r.latency_ms = 10 + (i as u64 * 7) % 90;
             r.status = if i % 10 == 0 { 502 } else { 200 };
             r.cost_usd = Some(0.001 * (i % 3) as f64);
+            r.tokens.cached = Some(i as i64 % 5);
+            r.tokens.cache_write = (i % 3 == 0).then_some(11);
             r
         })
         .collect();
@@ -49,6 +51,9 @@ fn the_overview_adds_up_what_the_report_does() {
     assert_eq!(o.total.requests as u64, t.requests);
     assert_eq!(o.total.errors as u64, t.errors);
     assert_eq!(o.total.total, t.total_tokens);
+    assert_eq!(o.total.cached, t.cached_tokens);
+    assert_eq!(o.total.cache_write, t.cache_write_tokens);
+    assert!(o.total.cache_write > 0);
     assert_eq!(cost(&o.total), t.cost_usd.map(|c| c.as_f64()));
     // Latencies below 100 ms are exact in the histograms.
     assert_eq!(o.latency.p50, t.p50_ms.map(i64::from));
@@ -95,13 +100,20 @@ fn a_file_without_a_rollup_is_summed_from_its_records() {
     };
     let before = overview(&files, range, Step::Day, By::Backend).unwrap();
     let c = Connection::open(dir.path().join("record_202611.db")).unwrap();
-    c.execute_batch("DROP TABLE rollup_hours; DROP TABLE rollup_ms; DROP TABLE rollup_state;")
-        .unwrap();
+    c.execute_batch(
+        "DROP TABLE rollup_hours; DROP TABLE rollup_ms; DROP TABLE rollup_state; \
+                   DROP TABLE rollup_cache_writes;",
+    )
+    .unwrap();
     let after = overview(&files, range, Step::Day, By::Backend).unwrap();
     assert_eq!(after.total, before.total);
     assert_eq!(after.latency, before.latency);
     assert_eq!(after.series, before.series);
     let json = after.to_json();
     assert_eq!(json["total"]["requests"], serde_json::json!(300));
+    assert_eq!(
+        json["total"]["cache_write_tokens"],
+        serde_json::json!(100 * 11)
+    );
     assert_eq!(json["percentiles_approximate"], serde_json::json!(true));
 }

@@ -182,10 +182,11 @@ pub async fn record(admin: &Admin, config: &Config, id: &str) -> Result<String, 
             ),
         ),
         (
-            "Cached · reasoning tokens",
+            "Cache read · write · reasoning tokens",
             format!(
-                "{} · {}",
+                "{} · {} · {}",
                 text(&r["cached_tokens"]),
+                text(&r["cache_write_tokens"]),
                 text(&r["reasoning_tokens"])
             ),
         ),

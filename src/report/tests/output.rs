@@ -50,6 +50,8 @@ fn sample() -> Report {
         p99_ms: p50,
         estimated: requests / 3,
         cost_usd: p50.map(|_| Usd(1_234_567 * requests)),
+        cached_tokens: 100 * requests as i64,
+        cache_write_tokens: 10 * requests as i64,
     };
     Report {
         range: range("2026-11-01", "2026-11-30"),
@@ -81,9 +83,9 @@ fn csv_quotes_what_needs_quoting() {
         lines,
         [
             "model,key,requests,prompt_tokens,completion_tokens,total_tokens,no_usage,errors,p50_ms,p99_ms,\
-             estimated,cost_usd",
-            "\"a,\"\"quoted\"\" model\",,12,12000,7,12007,0,1,1234,1234,4,0.014815",
-            "b,k,3,3000,7,3007,0,1,,,1,",
+             estimated,cost_usd,cached_tokens,cache_write_tokens",
+            "\"a,\"\"quoted\"\" model\",,12,12000,7,12007,0,1,1234,1234,4,0.014815,1200,120",
+            "b,k,3,3000,7,3007,0,1,,,1,,300,30",
         ]
     );
 }
@@ -94,6 +96,7 @@ fn json_has_the_documented_shape() {
     let figures = serde_json::json!({
         "requests": 3, "prompt_tokens": 3000, "completion_tokens": 7, "total_tokens": 3007,
         "no_usage": 0, "errors": 1, "p50_ms": null, "p99_ms": null, "estimated": 1, "cost_usd": null,
+        "cached_tokens": 300, "cache_write_tokens": 30,
     });
     let mut second = serde_json::json!({ "model": "b", "key": "k" });
     second
@@ -117,11 +120,11 @@ fn json_has_the_documented_shape() {
 fn the_table_lines_up() {
     let table = render::table(&sample());
     let expected = "\
-model             key  requests  prompt_tokens  completion_tokens  total_tokens  no_usage  errors  p50_ms  p99_ms  estimated  cost_usd
-a,\"quoted\" model  -          12          12000                  7         12007         0       1    1234    1234          4    0.0148
-b                 k           3           3000                  7          3007         0       1       -       -          1         -
-----------------  ---  --------  -------------  -----------------  ------------  --------  ------  ------  ------  ---------  --------
-total                        15          15000                  7         15007         0       1    1234    1234          5    0.0185
+model             key  requests  prompt_tokens  completion_tokens  total_tokens  no_usage  errors  p50_ms  p99_ms  estimated  cost_usd  cached_tokens  cache_write_tokens
+a,\"quoted\" model  -          12          12000                  7         12007         0       1    1234    1234          4    0.0148           1200                 120
+b                 k           3           3000                  7          3007         0       1       -       -          1         -            300                  30
+----------------  ---  --------  -------------  -----------------  ------------  --------  ------  ------  ------  ---------  --------  -------------  ------------------
+total                        15          15000                  7         15007         0       1    1234    1234          5    0.0185           1500                 150
 ";
     assert_eq!(table, expected, "\n{table}");
 }

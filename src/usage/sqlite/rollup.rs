@@ -45,6 +45,34 @@ CREATE TABLE IF NOT EXISTS rollup_ms (Day TEXT NOT NULL, Kind INTEGER NOT NULL, 
     UNIQUE (Day, Kind));
 CREATE TABLE IF NOT EXISTS rollup_state (Name TEXT PRIMARY KEY, Value INTEGER NOT NULL) WITHOUT ROWID;";
 
+/// Prompt-cache writes per group of [`HOURS`], in a table of their own (only groups that have any): a writer of
+/// an older version, still running during an upgrade, keeps inserting `rollup_hours` rows of the old width.
+pub const CACHE_WRITES: &str = "rollup_cache_writes";
+const CACHE_WRITES_TABLE: &str = "CREATE TABLE IF NOT EXISTS rollup_cache_writes (Hour TEXT NOT NULL, \
+    Model TEXT NOT NULL, KeyName TEXT NOT NULL, Backend TEXT NOT NULL, CacheWriteTokens INTEGER NOT NULL, \
+    PRIMARY KEY (Hour, Model, KeyName, Backend)) WITHOUT ROWID";
+/// Fills a new [`CACHE_WRITES`] with the records the rollup already holds (those after it are summed as usual).
+const CACHE_WRITES_BACKFILL: &str = "INSERT INTO rollup_cache_writes SELECT substr(Time, 1, 13), \
+    ifnull(Model, ''), ifnull(KeyName, ''), ifnull(Backend, ''), sum(CacheWriteTokens) FROM records \
+    WHERE id <= ?1 AND CacheWriteTokens > 0 GROUP BY 1, 2, 3, 4";
+
+/// Creates the rollup's tables; a file whose rollup predates [`CACHE_WRITES`] gets it, filled from its records.
+pub(super) fn create(connection: &Connection) -> rusqlite::Result<()> {
+    connection.execute_batch(TABLES)?;
+    let exists: bool = connection.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [CACHE_WRITES],
+        |r| r.get(0),
+    )?;
+    if exists {
+        return Ok(());
+    }
+    let tx = connection.unchecked_transaction()?;
+    tx.execute_batch(CACHE_WRITES_TABLE)?;
+    tx.execute(CACHE_WRITES_BACKFILL, [covered(&tx)?])?;
+    tx.commit()
+}
+
 /// The figures of a group, added up. Costs in whole nano-dollars, rounded per record as the report does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sums {
@@ -55,6 +83,8 @@ pub struct Sums {
     pub total: i64,
     pub cached: i64,
     pub reasoning: i64,
+    /// Input tokens written to the backend's prompt cache (part of `prompt`).
+    pub cache_write: i64,
     /// Records without any token count.
     pub no_usage: i64,
     pub estimated: i64,
@@ -73,6 +103,7 @@ impl Sums {
             (&mut self.total, o.total),
             (&mut self.cached, o.cached),
             (&mut self.reasoning, o.reasoning),
+            (&mut self.cache_write, o.cache_write),
             (&mut self.no_usage, o.no_usage),
             (&mut self.estimated, o.estimated),
             (&mut self.cost_nanos, o.cost_nanos),
@@ -93,6 +124,7 @@ impl Sums {
             total: t[2].unwrap_or(0),
             cached: t[3].unwrap_or(0),
             reasoning: t[4].unwrap_or(0),
+            cache_write: t[5].unwrap_or(0),
             no_usage: i64::from(t[0].is_none() && t[1].is_none() && t[2].is_none()),
             estimated: i64::from(f.estimated),
             cost_nanos: f.cost.map_or(0, nanos),
@@ -114,8 +146,8 @@ pub struct Facts<'a> {
     model: &'a str,
     key: &'a str,
     backend: &'a str,
-    /// Prompt, completion, total, cached, reasoning.
-    tokens: [Option<i64>; 5],
+    /// Prompt, completion, total, cached, reasoning, cache writes.
+    tokens: [Option<i64>; 6],
     status: Option<i64>,
     has_error: bool,
     latency_ms: Option<i64>,
@@ -210,6 +242,10 @@ impl Delta {
                 s.cost_nanos,
                 s.costed
             ])?;
+            if s.cache_write != 0 {
+                let mut writes = connection.prepare_cached(UPSERT_CACHE_WRITES)?;
+                writes.execute(params![g.hour, g.model, g.key, g.backend, s.cache_write])?;
+            }
         }
         for (day, kind, counts) in &self.ms {
             let mut select = connection.prepare_cached(SELECT_MS)?;
@@ -235,6 +271,9 @@ const UPSERT_HOUR: &str = "INSERT INTO rollup_hours VALUES (?1, ?2, ?3, ?4, ?5, 
     ReasoningTokens = ReasoningTokens + excluded.ReasoningTokens, NoUsage = NoUsage + excluded.NoUsage, \
     Estimated = Estimated + excluded.Estimated, CostNanos = CostNanos + excluded.CostNanos, \
     Costed = Costed + excluded.Costed";
+const UPSERT_CACHE_WRITES: &str = "INSERT INTO rollup_cache_writes VALUES (?1, ?2, ?3, ?4, ?5) \
+    ON CONFLICT (Hour, Model, KeyName, Backend) DO UPDATE SET \
+    CacheWriteTokens = CacheWriteTokens + excluded.CacheWriteTokens";
 const SELECT_MS: &str = "SELECT Counts FROM rollup_ms WHERE Day = ?1 AND Kind = ?2";
 const UPSERT_MS: &str = "INSERT INTO rollup_ms (Day, Kind, Counts) VALUES (?1, ?2, ?3) \
     ON CONFLICT (Day, Kind) DO UPDATE SET Counts = excluded.Counts";
@@ -305,7 +344,14 @@ fn facts_of<'a>(r: &'a UsageRecord, hour: &'a str) -> Facts<'a> {
         model: &r.model,
         key: r.key_name.as_deref().unwrap_or(""),
         backend: r.backend.as_deref().unwrap_or(""),
-        tokens: [t.prompt, t.completion, t.total, t.cached, t.reasoning],
+        tokens: [
+            t.prompt,
+            t.completion,
+            t.total,
+            t.cached,
+            t.reasoning,
+            t.cache_write,
+        ],
         status: Some(i64::from(r.status)),
         has_error: r.error.is_some(),
         latency_ms: Some(i64::try_from(r.latency_ms).unwrap_or(i64::MAX)),
@@ -336,6 +382,7 @@ fn select_after(columns: &[String]) -> String {
         FIRST_TOKEN_MS,
         USAGE_ESTIMATED,
         COST_USD,
+        CACHE_WRITE_TOKENS,
     ];
     let names: Vec<String> = list
         .iter()
@@ -382,7 +429,7 @@ fn facts_row(row: &Row<'_>, add: &mut dyn FnMut(&Facts<'_>)) -> rusqlite::Result
         model: text(1)?,
         key: text(2)?,
         backend: text(3)?,
-        tokens: [int(4)?, int(5)?, int(6)?, int(7)?, int(8)?],
+        tokens: [int(4)?, int(5)?, int(6)?, int(7)?, int(8)?, int(15)?],
         status: int(9)?,
         has_error: int(10)?.is_some_and(|n| n != 0),
         latency_ms: int(11)?,

@@ -134,7 +134,7 @@ pub(super) fn create(connection: &Connection) -> rusqlite::Result<()> {
         }
     }
     connection.execute_batch(INDEXES)?;
-    connection.execute_batch(super::rollup::TABLES)?;
+    super::rollup::create(connection)?;
     connection.execute_batch(PROGRESS)
 }
 

@@ -28,6 +28,7 @@ fn records(n: usize) -> Vec<UsageRecord> {
             r.tokens.total = (i % 6 != 0).then_some(3 * i as i64);
             r.tokens.cached = Some(1);
             r.tokens.reasoning = (i % 2 == 0).then_some(5);
+            r.tokens.cache_write = (i % 4 == 0).then_some(7 + i as i64);
             r.cost_usd = [Some(0.0012345), None, Some(1e-10), Some(f64::NAN)][i % 4];
             r.latency_ms = (i as u64 * 37) % 5000;
             r.first_token_ms = (i % 3 != 0).then_some(i as u64 % 900);
@@ -56,7 +57,14 @@ fn rollup_rows(path: &Path) -> (Sums, i64, i64) {
             estimated: n(12),
             cost_nanos: n(13),
             costed: n(14),
+            cache_write: 0,
         });
+    }
+    let mut select = c
+        .prepare("SELECT CacheWriteTokens FROM rollup_cache_writes")
+        .unwrap();
+    for n in select.query_map([], |r| r.get::<_, i64>(0)).unwrap() {
+        total.cache_write += n.unwrap();
     }
     let mut select = c
         .prepare("SELECT Counts FROM rollup_ms WHERE Kind = 0")
@@ -131,6 +139,7 @@ fn a_rollup_that_is_behind_catches_up_from_the_records() {
     let copies = Sums {
         cached: 0,
         reasoning: 0,
+        cache_write: 0,
         completion: 0,
         total: 0,
         cost_nanos: 0,
@@ -155,4 +164,21 @@ fn hours_are_the_start_of_the_time_text() {
     let r = record("2026-01-02T03:04:05.678-05:00");
     let mut buf = [0u8; 13];
     assert_eq!(hour_text(&r, &mut buf), "2026-01-02T03");
+}
+
+#[test]
+fn a_rollup_without_cache_writes_gets_them_from_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = records(40);
+    Store::new(dir.path()).write(&all[..25]).unwrap();
+    let path = dir.path().join("record_202611.db");
+    // A file whose rollup was written before cache writes had a table of their own.
+    let c = Connection::open(&path).unwrap();
+    c.execute_batch("DROP TABLE rollup_cache_writes").unwrap();
+    drop(c);
+    Store::new(dir.path()).write(&all[25..]).unwrap();
+    let (sums, _, covered) = rollup_rows(&path);
+    assert_eq!(covered, 40);
+    assert_eq!(sums, expected(&all));
+    assert!(sums.cache_write > 0);
 }
