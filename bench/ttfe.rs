@@ -5,7 +5,8 @@
 //! [--model fast] [-n 200] [--warmup 10]` sends N sequential `"stream": true` requests over one kept-alive
 //! HTTP/1.1 connection (hand-written, TCP_NODELAY), timestamps the moment the first `data:` event has fully
 //! arrived, reads the rest of the stream (to `[DONE]` and the end of the body) and prints
-//! `ttfe requests=N p50_ms=X p99_ms=Y max_ms=Z`.
+//! `ttfe requests=N p50_ms=X p99_ms=Y max_ms=Z`. A `--path` ending in `/messages` sends an Anthropic Messages
+//! request (with `max_tokens`) and expects the stream to end with `message_stop` instead of `[DONE]`.
 
 use std::time::{Duration, Instant};
 
@@ -198,6 +199,8 @@ struct Client {
     addr: String,
     request: Vec<u8>,
     conn: Option<TcpStream>,
+    /// What the last event of a whole stream holds.
+    end_marker: &'static [u8],
     /// Bytes read but not yet consumed.
     raw: Vec<u8>,
 }
@@ -269,8 +272,9 @@ impl Client {
         if close {
             self.conn = None;
         }
-        if find(&body, b"data: [DONE]").is_none() {
-            return Err("stream ended without data: [DONE]".into());
+        if find(&body, self.end_marker).is_none() {
+            let marker = String::from_utf8_lossy(self.end_marker);
+            return Err(format!("stream ended without {marker}"));
         }
         first.ok_or_else(|| "stream had no data: event".to_string())
     }
@@ -289,13 +293,21 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), String> {
     let args = parse_args()?;
-    let body = serde_json::json!({
+    let messages = args.path.ends_with("/messages");
+    let mut body = serde_json::json!({
         "model": args.model,
         "stream": true,
-        "stream_options": {"include_usage": true},
         "messages": [{"role": "user", "content": "Hello"}],
-    })
-    .to_string();
+    });
+    let (extra, end_marker): (_, &'static [u8]) = match messages {
+        true => (("max_tokens", serde_json::json!(64)), b"message_stop"),
+        false => (
+            ("stream_options", serde_json::json!({"include_usage": true})),
+            b"data: [DONE]",
+        ),
+    };
+    body[extra.0] = extra.1;
+    let body = body.to_string();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
          Accept: text/event-stream\r\nContent-Length: {len}\r\n\r\n{body}",
@@ -307,6 +319,7 @@ async fn main() -> Result<(), String> {
         addr: args.addr.clone(),
         request: request.into_bytes(),
         conn: None,
+        end_marker,
         raw: Vec::new(),
     };
     let mut times = Vec::with_capacity(args.requests);
