@@ -10,7 +10,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use super::caller::{caller_ip, socket_ip};
-use super::ctx::{chat_as_messages, Caller, PendingRecord};
+use super::ctx::{chat_as_messages, responses_as_chat, Caller, PendingRecord};
 use super::{body, framing, respond, Gateway, RequestCtx, Runtime};
 use crate::accounting;
 use crate::auth::Auth;
@@ -276,6 +276,21 @@ async fn route(
             Err(e) if anthropic.is_none() => return Err(e),
             Err(_) => {}
         },
+        // Translated once when a client translates Responses requests; refused now (400) when every
+        // client would have to translate it, else it goes on to those that take it as it is.
+        (ApiKind::Responses, _) => {
+            let translating = candidates
+                .iter()
+                .filter(|c| c.client.translates_responses())
+                .count();
+            if translating > 0 {
+                match responses_as_chat(ctx.body()) {
+                    Ok((chat, info)) => ctx.translated_to_chat(chat, info),
+                    Err(e) if translating == candidates.len() => return Err(e),
+                    Err(_) => {}
+                }
+            }
+        }
         _ => {}
     }
     let max_hops = rt.config.failover.max_fallback_hops;

@@ -81,6 +81,10 @@ async fn cut(session: &mut Session, e: &Error, ctx: &mut RequestCtx, caller_gone
 /// The error a caller gets when no attempt succeeded, and the same with every attempt's details (host
 /// names, resolver and TLS messages) for the log and the record.
 fn final_error(ctx: &RequestCtx, e: &Error) -> (GatewayError, String) {
+    if let Some(refusal) = ctx.refusal() {
+        // The request could not be sent on (it does not translate for the next backend): the caller's fault.
+        return (refusal.clone(), refusal.to_string());
+    }
     let model = ctx.model().to_owned();
     let Some(a) = ctx
         .attempt()

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use super::RequestCtx;
 use crate::balance::InFlight;
 use crate::config::{Client, Protocol};
-use crate::dialect::anthropic::{chat_to_messages, ToMessages};
+use crate::dialect::anthropic::{chat_to_messages, ToChat, ToMessages};
+use crate::dialect::responses::responses_to_chat;
 use crate::endpoints::ApiKind;
 use crate::error::GatewayError;
 use crate::failover::attempt::{Broke, Verdict};
@@ -35,6 +36,9 @@ pub(super) struct Outgoing {
     in_flight: Option<InFlight>,
     /// The API the body sent calls: the caller's, or chat completions for a translated request.
     kind: Option<ApiKind>,
+    /// Why the next attempt could not be made with this request (it does not translate for its backend):
+    /// the caller's answer when nothing else is.
+    refused: Option<GatewayError>,
 }
 
 /// A chat completions request as a Messages request for `client` (its `max_tokens` cap, else 4096, when the
@@ -49,6 +53,13 @@ pub fn chat_as_messages(
     let messages = Bytes::from(chat_to_messages(body, &opts)?);
     let info = crate::request::inspect(&messages)?;
     Ok((messages, info))
+}
+
+/// A Responses API request as a chat completions request, and what that body says.
+pub fn responses_as_chat(body: &[u8]) -> Result<(Bytes, RequestInfo), GatewayError> {
+    let chat = Bytes::from(responses_to_chat(body, &ToChat::default())?);
+    let info = crate::request::inspect(&chat)?;
+    Ok((chat, info))
 }
 
 impl RequestCtx {
@@ -76,19 +87,39 @@ impl RequestCtx {
                 }
                 _ => None,
             };
-            // Per-backend rewriting applies after translation, in the backend's dialect.
-            let (body, info, kind, encoded) = match (&to_messages, &self.admission.chat, protocol) {
-                (Some((body, info)), _, _) => (body, info, ApiKind::Messages, None),
-                (None, Some(chat), Protocol::OpenAi) => {
-                    (&chat.body, &chat.info, ApiKind::Chat, None)
+            // A Messages request to an openai backend, a Responses one to a client that translates it: chat.
+            let to_chat = match (self.admission.kind, protocol) {
+                (ApiKind::Messages, Protocol::OpenAi) => true,
+                (ApiKind::Responses, _) => cand.client.translates_responses(),
+                _ => false,
+            };
+            let mut why = None;
+            if to_chat && self.admission.chat.is_none() && self.admission.kind == ApiKind::Responses
+            {
+                // Not translated at admission (no first-choice client translates it, or it does not
+                // translate): a fallback's client does, or this says why it cannot.
+                match responses_as_chat(&self.admission.body) {
+                    Ok((body, info)) => {
+                        self.admission.chat = Some(Box::new(super::ChatRequest { body, info }))
+                    }
+                    Err(e) => why = Some(e),
                 }
-                // A Messages request that did not translate (kept for an anthropic backend) never reaches
-                // an openai one as it is.
-                (None, None, Protocol::OpenAi) if self.admission.kind == ApiKind::Messages => {
-                    return Err(GatewayError::InvalidRequest(format!(
-                        "this Messages request could not be translated for backend {}",
-                        cand.client.name
-                    )));
+            }
+            // Per-backend rewriting applies after translation, in the backend's dialect.
+            let (body, info, kind, encoded) = match (&to_messages, &self.admission.chat, to_chat) {
+                (Some((body, info)), _, _) => (body, info, ApiKind::Messages, None),
+                (None, Some(chat), true) => (&chat.body, &chat.info, ApiKind::Chat, None),
+                // A request that did not translate (kept for a backend that takes it as it is) never reaches
+                // a backend that needs it translated.
+                (None, None, true) => {
+                    let e = why.unwrap_or_else(|| {
+                        GatewayError::InvalidRequest(format!(
+                            "this Messages request could not be translated for backend {}",
+                            cand.client.name
+                        ))
+                    });
+                    self.outgoing.refused = Some(e.clone());
+                    return Err(e);
                 }
                 _ => (
                     &self.admission.body,
@@ -125,6 +156,11 @@ impl RequestCtx {
     /// The current attempt translates: it calls another API than the caller's.
     pub fn translates(&self) -> bool {
         self.upstream_kind() != self.admission.kind
+    }
+
+    /// Why no further attempt could be made with this request, if that is how it ended.
+    pub fn refusal(&self) -> Option<&GatewayError> {
+        self.outgoing.refused.as_ref()
     }
 
     /// The current attempt sends a compressed request's body decoded (its `Content-Encoding` must go).
