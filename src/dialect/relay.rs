@@ -64,6 +64,8 @@ pub struct Relay {
     /// The caller has the whole answer once this many bytes reached it.
     end_at: Option<u64>,
     usage: Option<TokenUsage>,
+    /// The id of the Responses API `response` made from a whole chat completion.
+    response_id: Option<String>,
 }
 
 impl Relay {
@@ -113,6 +115,7 @@ impl Relay {
             sent: 0,
             end_at: None,
             usage: None,
+            response_id: None,
         })
     }
 
@@ -214,6 +217,7 @@ impl Relay {
             How::ResponsesBody { held, created } => match chat_answer_to_response(held, *created) {
                 Ok((body, usage)) => {
                     self.usage = reported(usage);
+                    self.response_id = serde_json::from_slice::<Id>(&body).ok().map(|r| r.id);
                     body
                 }
                 Err(e) => openai_error(&e.to_string()),
@@ -254,6 +258,15 @@ impl Relay {
         self.usage
     }
 
+    /// The id of the Responses API `response` the gateway made from a chat answer, once known (a stream's
+    /// from its first event, a whole body's at its end).
+    pub fn response_id(&self) -> Option<&str> {
+        match &self.how {
+            How::ResponsesStream(stream) => stream.response_id(),
+            _ => self.response_id.as_deref(),
+        }
+    }
+
     /// A passed-through Messages stream showed its first token (translated answers: the tap sees it).
     pub fn saw_first_token(&self) -> bool {
         matches!(&self.how, How::Messages(r) if r.saw_first_token())
@@ -267,6 +280,12 @@ impl Relay {
         }
         out
     }
+}
+
+/// The `id` of a `response` the gateway made (the rest of it skipped).
+#[derive(serde::Deserialize)]
+struct Id {
+    id: String,
 }
 
 /// A whole answer's usage, unless it had none (its counts all absent): then the gateway counts the tokens.

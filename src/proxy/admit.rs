@@ -11,7 +11,7 @@ use pingora::Result;
 
 use super::caller::{caller_ip, socket_ip};
 use super::ctx::{chat_as_messages, responses_as_chat, Caller, PendingRecord};
-use super::{body, framing, respond, Gateway, RequestCtx, Runtime};
+use super::{body, framing, respond, stored, Gateway, RequestCtx, Runtime};
 use crate::accounting;
 use crate::auth::Auth;
 use crate::balance;
@@ -58,7 +58,11 @@ pub(super) async fn admit(
         }
         _ => {}
     }
-    if let Err(e) = route(gw, session, ctx, &rt).await {
+    let routed = match endpoint {
+        Endpoint::StoredResponse => stored::route(gw, session, ctx, &rt).await,
+        _ => route(gw, session, ctx, &rt).await,
+    };
+    if let Err(e) = routed {
         return reject(session, ctx, e, &[]).await;
     }
     if let Err((e, headers)) = limit(gw, ctx, &rt).await {
@@ -165,7 +169,9 @@ fn check(
             method: req.method.as_str().to_owned(),
             path: path(),
         }),
-        Endpoint::Health | Endpoint::Models | Endpoint::Route => Ok(endpoint),
+        Endpoint::Health | Endpoint::Models | Endpoint::Route | Endpoint::StoredResponse => {
+            Ok(endpoint)
+        }
     }
 }
 
@@ -219,35 +225,9 @@ async fn route(
     let received = body::read_full(session, &rt.config.server).await?;
     let (body, encoded) = body::decoded(session, received, rt.config.server.max_body_bytes)?;
     let info = request::inspect(&body)?;
-    // Formatted once: the record, the forwarded-for header of every attempt and the log use it.
-    let socket = socket_ip(session);
-    let (ip, peer_trusted) = caller_ip(
-        session,
-        &rt.config.server.trusted_proxies,
-        socket.as_deref(),
-    );
-    let path = session.req_header().uri.path();
-    let kind = ApiKind::from_path(path);
-    if rt.config.usage.enabled {
-        let record_type = kind.record_type(path);
-        let pending = pending_record(
-            gw,
-            session,
-            &rt.config.usage,
-            &body,
-            record_type,
-            ip.clone(),
-        );
-        ctx.open_record(pending);
-    }
-    ctx.open_accounts(Arc::clone(gw.accountant()));
-    let model = info.model.clone();
-    let caller = Caller {
-        socket_ip: socket,
-        ip,
-        peer_trusted,
-    };
-    ctx.admit_request(caller, kind, (body, encoded), info);
+    take_in(gw, session, ctx, rt, (body, encoded), info);
+    let model = ctx.model().to_owned();
+    let kind = ctx.kind();
     if ctx.key().is_some_and(|k| !k.allows(&model)) {
         return Err(GatewayError::ModelNotAllowed(model));
     }
@@ -303,6 +283,46 @@ async fn route(
     }
     ctx.route(Attempt::new(order));
     Ok(())
+}
+
+/// The request as read (`body`, decoded, and the bytes received when they were compressed; what it says):
+/// its caller, its kind from the path, its usage record opened and its accounts.
+pub(super) fn take_in(
+    gw: &Gateway,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    rt: &Runtime,
+    (body, encoded): (Bytes, Option<Bytes>),
+    info: request::RequestInfo,
+) {
+    // Formatted once: the record, the forwarded-for header of every attempt and the log use it.
+    let socket = socket_ip(session);
+    let (ip, peer_trusted) = caller_ip(
+        session,
+        &rt.config.server.trusted_proxies,
+        socket.as_deref(),
+    );
+    let path = session.req_header().uri.path();
+    let kind = ApiKind::from_path(path);
+    if rt.config.usage.enabled {
+        let record_type = kind.record_type(path);
+        let pending = pending_record(
+            gw,
+            session,
+            &rt.config.usage,
+            &body,
+            record_type,
+            ip.clone(),
+        );
+        ctx.open_record(pending);
+    }
+    ctx.open_accounts(Arc::clone(gw.accountant()));
+    let caller = Caller {
+        socket_ip: socket,
+        ip,
+        peer_trusted,
+    };
+    ctx.admit_request(caller, kind, (body, encoded), info);
 }
 
 /// A Messages request body as a chat completions request, and what that says.

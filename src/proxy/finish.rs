@@ -8,7 +8,7 @@ use pingora::{Error, ErrorSource};
 
 use super::attempt::describe;
 use super::caller::{caller_ip, socket_ip};
-use super::{respond, Gateway, RequestCtx};
+use super::{respond, stored, Gateway, RequestCtx};
 use crate::dialect::anthropic;
 use crate::error::GatewayError;
 use crate::escape;
@@ -167,5 +167,6 @@ pub(super) fn log(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &mut 
             &tokens,
         );
     }
+    stored::forget_deleted(gw, session, ctx, status);
     ctx.send_record(status);
 }

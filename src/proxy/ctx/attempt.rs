@@ -128,7 +128,11 @@ impl RequestCtx {
                     self.admission.encoded.as_ref(),
                 ),
             };
-            let rewritten = rewrite::rewrite(body, info, &cand.client, kind, fallback);
+            let rewritten = match kind {
+                // A request about a stored response is no model request: nothing in it to rewrite.
+                ApiKind::StoredResponse => None,
+                _ => rewrite::rewrite(body, info, &cand.client, kind, fallback),
+            };
             // A compressed request goes as it came unless the gateway changed (or translated) it.
             let sends_encoded = rewritten.is_none() && encoded.is_some();
             self.outgoing.decoded = self.admission.encoded.is_some() && !sends_encoded;
