@@ -391,3 +391,36 @@ async fn the_sdks_responses_create_works_against_a_chat_backend_and_is_recorded(
         assert_eq!(row.cached_tokens, Some(2), "{}", row.dump());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_event_reaches_the_caller_before_the_backend_sends_the_rest() {
+    let mock = Mock::start("chat").await;
+    mock.set_sse(3, Duration::ZERO);
+    mock.hold_after_first_event();
+    let gw = Gateway::start(&common::config(vec![translating("a", &mock)])).await;
+    let started = std::time::Instant::now();
+    let resp = send_json(&gw.url("/v1/responses"), &request(true), &[]).await;
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("\"delta\":\"c0 \"") {
+        let piece = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("the first event did not come while the backend held the rest")
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&piece).unwrap());
+    }
+    let first = started.elapsed();
+    assert!(seen.starts_with("event: response.created\n"), "{seen}");
+    assert!(!seen.contains("response.completed"), "{seen}");
+    mock.release();
+    while let Some(piece) = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("stream stalled")
+    {
+        seen.push_str(std::str::from_utf8(&piece.unwrap()).unwrap());
+    }
+    assert!(seen.contains("\"delta\":\"c2 \""), "{seen}");
+    assert!(seen.contains("event: response.completed\n"), "{seen}");
+    eprintln!("first translated event after {first:?} (request start to caller)");
+}
