@@ -23,6 +23,7 @@ use crate::failover::attempt::Attempt;
 use crate::failover::Attempts;
 use crate::ratelimit::Refusal;
 use crate::request;
+use crate::routing::Candidate;
 use crate::usage::record;
 
 /// Idle time a caller's HTTP/1 connection is kept open between requests.
@@ -234,7 +235,7 @@ async fn route(
     let affinity = &rt.config.routing.affinity;
     let headers = &session.req_header().headers;
     let body = ctx.body();
-    let (candidates, key) = rt.router.candidates(&model, || {
+    let (mut candidates, key) = rt.router.candidates(&model, || {
         balance::affinity_key(&affinity.keys, headers, body, &model, affinity.prefix_bytes)
     });
     ctx.set_affinity(key);
@@ -256,22 +257,10 @@ async fn route(
             Err(e) if anthropic.is_none() => return Err(e),
             Err(_) => {}
         },
-        // Translated once when a client translates Responses requests; refused now (400) when every
-        // client would have to translate it, else it goes on to those that take it as it is.
-        (ApiKind::Responses, _) => {
-            let translating = candidates
-                .iter()
-                .filter(|c| c.client.translates_responses())
-                .count();
-            if translating > 0 {
-                match responses_as_chat(ctx.body()) {
-                    Ok((chat, info)) => ctx.translated_to_chat(chat, info),
-                    Err(e) if translating == candidates.len() => return Err(e),
-                    Err(_) => {}
-                }
-            }
-        }
         _ => {}
+    }
+    if kind == ApiKind::Responses {
+        translate_responses(ctx, &mut candidates)?;
     }
     let max_hops = rt.config.failover.max_fallback_hops;
     let order = Attempts::new(&model, candidates, max_hops, ctx.key().cloned());
@@ -323,6 +312,28 @@ pub(super) fn take_in(
         peer_trusted,
     };
     ctx.admit_request(caller, kind, (body, encoded), info);
+}
+
+/// A Responses request is translated once when a candidate client translates it. One that does not translate
+/// (`previous_response_id`) goes only to the clients that take it as it is, and is refused (400) when none
+/// does; a fallback's translating client refuses it then (see `RequestCtx::next_attempt`).
+fn translate_responses(
+    ctx: &mut RequestCtx,
+    candidates: &mut Vec<Candidate>,
+) -> Result<(), GatewayError> {
+    if !candidates.iter().any(|c| c.client.translates_responses()) {
+        return Ok(());
+    }
+    match responses_as_chat(ctx.body()) {
+        Ok((chat, info)) => ctx.translated_to_chat(chat, info),
+        Err(e) => {
+            candidates.retain(|c| !c.client.translates_responses());
+            if candidates.is_empty() {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A Messages request body as a chat completions request, and what that says.
