@@ -5,7 +5,7 @@
 
 use crate::common::mock::Reply;
 use crate::common::records::{usage_config, wait_rows};
-use crate::common::{client, http_client, post_with, Gateway, Mock, Resp};
+use crate::common::{client, http_client, post_with, Behavior, Gateway, Mock, Resp};
 use serde_json::{json, Value};
 
 fn stored(id: &str) -> Value {
@@ -223,4 +223,35 @@ async fn a_key_learns_nothing_of_a_response_of_a_model_it_may_not_use() {
         sent[1].header("authorization"),
         Some("Bearer sk-backend-own-key-1")
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_that_continues_another_goes_first_to_the_client_that_served_it() {
+    let (a, b) = (backend("a", "resp_a").await, backend("b", "resp_b").await);
+    let mut cb = client("b", &b.base_url("/v1"), "exact", &["m1"]);
+    cb["priority"] = json!(1);
+    let ca = client("a", &a.base_url("/v1"), "exact", &["m1"]);
+    let gw = Gateway::start(&crate::common::config(vec![ca, cb])).await;
+    // The first response is made by b, a having failed.
+    a.set_behavior(Behavior::FailFirst {
+        n: 1,
+        status: 500,
+        body: json!({"error": {"message": "down"}}).to_string(),
+    });
+    let r = post_with(&gw, "/v1/responses", &create("m1", false), &[]).await;
+    assert_eq!(r.json()["id"], "resp_b");
+    let mut next = create("m1", false);
+    next["previous_response_id"] = json!("resp_b");
+    let r = post_with(&gw, "/v1/responses", &next, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (a.count(), b.count()),
+        (1, 2),
+        "b, not a, got the continuation"
+    );
+    assert_eq!(b.requests()[1].json(), next);
+    // One that continues nothing known follows the usual order.
+    next["previous_response_id"] = json!("resp_elsewhere");
+    post_with(&gw, "/v1/responses", &next, &[]).await;
+    assert_eq!((a.count(), b.count()), (2, 2));
 }

@@ -261,6 +261,7 @@ async fn route(
     }
     if kind == ApiKind::Responses {
         translate_responses(ctx, &mut candidates)?;
+        stored::prefer_previous(gw, ctx.body(), &mut candidates);
     }
     let max_hops = rt.config.failover.max_fallback_hops;
     let order = Attempts::new(&model, candidates, max_hops, ctx.key().cloned());

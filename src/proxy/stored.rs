@@ -2,7 +2,8 @@
 //! .../cancel`): routed to the one client that served that response, without failover; else a 404.
 //!
 //! The client is known from [`crate::routing::responses_ids`], which the answers of `POST /v1/responses`
-//! passed through this node fill in (see [`remember`]); other nodes of a cluster do not know it.
+//! passed through this node fill in (see [`remember`]); other nodes of a cluster do not know it. A new
+//! response that continues one (`previous_response_id`) goes first to the client that served that one.
 
 use super::admit::take_in;
 use super::{body, Gateway, RequestCtx, Runtime};
@@ -12,6 +13,10 @@ use crate::failover::attempt::Attempt;
 use crate::failover::Attempts;
 use crate::request::RequestInfo;
 use crate::routing::responses_ids::{Origin, MAX_ID_BYTES};
+use crate::routing::Candidate;
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use http::Method;
 use pingora::proxy::Session;
 
@@ -93,5 +98,34 @@ pub(super) fn forget_deleted(gw: &Gateway, session: &Session, ctx: &RequestCtx, 
         stored_response_id(req.uri.path()),
     ) {
         gw.response_ids().forget(id);
+    }
+}
+
+/// A Responses request that continues a response (`previous_response_id`) this node passed through: the
+/// client that served it goes first among `candidates` (its backend alone has that conversation's state).
+pub(super) fn prefer_previous(gw: &Gateway, body: &[u8], candidates: &mut Vec<Candidate>) {
+    let Some(name) = previous_client(gw, body) else {
+        return;
+    };
+    if let Some(i) = candidates.iter().position(|c| *c.client.name == *name) {
+        let first = candidates.remove(i);
+        candidates.insert(0, first);
+    }
+}
+
+/// The client that served the response a Responses request body continues, when this node knows it.
+fn previous_client(gw: &Gateway, body: &[u8]) -> Option<Arc<str>> {
+    #[derive(serde::Deserialize)]
+    struct Continues<'a> {
+        #[serde(borrow)]
+        previous_response_id: Option<Cow<'a, str>>,
+    }
+    // Most requests do not continue one: they are not parsed for it.
+    memchr::memmem::find(body, b"\"previous_response_id\"")?;
+    let continues: Continues<'_> = serde_json::from_slice(body).ok()?;
+    let served = gw.response_ids().lookup(&continues.previous_response_id?)?;
+    match served.origin {
+        Origin::Client(name) => Some(name),
+        Origin::Translated => None,
     }
 }

@@ -1,10 +1,9 @@
 //! The answer part of a request: the response tap, the first token's time, and how the answer ended.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-
-use std::sync::Arc;
 
 use super::RequestCtx;
 use crate::dialect::relay::Relay;
