@@ -9,6 +9,9 @@ pub enum Endpoint {
     Models,
     /// A POST to route by the body's `model`.
     Route,
+    /// A request about a stored response (`GET`/`DELETE /v1/responses/{id}`, `GET .../input_items`,
+    /// `POST .../cancel`): routed to the client that served it.
+    StoredResponse,
     NotFound,
     MethodNotAllowed,
 }
@@ -39,6 +42,8 @@ pub enum ApiKind {
     Messages,
     /// Anthropic's token count (`/v1/messages/count_tokens`), answered by the gateway.
     CountTokens,
+    /// A request about a stored response (`/v1/responses/{id}...`): no body to read, no usage.
+    StoredResponse,
     Other,
 }
 
@@ -51,6 +56,7 @@ impl ApiKind {
             "/responses" => ApiKind::Responses,
             "/messages" => ApiKind::Messages,
             "/messages/count_tokens" => ApiKind::CountTokens,
+            _ if stored_response(path).is_some() => ApiKind::StoredResponse,
             _ => ApiKind::Other,
         }
     }
@@ -64,6 +70,7 @@ impl ApiKind {
             ApiKind::Responses => "responses".into(),
             ApiKind::Messages => "messages".into(),
             ApiKind::CountTokens => "count_tokens".into(),
+            ApiKind::StoredResponse => "responses_get".into(),
             ApiKind::Other => strip_v1(path).trim_matches('/').replace('/', "."),
         }
     }
@@ -85,6 +92,35 @@ impl ApiKind {
     pub fn streams_usage_option(self) -> bool {
         matches!(self, ApiKind::Chat | ApiKind::Completions)
     }
+}
+
+/// What a request about a stored response does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoredOp {
+    /// `/responses/{id}`: GET or DELETE.
+    Itself,
+    /// `/responses/{id}/cancel`: POST.
+    Cancel,
+    /// `/responses/{id}/input_items`: GET.
+    InputItems,
+}
+
+/// The response id of a path about a stored response (with or without `/v1`), and what it does.
+fn stored_response(path: &str) -> Option<(&str, StoredOp)> {
+    let rest = strip_v1(path).strip_prefix("/responses/")?;
+    let (id, op) = match rest.split_once('/') {
+        None => (rest, StoredOp::Itself),
+        Some((id, "cancel")) => (id, StoredOp::Cancel),
+        Some((id, "input_items")) => (id, StoredOp::InputItems),
+        Some(_) => return None,
+    };
+    (!id.is_empty()).then_some((id, op))
+}
+
+/// The response id named by a path about a stored response (`/v1/responses/{id}`, `.../cancel`,
+/// `.../input_items`).
+pub fn stored_response_id(path: &str) -> Option<&str> {
+    stored_response(path).map(|(id, _)| id)
 }
 
 /// The path without a leading `/v1` segment.
@@ -187,6 +223,14 @@ fn decode_unreserved(path: &str) -> Result<Cow<'_, str>, BadPath> {
 }
 
 pub fn classify(method: &str, path: &str) -> Endpoint {
+    if let Some((_, op)) = stored_response(path) {
+        return match (op, method) {
+            (StoredOp::Itself, "GET" | "DELETE")
+            | (StoredOp::InputItems, "GET")
+            | (StoredOp::Cancel, "POST") => Endpoint::StoredResponse,
+            _ => Endpoint::MethodNotAllowed,
+        };
+    }
     let local = match path {
         "/health" => Some(Endpoint::Health),
         "/v1/models" | "/models" => Some(Endpoint::Models),
@@ -231,10 +275,35 @@ mod tests {
             ("PUT", "/v1/anything", MethodNotAllowed),
             ("GET", "/nope", NotFound),
             ("GET", "/", NotFound),
+            ("GET", "/v1/responses/resp_1", StoredResponse),
+            ("DELETE", "/v1/responses/resp_1", StoredResponse),
+            ("GET", "/responses/resp_1", StoredResponse),
+            ("POST", "/v1/responses/resp_1/cancel", StoredResponse),
+            ("GET", "/v1/responses/resp_1/input_items", StoredResponse),
+            ("POST", "/v1/responses/resp_1", MethodNotAllowed),
+            ("GET", "/v1/responses/resp_1/cancel", MethodNotAllowed),
+            (
+                "DELETE",
+                "/v1/responses/resp_1/input_items",
+                MethodNotAllowed,
+            ),
+            ("POST", "/v1/responses", Route),
+            ("GET", "/v1/responses", MethodNotAllowed),
+            ("GET", "/v1/responses/resp_1/other", MethodNotAllowed),
         ];
         for (m, p, want) in cases {
             assert_eq!(classify(m, p), want, "{m} {p}");
         }
+    }
+
+    #[test]
+    fn stored_response_ids_are_read_from_their_paths() {
+        assert_eq!(stored_response_id("/v1/responses/resp_1"), Some("resp_1"));
+        assert_eq!(stored_response_id("/v1/responses/r/cancel"), Some("r"));
+        assert_eq!(stored_response_id("/responses/r/input_items"), Some("r"));
+        assert_eq!(stored_response_id("/v1/responses"), None);
+        assert_eq!(stored_response_id("/v1/responses/r/x"), None);
+        assert_eq!(stored_response_id("/v1/responses/r/cancel/x"), None);
     }
 
     #[test]
@@ -291,6 +360,16 @@ mod tests {
                 "count_tokens",
             ),
             ("/v1/audio/speech", ApiKind::Other, "audio.speech"),
+            (
+                "/v1/responses/resp_1",
+                ApiKind::StoredResponse,
+                "responses_get",
+            ),
+            (
+                "/responses/resp_1/cancel",
+                ApiKind::StoredResponse,
+                "responses_get",
+            ),
             ("/v1beta/x", ApiKind::Other, "v1beta.x"),
         ];
         for (path, kind, ty) in cases {

@@ -29,6 +29,9 @@ pub enum GatewayError {
     InvalidRequest(String),
     #[error("The model `{0}` does not exist.")]
     ModelNotFound(String),
+    /// A stored response the gateway cannot route to (the id, cut, and why).
+    #[error("Response with id '{id}' not found: {why}")]
+    ResponseNotFound { id: String, why: &'static str },
     #[error("Request body too large: the limit is {limit} bytes.")]
     BodyTooLarge { limit: usize },
     #[error("Could not read the request body: {0}")]
@@ -110,7 +113,7 @@ impl GatewayError {
             Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => 403,
             Self::RateLimited(_) | Self::BudgetExceeded(_) | Self::ConcurrencyLimit(_) => 429,
             Self::LimitsUnavailable => 503,
-            Self::ModelNotFound(_) | Self::NotFound(_) => 404,
+            Self::ModelNotFound(_) | Self::NotFound(_) | Self::ResponseNotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTimeout(_) => 408,
             Self::LengthRequired => 411,
@@ -173,6 +176,7 @@ impl GatewayError {
             Self::InvalidType { .. } => "invalid_type",
             Self::InvalidRequest(_) => "invalid_request",
             Self::ModelNotFound(_) => "model_not_found",
+            Self::ResponseNotFound { .. } => "response_not_found",
             Self::InvalidApiKey => "invalid_api_key",
             Self::ModelNotAllowed(_) | Self::UpstreamModelNotAllowed { .. } => "model_not_allowed",
             Self::BadPath => "invalid_path",

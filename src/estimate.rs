@@ -128,7 +128,9 @@ pub fn estimate(
         ApiKind::Chat | ApiKind::Completions | ApiKind::Responses | ApiKind::Messages => {
             Some(completion_tokens(completion, completion_bytes, tok))
         }
-        ApiKind::Embeddings | ApiKind::CountTokens | ApiKind::Other => None,
+        ApiKind::Embeddings | ApiKind::CountTokens | ApiKind::StoredResponse | ApiKind::Other => {
+            None
+        }
     };
     with_total(prompt, completion)
 }

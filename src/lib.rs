@@ -26,7 +26,8 @@
 //! - `usage`     usage records, their bounded queue, crash-safe spool, batching writer into a `Sink` (SQLite files),
 //!   and the shipper of those files' rows to a shared PostgreSQL table (`usage::ship`);
 //! - `ratelimit` per-key requests/tokens-per-minute limits over a sliding window, their store, their headers;
-//! - `routing`   model -> ordered candidate clients (exact/keyword match, priority, weighted round robin);
+//! - `routing`   model -> ordered candidate clients (exact/keyword match, priority, weighted round robin), and
+//!   which client served each Responses API id (`routing::responses_ids`);
 //! - `metrics`   Prometheus metrics, and their scrape service on `server.metrics_listen` (a small Pingora app);
 //! - `report`    the `gpt-api usage` report: sums and latency percentiles read from a `Source` (the monthly files,
 //!   or the shared PostgreSQL table);

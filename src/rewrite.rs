@@ -97,7 +97,9 @@ fn cap_fields(kind: ApiKind) -> &'static [&'static str] {
         ApiKind::Responses => &["max_output_tokens"],
         ApiKind::Messages => &["max_tokens"],
         // count_tokens is never sent.
-        ApiKind::Embeddings | ApiKind::CountTokens | ApiKind::Other => &[],
+        ApiKind::Embeddings | ApiKind::CountTokens | ApiKind::StoredResponse | ApiKind::Other => {
+            &[]
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Model -> ordered candidate clients: exact or keyword match, ascending priority, and within the first priority
 //! the order its `balance` gives ([`crate::balance::order`]: weighted, least busy, latency or affinity).
 
+pub mod responses_ids;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -170,6 +172,16 @@ impl Router {
     pub fn stick(&self, key: AffinityKey, client: &str) {
         self.sticky
             .record(key, client, self.affinity.ttl, Instant::now());
+    }
+
+    /// The client called `name`, as the one candidate of a request that must reach it (a stored response's).
+    pub fn candidate_named(&self, name: &str) -> Option<Candidate> {
+        let i = self.clients.iter().position(|c| c.name == name)?;
+        Some(Candidate {
+            client: self.clients[i].clone(),
+            health: self.health[i].clone(),
+            load: self.loads[i].clone(),
+        })
     }
 
     /// Every client, sorted by priority (file order among equals).

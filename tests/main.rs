@@ -28,6 +28,8 @@ mod report;
 mod request_encoding;
 mod request_id;
 mod responses;
+mod responses_stored;
+mod responses_translate;
 mod rewriting;
 mod robustness_stream;
 mod routing;

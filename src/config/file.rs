@@ -142,6 +142,8 @@ pub(super) struct ClientFile {
     pub protocol: Option<String>,
     /// The `anthropic-version` sent to an anthropic backend when the caller sends none.
     pub anthropic_version: Option<String>,
+    /// "passthrough" (default) or "translate": how `/v1/responses` reaches this backend; checked in `compile`.
+    pub responses: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +252,7 @@ const CLIENT: Shape = Shape::Section(&[
     ("retry_on", Shape::ListOf(&Shape::Int)),
     ("protocol", Shape::Str),
     ("anthropic_version", Shape::Str),
+    ("responses", Shape::Str),
 ]);
 
 const AUTH_KEY: Shape = Shape::Section(&[

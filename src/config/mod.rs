@@ -242,6 +242,8 @@ pub struct Client {
     pub protocol: Protocol,
     /// For an anthropic backend: the `anthropic-version` sent when the caller sends none (else 2023-06-01).
     pub anthropic_version: Option<String>,
+    /// How a Responses API request reaches this backend (`responses:`).
+    pub responses: ResponsesMode,
 }
 
 /// The API dialect a backend speaks (`protocol:`).
@@ -254,7 +256,22 @@ pub enum Protocol {
     Anthropic,
 }
 
+/// How a Responses API request (`/v1/responses`) reaches a backend (`responses:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ResponsesMode {
+    /// As it came, to the backend's `/v1/responses`: the default.
+    #[default]
+    Passthrough,
+    /// Translated to chat completions, the answer translated back: for a backend that serves only chat.
+    Translate,
+}
+
 impl Client {
+    /// A Responses API request goes to this backend translated to chat completions.
+    pub fn translates_responses(&self) -> bool {
+        self.protocol == Protocol::OpenAi && self.responses == ResponsesMode::Translate
+    }
+
     /// The model name this client sends upstream for `requested`: a fallback model being served, else the
     /// client's `model` alias, else the requested name. A key's model list is checked against this name.
     pub fn outgoing_model<'a>(&'a self, requested: &'a str, fallback: Option<&'a str>) -> &'a str {

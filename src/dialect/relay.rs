@@ -8,6 +8,7 @@ use super::anthropic::{
     chat_answer_to_messages, error, messages_answer_to_chat, ChatToMessagesStream, MessagesReader,
     MessagesToChatStream,
 };
+use super::responses::{chat_answer_to_response, ChatToResponsesStream};
 use super::DialectError;
 use crate::endpoints::ApiKind;
 use crate::tokens::TokenUsage;
@@ -34,6 +35,10 @@ enum How {
     AnthropicError(BytesMut),
     /// A Messages answer to a Messages caller passes unchanged, read for its usage.
     Messages(Box<MessagesReader>),
+    /// A chat completion (JSON) becomes a Responses API `response`, stamped `created` when it has no time.
+    ResponsesBody { held: BytesMut, created: i64 },
+    /// A chat completions stream becomes Responses events.
+    ResponsesStream(Box<ChatToResponsesStream>),
 }
 
 /// What the relay is given to decide how an answer goes to the caller.
@@ -59,11 +64,14 @@ pub struct Relay {
     /// The caller has the whole answer once this many bytes reached it.
     end_at: Option<u64>,
     usage: Option<TokenUsage>,
+    /// The id of the Responses API `response` made from a whole chat completion.
+    response_id: Option<String>,
 }
 
 impl Relay {
     /// The relay for an answer, when the caller's and the backend's dialects call for one: a Messages caller
-    /// answered by a chat backend or by a Messages one (read for usage), a chat caller by a Messages backend.
+    /// answered by a chat backend or by a Messages one (read for usage), a chat caller by a Messages backend,
+    /// a Responses caller's success by a chat backend.
     pub fn for_answer(head: AnswerHead) -> Option<Relay> {
         let ok = (200..300).contains(&head.status);
         let how = match (head.caller, head.upstream) {
@@ -89,6 +97,17 @@ impl Relay {
             (ApiKind::Messages, ApiKind::Messages) => {
                 How::Messages(Box::new(MessagesReader::new(ok && head.sse)))
             }
+            // A chat backend's error is already in OpenAI's shape, which a Responses caller reads.
+            (ApiKind::Responses, ApiKind::Chat) => match (ok, head.sse) {
+                (false, _) => return None,
+                (true, true) => {
+                    How::ResponsesStream(Box::new(ChatToResponsesStream::new(head.created)))
+                }
+                (true, false) => How::ResponsesBody {
+                    held: BytesMut::new(),
+                    created: head.created,
+                },
+            },
             _ => return None,
         };
         Some(Relay {
@@ -96,6 +115,7 @@ impl Relay {
             sent: 0,
             end_at: None,
             usage: None,
+            response_id: None,
         })
     }
 
@@ -106,13 +126,18 @@ impl Relay {
 
     /// The caller gets a stream (`text/event-stream`) rather than a JSON body.
     pub fn is_stream(&self) -> bool {
-        matches!(self.how, How::ChatStream(_) | How::MessagesStream(_))
+        matches!(
+            self.how,
+            How::ChatStream(_) | How::MessagesStream(_) | How::ResponsesStream(_)
+        )
     }
 
     /// A read of the backend's body in, the caller's bytes out (empty while a body is held).
     pub fn feed(&mut self, chunk: Bytes) -> Result<Bytes, DialectError> {
         let out = match &mut self.how {
-            How::ChatBody(held) | How::MessagesBody { held, .. } => {
+            How::ChatBody(held)
+            | How::MessagesBody { held, .. }
+            | How::ResponsesBody { held, .. } => {
                 if held.len().saturating_add(chunk.len()) > BODY_CAP {
                     return Err(DialectError::BadAnswer(format!(
                         "the answer is over {BODY_CAP} bytes"
@@ -134,6 +159,13 @@ impl Relay {
                 return Ok(self.hand_on(Bytes::from(out), complete));
             }
             How::MessagesStream(stream) => {
+                let mut out = Vec::new();
+                stream.feed(&chunk, &mut out)?;
+                self.usage = stream.usage();
+                let complete = stream.is_complete();
+                return Ok(self.hand_on(Bytes::from(out), complete));
+            }
+            How::ResponsesStream(stream) => {
                 let mut out = Vec::new();
                 stream.feed(&chunk, &mut out)?;
                 self.usage = stream.usage();
@@ -182,6 +214,20 @@ impl Relay {
                 self.usage = stream.usage();
                 out
             }
+            How::ResponsesBody { held, created } => match chat_answer_to_response(held, *created) {
+                Ok((body, usage)) => {
+                    self.usage = reported(usage);
+                    self.response_id = serde_json::from_slice::<Id>(&body).ok().map(|r| r.id);
+                    body
+                }
+                Err(e) => openai_error(&e.to_string()),
+            },
+            How::ResponsesStream(stream) => {
+                let mut out = Vec::new();
+                stream.finish(&mut out);
+                self.usage = stream.usage();
+                out
+            }
             How::Messages(reader) => {
                 reader.finish();
                 self.usage = reader.usage();
@@ -212,6 +258,15 @@ impl Relay {
         self.usage
     }
 
+    /// The id of the Responses API `response` the gateway made from a chat answer, once known (a stream's
+    /// from its first event, a whole body's at its end).
+    pub fn response_id(&self) -> Option<&str> {
+        match &self.how {
+            How::ResponsesStream(stream) => stream.response_id(),
+            _ => self.response_id.as_deref(),
+        }
+    }
+
     /// A passed-through Messages stream showed its first token (translated answers: the tap sees it).
     pub fn saw_first_token(&self) -> bool {
         matches!(&self.how, How::Messages(r) if r.saw_first_token())
@@ -225,6 +280,12 @@ impl Relay {
         }
         out
     }
+}
+
+/// The `id` of a `response` the gateway made (the rest of it skipped).
+#[derive(serde::Deserialize)]
+struct Id {
+    id: String,
 }
 
 /// A whole answer's usage, unless it had none (its counts all absent): then the gateway counts the tokens.
@@ -241,176 +302,4 @@ fn openai_error(message: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use serde_json::{json, Value};
-
-    /// A chat backend's answer for a Messages caller.
-    fn chat(status: u16, sse: bool) -> Relay {
-        let head = AnswerHead {
-            caller: ApiKind::Messages,
-            upstream: ApiKind::Chat,
-            status,
-            sse,
-            include_usage: false,
-            created: 0,
-        };
-        Relay::for_answer(head).unwrap()
-    }
-
-    fn chunk(delta: Value, finish: Value) -> String {
-        let c = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-        format!("data: {c}\n\n")
-    }
-
-    #[test]
-    fn a_stream_is_translated_as_it_arrives_and_ends_at_message_stop() {
-        let mut r = chat(200, true);
-        assert!(r.is_stream());
-        let first = r
-            .feed(Bytes::from(chunk(
-                json!({"role": "assistant", "content": "Hi"}),
-                Value::Null,
-            )))
-            .unwrap();
-        let text = String::from_utf8(first.to_vec()).unwrap();
-        assert!(text.contains("event: message_start"), "{text}");
-        assert!(text.contains("\"text\":\"Hi\""), "{text}");
-        assert!(!r.delivered(u64::MAX));
-        let usage = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}});
-        let rest = format!(
-            "{}data: {usage}\n\ndata: [DONE]\n\n",
-            chunk(json!({}), json!("stop"))
-        );
-        // Split at every byte boundary would be the translator's own tests; here two uneven reads.
-        let (a, b) = rest.as_bytes().split_at(rest.len() / 3);
-        let mut out = r.feed(Bytes::copy_from_slice(a)).unwrap().to_vec();
-        out.extend_from_slice(&r.feed(Bytes::copy_from_slice(b)).unwrap());
-        out.extend_from_slice(&r.finish());
-        let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
-            "{text}"
-        );
-        let total = (first.len() + text.len()) as u64;
-        assert!(r.delivered(total));
-        assert!(!r.delivered(total - 1));
-        assert_eq!(r.usage().unwrap().prompt, Some(5));
-        assert_eq!(r.usage().unwrap().completion, Some(2));
-    }
-
-    #[test]
-    fn a_body_is_held_to_its_end_then_translated() {
-        let mut r = chat(200, false);
-        let body = json!({"id": "c1", "object": "chat.completion", "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
-                "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
-        .to_string();
-        let (a, b) = body.as_bytes().split_at(10);
-        assert!(r.feed(Bytes::copy_from_slice(a)).unwrap().is_empty());
-        assert!(r.feed(Bytes::copy_from_slice(b)).unwrap().is_empty());
-        let out = r.finish();
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["type"], "message");
-        assert_eq!(v["content"][0]["text"], "hello");
-        assert_eq!(v["stop_reason"], "end_turn");
-        assert_eq!(r.usage().unwrap().total, Some(4));
-        assert!(r.delivered(out.len() as u64));
-    }
-
-    #[test]
-    fn an_error_body_keeps_its_status_in_anthropics_shape() {
-        let mut r = chat(400, false);
-        let body = br#"{"error":{"message":"bad things","type":"invalid_request_error"}}"#;
-        assert!(r.feed(Bytes::from_static(body)).unwrap().is_empty());
-        let v: Value = serde_json::from_slice(&r.finish()).unwrap();
-        assert_eq!(
-            v,
-            json!({"type": "error", "error": {"type": "invalid_request_error", "message": "bad things"}})
-        );
-    }
-
-    #[test]
-    fn an_answer_that_does_not_translate_becomes_an_error_body() {
-        let mut r = chat(200, false);
-        r.feed(Bytes::from_static(b"not json")).unwrap();
-        let v: Value = serde_json::from_slice(&r.finish()).unwrap();
-        assert_eq!(v["type"], "error");
-        assert_eq!(v["error"]["type"], "api_error");
-    }
-
-    #[test]
-    fn held_bodies_are_bounded() {
-        let mut r = chat(500, false);
-        for _ in 0..100 {
-            r.feed(Bytes::from(vec![b'x'; 4096])).unwrap();
-        }
-        let v: Value = serde_json::from_slice(&r.finish()).unwrap();
-        assert!(v["error"]["message"].as_str().unwrap().len() <= 4096);
-        let mut r = chat(200, false);
-        r.feed(Bytes::from(vec![b' '; BODY_CAP])).unwrap();
-        assert!(r.feed(Bytes::from_static(b"  ")).is_err());
-    }
-
-    fn head(caller: ApiKind, upstream: ApiKind, status: u16, sse: bool) -> AnswerHead {
-        AnswerHead {
-            caller,
-            upstream,
-            status,
-            sse,
-            include_usage: true,
-            created: 7,
-        }
-    }
-
-    #[test]
-    fn a_messages_stream_passes_unchanged_and_ends_at_message_stop() {
-        let mut r =
-            Relay::for_answer(head(ApiKind::Messages, ApiKind::Messages, 200, true)).unwrap();
-        assert!(!r.rewrites());
-        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":1}}}\n\n";
-        let stop = "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-        let a = r.feed(Bytes::from_static(start.as_bytes())).unwrap();
-        assert_eq!(a, start.as_bytes());
-        assert!(!r.delivered(u64::MAX));
-        let b = r.feed(Bytes::from_static(stop.as_bytes())).unwrap();
-        assert_eq!(b, stop.as_bytes());
-        assert!(r.finish().is_empty());
-        assert!(r.delivered((start.len() + stop.len()) as u64));
-        let u = r.usage().unwrap();
-        assert_eq!((u.prompt, u.completion), (Some(4), Some(9)));
-    }
-
-    #[test]
-    fn a_messages_answer_becomes_a_chat_completion_and_its_error_openais() {
-        let mut r = Relay::for_answer(head(ApiKind::Chat, ApiKind::Messages, 200, false)).unwrap();
-        let body = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "c",
-            "content": [{"type": "text", "text": "yo"}], "stop_reason": "max_tokens",
-            "usage": {"input_tokens": 2, "output_tokens": 3}});
-        assert!(r.feed(Bytes::from(body.to_string())).unwrap().is_empty());
-        let v: Value = serde_json::from_slice(&r.finish()).unwrap();
-        assert_eq!(v["choices"][0]["message"]["content"], "yo");
-        assert_eq!(v["choices"][0]["finish_reason"], "length");
-        assert_eq!(v["created"], 7);
-        assert_eq!(r.usage().unwrap().total, Some(5));
-
-        let mut r = Relay::for_answer(head(ApiKind::Chat, ApiKind::Messages, 529, false)).unwrap();
-        let err =
-            json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}});
-        r.feed(Bytes::from(err.to_string())).unwrap();
-        let v: Value = serde_json::from_slice(&r.finish()).unwrap();
-        assert_eq!(v["error"]["message"], "busy");
-        assert_eq!(v["error"]["code"], "overloaded");
-    }
-
-    #[test]
-    fn same_dialects_need_no_relay() {
-        for kind in [ApiKind::Chat, ApiKind::Responses, ApiKind::Embeddings] {
-            assert!(Relay::for_answer(head(kind, kind, 200, true)).is_none());
-        }
-    }
-}
+mod tests;

@@ -35,7 +35,7 @@ pub fn prompt_tokens(kind: ApiKind, body: &[u8], tok: Tokenizer) -> Option<i64> 
     // Anthropic's bodies are counted once translated to chat (the proxy does that).
     if matches!(
         kind,
-        ApiKind::Other | ApiKind::Messages | ApiKind::CountTokens
+        ApiKind::Other | ApiKind::Messages | ApiKind::CountTokens | ApiKind::StoredResponse
     ) {
         return None;
     }
@@ -49,7 +49,7 @@ pub fn prompt_tokens(kind: ApiKind, body: &[u8], tok: Tokenizer) -> Option<i64> 
         }
         ApiKind::Embeddings => count.prompt(body.input.as_ref()?),
         ApiKind::Responses => count.responses(&body),
-        ApiKind::Messages | ApiKind::CountTokens | ApiKind::Other => None,
+        ApiKind::Messages | ApiKind::CountTokens | ApiKind::StoredResponse | ApiKind::Other => None,
     }
 }
 

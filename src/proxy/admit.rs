@@ -10,8 +10,8 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use super::caller::{caller_ip, socket_ip};
-use super::ctx::{chat_as_messages, Caller, PendingRecord};
-use super::{body, framing, respond, Gateway, RequestCtx, Runtime};
+use super::ctx::{chat_as_messages, responses_as_chat, Caller, PendingRecord};
+use super::{body, framing, respond, stored, Gateway, RequestCtx, Runtime};
 use crate::accounting;
 use crate::auth::Auth;
 use crate::balance;
@@ -23,6 +23,7 @@ use crate::failover::attempt::Attempt;
 use crate::failover::Attempts;
 use crate::ratelimit::Refusal;
 use crate::request;
+use crate::routing::Candidate;
 use crate::usage::record;
 
 /// Idle time a caller's HTTP/1 connection is kept open between requests.
@@ -58,7 +59,11 @@ pub(super) async fn admit(
         }
         _ => {}
     }
-    if let Err(e) = route(gw, session, ctx, &rt).await {
+    let routed = match endpoint {
+        Endpoint::StoredResponse => stored::route(gw, session, ctx, &rt).await,
+        _ => route(gw, session, ctx, &rt).await,
+    };
+    if let Err(e) = routed {
         return reject(session, ctx, e, &[]).await;
     }
     if let Err((e, headers)) = limit(gw, ctx, &rt).await {
@@ -165,7 +170,9 @@ fn check(
             method: req.method.as_str().to_owned(),
             path: path(),
         }),
-        Endpoint::Health | Endpoint::Models | Endpoint::Route => Ok(endpoint),
+        Endpoint::Health | Endpoint::Models | Endpoint::Route | Endpoint::StoredResponse => {
+            Ok(endpoint)
+        }
     }
 }
 
@@ -219,42 +226,16 @@ async fn route(
     let received = body::read_full(session, &rt.config.server).await?;
     let (body, encoded) = body::decoded(session, received, rt.config.server.max_body_bytes)?;
     let info = request::inspect(&body)?;
-    // Formatted once: the record, the forwarded-for header of every attempt and the log use it.
-    let socket = socket_ip(session);
-    let (ip, peer_trusted) = caller_ip(
-        session,
-        &rt.config.server.trusted_proxies,
-        socket.as_deref(),
-    );
-    let path = session.req_header().uri.path();
-    let kind = ApiKind::from_path(path);
-    if rt.config.usage.enabled {
-        let record_type = kind.record_type(path);
-        let pending = pending_record(
-            gw,
-            session,
-            &rt.config.usage,
-            &body,
-            record_type,
-            ip.clone(),
-        );
-        ctx.open_record(pending);
-    }
-    ctx.open_accounts(Arc::clone(gw.accountant()));
-    let model = info.model.clone();
-    let caller = Caller {
-        socket_ip: socket,
-        ip,
-        peer_trusted,
-    };
-    ctx.admit_request(caller, kind, (body, encoded), info);
+    take_in(gw, session, ctx, rt, (body, encoded), info);
+    let model = ctx.model().to_owned();
+    let kind = ctx.kind();
     if ctx.key().is_some_and(|k| !k.allows(&model)) {
         return Err(GatewayError::ModelNotAllowed(model));
     }
     let affinity = &rt.config.routing.affinity;
     let headers = &session.req_header().headers;
     let body = ctx.body();
-    let (candidates, key) = rt.router.candidates(&model, || {
+    let (mut candidates, key) = rt.router.candidates(&model, || {
         balance::affinity_key(&affinity.keys, headers, body, &model, affinity.prefix_bytes)
     });
     ctx.set_affinity(key);
@@ -278,6 +259,10 @@ async fn route(
         },
         _ => {}
     }
+    if kind == ApiKind::Responses {
+        translate_responses(ctx, &mut candidates)?;
+        stored::prefer_previous(gw, ctx.body(), &mut candidates);
+    }
     let max_hops = rt.config.failover.max_fallback_hops;
     let order = Attempts::new(&model, candidates, max_hops, ctx.key().cloned());
     if order.is_empty() {
@@ -287,6 +272,68 @@ async fn route(
         });
     }
     ctx.route(Attempt::new(order));
+    Ok(())
+}
+
+/// The request as read (`body`, decoded, and the bytes received when they were compressed; what it says):
+/// its caller, its kind from the path, its usage record opened and its accounts.
+pub(super) fn take_in(
+    gw: &Gateway,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    rt: &Runtime,
+    (body, encoded): (Bytes, Option<Bytes>),
+    info: request::RequestInfo,
+) {
+    // Formatted once: the record, the forwarded-for header of every attempt and the log use it.
+    let socket = socket_ip(session);
+    let (ip, peer_trusted) = caller_ip(
+        session,
+        &rt.config.server.trusted_proxies,
+        socket.as_deref(),
+    );
+    let path = session.req_header().uri.path();
+    let kind = ApiKind::from_path(path);
+    if rt.config.usage.enabled {
+        let record_type = kind.record_type(path);
+        let pending = pending_record(
+            gw,
+            session,
+            &rt.config.usage,
+            &body,
+            record_type,
+            ip.clone(),
+        );
+        ctx.open_record(pending);
+    }
+    ctx.open_accounts(Arc::clone(gw.accountant()));
+    let caller = Caller {
+        socket_ip: socket,
+        ip,
+        peer_trusted,
+    };
+    ctx.admit_request(caller, kind, (body, encoded), info);
+}
+
+/// A Responses request is translated once when a candidate client translates it. One that does not translate
+/// (`previous_response_id`) goes only to the clients that take it as it is, and is refused (400) when none
+/// does; a fallback's translating client refuses it then (see `RequestCtx::next_attempt`).
+fn translate_responses(
+    ctx: &mut RequestCtx,
+    candidates: &mut Vec<Candidate>,
+) -> Result<(), GatewayError> {
+    if !candidates.iter().any(|c| c.client.translates_responses()) {
+        return Ok(());
+    }
+    match responses_as_chat(ctx.body()) {
+        Ok((chat, info)) => ctx.translated_to_chat(chat, info),
+        Err(e) => {
+            candidates.retain(|c| !c.client.translates_responses());
+            if candidates.is_empty() {
+                return Err(e);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -23,8 +23,8 @@ use crate::error::GatewayError;
 use crate::failover::attempt::Attempt;
 use crate::request::RequestInfo;
 use answer::Answer;
-pub use attempt::chat_as_messages;
 use attempt::Outgoing;
+pub use attempt::{chat_as_messages, responses_as_chat};
 pub use record::PendingRecord;
 use record::Record;
 
@@ -60,7 +60,8 @@ struct Admission {
     encoded: Option<Bytes>,
     /// The request's conversation, when its clients balance by affinity.
     affinity: Option<AffinityKey>,
-    /// The request translated to chat completions, for a backend that speaks only that (a Messages caller).
+    /// The request translated to chat completions, for a backend that speaks only that (a Messages caller,
+    /// a Responses caller to a client that translates).
     chat: Option<Box<ChatRequest>>,
 }
 

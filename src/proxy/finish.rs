@@ -8,7 +8,7 @@ use pingora::{Error, ErrorSource};
 
 use super::attempt::describe;
 use super::caller::{caller_ip, socket_ip};
-use super::{respond, Gateway, RequestCtx};
+use super::{respond, stored, Gateway, RequestCtx};
 use crate::dialect::anthropic;
 use crate::error::GatewayError;
 use crate::escape;
@@ -81,6 +81,10 @@ async fn cut(session: &mut Session, e: &Error, ctx: &mut RequestCtx, caller_gone
 /// The error a caller gets when no attempt succeeded, and the same with every attempt's details (host
 /// names, resolver and TLS messages) for the log and the record.
 fn final_error(ctx: &RequestCtx, e: &Error) -> (GatewayError, String) {
+    if let Some(refusal) = ctx.refusal() {
+        // The request could not be sent on (it does not translate for the next backend): the caller's fault.
+        return (refusal.clone(), refusal.to_string());
+    }
     let model = ctx.model().to_owned();
     let Some(a) = ctx
         .attempt()
@@ -163,5 +167,6 @@ pub(super) fn log(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &mut 
             &tokens,
         );
     }
+    stored::forget_deleted(gw, session, ctx, status);
     ctx.send_record(status);
 }

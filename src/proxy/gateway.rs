@@ -15,6 +15,7 @@ use crate::config::{Config, OnRedisDown};
 use crate::dns::DnsCache;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limiter, RedisStore};
+use crate::routing::responses_ids::ResponseIds;
 use crate::routing::Router;
 use crate::usage::UsageQueue;
 
@@ -59,6 +60,8 @@ pub struct Gateway {
     accountant: Arc<Accountant>,
     models: ModelLists,
     reloader: Reloader,
+    /// Which client served each Responses API id passed on by this node (kept across reloads).
+    response_ids: ResponseIds,
 }
 
 /// What the gateway needs beyond its config.
@@ -101,6 +104,7 @@ impl Gateway {
             accountant,
             models: ModelLists::new(parts.connector),
             reloader: Reloader::new(parts.config_path, parts.fingerprint),
+            response_ids: ResponseIds::default(),
         })
     }
 
@@ -123,6 +127,10 @@ impl Gateway {
 
     pub fn accountant(&self) -> &Arc<Accountant> {
         &self.accountant
+    }
+
+    pub fn response_ids(&self) -> &ResponseIds {
+        &self.response_ids
     }
 
     pub fn usage_queue(&self) -> &UsageQueue {

@@ -27,6 +27,7 @@ mod replay;
 mod respond;
 mod response;
 pub mod server;
+mod stored;
 mod upstream;
 mod watch;
 
@@ -134,7 +135,7 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        response::body(ctx, body, end_of_stream)?;
+        response::body(&self.0, ctx, body, end_of_stream)?;
         Ok(None)
     }
 

@@ -5,7 +5,7 @@ use http::header;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
-use super::{Gateway, RequestCtx};
+use super::{stored, Gateway, RequestCtx};
 use crate::dialect::relay::{AnswerHead, Relay};
 use crate::escape;
 use crate::failover::attempt::pause;
@@ -83,7 +83,7 @@ pub(super) fn head(gw: &Gateway, resp: &mut ResponseHeader, ctx: &mut RequestCtx
         }
         _ => sse,
     };
-    ctx.answer_with(tap, relay, caller_sse);
+    ctx.answer_with(tap, relay, caller_sse, (200..300).contains(&status));
     if let Some(theirs) = resp.remove_header(crate::request_id::HEADER) {
         resp.insert_header(crate::request_id::UPSTREAM_HEADER, theirs)?;
     }
@@ -97,7 +97,9 @@ pub(super) fn head(gw: &Gateway, resp: &mut ResponseHeader, ctx: &mut RequestCtx
 }
 
 /// A piece of the answer's body through the tap; a body that cannot be decoded ends the answer.
+/// A Responses API answer's id is remembered as soon as it is seen.
 pub(super) fn body(
+    gw: &Gateway,
     ctx: &mut RequestCtx,
     body: &mut Option<Bytes>,
     end_of_stream: bool,
@@ -105,7 +107,9 @@ pub(super) fn body(
     ctx.pass_body(body, end_of_stream).map_err(|why| {
         let e = Error::explain(ErrorType::ReadError, format!("backend body: {why}"));
         e.into_up()
-    })
+    })?;
+    stored::remember(gw, ctx);
+    Ok(())
 }
 
 /// The tap for a response, decoding the backend's `Content-Encoding` when there is one: backends are asked

@@ -31,6 +31,7 @@ fn client() -> Client {
         fixed_headers: Vec::new(),
         protocol: crate::config::Protocol::OpenAi,
         anthropic_version: None,
+        responses: crate::config::ResponsesMode::Passthrough,
         connect_timeout: Duration::from_secs(1),
         read_timeout: Duration::from_secs(1),
         retry_on: Vec::new(),

@@ -85,6 +85,9 @@ impl ResponseTap {
             let model = keys::top_level(text, "model", keys::SearchFrom::Start);
             let usage = keys::top_level(text, "usage", keys::SearchFrom::End);
             self.note(usage, model);
+            if self.opts.kind == ApiKind::Responses {
+                self.note_response_id(keys::top_level(text, "id", keys::SearchFrom::Start));
+            }
             return Vec::new();
         }
         let Ok(env) = serde_json::from_str::<Envelope>(text) else {

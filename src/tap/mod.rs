@@ -16,6 +16,7 @@ mod tests;
 
 use crate::endpoints::ApiKind;
 use crate::request::MAX_MODEL_BYTES;
+use crate::routing::responses_ids::MAX_ID_BYTES as MAX_RESPONSE_ID_BYTES;
 use crate::usage::{RawBody, TokenUsage};
 use bytes::{Bytes, BytesMut};
 use decode::{Decoder, Encoding};
@@ -83,6 +84,8 @@ pub struct ResponseTap {
     // What was seen.
     usage: Option<TokenUsage>,
     model: Option<String>,
+    /// A Responses API answer's `id` (the body's, or the stream's first `response` object's).
+    response_id: Option<String>,
     first_token: bool,
     recon: Option<Reconstruction>,
     /// A stream's first bytes, for counting its tokens if the backend reports no usage.
@@ -135,6 +138,7 @@ impl ResponseTap {
             done_passed: false,
             usage: None,
             model: None,
+            response_id: None,
             first_token: false,
             recon,
             seen,
@@ -264,6 +268,11 @@ impl ResponseTap {
         self.model.as_deref()
     }
 
+    /// A Responses API answer's `id`, once seen (the first one; at most [`MAX_RESPONSE_ID_BYTES`]).
+    pub fn response_id(&self) -> Option<&str> {
+        self.response_id.as_deref()
+    }
+
     /// True once the first token arrived: for SSE the first event carrying content / text / reasoning /
     /// tool-call deltas (Responses API: a `response.output_text.delta` etc.); for non-SSE, the first body byte.
     pub fn saw_first_token(&self) -> bool {
@@ -363,9 +372,21 @@ impl ResponseTap {
             return;
         };
         self.note(response.usage, response.model);
+        self.note_response_id(response.id);
         if let Some(recon) = &mut self.recon {
             recon.set_response(raw);
         }
+    }
+
+    /// Keeps a Responses API answer's first `id` (one too long to be an id is not kept).
+    fn note_response_id(&mut self, id: Option<&RawValue>) {
+        if self.response_id.is_some() || self.opts.kind != ApiKind::Responses {
+            return;
+        }
+        let id = id.and_then(wire::as_str);
+        self.response_id = id
+            .filter(|id| id.len() <= MAX_RESPONSE_ID_BYTES)
+            .map(|id| id.into_owned());
     }
 
     fn note(&mut self, usage: Option<&RawValue>, model: Option<&RawValue>) {

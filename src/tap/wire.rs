@@ -58,6 +58,8 @@ pub struct Message<'a> {
 #[derive(Deserialize)]
 pub struct ResponseObject<'a> {
     #[serde(borrow)]
+    pub id: Option<&'a RawValue>,
+    #[serde(borrow)]
     pub model: Option<&'a RawValue>,
     #[serde(borrow)]
     pub usage: Option<&'a RawValue>,

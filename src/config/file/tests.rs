@@ -40,6 +40,7 @@ openai_clients:
     retry_on: [500]
     protocol: anthropic
     anthropic_version: "2023-06-01"
+    responses: passthrough
 server: {listen: "127.0.0.1:1", max_body_bytes: 3, expose_backend_header: false, models_timeout_ms: 4, models_cache_seconds: 5, tls: {cert_path: c.pem, key_path: k.pem}, metrics_listen: "127.0.0.1:2", max_header_bytes: 6, client_header_timeout_ms: 7, client_body_timeout_ms: 8, send_timeout_ms: 9, admin_listen: "127.0.0.1:3", admin_key: adm}
 failover: {max_fallback_hops: 1, failure_threshold: 2, cooldown_seconds: 3, retry_on: [429]}
 usage:
@@ -115,7 +116,7 @@ fn schema_and_structs_agree() {
         "every failover field: {failover}"
     );
     assert_eq!(section_fields(&FAILOVER).len(), 4);
-    assert_eq!(section_fields(&CLIENT).len(), 21);
+    assert_eq!(section_fields(&CLIENT).len(), 22);
     let auth = file.auth.unwrap().keys.unwrap();
     let key = format!("{:?}", auth[0].as_ref().unwrap());
     assert!(!key.contains("None"), "every auth key field: {key}");
@@ -140,7 +141,7 @@ fn unknown_keys_and_wrong_types_are_reported_at_their_paths_and_removed() {
     assert_eq!(
             errors,
             [
-                "openai_clients[0].model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, balance, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms, failure_threshold, cooldown_seconds, retry_on, protocol, anthropic_version",
+                "openai_clients[0].model_matc: unknown field, expected one of name, api_key, base_url, priority, weight, balance, model_match, fallback, special_prefix, stop, max_tokens, extra_body, model, headers, connect_timeout_ms, read_timeout_ms, failure_threshold, cooldown_seconds, retry_on, protocol, anthropic_version, responses",
                 "openai_clients[0].priority: expected an integer",
                 "openai_clients[0].model_match.type: expected a string",
                 "openai_clients[0].model_match.valu: unknown field, expected one of type, value",

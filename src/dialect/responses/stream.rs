@@ -107,6 +107,11 @@ impl ChatToResponsesStream {
         self.usage
     }
 
+    /// The id of the response, once `response.created` was sent.
+    pub fn response_id(&self) -> Option<&str> {
+        self.started.then_some(self.id.as_str())
+    }
+
     /// `response.completed` (or the error event) was sent.
     pub fn is_complete(&self) -> bool {
         self.done

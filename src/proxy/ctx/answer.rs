@@ -1,11 +1,14 @@
 //! The answer part of a request: the response tap, the first token's time, and how the answer ended.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::RequestCtx;
 use crate::dialect::relay::Relay;
+use crate::endpoints::ApiKind;
+use crate::routing::responses_ids::Origin;
 use crate::tap::ResponseTap;
 use crate::usage::TokenUsage;
 
@@ -26,6 +29,10 @@ pub(super) struct Answer {
     first_token: Option<Duration>,
     /// The backend broke off its answer after the header reached the caller.
     cut_short: bool,
+    /// The backend's status is a success (2xx).
+    ok: bool,
+    /// A Responses API answer's id was handed out for remembering.
+    id_noted: bool,
 }
 
 impl Answer {
@@ -52,8 +59,10 @@ impl Answer {
 impl RequestCtx {
     /// The answer's head is accepted: its body goes through `tap`, then `relay` when it is translated.
     /// `sse`: the caller gets a stream.
-    pub fn answer_with(&mut self, tap: ResponseTap, relay: Option<Relay>, sse: bool) {
+    /// `ok`: the backend's status is a success.
+    pub fn answer_with(&mut self, tap: ResponseTap, relay: Option<Relay>, sse: bool, ok: bool) {
         self.answer.sse = sse;
+        self.answer.ok = ok;
         self.answer.tap = Some(Box::new(tap));
         self.answer.relay = relay.map(Box::new);
     }
@@ -138,6 +147,10 @@ impl RequestCtx {
     /// The usage the backend reported: read by the relay when the answer is in another dialect than chat's
     /// (an Anthropic backend's), else by the tap.
     pub fn reported_usage(&self) -> Option<TokenUsage> {
+        if self.kind() == ApiKind::StoredResponse {
+            // A stored response fetched again carries the usage of its making, which was counted then.
+            return None;
+        }
         match self.answer.relay.as_deref() {
             Some(relay) => relay.usage(),
             None => self.answer.tap().and_then(|t| t.usage()),
@@ -152,6 +165,24 @@ impl RequestCtx {
             Some(relay) => relay.delivered(sent),
             None => self.answer.tap().is_some_and(|t| t.delivered(sent)),
         }
+    }
+
+    /// A successful Responses API answer's id, once, as soon as it is seen: with who made it (the client, or
+    /// the gateway translating a chat answer) and the model the caller asked for.
+    pub fn new_response_id(&mut self) -> Option<(String, Origin, String)> {
+        if self.answer.id_noted || !self.answer.ok || self.kind() != ApiKind::Responses {
+            return None;
+        }
+        let (id, origin) = match self.answer.relay.as_deref() {
+            Some(relay) => (relay.response_id()?.to_owned(), Origin::Translated),
+            None => {
+                let id = self.answer.tap()?.response_id()?.to_owned();
+                let name = Arc::from(self.client()?.name.as_str());
+                (id, Origin::Client(name))
+            }
+        };
+        self.answer.id_noted = true;
+        Some((id, origin, self.model().to_owned()))
     }
 
     /// Notes that the backend broke off an answer whose header already reached the caller.

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use super::RequestCtx;
 use crate::balance::InFlight;
 use crate::config::{Client, Protocol};
-use crate::dialect::anthropic::{chat_to_messages, ToMessages};
+use crate::dialect::anthropic::{chat_to_messages, ToChat, ToMessages};
+use crate::dialect::responses::responses_to_chat;
 use crate::endpoints::ApiKind;
 use crate::error::GatewayError;
 use crate::failover::attempt::{Broke, Verdict};
@@ -35,6 +36,9 @@ pub(super) struct Outgoing {
     in_flight: Option<InFlight>,
     /// The API the body sent calls: the caller's, or chat completions for a translated request.
     kind: Option<ApiKind>,
+    /// Why the next attempt could not be made with this request (it does not translate for its backend):
+    /// the caller's answer when nothing else is.
+    refused: Option<GatewayError>,
 }
 
 /// A chat completions request as a Messages request for `client` (its `max_tokens` cap, else 4096, when the
@@ -51,15 +55,19 @@ pub fn chat_as_messages(
     Ok((messages, info))
 }
 
+/// A Responses API request as a chat completions request, and what that body says.
+pub fn responses_as_chat(body: &[u8]) -> Result<(Bytes, RequestInfo), GatewayError> {
+    let chat = Bytes::from(responses_to_chat(body, &ToChat::default())?);
+    let info = crate::request::inspect(&chat)?;
+    Ok((chat, info))
+}
+
 impl RequestCtx {
     /// Moves the attempts on (the first candidate, the same one after a stale connection, the next one or a
     /// fallback's after a failure) and readies the body for it. `None`: nothing is left to try.
     pub fn next_attempt(&mut self) -> Result<Option<Candidate>, GatewayError> {
-        let (Some(rt), Some(attempt), Some(info)) = (
-            self.admission.runtime.as_ref(),
-            self.attempt.as_mut(),
-            self.admission.info.as_ref(),
-        ) else {
+        let (Some(rt), Some(attempt)) = (self.admission.runtime.as_ref(), self.attempt.as_mut())
+        else {
             return Err(GatewayError::Internal("request not routed".into()));
         };
         let reconnect = attempt.step() == crate::failover::attempt::Step::RetrySame;
@@ -67,54 +75,91 @@ impl RequestCtx {
             return Ok(None);
         };
         if !reconnect {
-            let fallback = attempt.fallback_model();
-            let protocol = cand.client.protocol;
-            // A chat request to an anthropic backend: its translation depends on the client's cap.
-            let to_messages = match (self.admission.kind, protocol) {
-                (ApiKind::Chat, Protocol::Anthropic) => {
-                    Some(chat_as_messages(&self.admission.body, &cand.client)?)
-                }
-                _ => None,
-            };
-            // Per-backend rewriting applies after translation, in the backend's dialect.
-            let (body, info, kind, encoded) = match (&to_messages, &self.admission.chat, protocol) {
-                (Some((body, info)), _, _) => (body, info, ApiKind::Messages, None),
-                (None, Some(chat), Protocol::OpenAi) => {
-                    (&chat.body, &chat.info, ApiKind::Chat, None)
-                }
-                // A Messages request that did not translate (kept for an anthropic backend) never reaches
-                // an openai one as it is.
-                (None, None, Protocol::OpenAi) if self.admission.kind == ApiKind::Messages => {
-                    return Err(GatewayError::InvalidRequest(format!(
-                        "this Messages request could not be translated for backend {}",
-                        cand.client.name
-                    )));
-                }
-                _ => (
-                    &self.admission.body,
-                    info,
-                    self.admission.kind,
-                    self.admission.encoded.as_ref(),
-                ),
-            };
-            let rewritten = rewrite::rewrite(body, info, &cand.client, kind, fallback);
-            // A compressed request goes as it came unless the gateway changed (or translated) it.
-            let sends_encoded = rewritten.is_none() && encoded.is_some();
-            self.outgoing.decoded = self.admission.encoded.is_some() && !sends_encoded;
-            self.outgoing.kind = Some(kind);
-            self.outgoing.body = match (rewritten, encoded) {
-                (Some(rewritten), _) => rewritten,
-                (None, Some(encoded)) => encoded.clone(),
-                (None, None) => body.clone(),
-            };
-            self.outgoing.model =
-                Some(rewrite::upstream_model(info, &cand.client, fallback).to_owned());
+            let to_chat = self.needs_chat(&cand.client)?;
+            self.ready_body(&cand.client, to_chat)?;
         }
         self.outgoing.pending = true;
         // The previous attempt's count ends here.
         self.outgoing.in_flight = Some(cand.load.start());
         self.answer.clear();
         Ok(Some(cand))
+    }
+
+    /// Whether the attempt to `client` sends the request as chat completions (a Messages request to an
+    /// openai backend, a Responses one to a client that translates it), with the translation made when it
+    /// does. A request that must but does not translate is refused: it never reaches that backend as it is.
+    fn needs_chat(&mut self, client: &Client) -> Result<bool, GatewayError> {
+        let to_chat = match (self.admission.kind, client.protocol) {
+            (ApiKind::Messages, Protocol::OpenAi) => true,
+            (ApiKind::Responses, _) => client.translates_responses(),
+            _ => false,
+        };
+        if !to_chat || self.admission.chat.is_some() {
+            return Ok(to_chat);
+        }
+        let refusal = match self.admission.kind {
+            // Not translated at admission (no first-choice client translates it, or it does not translate):
+            // a fallback's client does, or this says why it cannot.
+            ApiKind::Responses => match responses_as_chat(&self.admission.body) {
+                Ok((body, info)) => {
+                    self.admission.chat = Some(Box::new(super::ChatRequest { body, info }));
+                    return Ok(true);
+                }
+                Err(e) => e,
+            },
+            // Kept untranslated for an anthropic backend.
+            _ => GatewayError::InvalidRequest(format!(
+                "this Messages request could not be translated for backend {}",
+                client.name
+            )),
+        };
+        self.outgoing.refused = Some(refusal.clone());
+        Err(refusal)
+    }
+
+    /// The body, API and model the attempt to `client` sends: the request's, its chat translation
+    /// (`to_chat`), or a chat request's Messages translation, rewritten for the client in its dialect.
+    fn ready_body(&mut self, client: &Client, to_chat: bool) -> Result<(), GatewayError> {
+        let (Some(attempt), Some(info)) = (self.attempt.as_ref(), self.admission.info.as_ref())
+        else {
+            return Err(GatewayError::Internal("request not routed".into()));
+        };
+        let fallback = attempt.fallback_model();
+        // A chat request to an anthropic backend: its translation depends on the client's cap.
+        let to_messages = match (self.admission.kind, client.protocol) {
+            (ApiKind::Chat, Protocol::Anthropic) => {
+                Some(chat_as_messages(&self.admission.body, client)?)
+            }
+            _ => None,
+        };
+        let (body, info, kind, encoded) = match (&to_messages, &self.admission.chat, to_chat) {
+            (Some((body, info)), _, _) => (body, info, ApiKind::Messages, None),
+            (None, Some(chat), true) => (&chat.body, &chat.info, ApiKind::Chat, None),
+            (None, None, true) => return Err(GatewayError::Internal("no chat translation".into())),
+            _ => (
+                &self.admission.body,
+                info,
+                self.admission.kind,
+                self.admission.encoded.as_ref(),
+            ),
+        };
+        // Per-backend rewriting applies after translation, in the backend's dialect; a request about a
+        // stored response is no model request: nothing in it to rewrite.
+        let rewritten = match kind {
+            ApiKind::StoredResponse => None,
+            _ => rewrite::rewrite(body, info, client, kind, fallback),
+        };
+        // A compressed request goes as it came unless the gateway changed (or translated) it.
+        let sends_encoded = rewritten.is_none() && encoded.is_some();
+        self.outgoing.decoded = self.admission.encoded.is_some() && !sends_encoded;
+        self.outgoing.kind = Some(kind);
+        self.outgoing.body = match (rewritten, encoded) {
+            (Some(rewritten), _) => rewritten,
+            (None, Some(encoded)) => encoded.clone(),
+            (None, None) => body.clone(),
+        };
+        self.outgoing.model = Some(rewrite::upstream_model(info, client, fallback).to_owned());
+        Ok(())
     }
 
     /// The API the current attempt calls upstream (the caller's until an attempt starts).
@@ -125,6 +170,11 @@ impl RequestCtx {
     /// The current attempt translates: it calls another API than the caller's.
     pub fn translates(&self) -> bool {
         self.upstream_kind() != self.admission.kind
+    }
+
+    /// Why no further attempt could be made with this request, if that is how it ended.
+    pub fn refusal(&self) -> Option<&GatewayError> {
+        self.outgoing.refused.as_ref()
     }
 
     /// The current attempt sends a compressed request's body decoded (its `Content-Encoding` must go).

@@ -131,3 +131,35 @@ fn a_body_that_is_not_json_is_let_go_at_its_first_byte() {
     );
     assert_eq!(r.usage.unwrap().total, Some(7));
 }
+
+#[test]
+fn a_responses_answer_gives_its_id_and_others_do_not() {
+    let feed = |kind, sse, text: &str| {
+        let mut tap = ResponseTap::new(opts(kind, sse));
+        tap.feed(Bytes::copy_from_slice(text.as_bytes()));
+        tap.finish();
+        tap.response_id().map(str::to_owned)
+    };
+    let body = r#"{"id":"resp_1","object":"response","model":"o4","output":[],"usage":null}"#;
+    assert_eq!(
+        feed(ApiKind::Responses, false, body).as_deref(),
+        Some("resp_1")
+    );
+    let chat = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"m","choices":[]}"#;
+    assert_eq!(feed(ApiKind::Chat, false, chat), None);
+    let created = r#"{"type":"response.created","response":{"id":"resp_s","model":"o4"}}"#;
+    let later = r#"{"type":"response.completed","response":{"id":"resp_other","model":"o4"}}"#;
+    let stream = format!(
+        "event: response.created\ndata: {created}\n\nevent: response.completed\ndata: {later}\n\n"
+    );
+    assert_eq!(
+        feed(ApiKind::Responses, true, &stream).as_deref(),
+        Some("resp_s")
+    );
+    let long = format!(r#"{{"id":"{}","object":"response"}}"#, "r".repeat(200));
+    assert_eq!(
+        feed(ApiKind::Responses, false, &long),
+        None,
+        "too long to be an id"
+    );
+}
