@@ -442,3 +442,25 @@ async fn the_first_event_reaches_the_caller_before_the_backend_sends_the_rest() 
     assert!(seen.contains("event: response.completed\n"), "{seen}");
     eprintln!("first translated event after {first:?} (request start to caller)");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_the_backend_cuts_ends_with_a_responses_error_event() {
+    let mock = Mock::start_with("cut", Behavior::StreamThenAbort { events: 2 }).await;
+    let gw = Gateway::start(&json!({ "openai_clients": [translating("a", &mock)] })).await;
+    let resp = send_json(&gw.url("/v1/responses"), &request(true), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let events = read_events(resp).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"response.created"), "{names:?}");
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error", "{names:?}");
+    assert_eq!(data["type"], "error");
+    assert_eq!(data["code"], "upstream_error");
+    assert!(
+        data["message"]
+            .as_str()
+            .unwrap()
+            .contains("backend failed mid-response"),
+        "{data}"
+    );
+}

@@ -18,6 +18,15 @@ pub use stream::ChatToResponsesStream;
 use crate::tokens::TokenUsage;
 use serde_json::{json, Value};
 
+/// The event that ends a Responses stream the backend broke off (`event: error`, as OpenAI sends it), which the
+/// SDKs surface as an error event; the caller's own code, as a chat stream's error event carries it.
+pub fn error_event(message: &str, code: &str) -> bytes::Bytes {
+    let event = json!({
+        "type": "error", "code": code, "message": message, "param": null, "sequence_number": 0,
+    });
+    bytes::Bytes::from(format!("event: error\ndata: {event}\n\n"))
+}
+
 /// The Responses `usage` object for counts in OpenAI's meaning.
 fn usage_json(u: &TokenUsage) -> Value {
     let input = u.prompt.unwrap_or(0);

@@ -9,7 +9,8 @@ use pingora::{Error, ErrorSource};
 use super::attempt::describe;
 use super::caller::{caller_ip, socket_ip};
 use super::{respond, stored, Gateway, RequestCtx};
-use crate::dialect::anthropic;
+use crate::dialect::{anthropic, responses};
+use crate::endpoints::ApiKind;
 use crate::error::GatewayError;
 use crate::escape;
 use crate::logging::ACCESS_TARGET as LOG;
@@ -66,9 +67,10 @@ async fn cut(session: &mut Session, e: &Error, ctx: &mut RequestCtx, caller_gone
     if !caller_gone {
         ctx.answer_cut_short();
         if ctx.is_stream_answer() {
-            let event = match ctx.kind().speaks_anthropic() {
-                true => anthropic::error::event(502, &why),
-                false => ResponseTap::error_event(&why, "upstream_error"),
+            let event = match ctx.kind() {
+                kind if kind.speaks_anthropic() => anthropic::error::event(502, &why),
+                ApiKind::Responses => responses::error_event(&why, "upstream_error"),
+                _ => ResponseTap::error_event(&why, "upstream_error"),
             };
             if let Err(write) = session.write_response_body(Some(event), true).await {
                 log::debug!(target: LOG, "could not send the error event: {write}");
