@@ -311,3 +311,62 @@ async fn a_messages_body_that_does_not_translate_never_reaches_an_openai_backend
     assert_eq!(ant.count(), 1);
     assert_eq!(openai.count(), 0, "no Messages body sent to a chat backend");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_callers_reach_an_anthropic_backend_through_chat_and_back() {
+    let mock = anthropic_mock().await;
+    let db = tempfile::tempdir().unwrap();
+    let clients = vec![anthropic_client(&mock, json!({}))];
+    let gw = Gateway::start(&usage_config(clients, db.path(), json!({}))).await;
+    let request = json!({"model": "claude-x", "instructions": "Be brief.", "input": "Hi",
+        "max_output_tokens": 40});
+    let r = post_with(&gw, "/v1/responses", &request, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["output"][0]["content"][0]["text"], "Hi there");
+    assert_eq!(v["usage"]["input_tokens"], 16);
+    let sent = mock.single();
+    assert_eq!(sent.uri, "/v1/messages");
+    assert_eq!(sent.header("x-api-key"), Some(BACKEND_KEY));
+    let body = sent.json();
+    assert_eq!(body["system"], "Be brief.");
+    assert_eq!(body["max_tokens"], 40);
+    assert_eq!(body["messages"], json!([{"role": "user", "content": "Hi"}]));
+
+    let mut stream = request.clone();
+    stream["stream"] = json!(true);
+    let resp = send_json(&gw.url("/v1/responses"), &stream, &[]).await;
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = read_all(resp).await;
+    let events: Vec<(&str, Value)> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            (name, serde_json::from_str(data).unwrap())
+        })
+        .collect();
+    assert_eq!(events[0].0, "response.created", "{text}");
+    let delta: String = events
+        .iter()
+        .filter(|(n, _)| *n == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(delta, "Hello!");
+    let (last, done) = events.last().unwrap();
+    assert_eq!(*last, "response.completed", "{text}");
+    assert_eq!(done["response"]["usage"]["input_tokens"], 38);
+    assert_eq!(done["response"]["usage"]["output_tokens"], 15);
+    let rows = crate::common::records::wait_rows(db.path(), 2).await;
+    assert!(rows.iter().all(|r| r.kind.as_deref() == Some("responses")));
+    assert_eq!(
+        (rows[1].prompt_tokens, rows[1].completion_tokens),
+        (Some(38), Some(15))
+    );
+    assert_eq!(rows[1].cache_write_tokens, Some(3), "the Messages usage's cache writes");
+}

@@ -267,9 +267,10 @@ pub enum ResponsesMode {
 }
 
 impl Client {
-    /// A Responses API request goes to this backend translated to chat completions.
+    /// A Responses API request goes to this backend translated to chat completions (for an anthropic backend,
+    /// then on to Messages).
     pub fn translates_responses(&self) -> bool {
-        self.protocol == Protocol::OpenAi && self.responses == ResponsesMode::Translate
+        self.protocol == Protocol::Anthropic || self.responses == ResponsesMode::Translate
     }
 
     /// The model name this client sends upstream for `requested`: a fallback model being served, else the

@@ -39,6 +39,10 @@ enum How {
     ResponsesBody { held: BytesMut, created: i64 },
     /// A chat completions stream becomes Responses events.
     ResponsesStream(Box<ChatToResponsesStream>),
+    /// A Messages answer (JSON) becomes a Responses API `response`, through its chat completion.
+    MessagesResponseBody { held: BytesMut, created: i64 },
+    /// A Messages event stream becomes Responses events, through chat chunks, event by event.
+    MessagesResponseStream(Box<(MessagesToChatStream, ChatToResponsesStream)>),
 }
 
 /// What the relay is given to decide how an answer goes to the caller.
@@ -98,6 +102,17 @@ impl Relay {
                 How::Messages(Box::new(MessagesReader::new(ok && head.sse)))
             }
             // A chat backend's error is already in OpenAI's shape, which a Responses caller reads.
+            (ApiKind::Responses, ApiKind::Messages) => match (ok, head.sse) {
+                (false, _) => How::AnthropicError(BytesMut::new()),
+                (true, true) => How::MessagesResponseStream(Box::new((
+                    MessagesToChatStream::new(head.created, true),
+                    ChatToResponsesStream::new(head.created),
+                ))),
+                (true, false) => How::MessagesResponseBody {
+                    held: BytesMut::new(),
+                    created: head.created,
+                },
+            },
             (ApiKind::Responses, ApiKind::Chat) => match (ok, head.sse) {
                 (false, _) => return None,
                 (true, true) => {
@@ -128,7 +143,10 @@ impl Relay {
     pub fn is_stream(&self) -> bool {
         matches!(
             self.how,
-            How::ChatStream(_) | How::MessagesStream(_) | How::ResponsesStream(_)
+            How::ChatStream(_)
+                | How::MessagesStream(_)
+                | How::ResponsesStream(_)
+                | How::MessagesResponseStream(_)
         )
     }
 
@@ -137,7 +155,8 @@ impl Relay {
         let out = match &mut self.how {
             How::ChatBody(held)
             | How::MessagesBody { held, .. }
-            | How::ResponsesBody { held, .. } => {
+            | How::ResponsesBody { held, .. }
+            | How::MessagesResponseBody { held, .. } => {
                 if held.len().saturating_add(chunk.len()) > BODY_CAP {
                     return Err(DialectError::BadAnswer(format!(
                         "the answer is over {BODY_CAP} bytes"
@@ -170,6 +189,16 @@ impl Relay {
                 stream.feed(&chunk, &mut out)?;
                 self.usage = stream.usage();
                 let complete = stream.is_complete();
+                return Ok(self.hand_on(Bytes::from(out), complete));
+            }
+            How::MessagesResponseStream(streams) => {
+                let (messages, responses) = &mut **streams;
+                let (mut chat, mut out) = (Vec::new(), Vec::new());
+                messages.feed(&chunk, &mut chat)?;
+                responses.feed(&chat, &mut out)?;
+                // The first stage's usage: it has the cache writes, which chat's usage has no field for.
+                self.usage = messages.usage();
+                let complete = responses.is_complete();
                 return Ok(self.hand_on(Bytes::from(out), complete));
             }
             How::Messages(reader) => {
@@ -228,6 +257,28 @@ impl Relay {
                 self.usage = stream.usage();
                 out
             }
+            How::MessagesResponseBody { held, created } => {
+                match messages_response(held, *created) {
+                    Ok((body, usage)) => {
+                        self.usage = reported(usage);
+                        self.response_id = serde_json::from_slice::<Id>(&body).ok().map(|r| r.id);
+                        body
+                    }
+                    Err(e) => openai_error(&e.to_string()),
+                }
+            }
+            How::MessagesResponseStream(streams) => {
+                let (messages, responses) = &mut **streams;
+                let (mut chat, mut out) = (Vec::new(), Vec::new());
+                messages.finish(&mut chat);
+                // What the first stage still held goes through the second before it ends.
+                if let Err(e) = responses.feed(&chat, &mut out) {
+                    log::debug!("the end of a translated stream did not translate: {e}");
+                }
+                responses.finish(&mut out);
+                self.usage = messages.usage();
+                out
+            }
             How::Messages(reader) => {
                 reader.finish();
                 self.usage = reader.usage();
@@ -263,6 +314,7 @@ impl Relay {
     pub fn response_id(&self) -> Option<&str> {
         match &self.how {
             How::ResponsesStream(stream) => stream.response_id(),
+            How::MessagesResponseStream(streams) => streams.1.response_id(),
             _ => self.response_id.as_deref(),
         }
     }
@@ -286,6 +338,14 @@ impl Relay {
 #[derive(serde::Deserialize)]
 struct Id {
     id: String,
+}
+
+/// A Messages answer as a Responses `response`, through its chat completion; the usage is the Messages
+/// answer's (with its cache writes).
+fn messages_response(held: &[u8], created: i64) -> Result<(Vec<u8>, TokenUsage), DialectError> {
+    let (chat, usage) = messages_answer_to_chat(held, created)?;
+    let (response, _) = chat_answer_to_response(&chat, created)?;
+    Ok((response, usage))
 }
 
 /// A whole answer's usage, unless it had none (its counts all absent): then the gateway counts the tokens.

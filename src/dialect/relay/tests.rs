@@ -233,3 +233,49 @@ fn a_chat_completion_becomes_a_response_and_an_error_passes_as_it_is() {
         assert!(responses(status, false).is_none());
     }
 }
+
+#[test]
+fn a_messages_stream_becomes_responses_events_through_chat_at_any_split() {
+    let sse = include_str!("../anthropic/fixtures/messages_stream_text.sse");
+    for split in [1, 7, 64, sse.len()] {
+        let mut r =
+            Relay::for_answer(head(ApiKind::Responses, ApiKind::Messages, 200, true)).unwrap();
+        assert!(r.rewrites() && r.is_stream());
+        let mut out = Vec::new();
+        for piece in sse.as_bytes().chunks(split) {
+            out.extend_from_slice(&r.feed(Bytes::copy_from_slice(piece)).unwrap());
+        }
+        out.extend_from_slice(&r.finish());
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.starts_with("event: response.created\n"), "{text}");
+        assert!(text.contains("\"delta\":\"Hello\""), "{text}");
+        let last = text.trim_end().rsplit("\n\n").next().unwrap();
+        assert!(last.starts_with("event: response.completed\n"), "{last}");
+        assert!(last.contains("\"input_tokens\":25"), "{last}");
+        assert!(r.delivered(out.len() as u64), "split {split}");
+        assert!(r.response_id().is_some());
+        let u = r.usage().unwrap();
+        assert_eq!((u.prompt, u.completion), (Some(25), Some(15)));
+    }
+}
+
+#[test]
+fn a_messages_answer_becomes_a_response_and_its_error_openais() {
+    let mut r = Relay::for_answer(head(ApiKind::Responses, ApiKind::Messages, 200, false)).unwrap();
+    let body = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "c",
+        "content": [{"type": "text", "text": "yo"}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 2, "output_tokens": 3, "cache_creation_input_tokens": 4}});
+    assert!(r.feed(Bytes::from(body.to_string())).unwrap().is_empty());
+    let v: Value = serde_json::from_slice(&r.finish()).unwrap();
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["output"][0]["content"][0]["text"], "yo");
+    assert_eq!(r.response_id(), v["id"].as_str());
+    let u = r.usage().unwrap();
+    assert_eq!((u.prompt, u.cache_write), (Some(6), Some(4)));
+
+    let mut r = Relay::for_answer(head(ApiKind::Responses, ApiKind::Messages, 529, false)).unwrap();
+    let err = json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}});
+    r.feed(Bytes::from(err.to_string())).unwrap();
+    let v: Value = serde_json::from_slice(&r.finish()).unwrap();
+    assert_eq!(v["error"]["message"], "busy");
+}

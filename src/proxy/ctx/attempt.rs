@@ -130,6 +130,11 @@ impl RequestCtx {
             (ApiKind::Chat, Protocol::Anthropic) => {
                 Some(chat_as_messages(&self.admission.body, client)?)
             }
+            // A Responses request to an anthropic backend: through its chat translation (see needs_chat).
+            (ApiKind::Responses, Protocol::Anthropic) => match &self.admission.chat {
+                Some(chat) => Some(chat_as_messages(&chat.body, client)?),
+                None => return Err(GatewayError::Internal("no chat translation".into())),
+            },
             _ => None,
         };
         let (body, info, kind, encoded) = match (&to_messages, &self.admission.chat, to_chat) {
