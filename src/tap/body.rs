@@ -1,7 +1,7 @@
 //! The whole-body side of the tap: passes a body on (or holds it for the prefix) and reads it at its end.
 
 use super::keys;
-use super::wire::Envelope;
+use super::wire::{self, Envelope};
 use super::{concat, prefix, ResponseTap};
 use crate::endpoints::ApiKind;
 use bytes::Bytes;
@@ -94,6 +94,9 @@ impl ResponseTap {
         if !self.holding {
             return Vec::new();
         }
+        if self.opts.kind == ApiKind::Messages {
+            return messages_prefix_offset(&env, text).into_iter().collect();
+        }
         let completions = self.opts.kind == ApiKind::Completions;
         let strings = env.choices.iter().flatten().filter_map(|c| {
             if completions {
@@ -115,4 +118,11 @@ impl ResponseTap {
         }
         self.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
+}
+
+/// Where the prefix goes in a Messages body: its first `text` block with at least one character.
+fn messages_prefix_offset(env: &Envelope, text: &str) -> Option<usize> {
+    let blocks = serde_json::from_str::<Vec<wire::TextBlock>>(env.content?.get()).ok()?;
+    let first = blocks.iter().find_map(|b| b.text_of("text"))?;
+    prefix::string_start(text, first)
 }
