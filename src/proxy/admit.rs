@@ -16,7 +16,7 @@ use crate::accounting;
 use crate::auth::Auth;
 use crate::balance;
 use crate::config::{Protocol, UsageSettings};
-use crate::dialect::anthropic::{messages_to_chat, ToChat};
+use crate::dialect::anthropic::{messages_to_chat, strip_unsigned_thinking, ToChat};
 use crate::endpoints::{classify, normalize_path, ApiKind, Endpoint};
 use crate::error::GatewayError;
 use crate::failover::attempt::Attempt;
@@ -271,11 +271,17 @@ async fn route(
         }
         // Translated once for every openai backend (a fallback model's too); one an anthropic backend can
         // take as it is goes on untranslated when it does not translate.
-        (ApiKind::Messages, _) => match to_chat(ctx.body()) {
-            Ok((chat, info)) => ctx.translated_to_chat(chat, info),
-            Err(e) if anthropic.is_none() => return Err(e),
-            Err(_) => {}
-        },
+        (ApiKind::Messages, _) => {
+            match to_chat(ctx.body()) {
+                Ok((chat, info)) => ctx.translated_to_chat(chat, info),
+                Err(e) if anthropic.is_none() => return Err(e),
+                Err(_) => {}
+            }
+            let stripped = anthropic.and_then(|_| strip_unsigned_thinking(ctx.body()));
+            if let Some(stripped) = stripped {
+                ctx.set_anthropic_body(Bytes::from(stripped));
+            }
+        }
         _ => {}
     }
     let max_hops = rt.config.failover.max_fallback_hops;

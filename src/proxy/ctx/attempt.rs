@@ -76,6 +76,12 @@ impl RequestCtx {
                 }
                 _ => None,
             };
+            // The caller's own body (and its compressed bytes), or the one without the thinking blocks an
+            // anthropic backend would refuse.
+            let own = match (&self.admission.for_anthropic, protocol) {
+                (Some(stripped), Protocol::Anthropic) => (stripped, None),
+                _ => (&self.admission.body, self.admission.encoded.as_ref()),
+            };
             // Per-backend rewriting applies after translation, in the backend's dialect.
             let (body, info, kind, encoded) = match (&to_messages, &self.admission.chat, protocol) {
                 (Some((body, info)), _, _) => (body, info, ApiKind::Messages, None),
@@ -90,12 +96,7 @@ impl RequestCtx {
                         cand.client.name
                     )));
                 }
-                _ => (
-                    &self.admission.body,
-                    info,
-                    self.admission.kind,
-                    self.admission.encoded.as_ref(),
-                ),
+                _ => (own.0, info, self.admission.kind, own.1),
             };
             let rewritten = rewrite::rewrite(body, info, &cand.client, kind, fallback);
             // A compressed request goes as it came unless the gateway changed (or translated) it.
