@@ -29,7 +29,7 @@ pub fn rewrite(
     }
     let mut obj = serde_json::from_slice::<Object>(body).ok()?;
     // extra_body first: it fills in what the caller left out, and the rules below then apply to it too.
-    let mut changed = add_missing(&mut obj, plan.extra);
+    let mut changed = plan.extra.is_some_and(|extra| add_missing(&mut obj, extra));
     if let Some(model) = plan.model {
         changed |= obj.set("model", Value::from(model).to_string());
     }
@@ -59,7 +59,8 @@ struct Plan<'a> {
     /// `stop`, or Messages' `stop_sequences`.
     stop_field: &'static str,
     cap: Option<u64>,
-    extra: &'a Map<String, Value>,
+    /// None for count_tokens, which takes no sampling fields (Anthropic refuses unknown ones).
+    extra: Option<&'a Map<String, Value>>,
     /// Set only when it differs from the requested model.
     model: Option<&'a str>,
     usage: bool,
@@ -87,7 +88,8 @@ impl<'a> Plan<'a> {
             stop,
             stop_field,
             cap: client.max_tokens.filter(|_| !cap_fields(kind).is_empty()),
-            extra: &client.extra_body,
+            extra: Some(&client.extra_body)
+                .filter(|extra| !extra.is_empty() && kind != ApiKind::CountTokens),
             model: (model != info.model).then_some(model),
             usage: kind.streams_usage_option() && info.stream && !info.include_usage,
         }
@@ -96,7 +98,7 @@ impl<'a> Plan<'a> {
     fn is_empty(&self) -> bool {
         self.stop.is_empty()
             && self.cap.is_none()
-            && self.extra.is_empty()
+            && self.extra.is_none()
             && self.model.is_none()
             && !self.usage
     }

@@ -9,6 +9,7 @@ mod common;
 
 mod admin;
 mod anthropic;
+mod anthropic_count;
 mod anthropic_requests;
 mod auth;
 mod balancing;

@@ -64,15 +64,20 @@ pub(super) async fn admit(
     if let Err((e, headers)) = limit(gw, ctx, &rt).await {
         return reject(session, ctx, e, &headers).await;
     }
-    if ctx.kind() == ApiKind::CountTokens {
+    let upstream_counts = ctx
+        .attempt()
+        .and_then(|a| a.current())
+        .is_some_and(|c| c.client.protocol == Protocol::Anthropic);
+    if ctx.kind() == ApiKind::CountTokens && !upstream_counts {
         return count_tokens(gw, session, ctx, &rt).await;
     }
     Ok(false)
 }
 
-/// Anthropic's `count_tokens`, answered by the gateway: the request translated to chat, its prompt counted
-/// with OpenAI's tokenizers (an estimate for other models), `{"input_tokens": N}`.
-async fn count_tokens(
+/// Anthropic's `count_tokens` answered by the gateway (the model's first backend is not an anthropic one, or
+/// every anthropic one failed): the request translated to chat, its prompt counted with OpenAI's tokenizers
+/// (an estimate for other models), `{"input_tokens": N}`.
+pub(super) async fn count_tokens(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -254,7 +259,7 @@ async fn route(
     let affinity = &rt.config.routing.affinity;
     let headers = &session.req_header().headers;
     let body = ctx.body();
-    let (candidates, key) = rt.router.candidates(&model, || {
+    let (mut candidates, key) = rt.router.candidates(&model, || {
         balance::affinity_key(&affinity.keys, headers, body, &model, affinity.prefix_bytes)
     });
     ctx.set_affinity(key);
@@ -277,14 +282,20 @@ async fn route(
                 Err(e) if anthropic.is_none() => return Err(e),
                 Err(_) => {}
             }
-            let stripped = anthropic.and_then(|_| strip_unsigned_thinking(ctx.body()));
-            if let Some(stripped) = stripped {
-                ctx.set_anthropic_body(Bytes::from(stripped));
-            }
+            strip_thinking(ctx);
         }
+        (ApiKind::CountTokens, Some(_)) => strip_thinking(ctx),
         _ => {}
     }
-    let max_hops = rt.config.failover.max_fallback_hops;
+    let mut max_hops = rt.config.failover.max_fallback_hops;
+    let first_counts = candidates
+        .first()
+        .is_some_and(|c| c.client.protocol == Protocol::Anthropic);
+    if kind == ApiKind::CountTokens && first_counts {
+        // Only anthropic backends count (the gateway's own count follows the last one): no fallback model.
+        candidates.retain(|c| c.client.protocol == Protocol::Anthropic);
+        max_hops = 0;
+    }
     let order = Attempts::new(&model, candidates, max_hops, ctx.key().cloned());
     if order.is_empty() {
         return Err(GatewayError::UpstreamModelNotAllowed {
@@ -294,6 +305,13 @@ async fn route(
     }
     ctx.route(Attempt::new(order));
     Ok(())
+}
+
+/// Anthropic backends get a Messages (or count_tokens) request without the thinking blocks they refuse.
+fn strip_thinking(ctx: &mut RequestCtx) {
+    if let Some(stripped) = strip_unsigned_thinking(ctx.body()) {
+        ctx.set_anthropic_body(Bytes::from(stripped));
+    }
 }
 
 /// A Messages request body as a chat completions request, and what that says.

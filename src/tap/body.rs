@@ -5,6 +5,7 @@ use super::wire::{self, Envelope};
 use super::{concat, prefix, ResponseTap};
 use crate::endpoints::ApiKind;
 use bytes::Bytes;
+use serde_json::value::RawValue;
 
 impl ResponseTap {
     pub(super) fn feed_body(&mut self, chunk: Bytes) -> Bytes {
@@ -80,6 +81,15 @@ impl ResponseTap {
         let Ok(text) = std::str::from_utf8(body) else {
             return Vec::new();
         };
+        if self.opts.kind == ApiKind::CountTokens {
+            // Anthropic's `{"input_tokens": N}`: the whole body is the count, of prompt tokens only.
+            let count = serde_json::from_str::<&RawValue>(text).ok();
+            self.note(count, None);
+            if let Some(usage) = &mut self.usage {
+                usage.total = usage.total.or(usage.prompt);
+            }
+            return Vec::new();
+        }
         if !self.holding {
             // Only usage and model are wanted: found without parsing the content between them.
             let model = keys::top_level(text, "model", keys::SearchFrom::Start);
