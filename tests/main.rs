@@ -10,6 +10,7 @@ mod common;
 mod admin;
 mod anthropic;
 mod anthropic_count;
+mod anthropic_ping;
 mod anthropic_requests;
 mod auth;
 mod balancing;
