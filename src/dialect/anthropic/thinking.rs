@@ -6,14 +6,30 @@
 //! answers 400. Such blocks are dropped; a turn left with no content goes too (Anthropic joins the turns that
 //! then follow each other).
 
+use std::borrow::Cow;
+
 use memchr::memmem;
+use serde::Deserialize;
 use serde_json::Value;
+
+use crate::dialect::json::TextOr;
 
 /// The body without the thinking blocks Anthropic would refuse; None when it has none (or is not a JSON
 /// object with `messages`): the body is then sent as received.
+///
+/// Claude Code's requests name `thinking` (its top-level setting, its own signed blocks): they are scanned
+/// through borrowed views that build nothing, and only a body with a block to drop is rebuilt.
 pub fn strip_unsigned_thinking(body: &[u8]) -> Option<Vec<u8>> {
     // Both block types end in `thinking"`: a body without it is never parsed.
     memmem::find(body, b"thinking\"")?;
+    let scan: Scan<'_> = serde_json::from_slice(body).ok()?;
+    let blocks = scan.messages?.into_iter().filter_map(|t| match t.content {
+        Some(TextOr::List(blocks)) => Some(blocks),
+        _ => None,
+    });
+    if !blocks.flatten().any(|b| b.refused()) {
+        return None;
+    }
     let mut req: Value = serde_json::from_slice(body).ok()?;
     let turns = req.get_mut("messages")?.as_array_mut()?;
     let mut changed = false;
@@ -28,6 +44,40 @@ pub fn strip_unsigned_thinking(body: &[u8]) -> Option<Vec<u8>> {
     });
     // preserve_order: the other fields keep their order.
     changed.then(|| serde_json::to_vec(&req).ok()).flatten()
+}
+
+/// What the scan reads of a request: each turn's blocks' type, signature and data.
+#[derive(Deserialize)]
+struct Scan<'a> {
+    #[serde(borrow)]
+    messages: Option<Vec<ScanTurn<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ScanTurn<'a> {
+    #[serde(borrow)]
+    content: Option<TextOr<'a, ScanBlock<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ScanBlock<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    signature: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
+}
+
+impl ScanBlock<'_> {
+    fn refused(&self) -> bool {
+        let signed = |s: &Option<Cow<'_, str>>| s.as_deref().is_some_and(|s| !s.is_empty());
+        match self.kind.as_deref() {
+            Some("thinking") => !signed(&self.signature),
+            Some("redacted_thinking") => !signed(&self.data),
+            _ => false,
+        }
+    }
 }
 
 /// A `thinking` block without a signature or a `redacted_thinking` one without data.
