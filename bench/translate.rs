@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use gpt_api::dialect::anthropic::{
     chat_answer_to_messages, chat_to_messages, messages_answer_to_chat, messages_to_chat,
-    ChatToMessagesStream, MessagesToChatStream, ToChat, ToMessages,
+    strip_unsigned_thinking, ChatToMessagesStream, MessagesToChatStream, ToChat, ToMessages,
 };
 use gpt_api::dialect::responses::{
     chat_answer_to_response, responses_to_chat, ChatToResponsesStream,
@@ -228,6 +228,26 @@ fn main() -> ExitCode {
         }
         let us = median_us(rounds, 2000, || f(input));
         println!("| {name} | {} | {out} | {us:.2} |", input.len());
+    }
+
+    println!();
+    println!("| thinking blocks checked for an anthropic backend | input bytes | output bytes | µs per request |");
+    println!("| --- | ---: | ---: | ---: |");
+    let big_req = sized(CLAUDE_CODE, 100_000, "/messages/0/content/1/text");
+    for (name, req) in [
+        ("Claude Code style", &messages_req),
+        ("the same, 100 KB", &big_req),
+    ] {
+        let signed = r#""signature":"EqQBCgIYAhIM""#;
+        let unsigned = String::from_utf8_lossy(req).replace(signed, r#""signature":"""#);
+        for (what, input) in [
+            ("signed: kept", req.as_slice()),
+            ("unsigned: dropped", unsigned.as_bytes()),
+        ] {
+            let f = || strip_unsigned_thinking(input).map_or(0, |o| o.len());
+            let us = median_us(rounds, 2000, f);
+            println!("| {name}, {what} | {} | {} | {us:.2} |", input.len(), f());
+        }
     }
 
     println!();

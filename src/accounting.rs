@@ -200,7 +200,9 @@ impl Accountant {
     fn close(&self, bill: Bill<'_>, counted: Option<TokenUsage>) -> Settled {
         let estimated = counted.is_some();
         let tokens = counted.or(bill.reported).unwrap_or_default();
-        let cost_usd = price_of(&bill).map(|p| cost(p, &tokens));
+        // Counting a prompt's tokens is free, whatever the count.
+        let priced = bill.kind != ApiKind::CountTokens;
+        let cost_usd = price_of(&bill).filter(|_| priced).map(|p| cost(p, &tokens));
         let cost = Usd::from_f64(cost_usd.unwrap_or(0.0));
         match (bill.reservation, bill.key) {
             (Some(reservation), _) => reservation.settle(cost),

@@ -29,11 +29,11 @@ pub fn rewrite(
     }
     let mut obj = serde_json::from_slice::<Object>(body).ok()?;
     // extra_body first: it fills in what the caller left out, and the rules below then apply to it too.
-    let mut changed = add_missing(&mut obj, plan.extra);
+    let mut changed = plan.extra.is_some_and(|extra| add_missing(&mut obj, extra));
     if let Some(model) = plan.model {
         changed |= obj.set("model", Value::from(model).to_string());
     }
-    changed |= merge_stop(&mut obj, plan.stop);
+    changed |= merge_stop(&mut obj, plan.stop_field, &plan.stop);
     if let Some(cap) = plan.cap {
         changed |= cap_tokens(&mut obj, cap, cap_fields(kind));
     }
@@ -54,10 +54,13 @@ pub fn upstream_model<'a>(
 
 /// The rules that apply to one request, decided without looking at the body.
 struct Plan<'a> {
-    /// Empty when there are none or the API has no `stop`.
-    stop: &'a [String],
+    /// The client's stop words; empty when there are none or the API has no stop field.
+    stop: Vec<&'a str>,
+    /// `stop`, or Messages' `stop_sequences`.
+    stop_field: &'static str,
     cap: Option<u64>,
-    extra: &'a Map<String, Value>,
+    /// None for count_tokens, which takes no sampling fields (Anthropic refuses unknown ones).
+    extra: Option<&'a Map<String, Value>>,
     /// Set only when it differs from the requested model.
     model: Option<&'a str>,
     usage: bool,
@@ -70,12 +73,23 @@ impl<'a> Plan<'a> {
         kind: ApiKind,
         model_override: Option<&'a str>,
     ) -> Self {
-        let has_stop = matches!(kind, ApiKind::Chat | ApiKind::Completions);
         let model = upstream_model(info, client, model_override);
+        let words = client.stop.iter().map(String::as_str);
+        let (stop, stop_field) = match kind {
+            ApiKind::Chat | ApiKind::Completions => (words.collect(), "stop"),
+            // Anthropic refuses an empty or whitespace-only stop sequence.
+            ApiKind::Messages => (
+                words.filter(|w| !w.trim().is_empty()).collect(),
+                "stop_sequences",
+            ),
+            _ => (Vec::new(), "stop"),
+        };
         Plan {
-            stop: if has_stop { &client.stop } else { &[] },
+            stop,
+            stop_field,
             cap: client.max_tokens.filter(|_| !cap_fields(kind).is_empty()),
-            extra: &client.extra_body,
+            extra: Some(&client.extra_body)
+                .filter(|extra| !extra.is_empty() && kind != ApiKind::CountTokens),
             model: (model != info.model).then_some(model),
             usage: kind.streams_usage_option() && info.stream && !info.include_usage,
         }
@@ -84,7 +98,7 @@ impl<'a> Plan<'a> {
     fn is_empty(&self) -> bool {
         self.stop.is_empty()
             && self.cap.is_none()
-            && self.extra.is_empty()
+            && self.extra.is_none()
             && self.model.is_none()
             && !self.usage
     }
@@ -115,13 +129,14 @@ fn add_missing(obj: &mut Object, extra: &Map<String, Value>) -> bool {
     changed
 }
 
-/// `stop` becomes the client's words then the caller's, without repeats. A caller's `stop` that is neither a
-/// string, a list of strings nor null is left for the backend to reject.
-fn merge_stop(obj: &mut Object, words: &[String]) -> bool {
+/// `field` (`stop`, or Messages' `stop_sequences`) becomes the client's words then the caller's, without
+/// repeats. A caller's value that is neither a string, a list of strings nor null is left for the backend to
+/// reject.
+fn merge_stop(obj: &mut Object, field: &str, words: &[&str]) -> bool {
     if words.is_empty() {
         return false;
     }
-    let caller = match obj.get("stop") {
+    let caller = match obj.get(field) {
         None => Some(Vec::new()),
         Some(raw) => parse_stop(raw),
     };
@@ -129,12 +144,16 @@ fn merge_stop(obj: &mut Object, words: &[String]) -> bool {
         return false;
     };
     let mut merged: Vec<&str> = Vec::with_capacity(words.len() + caller.len());
-    for word in words.iter().chain(&caller) {
-        if !merged.contains(&word.as_str()) {
+    for word in words
+        .iter()
+        .copied()
+        .chain(caller.iter().map(String::as_str))
+    {
+        if !merged.contains(&word) {
             merged.push(word);
         }
     }
-    obj.set_value("stop", &Value::from(merged))
+    obj.set_value(field, &Value::from(merged))
 }
 
 fn parse_stop(raw: &str) -> Option<Vec<String>> {

@@ -12,7 +12,7 @@ const BACKEND_KEY: &str = "sk-ant-backend-key-77";
 
 /// Anthropic's event sequence for a short text answer (from the Messages streaming docs), with cache reads and
 /// writes in its usage.
-fn anthropic_frames() -> Vec<String> {
+pub(crate) fn anthropic_frames() -> Vec<String> {
     let events = [
         json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
             "content": [], "model": "claude-x", "stop_reason": null, "stop_sequence": null,
@@ -33,14 +33,14 @@ fn anthropic_frames() -> Vec<String> {
         .collect()
 }
 
-fn anthropic_answer() -> Value {
+pub(crate) fn anthropic_answer() -> Value {
     json!({"id": "msg_2", "type": "message", "role": "assistant", "model": "claude-x",
         "content": [{"type": "text", "text": "Hi there"}], "stop_reason": "end_turn", "stop_sequence": null,
         "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 4,
             "output_tokens": 6}})
 }
 
-async fn anthropic_mock() -> Mock {
+pub(crate) async fn anthropic_mock() -> Mock {
     let mock = Mock::start("ant").await;
     mock.set_reply(Reply {
         body: Some(anthropic_answer().to_string()),
@@ -50,7 +50,7 @@ async fn anthropic_mock() -> Mock {
     mock
 }
 
-fn anthropic_client(mock: &Mock, extra: Value) -> Value {
+pub(crate) fn anthropic_client(mock: &Mock, extra: Value) -> Value {
     let mut c = client("ant", &mock.base_url(""), "exact", &["claude-x"]);
     c["protocol"] = json!("anthropic");
     c["api_key"] = json!(BACKEND_KEY);
@@ -62,12 +62,12 @@ fn anthropic_client(mock: &Mock, extra: Value) -> Value {
     c
 }
 
-fn messages_body(stream: bool) -> Value {
+pub(crate) fn messages_body(stream: bool) -> Value {
     json!({"model": "claude-x", "max_tokens": 50, "stream": stream,
         "messages": [{"role": "user", "content": "Hi"}]})
 }
 
-async fn read_all(resp: reqwest::Response) -> String {
+pub(crate) async fn read_all(resp: reqwest::Response) -> String {
     let mut text = String::new();
     let mut body = resp.bytes_stream();
     while let Some(piece) = tokio::time::timeout(std::time::Duration::from_secs(10), body.next())

@@ -9,6 +9,9 @@ mod common;
 
 mod admin;
 mod anthropic;
+mod anthropic_count;
+mod anthropic_ping;
+mod anthropic_requests;
 mod auth;
 mod balancing;
 mod bodies;

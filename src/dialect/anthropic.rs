@@ -10,6 +10,7 @@ pub mod error;
 mod messages;
 mod messages_stream;
 mod reader;
+mod thinking;
 mod to_chat;
 mod to_messages;
 
@@ -20,6 +21,7 @@ pub use answer::{chat_answer_to_messages, messages_answer_to_chat};
 pub use chat_stream::MessagesToChatStream;
 pub use messages_stream::ChatToMessagesStream;
 pub use reader::MessagesReader;
+pub use thinking::strip_unsigned_thinking;
 pub use to_chat::{messages_to_chat, ToChat};
 pub use to_messages::{chat_to_messages, ToMessages, DEFAULT_MAX_TOKENS};
 

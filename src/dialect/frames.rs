@@ -10,6 +10,8 @@ pub const EVENT_CAP: usize = 8 << 20;
 /// One event's joined `data` (its `event:` name repeats the JSON `type`, which is what the translators read).
 pub struct Event<'a> {
     pub data: Cow<'a, [u8]>,
+    /// A comment or an event without data or name: the backend's keep-alive (`data` is empty).
+    pub keep_alive: bool,
 }
 
 /// Splits a stream into events across reads: complete events are handed on from the read itself, only an
@@ -78,10 +80,8 @@ impl Frames {
 fn call<E>(raw: &[u8], each: &mut impl FnMut(Event<'_>) -> Result<(), E>) -> Result<(), E> {
     let fields = Fields::parse(raw);
     let data = fields.data();
-    if data.is_empty() && fields.name.is_none() {
-        return Ok(()); // a comment or keep-alive
-    }
-    each(Event { data })
+    let keep_alive = data.is_empty() && fields.name.is_none();
+    each(Event { data, keep_alive })
 }
 
 #[cfg(test)]
@@ -94,6 +94,10 @@ mod tests {
         let mut seen = Vec::new();
         for piece in pieces {
             frames.feed(piece, |e: Event<'_>| {
+                if e.keep_alive {
+                    seen.push("(keep-alive)".into());
+                    return Ok(());
+                }
                 seen.push(String::from_utf8_lossy(&e.data).into_owned());
                 Ok::<_, DialectError>(())
             })?;
@@ -107,9 +111,9 @@ mod tests {
 
     #[test]
     fn events_across_reads_and_a_last_one_without_blank_line() {
-        let s = b": ping\n\ndata: a\n\nevent: x\ndata: b\r\n\r\ndata: c";
+        let s = b": ping\n\ndata: a\n\nevent: x\ndata: b\r\n\r\ndata:\n\ndata: c";
         let whole = events(&[s], EVENT_CAP).unwrap();
-        assert_eq!(whole, ["a", "b", "c"]);
+        assert_eq!(whole, ["(keep-alive)", "a", "b", "(keep-alive)", "c"]);
         for i in 0..=s.len() {
             assert_eq!(
                 events(&[&s[..i], &s[i..]], EVENT_CAP).unwrap(),

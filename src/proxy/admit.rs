@@ -16,7 +16,7 @@ use crate::accounting;
 use crate::auth::Auth;
 use crate::balance;
 use crate::config::{Protocol, UsageSettings};
-use crate::dialect::anthropic::{messages_to_chat, ToChat};
+use crate::dialect::anthropic::{messages_to_chat, strip_unsigned_thinking, ToChat};
 use crate::endpoints::{classify, normalize_path, ApiKind, Endpoint};
 use crate::error::GatewayError;
 use crate::failover::attempt::Attempt;
@@ -69,15 +69,20 @@ pub(super) async fn admit(
     if let Err((e, headers)) = limit(gw, ctx, &rt).await {
         return reject(session, ctx, e, &headers).await;
     }
-    if ctx.kind() == ApiKind::CountTokens {
+    let upstream_counts = ctx
+        .attempt()
+        .and_then(|a| a.current())
+        .is_some_and(|c| c.client.protocol == Protocol::Anthropic);
+    if ctx.kind() == ApiKind::CountTokens && !upstream_counts {
         return count_tokens(gw, session, ctx, &rt).await;
     }
     Ok(false)
 }
 
-/// Anthropic's `count_tokens`, answered by the gateway: the request translated to chat, its prompt counted
-/// with OpenAI's tokenizers (an estimate for other models), `{"input_tokens": N}`.
-async fn count_tokens(
+/// Anthropic's `count_tokens` answered by the gateway (the model's first backend is not an anthropic one, or
+/// every anthropic one failed): the request translated to chat, its prompt counted with OpenAI's tokenizers
+/// (an estimate for other models), `{"input_tokens": N}`.
+pub(super) async fn count_tokens(
     gw: &Gateway,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -252,18 +257,30 @@ async fn route(
         }
         // Translated once for every openai backend (a fallback model's too); one an anthropic backend can
         // take as it is goes on untranslated when it does not translate.
-        (ApiKind::Messages, _) => match to_chat(ctx.body()) {
-            Ok((chat, info)) => ctx.translated_to_chat(chat, info),
-            Err(e) if anthropic.is_none() => return Err(e),
-            Err(_) => {}
-        },
+        (ApiKind::Messages, _) => {
+            match to_chat(ctx.body()) {
+                Ok((chat, info)) => ctx.translated_to_chat(chat, info),
+                Err(e) if anthropic.is_none() => return Err(e),
+                Err(_) => {}
+            }
+            strip_thinking(ctx);
+        }
+        (ApiKind::CountTokens, Some(_)) => strip_thinking(ctx),
         _ => {}
     }
     if kind == ApiKind::Responses {
         translate_responses(ctx, &mut candidates)?;
         stored::prefer_previous(gw, ctx.body(), &mut candidates);
     }
-    let max_hops = rt.config.failover.max_fallback_hops;
+    let mut max_hops = rt.config.failover.max_fallback_hops;
+    let first_counts = candidates
+        .first()
+        .is_some_and(|c| c.client.protocol == Protocol::Anthropic);
+    if kind == ApiKind::CountTokens && first_counts {
+        // Only anthropic backends count (the gateway's own count follows the last one): no fallback model.
+        candidates.retain(|c| c.client.protocol == Protocol::Anthropic);
+        max_hops = 0;
+    }
     let order = Attempts::new(&model, candidates, max_hops, ctx.key().cloned());
     if order.is_empty() {
         return Err(GatewayError::UpstreamModelNotAllowed {
@@ -335,6 +352,13 @@ fn translate_responses(
         }
     }
     Ok(())
+}
+
+/// Anthropic backends get a Messages (or count_tokens) request without the thinking blocks they refuse.
+fn strip_thinking(ctx: &mut RequestCtx) {
+    if let Some(stripped) = strip_unsigned_thinking(ctx.body()) {
+        ctx.set_anthropic_body(Bytes::from(stripped));
+    }
 }
 
 /// A Messages request body as a chat completions request, and what that says.

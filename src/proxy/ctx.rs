@@ -63,6 +63,9 @@ struct Admission {
     /// The request translated to chat completions, for a backend that speaks only that (a Messages caller,
     /// a Responses caller to a client that translates).
     chat: Option<Box<ChatRequest>>,
+    /// A Messages request without the thinking blocks Anthropic refuses, for anthropic backends (only when
+    /// it had any: otherwise they get the body as received).
+    for_anthropic: Option<Bytes>,
 }
 
 /// A request translated to chat completions: its body and what that body says.
@@ -97,6 +100,7 @@ impl Default for Admission {
             encoded: None,
             affinity: None,
             chat: None,
+            for_anthropic: None,
         }
     }
 }
@@ -204,6 +208,11 @@ impl RequestCtx {
     /// that: each attempt to one sends it, rewritten for its client, to the chat completions path.
     pub fn translated_to_chat(&mut self, body: Bytes, info: RequestInfo) {
         self.admission.chat = Some(Box::new(ChatRequest { body, info }));
+    }
+
+    /// The Messages request as anthropic backends get it: its unsigned thinking blocks taken out.
+    pub fn set_anthropic_body(&mut self, body: Bytes) {
+        self.admission.for_anthropic = Some(body);
     }
 
     pub fn caller(&self) -> &Caller {

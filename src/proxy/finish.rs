@@ -8,7 +8,7 @@ use pingora::{Error, ErrorSource};
 
 use super::attempt::describe;
 use super::caller::{caller_ip, socket_ip};
-use super::{respond, stored, Gateway, RequestCtx};
+use super::{admit, respond, stored, Gateway, RequestCtx};
 use crate::dialect::{anthropic, responses};
 use crate::endpoints::ApiKind;
 use crate::error::GatewayError;
@@ -18,7 +18,13 @@ use crate::tap::ResponseTap;
 
 /// What the caller gets when proxying failed: nothing more for an answer already delivered, an error event
 /// to end a stream under way, or the gateway's error listing every attempt.
-pub(super) async fn failed(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+/// A count_tokens request every anthropic backend failed is counted by the gateway instead.
+pub(super) async fn failed(
+    gw: &Gateway,
+    session: &mut Session,
+    e: &Error,
+    ctx: &mut RequestCtx,
+) -> FailToProxy {
     let caller_gone = e.esource() == &ErrorSource::Downstream;
     let code = match session.response_written().map(|r| r.status.as_u16()) {
         Some(status) => {
@@ -29,6 +35,7 @@ pub(super) async fn failed(session: &mut Session, e: &Error, ctx: &mut RequestCt
             ctx.set_error("caller disconnected".into());
             0
         }
+        None if ctx.kind() == ApiKind::CountTokens => count_locally(gw, session, e, ctx).await,
         None => {
             let (err, detail) = final_error(ctx, e);
             log::warn!(target: LOG, "{}", escape::text(&detail));
@@ -44,6 +51,24 @@ pub(super) async fn failed(session: &mut Session, e: &Error, ctx: &mut RequestCt
         error_code: code,
         can_reuse_downstream: false,
     }
+}
+
+/// The gateway's own count after every anthropic backend failed; the status the caller got.
+async fn count_locally(
+    gw: &Gateway,
+    session: &mut Session,
+    e: &Error,
+    ctx: &mut RequestCtx,
+) -> u16 {
+    let (_, detail) = final_error(ctx, e);
+    log::warn!(target: LOG, "{}; counted by the gateway", escape::text(&detail));
+    let Some(rt) = ctx.runtime().cloned() else {
+        return 500;
+    };
+    if let Err(write) = admit::count_tokens(gw, session, ctx, &rt).await {
+        log::debug!(target: LOG, "could not send the count: {write}");
+    }
+    session.response_written().map_or(0, |r| r.status.as_u16())
 }
 
 /// An answer whose head reached the caller ended early: unless the caller has all of it, say why, and end a
@@ -148,7 +173,9 @@ pub(super) fn log(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &mut 
         tokens.prompt.map_or_else(dash, |n| n.to_string()),
         tokens.completion.map_or_else(dash, |n| n.to_string()),
     );
-    if let Some(key) = ctx.key() {
+    // A count of a prompt's tokens uses none of the key's tokens.
+    let used = ctx.kind() != ApiKind::CountTokens;
+    if let Some(key) = ctx.key().filter(|_| used) {
         let total = tokens
             .total
             .or_else(|| Some(tokens.prompt? + tokens.completion.unwrap_or(0)));
@@ -166,7 +193,7 @@ pub(super) fn log(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &mut 
             status,
             latency,
             first_token,
-            &tokens,
+            &if used { tokens } else { Default::default() },
         );
     }
     stored::forget_deleted(gw, session, ctx, status);

@@ -157,7 +157,7 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        finish::failed(session, e, ctx).await
+        finish::failed(&self.0, session, e, ctx).await
     }
 
     fn suppress_proxy_warn_log(

@@ -114,6 +114,29 @@ fn stop_left_alone() {
 }
 
 #[test]
+fn stop_sequences_in_messages() {
+    // The client's words go first into Messages' `stop_sequences`; Anthropic refuses a blank one.
+    let c = with_stop(&["</s>", " \n", "", "END"]);
+    let body = r#"{"model":"m","max_tokens":9,"stop_sequences":["END","x"],"messages":[]}"#;
+    let out = run(body, &c, ApiKind::Messages).unwrap();
+    assert_eq!(field(&out, "stop_sequences"), json!(["</s>", "END", "x"]));
+    assert_eq!(field(&out, "stop"), Value::Null);
+    let out = run(r#"{"model":"m","messages":[]}"#, &c, ApiKind::Messages).unwrap();
+    assert_eq!(
+        out,
+        r#"{"model":"m","messages":[],"stop_sequences":["</s>","END"]}"#
+    );
+    // Already merged, or only blank words: nothing changes.
+    let body = r#"{"model":"m","stop_sequences":["</s>","END"]}"#;
+    assert_eq!(run(body, &c, ApiKind::Messages), None);
+    let blank = with_stop(&["\n\n", " "]);
+    assert_eq!(run(r#"{"model":"m"}"#, &blank, ApiKind::Messages), None);
+    // A chat request keeps its whitespace words (OpenAI takes them).
+    let out = run(r#"{"model":"m"}"#, &blank, ApiKind::Chat).unwrap();
+    assert_eq!(field(&out, "stop"), json!(["\n\n", " "]));
+}
+
+#[test]
 fn max_tokens_cap() {
     let c = with_cap(100);
     let out = run(r#"{"model":"m","max_tokens":500}"#, &c, ApiKind::Chat).unwrap();

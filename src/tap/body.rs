@@ -1,10 +1,11 @@
 //! The whole-body side of the tap: passes a body on (or holds it for the prefix) and reads it at its end.
 
 use super::keys;
-use super::wire::Envelope;
+use super::wire::{self, Envelope};
 use super::{concat, prefix, ResponseTap};
 use crate::endpoints::ApiKind;
 use bytes::Bytes;
+use serde_json::value::RawValue;
 
 impl ResponseTap {
     pub(super) fn feed_body(&mut self, chunk: Bytes) -> Bytes {
@@ -80,6 +81,15 @@ impl ResponseTap {
         let Ok(text) = std::str::from_utf8(body) else {
             return Vec::new();
         };
+        if self.opts.kind == ApiKind::CountTokens {
+            // Anthropic's `{"input_tokens": N}`: the whole body is the count, of prompt tokens only.
+            let count = serde_json::from_str::<&RawValue>(text).ok();
+            self.note(count, None);
+            if let Some(usage) = &mut self.usage {
+                usage.total = usage.total.or(usage.prompt);
+            }
+            return Vec::new();
+        }
         if !self.holding {
             // Only usage and model are wanted: found without parsing the content between them.
             let model = keys::top_level(text, "model", keys::SearchFrom::Start);
@@ -96,6 +106,9 @@ impl ResponseTap {
         self.observe(&env, None);
         if !self.holding {
             return Vec::new();
+        }
+        if self.opts.kind == ApiKind::Messages {
+            return messages_prefix_offset(&env, text).into_iter().collect();
         }
         let completions = self.opts.kind == ApiKind::Completions;
         let strings = env.choices.iter().flatten().filter_map(|c| {
@@ -118,4 +131,11 @@ impl ResponseTap {
         }
         self.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
+}
+
+/// Where the prefix goes in a Messages body: its first `text` block with at least one character.
+fn messages_prefix_offset(env: &Envelope, text: &str) -> Option<usize> {
+    let blocks = serde_json::from_str::<Vec<wire::TextBlock>>(env.content?.get()).ok()?;
+    let first = blocks.iter().find_map(|b| b.text_of("text"))?;
+    prefix::string_start(text, first)
 }

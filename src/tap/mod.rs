@@ -108,7 +108,8 @@ impl ResponseTap {
             .filter(|p| !p.is_empty())
             .map(prefix::escape);
         let spliceable = matches!(opts.kind, ApiKind::Chat | ApiKind::Completions);
-        let buffers = prefix_json.is_some() && !opts.sse && spliceable;
+        let prefixable = spliceable || opts.kind == ApiKind::Messages;
+        let buffers = prefix_json.is_some() && !opts.sse && prefixable;
         let rebuilt = opts.sse && (spliceable || opts.kind == ApiKind::Responses);
         let recon = opts.keep_body.filter(|_| rebuilt).map(Reconstruction::new);
         let kept = opts.keep_body.unwrap_or(0);

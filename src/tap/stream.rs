@@ -131,6 +131,9 @@ impl ResponseTap {
     /// of each choice not prefixed yet.
     fn prefix_offsets(&mut self, env: &Envelope, text: &str) -> Vec<usize> {
         let mut at = Vec::new();
+        if self.prefix_json.is_some() && self.opts.kind == ApiKind::Messages {
+            return self.messages_prefix_offset(env, text).into_iter().collect();
+        }
         let (Some(prefix), Some(choices)) = (&self.opts.prefix, &env.choices) else {
             return at;
         };
@@ -161,6 +164,20 @@ impl ResponseTap {
     }
 }
 
+impl ResponseTap {
+    /// Where the prefix goes in a Messages stream: the first non-empty `text_delta` of the answer (a Messages
+    /// answer is one message, so once is all).
+    fn messages_prefix_offset(&mut self, env: &Envelope, text: &str) -> Option<usize> {
+        if !self.prefixed.is_empty() {
+            return None;
+        }
+        let delta = serde_json::from_str::<wire::TextBlock>(env.delta?.get()).ok()?;
+        let offset = prefix::string_start(text, delta.text_of("text_delta")?)?;
+        self.prefixed.push(0);
+        Some(offset)
+    }
+}
+
 /// `"response"` anywhere in an event: a Responses API `response` object may carry usage and model.
 static RESPONSE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"response\""));
 
@@ -188,6 +205,9 @@ impl ResponseTap {
     fn prefix_done(&self, data: &[u8]) -> bool {
         if self.prefix_json.is_none() || self.prefixed.len() >= PREFIXED_CHOICES {
             return true;
+        }
+        if self.opts.kind == ApiKind::Messages {
+            return !self.prefixed.is_empty();
         }
         let mut named = 0;
         for at in memchr::memmem::find_iter(data, b"\"index\"") {

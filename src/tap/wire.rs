@@ -21,6 +21,31 @@ pub struct Envelope<'a> {
     pub usage: Option<&'a RawValue>,
     #[serde(borrow)]
     pub response: Option<&'a RawValue>,
+    /// A Messages stream's `content_block_delta` delta (read only for Messages answers).
+    #[serde(borrow)]
+    pub delta: Option<&'a RawValue>,
+    /// A Messages body's content blocks (read only for Messages answers).
+    #[serde(borrow)]
+    pub content: Option<&'a RawValue>,
+}
+
+/// A Messages content block or `content_block_delta` delta: its type and text.
+#[derive(Deserialize)]
+pub struct TextBlock<'a> {
+    #[serde(borrow, rename = "type")]
+    pub kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub text: Option<&'a RawValue>,
+}
+
+impl<'a> TextBlock<'a> {
+    /// The text of a block (or delta) of type `kind` when it has at least one character.
+    pub fn text_of(&self, kind: &str) -> Option<&'a RawValue> {
+        let named = self.kind.is_some_and(|k| {
+            k.get().strip_prefix('"').and_then(|k| k.strip_suffix('"')) == Some(kind)
+        });
+        self.text.filter(|t| named && nonempty_str(t))
+    }
 }
 
 #[derive(Deserialize)]

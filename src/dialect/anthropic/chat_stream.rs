@@ -45,6 +45,9 @@ struct Block<'a> {
     text: Option<Cow<'a, str>>,
 }
 
+/// An SSE comment: what an Anthropic `ping` (or the backend's own keep-alive) becomes for a chat caller.
+pub const KEEP_ALIVE: &[u8] = b": ping\n\n";
+
 #[derive(Deserialize)]
 struct Delta<'a> {
     #[serde(rename = "type", borrow, default)]
@@ -132,6 +135,10 @@ impl MessagesToChatStream {
         if self.done {
             return Ok(());
         }
+        if e.keep_alive {
+            out.extend_from_slice(KEEP_ALIVE);
+            return Ok(());
+        }
         let msg: Message<'_> = serde_json::from_slice(&e.data)
             .map_err(|err| DialectError::BadAnswer(format!("a stream event: {err}")))?;
         match &*msg.kind {
@@ -150,7 +157,9 @@ impl MessagesToChatStream {
             }
             "message_stop" => self.end(out),
             "error" => self.error(msg.error.as_ref(), out),
-            _ => {} // ping, and events added later
+            // Keeps the caller's idle timers going; chat clients skip comments.
+            "ping" => out.extend_from_slice(KEEP_ALIVE),
+            _ => {} // events added later
         }
         Ok(())
     }

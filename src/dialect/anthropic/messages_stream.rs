@@ -111,6 +111,11 @@ impl ChatToMessagesStream {
         if self.done {
             return Ok(());
         }
+        if e.keep_alive {
+            // The backend's keep-alive, in the caller's dialect.
+            self.ping(out);
+            return Ok(());
+        }
         if e.data.trim_ascii() == b"[DONE]" {
             self.end(out);
             return Ok(());

@@ -163,11 +163,17 @@ pub fn chat_to_messages(body: &[u8], opts: &ToMessages) -> Result<Vec<u8>, Diale
         .and_then(budget_for_effort)
         .map(|b| b.min(max_tokens.saturating_sub(1)))
         .filter(|b| *b >= 1024 && !forced);
+    // Anthropic refuses an empty or whitespace-only stop sequence (OpenAI takes them): those are dropped.
     let stop_sequences = match req.stop {
         Some(TextOr::Text(s)) => Some(vec![s]),
-        Some(TextOr::List(list)) if !list.is_empty() => Some(list),
+        Some(TextOr::List(list)) => Some(list),
         _ => None,
-    };
+    }
+    .map(|list| {
+        let kept = list.into_iter().filter(|s| !s.trim().is_empty());
+        kept.collect::<Vec<_>>()
+    })
+    .filter(|list| !list.is_empty());
     let out = MessagesRequest {
         model: req.model,
         system,

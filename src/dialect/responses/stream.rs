@@ -118,7 +118,7 @@ impl ChatToResponsesStream {
     }
 
     fn event(&mut self, e: Event<'_>, out: &mut Vec<u8>) -> Result<(), DialectError> {
-        if self.done {
+        if self.done || e.keep_alive {
             return Ok(());
         }
         if e.data.trim_ascii() == b"[DONE]" {

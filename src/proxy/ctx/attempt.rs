@@ -141,12 +141,17 @@ impl RequestCtx {
             (Some((body, info)), _, _) => (body, info, ApiKind::Messages, None),
             (None, Some(chat), true) => (&chat.body, &chat.info, ApiKind::Chat, None),
             (None, None, true) => return Err(GatewayError::Internal("no chat translation".into())),
-            _ => (
-                &self.admission.body,
-                info,
-                self.admission.kind,
-                self.admission.encoded.as_ref(),
-            ),
+            // The caller's own body (and its compressed bytes), or the one without the thinking blocks an
+            // anthropic backend would refuse.
+            _ => match (&self.admission.for_anthropic, client.protocol) {
+                (Some(stripped), Protocol::Anthropic) => (stripped, info, self.admission.kind, None),
+                _ => (
+                    &self.admission.body,
+                    info,
+                    self.admission.kind,
+                    self.admission.encoded.as_ref(),
+                ),
+            },
         };
         // Per-backend rewriting applies after translation, in the backend's dialect; a request about a
         // stored response is no model request: nothing in it to rewrite.

@@ -163,3 +163,17 @@ fn a_responses_answer_gives_its_id_and_others_do_not() {
         "too long to be an id"
     );
 }
+
+#[test]
+fn prefix_in_a_messages_body() {
+    // The first text block with text gets it: not a thinking block, not an empty text.
+    let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[{"type":"thinking","thinking":"hm","signature":"s"},{"type":"text","text":""},{"type":"text","text":"Hi \"x\""},{"type":"text","text":"again"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":4}}"#;
+    let mut tap = ResponseTap::new(body_opts(ApiKind::Messages));
+    assert!(tap.buffers_whole_body());
+    assert!(tap.feed(Bytes::copy_from_slice(body.as_bytes())).is_empty());
+    let want = body.replace(r#""Hi \"x\"""#, r#""<think>\nHi \"x\"""#);
+    assert_eq!(tap.finish(), want.as_bytes());
+    // Only tool calls: nothing to prefix, the body passes as it came.
+    let tools = r#"{"type":"message","content":[{"type":"tool_use","id":"t","name":"f","input":{"text":"no"}}]}"#;
+    assert_eq!(run1(&body_opts(ApiKind::Messages), tools).out, tools);
+}

@@ -360,3 +360,31 @@ fn never_panics_and_split_invariant_on_mangled_input() {
         }
     }
 }
+
+#[test]
+fn prefix_in_a_messages_stream() {
+    let events = [
+        r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude","usage":{"input_tokens":5,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me see."}}"#,
+        r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":""}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Hel"}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"lo"}}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#,
+    ];
+    let stream: String = events
+        .iter()
+        .map(|e| format!("event: x\ndata: {e}\n\n"))
+        .collect();
+    let o = TapOptions {
+        prefix: Some("<think>\n".into()),
+        ..opts(ApiKind::Messages, true)
+    };
+    let want = stream.replacen(r#""text":"Hel""#, r#""text":"<think>\nHel""#, 1);
+    // Split at every byte: the prefix goes in once, at the first text.
+    for at in 0..stream.len() {
+        let r = run(&o, &[&stream.as_bytes()[..at], &stream.as_bytes()[at..]]);
+        assert_eq!(r.out, want, "split at {at}");
+    }
+}

@@ -341,3 +341,35 @@ fn any_field_of_the_wrong_type_is_an_error_or_a_translation_never_a_panic() {
         }
     }
 }
+
+#[test]
+fn blank_stop_words_are_not_sent_to_anthropic() {
+    let chat =
+        br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":["\n"," ","END",""]}"#;
+    let msg = json(&chat_to_messages(chat, &ToMessages::default()).unwrap());
+    assert_eq!(msg["stop_sequences"], json!(["END"]));
+    let chat = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":"\n\n"}"#;
+    let msg = json(&chat_to_messages(chat, &ToMessages::default()).unwrap());
+    assert!(msg.get("stop_sequences").is_none());
+}
+
+#[test]
+fn thinking_sent_back_never_reaches_a_chat_backend_as_text() {
+    let body = br#"{"model":"m","max_tokens":9,"messages":[{"role":"user","content":"Hi"},
+        {"role":"assistant","content":[{"type":"thinking","thinking":"secret plan","signature":"EqQB"},
+            {"type":"redacted_thinking","data":"EmwK"},{"type":"text","text":"Hello"}]},
+        {"role":"assistant","content":[{"type":"thinking","thinking":"only thoughts","signature":""}]},
+        {"role":"user","content":"More"}]}"#;
+    let chat = json(&messages_to_chat(body, &ToChat::default()).unwrap());
+    let text = chat.to_string();
+    assert!(
+        !text.contains("secret plan") && !text.contains("only thoughts") && !text.contains("EmwK")
+    );
+    let m = chat["messages"].as_array().unwrap();
+    assert_eq!(m[1], json!({"role": "assistant", "content": "Hello"}));
+    assert!(m[1].get("reasoning_content").is_none());
+    assert_eq!(
+        m[2]["content"], "",
+        "a turn of thoughts only is an empty assistant turn"
+    );
+}

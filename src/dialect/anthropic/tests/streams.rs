@@ -183,6 +183,35 @@ fn ping_only_while_open() {
     assert_eq!(out, b"event: ping\ndata: {\"type\":\"ping\"}\n\n");
 }
 
+#[test]
+fn a_backends_keep_alive_becomes_a_ping_and_a_ping_a_comment() {
+    let first = CHAT_TOOLS.iter().position(|b| *b == b'\n').unwrap() + 2;
+    let mut t = ChatToMessagesStream::new();
+    let mut out = Vec::new();
+    // Before message_start there is no Messages stream to ping in yet.
+    t.feed(b": keep-alive\n\n", &mut out).unwrap();
+    assert!(out.is_empty());
+    t.feed(&CHAT_TOOLS[..first], &mut out).unwrap();
+    for keep_alive in [
+        &b": OPENROUTER PROCESSING\n\n"[..],
+        b"data:\n\n",
+        b":\r\n\r\n",
+    ] {
+        out.clear();
+        t.feed(keep_alive, &mut out).unwrap();
+        assert_eq!(out, b"event: ping\ndata: {\"type\":\"ping\"}\n\n");
+    }
+
+    let mut t = MessagesToChatStream::new(1, false);
+    let mut out = Vec::new();
+    t.feed(
+        b"event: ping\ndata: {\"type\": \"ping\"}\n\n: idle\n\n",
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out, b": ping\n\n: ping\n\n");
+}
+
 /// Splits `s` at these (sorted, deduplicated) offsets.
 fn pieces<'a>(s: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
     let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (s.len() + 1)).collect();
