@@ -368,5 +368,9 @@ async fn responses_callers_reach_an_anthropic_backend_through_chat_and_back() {
         (rows[1].prompt_tokens, rows[1].completion_tokens),
         (Some(38), Some(15))
     );
-    assert_eq!(rows[1].cache_write_tokens, Some(3), "the Messages usage's cache writes");
+    assert_eq!(
+        rows[1].cache_write_tokens,
+        Some(3),
+        "the Messages usage's cache writes"
+    );
 }

@@ -144,7 +144,9 @@ impl RequestCtx {
             // The caller's own body (and its compressed bytes), or the one without the thinking blocks an
             // anthropic backend would refuse.
             _ => match (&self.admission.for_anthropic, client.protocol) {
-                (Some(stripped), Protocol::Anthropic) => (stripped, info, self.admission.kind, None),
+                (Some(stripped), Protocol::Anthropic) => {
+                    (stripped, info, self.admission.kind, None)
+                }
                 _ => (
                     &self.admission.body,
                     info,
