@@ -8,7 +8,7 @@ use crate::common::{client, post_with, send_json, Behavior, Gateway, Mock, Resp}
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-const BACKEND_KEY: &str = "sk-ant-backend-key-77";
+pub(crate) const BACKEND_KEY: &str = "sk-ant-backend-key-77";
 
 /// Anthropic's event sequence for a short text answer (from the Messages streaming docs), with cache reads and
 /// writes in its usage.
@@ -368,5 +368,9 @@ async fn responses_callers_reach_an_anthropic_backend_through_chat_and_back() {
         (rows[1].prompt_tokens, rows[1].completion_tokens),
         (Some(38), Some(15))
     );
-    assert_eq!(rows[1].cache_write_tokens, Some(3), "the Messages usage's cache writes");
+    assert_eq!(
+        rows[1].cache_write_tokens,
+        Some(3),
+        "the Messages usage's cache writes"
+    );
 }
