@@ -8,7 +8,7 @@ use crate::common::{client, post_with, send_json, Behavior, Gateway, Mock, Resp}
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-const BACKEND_KEY: &str = "sk-ant-backend-key-77";
+pub(crate) const BACKEND_KEY: &str = "sk-ant-backend-key-77";
 
 /// Anthropic's event sequence for a short text answer (from the Messages streaming docs), with cache reads and
 /// writes in its usage.

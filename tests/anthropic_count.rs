@@ -103,3 +103,36 @@ async fn an_openai_first_candidate_leaves_the_count_to_the_gateway() {
     assert_ne!(r.json()["input_tokens"], 5);
     assert_eq!((ant.count(), openai.count()), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_anthropic_python_sdk_counts_through_an_anthropic_backend() {
+    let ant = counting_mock(4321).await;
+    let gw = Gateway::start(&crate::common::config(vec![anthropic_client(
+        &ant,
+        json!({}),
+    )]))
+    .await;
+    crate::common::run_python_script(
+        crate::common::python::anthropic_python,
+        "test_anthropic_sdk.py",
+        vec![
+            gw.url("").into(),
+            "sk-sdk-caller".into(),
+            "claude-x".into(),
+            "count".into(),
+            "4321".into(),
+        ],
+    )
+    .await;
+    let sent = ant.single();
+    assert_eq!(sent.method, "POST");
+    assert_eq!(sent.uri, "/v1/messages/count_tokens");
+    assert_eq!(sent.header("x-api-key"), Some("sk-ant-backend-key-77"));
+    assert!(sent.header("anthropic-version").is_some());
+    let body = sent.json();
+    assert_eq!(body["model"], "claude-x");
+    assert_eq!(body["system"], "Be brief.");
+    assert_eq!(body["messages"].as_array().map(Vec::len), Some(3), "{body}");
+    assert_eq!(body["tools"][0]["name"], "get_weather", "{body}");
+    assert!(body["tools"][0]["input_schema"].is_object(), "{body}");
+}

@@ -16,6 +16,7 @@ mod auth;
 mod balancing;
 mod bodies;
 mod check;
+mod claude_code;
 mod cluster;
 mod compression;
 mod edge;

@@ -95,7 +95,7 @@ async fn a_json_answer_is_translated_both_ways_and_recorded() {
 }
 
 /// Reads a stream's events as they arrive: (event name, data JSON) pairs.
-async fn read_events(resp: reqwest::Response) -> Vec<(String, Value)> {
+pub(crate) async fn read_events(resp: reqwest::Response) -> Vec<(String, Value)> {
     let mut text = String::new();
     let mut body = resp.bytes_stream();
     while let Some(piece) = tokio::time::timeout(Duration::from_secs(10), body.next())

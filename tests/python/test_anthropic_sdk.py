@@ -1,8 +1,10 @@
 """Drives a running gpt-api with the official Anthropic Python SDK (Messages API); run by tests/messages.rs.
 
-Usage: python3 test_anthropic_sdk.py BASE_URL API_KEY MODEL
-The backend behind the gateway is a mock OpenAI server answering with a text and a `get_weather` tool call
-(JSON and streamed). Exits non-zero (assertion traceback) when the SDK cannot use the gateway as it uses Anthropic.
+Usage: python3 test_anthropic_sdk.py BASE_URL API_KEY MODEL [count N]
+Without `count`, the backend behind the gateway is a mock OpenAI server answering with a text and a `get_weather`
+tool call (JSON and streamed), and `count_tokens` is answered by the gateway itself. With `count N`, the model is
+served by a mock Anthropic backend whose `count_tokens` answers N, and only `count_tokens` is called.
+Exits non-zero (assertion traceback) when the SDK cannot use the gateway as it uses Anthropic.
 """
 
 import sys
@@ -27,9 +29,20 @@ MESSAGES = [
 ]
 
 
+def count(client: anthropic.Anthropic, model: str, messages: list) -> int:
+    """`client.messages.count_tokens` with the tools and a system prompt; its `input_tokens`, checked an int."""
+    n = client.messages.count_tokens(model=model, messages=messages, tools=TOOLS, system="Be brief.").input_tokens
+    assert isinstance(n, int), n
+    return n
+
+
 def main() -> None:
     base_url, api_key, model = sys.argv[1], sys.argv[2], sys.argv[3]
     client = anthropic.Anthropic(base_url=base_url, api_key=api_key, max_retries=0, timeout=30)
+    if sys.argv[4:5] == ["count"]:
+        assert count(client, model, MESSAGES) == int(sys.argv[5])
+        print("anthropic sdk count_tokens ok")
+        return
 
     msg = client.messages.create(
         model=model, max_tokens=256, system="Be brief.", messages=MESSAGES, tools=TOOLS
@@ -52,6 +65,11 @@ def main() -> None:
     assert tool[0].input == {"city": "Paris"}, final
     assert final.stop_reason == "tool_use", final
     assert final.usage.output_tokens == 5, final.usage
+
+    short = count(client, model, MESSAGES)
+    assert short > 0, short
+    longer = [{"role": "user", "content": "Weather in Paris, and in Lyon, tomorrow? " * 20}] + MESSAGES[1:]
+    assert count(client, model, longer) > short + 100, (short, count(client, model, longer))
 
     try:
         client.messages.create(model="no-such-model", max_tokens=5, messages=MESSAGES)
