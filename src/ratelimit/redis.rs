@@ -199,7 +199,7 @@ impl LimitStore for RedisStore {
         if !self.health.is_up() {
             return Err(Unavailable("Redis is down".into()));
         }
-        let call = AdmitCall::new(ask, LEASE);
+        let call = AdmitCall::new(ask);
         let (tx, mut rx) = oneshot::channel();
         // On the caller's runtime with its thread's connection; the store's own when called from outside one.
         match Handle::try_current() {
@@ -225,7 +225,7 @@ impl LimitStore for RedisStore {
                 // From now on the task gives back what it took; an answer that came just before, we do.
                 rx.close();
                 if let Ok(Ok(answer)) = rx.try_recv() {
-                    give_back(&self.queue, AdmitCall::new(ask, LEASE), &answer);
+                    give_back(&self.queue, AdmitCall::new(ask), &answer);
                 }
                 let ms = self.timeout.as_millis();
                 Err(self.unavailable(format!("no answer within {ms} ms")))
