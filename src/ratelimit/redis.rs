@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisResult, Script};
+use redis::io::tcp::TcpSettings;
+use redis::{IntoConnectionInfo, RedisResult, Script};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,11 +93,18 @@ impl RedisStore {
     /// Checks the URL; connects only when started (Redis not answering then is no error: it is probed).
     pub fn new(settings: &RedisSettings) -> Result<RedisStore, RedisStoreError> {
         let health = Health::new(settings);
-        let client =
-            redis::Client::open(settings.url.expose()).map_err(|e| RedisStoreError::Url {
-                url: settings.shown(),
-                why: health.scrub(&e.to_string()),
-            })?;
+        let url_error = |e: redis::RedisError| RedisStoreError::Url {
+            url: settings.shown(),
+            why: health.scrub(&e.to_string()),
+        };
+        // Without TCP_NODELAY (the client's default) a thread's second call out waits for the first's answer.
+        let info = settings
+            .url
+            .expose()
+            .into_connection_info()
+            .map_err(url_error)?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(url_error)?;
         let (queue, receiver) = Queue::new();
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(settings.timeout))
