@@ -154,3 +154,35 @@ async fn a_batch_whose_answer_was_lost_is_not_counted_twice() {
     assert!(kept.is_empty());
     assert_eq!(sum(), "120");
 }
+
+#[tokio::test]
+async fn a_caller_dropped_while_it_sends_leaves_the_others_their_answers_and_gives_back() {
+    let server = Server::start();
+    let redis = store(&server.url(), 2000);
+    // Connected and the script loaded.
+    let warm = redis.admit(&ask("other", "w", rpm(10), None)).await;
+    assert!(matches!(warm, Ok(Verdict::Allow { .. })), "{warm:?}");
+    let (a, b, c) = (
+        ask("k", "a", rpm(10), None),
+        ask("k", "b", rpm(10), None),
+        ask("k", "c", rpm(10), None),
+    );
+    let mut sends_a = Box::pin(redis.admit(&a));
+    let mut sends_b = Box::pin(redis.admit(&b));
+    // Polled once each: a and b take the two places in flight and send their calls; c waits behind them.
+    assert!(futures_util::poll!(&mut sends_a).is_pending());
+    assert!(futures_util::poll!(&mut sends_b).is_pending());
+    let waits_c = redis.admit(&c);
+    drop(sends_a);
+    let (b, c) = tokio::join!(sends_b, waits_c);
+    assert!(matches!(b, Ok(Verdict::Allow { .. })), "{b:?}");
+    assert!(matches!(c, Ok(Verdict::Allow { .. })), "{c:?}");
+    assert!(redis.is_up());
+    // What a's call took is given back (its sending goes on as a task of this runtime, then the update task).
+    let sum = || server.cli(&["HGET", "gpt-api:{k}:requests", "sum"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while sum() != "2" && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(sum(), "2");
+}
