@@ -209,31 +209,23 @@ impl LimitStore for RedisStore {
         }
         let call = AdmitCall::new(ask);
         let (tx, mut rx) = oneshot::channel();
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        // On the caller's runtime with its thread's connection, the call sent by the caller itself when it
-        // goes alone; on the store's own when called from outside a runtime.
+        // On the caller's runtime with its thread's connection; the store's own when called from outside one.
         match Handle::try_current() {
-            Ok(_) => {
-                let lane = local::connection(
-                    &self.token,
-                    self.health.outages(),
-                    &self.client,
-                    &self.config,
-                )
-                .map_err(|e| self.unavailable(e.to_string()))?;
-                if let Some(sending) = lane.submit(call, tx, &running.admit, &self.queue) {
-                    // Not done by the deadline: it goes on by itself (and gives back what it took).
-                    let _ = tokio::time::timeout_at(deadline, sending).await;
-                }
-            }
+            Ok(here) => match local::connection(
+                &self.token,
+                self.health.outages(),
+                &self.client,
+                &self.config,
+            ) {
+                Ok(lane) => lane.submit(call, tx, &here, &running.admit, &self.queue),
+                Err(e) => return Err(self.unavailable(e.to_string())),
+            },
             Err(_) => {
                 let lane = &running.lane;
-                if let Some(sending) = lane.submit(call, tx, &running.admit, &self.queue) {
-                    sending.spawn_on(&running.handle);
-                }
+                lane.submit(call, tx, &running.handle, &running.admit, &self.queue);
             }
         }
-        match tokio::time::timeout_at(deadline, &mut rx).await {
+        match tokio::time::timeout(self.timeout, &mut rx).await {
             Ok(Ok(Ok(answer))) => Ok(answer.verdict(ask)),
             Ok(Ok(Err(why))) => Err(self.unavailable(why)),
             Ok(Err(_)) => Err(self.unavailable("its runtime stopped".into())),

@@ -1,15 +1,10 @@
 //! One thread's way to Redis: its connection, and its admissions sent together, the first at once and those
 //! that arrive while calls are out in one call after them (no wait added, fewer calls under load).
 //!
-//! A caller that finds a place in flight sends the call itself (no task in between: what one connection
-//! waits on is Redis alone); what arrives meanwhile goes in the next call, by the next caller or a task.
 //! Each waiting admission has its own answer channel; an answer nobody waits for any more (the caller's
 //! timeout passed) is given back through the update queue, as before batching.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{ready, Context, Poll};
 
 use redis::aio::ConnectionManager;
 use redis::{Script, Value};
@@ -50,146 +45,78 @@ impl Lane {
         }
     }
 
-    /// Queues `call`. While fewer than [`MAX_IN_FLIGHT`] calls are out, returns the sending that the caller
-    /// runs itself: one call (its own admission and any that wait with it), then a task of its own for what
-    /// waits after it. An admission alone thus goes out and comes back with no hop to another task.
+    /// Queues `call`; starts a sending task on `runtime` unless one is running.
     pub fn submit(
         self: &Arc<Self>,
         call: AdmitCall,
         reply: oneshot::Sender<Reply>,
+        runtime: &Handle,
         script: &Arc<Script>,
         queue: &Arc<Queue>,
-    ) -> Option<Sending> {
+    ) {
         {
             let mut state = self.lock();
             state.waiting.push((call, reply));
             if state.sending >= MAX_IN_FLIGHT {
-                return None;
+                return;
             }
             state.sending += 1;
         }
         let (lane, script, queue) = (Arc::clone(self), Arc::clone(script), Arc::clone(queue));
-        Some(Sending(Some(Box::pin(lane.send_first(script, queue)))))
+        runtime.spawn(async move { lane.send_all(&script, &queue).await });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Up to [`MAX_BATCH`] of the admissions waiting; `None` when none wait, and the sender has ended.
-    fn take(&self, place: &mut Place<'_>) -> Option<Batch> {
-        let mut state = self.lock();
-        if state.waiting.is_empty() {
-            state.sending -= 1;
-            place.finished = true;
-            return None;
-        }
-        let n = state.waiting.len().min(MAX_BATCH);
-        Some(state.waiting.drain(..n).collect())
-    }
-
-    /// One call, then what waits after it to a task of its own.
-    async fn send_first(self: Arc<Self>, script: Arc<Script>, queue: Arc<Queue>) {
-        let mut place = Place {
-            lane: &self,
-            finished: false,
-        };
-        let mut conn = self.conn.clone();
-        let Some(batch) = self.take(&mut place) else {
-            return;
-        };
-        send(&script, &mut conn, batch, &queue).await;
-        {
-            let mut state = self.lock();
-            place.finished = true;
-            if state.waiting.is_empty() {
-                state.sending -= 1;
-                return;
-            }
-        }
-        // Its place in flight goes to the task.
-        let lane = Arc::clone(&self);
-        tokio::spawn(async move { lane.send_all(&script, &queue).await });
-    }
-
     /// Sends what waits, one call per batch, until nothing does.
     async fn send_all(&self, script: &Script, queue: &Queue) {
-        let mut place = Place {
+        let mut sending = Sending {
             lane: self,
             finished: false,
         };
         let mut conn = self.conn.clone();
-        while let Some(batch) = self.take(&mut place) {
-            send(script, &mut conn, batch, queue).await;
-        }
-    }
-}
-
-type Batch = Vec<(AdmitCall, oneshot::Sender<Reply>)>;
-
-/// One call of `batch`, its answers to their callers (what a caller that stopped waiting was given goes back).
-async fn send(script: &Script, conn: &mut ConnectionManager, batch: Batch, queue: &Queue) {
-    let calls: Vec<&AdmitCall> = batch.iter().map(|(call, _)| call).collect();
-    match evaluate(script, conn, &calls).await {
-        Ok(answers) => {
-            for ((call, reply), answer) in batch.into_iter().zip(answers) {
-                if let Err(Ok(answer)) = reply.send(Ok(answer)) {
-                    give_back(queue, call, &answer);
+        loop {
+            let batch = {
+                let mut state = self.lock();
+                if state.waiting.is_empty() {
+                    state.sending -= 1;
+                    sending.finished = true;
+                    return;
+                }
+                let n = state.waiting.len().min(MAX_BATCH);
+                state.waiting.drain(..n).collect::<Vec<_>>()
+            };
+            let calls: Vec<&AdmitCall> = batch.iter().map(|(call, _)| call).collect();
+            match evaluate(script, &mut conn, &calls).await {
+                Ok(answers) => {
+                    for ((call, reply), answer) in batch.into_iter().zip(answers) {
+                        // The caller stopped waiting: what the script took is given back.
+                        if let Err(Ok(answer)) = reply.send(Ok(answer)) {
+                            give_back(queue, call, &answer);
+                        }
+                    }
+                }
+                Err(why) => {
+                    for (_, reply) in batch {
+                        let _ = reply.send(Err(why.clone()));
+                    }
                 }
             }
         }
-        Err(why) => {
-            for (_, reply) in batch {
-                let _ = reply.send(Err(why.clone()));
-            }
-        }
     }
 }
 
-/// The sending a caller runs itself. Dropped before it is done (the caller's timeout passed, its request was
-/// cancelled), it goes on as a task of its own on the current runtime: the call out is answered, its
-/// answers delivered or given back, and what waits behind it sent.
-pub struct Sending(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
-
-impl Sending {
-    /// Runs it as a task of its own on `runtime`.
-    pub fn spawn_on(mut self, runtime: &Handle) {
-        if let Some(rest) = self.0.take() {
-            runtime.spawn(rest);
-        }
-    }
-}
-
-impl Future for Sending {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(inner) = self.0.as_mut() else {
-            return Poll::Ready(());
-        };
-        ready!(inner.as_mut().poll(cx));
-        self.0 = None;
-        Poll::Ready(())
-    }
-}
-
-impl Drop for Sending {
-    fn drop(&mut self) {
-        if let (Some(rest), Ok(runtime)) = (self.0.take(), Handle::try_current()) {
-            runtime.spawn(rest);
-        }
-    }
-}
-
-/// A sender's place among the [`MAX_IN_FLIGHT`]: should it end without finishing (its runtime shut down),
-/// another may start, and when none is left the callers still waiting hear at once that no answer comes.
-struct Place<'a> {
+/// Held by a sending task: should it end without finishing (its runtime shut down), another may start, and
+/// when none is left the callers still waiting hear at once that no answer comes.
+struct Sending<'a> {
     lane: &'a Lane,
     /// Ended as it should: nothing to do.
     finished: bool,
 }
 
-impl Drop for Place<'_> {
+impl Drop for Sending<'_> {
     fn drop(&mut self) {
         if self.finished {
             return;

@@ -169,7 +169,7 @@ async fn a_caller_dropped_while_it_sends_leaves_the_others_their_answers_and_giv
     );
     let mut sends_a = Box::pin(redis.admit(&a));
     let mut sends_b = Box::pin(redis.admit(&b));
-    // Polled once each: a and b take the two places in flight and send their calls; c waits behind them.
+    // Polled once each: a and b take the two places in flight; c comes after them.
     assert!(futures_util::poll!(&mut sends_a).is_pending());
     assert!(futures_util::poll!(&mut sends_b).is_pending());
     let waits_c = redis.admit(&c);
@@ -178,7 +178,7 @@ async fn a_caller_dropped_while_it_sends_leaves_the_others_their_answers_and_giv
     assert!(matches!(b, Ok(Verdict::Allow { .. })), "{b:?}");
     assert!(matches!(c, Ok(Verdict::Allow { .. })), "{c:?}");
     assert!(redis.is_up());
-    // What a's call took is given back (its sending goes on as a task of this runtime, then the update task).
+    // What a's call took is given back (by the task that sent it, then the update task).
     let sum = || server.cli(&["HGET", "gpt-api:{k}:requests", "sum"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while sum() != "2" && std::time::Instant::now() < deadline {
