@@ -115,7 +115,8 @@ usage:
   enabled: false
 $cluster
 EOF
-    printf -- '---\nversion: 1\nthreads: 1\nwork_stealing: false\npid_file: %s/pid\nupgrade_sock: %s/sock\n' \
+    # No grace period: a stopped gateway exits at once (Pingora's default waits minutes).
+    printf -- '---\nversion: 1\nthreads: 1\nwork_stealing: false\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\npid_file: %s/pid\nupgrade_sock: %s/sock\n' \
         "$dir" "$dir" >"$dir/server.yaml"
     RUST_LOG=warn taskset -c "$PROXY_CPU" "$GPT_API" --config "$dir/config.yaml" --listen "127.0.0.1:$port" \
         -c "$dir/server.yaml" >"$dir/gpt-api.log" 2>&1 &
