@@ -7,7 +7,8 @@
 #
 # Usage: bench/redis.sh          (after or without bench/run.sh; needs wrk, curl, taskset, redis-server)
 # Env:   BENCH_SECONDS=5 BENCH_ROUNDS=3 BENCH_CONNECTIONS=64
-#        BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   cores for gpt-api (its Redis thread too) / wrk, backend, redis
+#        BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   cores (taskset lists, e.g. 0 or 0,1) for gpt-api (its Redis thread
+#                                too) / wrk and the backend; BENCH_REDIS_CPU (default: BENCH_LOAD_CPU) for redis-server
 #        BENCH_NO_BUILD=1        use the binaries already in target/release
 set -euo pipefail
 
@@ -17,8 +18,12 @@ ROUNDS=${BENCH_ROUNDS:-3}
 CONNS=${BENCH_CONNECTIONS:-64}
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
 LOAD_CPU=${BENCH_LOAD_CPU:-1}
-for v in SECS ROUNDS CONNS PROXY_CPU LOAD_CPU; do
+REDIS_CPU=${BENCH_REDIS_CPU:-$LOAD_CPU}
+for v in SECS ROUNDS CONNS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench: $v must be a whole number" >&2; exit 1; }
+done
+for v in PROXY_CPU LOAD_CPU REDIS_CPU; do
+    [[ ${!v} =~ ^[0-9]{1,3}(,[0-9]{1,3}){0,63}$ ]] || { echo "bench: $v must be a list of cores (0 or 0,1)" >&2; exit 1; }
 done
 (( SECS >= 1 && SECS <= 60 && ROUNDS >= 1 && ROUNDS <= 20 && CONNS >= 1 && CONNS <= 1000 )) \
     || { echo "bench: BENCH_SECONDS 1..60, BENCH_ROUNDS 1..20, BENCH_CONNECTIONS 1..1000" >&2; exit 1; }
@@ -76,9 +81,10 @@ wait_ready() {
 }
 
 REDIS_PORT=$(free_port)
-taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+taskset -c "$REDIS_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$TMP" >"$TMP/redis.log" 2>&1 &
 PIDS+=($!)
+REDIS_PID=$!
 for _ in $(seq 1 100); do [[ $(redis-cli -p "$REDIS_PORT" PING 2>/dev/null) == PONG ]] && break; sleep 0.05; done
 [[ $(redis-cli -p "$REDIS_PORT" PING) == PONG ]] || fail_with_log "redis-server did not start" "$TMP/redis.log"
 
@@ -109,7 +115,8 @@ usage:
   enabled: false
 $cluster
 EOF
-    printf -- '---\nversion: 1\nthreads: 1\nwork_stealing: false\npid_file: %s/pid\nupgrade_sock: %s/sock\n' \
+    # No grace period: a stopped gateway exits at once (Pingora's default waits minutes).
+    printf -- '---\nversion: 1\nthreads: 1\nwork_stealing: false\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\npid_file: %s/pid\nupgrade_sock: %s/sock\n' \
         "$dir" "$dir" >"$dir/server.yaml"
     RUST_LOG=warn taskset -c "$PROXY_CPU" "$GPT_API" --config "$dir/config.yaml" --listen "127.0.0.1:$port" \
         -c "$dir/server.yaml" >"$dir/gpt-api.log" 2>&1 &
@@ -142,16 +149,17 @@ wrk_parse() {
 }
 declare -A V=()
 run() {
-    local t=$1 conns=$2 round=$3 out=$TMP/wrk-$1-c$2-$3.txt before after
-    before=$(ticks "${PID[$t]}")
+    local t=$1 conns=$2 round=$3 out=$TMP/wrk-$1-c$2-$3.txt before after redis_before redis_after
+    before=$(ticks "${PID[$t]}") redis_before=$(ticks "$REDIS_PID")
     timeout $((SECS + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${SECS}s" --latency --timeout 5s \
         -s "$TMP/chat.lua" "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" >"$out" 2>&1 \
         || fail_with_log "wrk failed against $t" "$out"
-    after=$(ticks "${PID[$t]}")
+    after=$(ticks "${PID[$t]}") redis_after=$(ticks "$REDIS_PID")
     read -r n rps p50 p99 errs < <(wrk_parse "$out") || fail_with_log "cannot read wrk's output" "$out"
     ((errs == 0)) || fail_with_log "$t answered $errs non-2xx" "$out"
     V[$t,$conns,rps]+=" $rps" V[$t,$conns,p50]+=" $p50" V[$t,$conns,p99]+=" $p99"
     V[$t,$conns,cpu]+=" $(awk -v d=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
+    V[$t,$conns,rcpu]+=" $(awk -v d=$((redis_after - redis_before)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
     log "round $round $t c$conns: $rps req/s p50 $p50 ms p99 $p99 ms"
 }
 for t in memory redis; do  # warm-up
@@ -163,6 +171,7 @@ ping_p50() {
     timeout 60 taskset -c "$PROXY_CPU" redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 1 -n 20000 -t ping --csv \
         2>/dev/null | awk -F'"' '/PING_MBULK/ { print $10 }'
 }
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq 1 "$ROUNDS"); do
     for conns in 1 "$CONNS"; do
         for t in memory redis; do run "$t" "$conns" "$round"; done
@@ -174,14 +183,16 @@ grep -q 'unavailable' "$TMP/redis/gpt-api.log" && log "warning: Redis was marked
 median() { printf '%s\n' $1 | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 m() { median "${V[$1]}"; }
 echo
-echo "Redis limit store, $ROUNDS rounds x ${SECS} s per case (medians), 0 ms backend, key with rpm + tpm:"
+echo "Redis limit store, $ROUNDS rounds x ${SECS} s per case (medians), 0 ms backend, key with rpm + tpm;"
+echo "cores: gpt-api $PROXY_CPU, wrk and backend $LOAD_CPU, redis-server $REDIS_CPU; load average" \
+    "$LOAD_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after:"
 echo
-echo "| store | conns | req/s | p50 ms | p99 ms | CPU µs/req |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+echo "| store | conns | req/s | p50 ms | p99 ms | CPU µs/req | Redis CPU µs/req |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 for conns in 1 "$CONNS"; do
     for t in memory redis; do
-        printf '| %s | %s | %.0f | %s | %s | %s |\n' "$t" "$conns" "$(m "$t,$conns,rps")" "$(m "$t,$conns,p50")" \
-            "$(m "$t,$conns,p99")" "$(m "$t,$conns,cpu")"
+        printf '| %s | %s | %.0f | %s | %s | %s | %s |\n' "$t" "$conns" "$(m "$t,$conns,rps")" "$(m "$t,$conns,p50")" \
+            "$(m "$t,$conns,p99")" "$(m "$t,$conns,cpu")" "$(m "$t,$conns,rcpu")"
     done
 done
 echo

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisResult, Script};
+use redis::io::tcp::TcpSettings;
+use redis::{IntoConnectionInfo, RedisResult, Script};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,11 +93,18 @@ impl RedisStore {
     /// Checks the URL; connects only when started (Redis not answering then is no error: it is probed).
     pub fn new(settings: &RedisSettings) -> Result<RedisStore, RedisStoreError> {
         let health = Health::new(settings);
-        let client =
-            redis::Client::open(settings.url.expose()).map_err(|e| RedisStoreError::Url {
-                url: settings.shown(),
-                why: health.scrub(&e.to_string()),
-            })?;
+        let url_error = |e: redis::RedisError| RedisStoreError::Url {
+            url: settings.shown(),
+            why: health.scrub(&e.to_string()),
+        };
+        // Without TCP_NODELAY (the client's default) a thread's second call out waits for the first's answer.
+        let info = settings
+            .url
+            .expose()
+            .into_connection_info()
+            .map_err(url_error)?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(url_error)?;
         let (queue, receiver) = Queue::new();
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(settings.timeout))
@@ -199,7 +207,7 @@ impl LimitStore for RedisStore {
         if !self.health.is_up() {
             return Err(Unavailable("Redis is down".into()));
         }
-        let call = AdmitCall::new(ask, LEASE);
+        let call = AdmitCall::new(ask);
         let (tx, mut rx) = oneshot::channel();
         // On the caller's runtime with its thread's connection; the store's own when called from outside one.
         match Handle::try_current() {
@@ -225,7 +233,7 @@ impl LimitStore for RedisStore {
                 // From now on the task gives back what it took; an answer that came just before, we do.
                 rx.close();
                 if let Ok(Ok(answer)) = rx.try_recv() {
-                    give_back(&self.queue, AdmitCall::new(ask, LEASE), &answer);
+                    give_back(&self.queue, AdmitCall::new(ask), &answer);
                 }
                 let ms = self.timeout.as_millis();
                 Err(self.unavailable(format!("no answer within {ms} ms")))

@@ -11,11 +11,12 @@ use redis::{Script, Value};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use super::give_back;
 use super::script::{AdmitCall, Answer};
 use super::updates::Queue;
+use super::{give_back, LEASE};
+use crate::ratelimit::memory::WINDOW;
 
-/// Admissions in one call, at most (7 keys and 9 arguments each).
+/// Admissions in one call, at most (8 arguments each, and 7 keys for each gateway key among them).
 const MAX_BATCH: usize = 64;
 /// Calls out at once per thread: while one waits on Redis, the next batch need not.
 const MAX_IN_FLIGHT: u8 = 2;
@@ -128,19 +129,28 @@ impl Drop for Sending<'_> {
     }
 }
 
-/// Runs the admission script for `calls` (loading it first if Redis lost it) and reads its answers.
+/// Runs the admission script for `calls` (loading it first if Redis lost it) and reads its answers. The keys
+/// of a gateway key go once per call, however many of its admissions the call carries.
 pub async fn evaluate(
     script: &Script,
     conn: &mut ConnectionManager,
     calls: &[&AdmitCall],
 ) -> Result<Vec<Answer>, String> {
     let mut invocation = script.prepare_invoke();
+    invocation.arg(WINDOW).arg(LEASE.as_millis());
+    let mut groups: Vec<&[String; 7]> = Vec::new();
     for call in calls {
-        for key in &call.key_args {
-            invocation.key(key.as_str());
-        }
-    }
-    for call in calls {
+        let group = match groups.iter().position(|g| **g == call.key_args) {
+            Some(i) => i + 1,
+            None => {
+                groups.push(&call.key_args);
+                for key in &call.key_args {
+                    invocation.key(key.as_str());
+                }
+                groups.len()
+            }
+        };
+        invocation.arg(group);
         for arg in &call.args {
             invocation.arg(arg.as_str());
         }

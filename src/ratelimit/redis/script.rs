@@ -8,7 +8,7 @@ use redis::Value;
 use super::keys::Keys;
 use crate::money::Usd;
 use crate::ratelimit::budget::{BudgetCheck, Spent};
-use crate::ratelimit::memory::{Window, WINDOW};
+use crate::ratelimit::memory::Window;
 use crate::ratelimit::store::{Ask, Verdict};
 use crate::ratelimit::{Decision, Quota};
 
@@ -22,9 +22,9 @@ pub const UPDATE: &str = include_str!("update.lua");
 pub struct AdmitCall {
     pub keys: Keys,
     pub request_id: String,
-    /// `KEYS` and `ARGV` of `admit.lua`, in order.
+    /// The `KEYS` of its group and its own `ARGV` (after its group's number) in `admit.lua`, in order.
     pub key_args: [String; 7],
-    pub args: [String; 9],
+    pub args: [String; 7],
     /// The reservation's amount, when the key has a budget.
     pub reserved: Option<Usd>,
     /// Whether the request is counted in the `requests` window (the key has an rpm).
@@ -32,7 +32,7 @@ pub struct AdmitCall {
 }
 
 impl AdmitCall {
-    pub fn new(ask: &Ask<'_>, lease: Duration) -> AdmitCall {
+    pub fn new(ask: &Ask<'_>) -> AdmitCall {
         let keys = Keys::new(ask.key);
         let period = ask.budget.map(|b| b.period);
         let (day, month) = match period {
@@ -45,13 +45,11 @@ impl AdmitCall {
         let args = [
             ask.request_id.to_owned(),
             ask.limits.max_concurrent.unwrap_or(0).to_string(),
-            lease.as_millis().to_string(),
             text(ask.budget.map(|b| b.amount.0)),
             text(budget.and_then(|b| b.day).map(|u| u.0)),
             text(budget.and_then(|b| b.month).map(|u| u.0)),
             text(ask.limits.rpm.map(u64::from)),
             text(ask.limits.tpm),
-            WINDOW.to_string(),
         ];
         let key_args = [
             keys.slots(),

@@ -328,7 +328,7 @@ fn any_runtime_may_call_it_even_after_another_stopped() {
 fn an_admission_nobody_waited_for_is_given_back() {
     let (queue, mut rx) = Queue::new();
     let a = ask("k", "r9", rpm(5), None);
-    let mut call = AdmitCall::new(&a, LEASE);
+    let mut call = AdmitCall::new(&a);
     call.reserved = Some(Usd(30));
     let answer = Answer {
         status: Status::Allowed,

@@ -69,22 +69,20 @@ fn answer(status: i64, money: [&str; 3], requests: &[(u64, u64)], tokens: &[(u64
 
 #[test]
 fn arguments_name_the_keys_and_leave_absent_limits_empty() {
-    let call = AdmitCall::new(&ask(rate(Some(3), None), None), Duration::from_secs(600));
+    let call = AdmitCall::new(&ask(rate(Some(3), None), None));
     assert_eq!(call.key_args[0], "gpt-api:{team}:slots");
     assert_eq!(call.key_args[5], "gpt-api:{team}:requests");
     assert_eq!(call.args[0], "req-1");
     assert_eq!(call.args[1], "0", "no max_concurrent");
-    assert_eq!(call.args[2], "600000");
-    assert_eq!(call.args[3], "", "no budget");
-    assert_eq!(call.args[6], "3");
-    assert_eq!(call.args[7], "", "no tpm");
-    assert_eq!(call.args[8], "60");
+    assert_eq!(call.args[2], "", "no budget");
+    assert_eq!(call.args[5], "3");
+    assert_eq!(call.args[6], "", "no tpm");
     assert!(call.counted && call.reserved.is_none());
     let b = budget(1.0, 0.25);
-    let call = AdmitCall::new(&ask(Limits::default(), Some(b)), Duration::from_secs(1));
-    assert_eq!(call.args[3], "250000000");
-    assert_eq!(call.args[4], "1000000000");
-    assert_eq!(call.args[5], "", "no month budget");
+    let call = AdmitCall::new(&ask(Limits::default(), Some(b)));
+    assert_eq!(call.args[2], "250000000");
+    assert_eq!(call.args[3], "1000000000");
+    assert_eq!(call.args[4], "", "no month budget");
     assert!(call.key_args[3].contains(":spent:"), "{:?}", call.key_args);
 }
 
