@@ -77,6 +77,35 @@ impl Frames {
     }
 }
 
+/// A stream translator reading the backend's events out of its [`Frames`]: its `feed` and `finish` are these.
+pub trait OnEvents {
+    fn frames(&mut self) -> &mut Frames;
+    /// One backend event translated, appended to `out`.
+    fn on_event(&mut self, e: Event<'_>, out: &mut Vec<u8>) -> Result<(), DialectError>;
+
+    /// Translates the events that end in `bytes` (the frames are lent out while the events are read).
+    fn feed_events(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), DialectError>
+    where
+        Self: Sized,
+    {
+        let mut frames = std::mem::replace(self.frames(), Frames::new(0));
+        let result = frames.feed(bytes, |e| self.on_event(e, out));
+        *self.frames() = frames;
+        result
+    }
+
+    /// Translates a last event the stream ended without a blank line after. One that does not parse was cut
+    /// mid-way: the stream stays cut, it is no error of ours.
+    fn finish_events(&mut self, out: &mut Vec<u8>)
+    where
+        Self: Sized,
+    {
+        let mut frames = std::mem::replace(self.frames(), Frames::new(0));
+        let _ = frames.finish(|e| self.on_event(e, out));
+        *self.frames() = frames;
+    }
+}
+
 fn call<E>(raw: &[u8], each: &mut impl FnMut(Event<'_>) -> Result<(), E>) -> Result<(), E> {
     let fields = Fields::parse(raw);
     let data = fields.data();

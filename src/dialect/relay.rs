@@ -23,26 +23,102 @@ const ERROR_CAP: usize = 64 << 10;
 enum How {
     /// A chat completion (JSON) becomes a Messages answer.
     ChatBody(BytesMut),
-    /// A chat completions stream becomes Messages events.
-    ChatStream(Box<ChatToMessagesStream>),
+    /// An event stream translated event by event (chat -> Messages, Messages -> chat, chat -> Responses,
+    /// Messages -> Responses).
+    Stream(Box<dyn Translating>),
     /// An OpenAI-shaped error body (any content) becomes Anthropic's error, under the same status.
     OpenAiError { status: u16, held: BytesMut },
     /// A Messages answer (JSON) becomes a chat completion stamped `created`.
     MessagesBody { held: BytesMut, created: i64 },
-    /// A Messages event stream becomes chat chunks.
-    MessagesStream(Box<MessagesToChatStream>),
     /// An Anthropic error body becomes OpenAI's (passed on as it is when it is not Anthropic's).
     AnthropicError(BytesMut),
     /// A Messages answer to a Messages caller passes unchanged, read for its usage.
     Messages(Box<MessagesReader>),
     /// A chat completion (JSON) becomes a Responses API `response`, stamped `created` when it has no time.
     ResponsesBody { held: BytesMut, created: i64 },
-    /// A chat completions stream becomes Responses events.
-    ResponsesStream(Box<ChatToResponsesStream>),
     /// A Messages answer (JSON) becomes a Responses API `response`, through its chat completion.
     MessagesResponseBody { held: BytesMut, created: i64 },
-    /// A Messages event stream becomes Responses events, through chat chunks, event by event.
-    MessagesResponseStream(Box<(MessagesToChatStream, ChatToResponsesStream)>),
+}
+
+/// An incremental stream translator, as the relay drives it.
+trait Translating: Send + Sync {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), DialectError>;
+    fn finish(&mut self, out: &mut Vec<u8>);
+    fn usage(&self) -> Option<TokenUsage>;
+    fn is_complete(&self) -> bool;
+    /// The id of the Responses API `response` it makes, once known.
+    fn response_id(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// The translators' own methods, as [`Translating`].
+macro_rules! translating {
+    ($($t:ty),*) => {$(
+        impl Translating for $t {
+            fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), DialectError> {
+                <$t>::feed(self, bytes, out)
+            }
+            fn finish(&mut self, out: &mut Vec<u8>) {
+                <$t>::finish(self, out)
+            }
+            fn usage(&self) -> Option<TokenUsage> {
+                <$t>::usage(self)
+            }
+            fn is_complete(&self) -> bool {
+                <$t>::is_complete(self)
+            }
+        }
+    )*};
+}
+translating!(ChatToMessagesStream, MessagesToChatStream);
+
+impl Translating for ChatToResponsesStream {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), DialectError> {
+        ChatToResponsesStream::feed(self, bytes, out)
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        ChatToResponsesStream::finish(self, out)
+    }
+    fn usage(&self) -> Option<TokenUsage> {
+        ChatToResponsesStream::usage(self)
+    }
+    fn is_complete(&self) -> bool {
+        ChatToResponsesStream::is_complete(self)
+    }
+    fn response_id(&self) -> Option<&str> {
+        ChatToResponsesStream::response_id(self)
+    }
+}
+
+/// A Messages event stream made Responses events through chat chunks, event by event.
+struct MessagesToResponses(MessagesToChatStream, ChatToResponsesStream);
+
+impl Translating for MessagesToResponses {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), DialectError> {
+        let mut chat = Vec::new();
+        self.0.feed(bytes, &mut chat)?;
+        self.1.feed(&chat, out)
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        let mut chat = Vec::new();
+        self.0.finish(&mut chat);
+        // What the first stage still held goes through the second before it ends.
+        if let Err(e) = self.1.feed(&chat, out) {
+            log::debug!("the end of a translated stream did not translate: {e}");
+        }
+        self.1.finish(out);
+    }
+    /// The first stage's usage: it has the cache writes, which chat's usage has no field for.
+    fn usage(&self) -> Option<TokenUsage> {
+        self.0.usage()
+    }
+    fn is_complete(&self) -> bool {
+        self.1.is_complete()
+    }
+    fn response_id(&self) -> Option<&str> {
+        self.1.response_id()
+    }
 }
 
 /// What the relay is given to decide how an answer goes to the caller.
@@ -84,12 +160,12 @@ impl Relay {
                     status: head.status,
                     held: BytesMut::new(),
                 },
-                (true, true) => How::ChatStream(Box::default()),
+                (true, true) => How::Stream(Box::<ChatToMessagesStream>::default()),
                 (true, false) => How::ChatBody(BytesMut::new()),
             },
             (ApiKind::Chat, ApiKind::Messages) => match (ok, head.sse) {
                 (false, _) => How::AnthropicError(BytesMut::new()),
-                (true, true) => How::MessagesStream(Box::new(MessagesToChatStream::new(
+                (true, true) => How::Stream(Box::new(MessagesToChatStream::new(
                     head.created,
                     head.include_usage,
                 ))),
@@ -104,7 +180,7 @@ impl Relay {
             // A chat backend's error is already in OpenAI's shape, which a Responses caller reads.
             (ApiKind::Responses, ApiKind::Messages) => match (ok, head.sse) {
                 (false, _) => How::AnthropicError(BytesMut::new()),
-                (true, true) => How::MessagesResponseStream(Box::new((
+                (true, true) => How::Stream(Box::new(MessagesToResponses(
                     MessagesToChatStream::new(head.created, true),
                     ChatToResponsesStream::new(head.created),
                 ))),
@@ -115,9 +191,7 @@ impl Relay {
             },
             (ApiKind::Responses, ApiKind::Chat) => match (ok, head.sse) {
                 (false, _) => return None,
-                (true, true) => {
-                    How::ResponsesStream(Box::new(ChatToResponsesStream::new(head.created)))
-                }
+                (true, true) => How::Stream(Box::new(ChatToResponsesStream::new(head.created))),
                 (true, false) => How::ResponsesBody {
                     held: BytesMut::new(),
                     created: head.created,
@@ -141,13 +215,7 @@ impl Relay {
 
     /// The caller gets a stream (`text/event-stream`) rather than a JSON body.
     pub fn is_stream(&self) -> bool {
-        matches!(
-            self.how,
-            How::ChatStream(_)
-                | How::MessagesStream(_)
-                | How::ResponsesStream(_)
-                | How::MessagesResponseStream(_)
-        )
+        matches!(self.how, How::Stream(_))
     }
 
     /// A read of the backend's body in, the caller's bytes out (empty while a body is held).
@@ -170,35 +238,11 @@ impl Relay {
                 held.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 Bytes::new()
             }
-            How::ChatStream(stream) => {
+            How::Stream(stream) => {
                 let mut out = Vec::new();
                 stream.feed(&chunk, &mut out)?;
                 self.usage = stream.usage();
                 let complete = stream.is_complete();
-                return Ok(self.hand_on(Bytes::from(out), complete));
-            }
-            How::MessagesStream(stream) => {
-                let mut out = Vec::new();
-                stream.feed(&chunk, &mut out)?;
-                self.usage = stream.usage();
-                let complete = stream.is_complete();
-                return Ok(self.hand_on(Bytes::from(out), complete));
-            }
-            How::ResponsesStream(stream) => {
-                let mut out = Vec::new();
-                stream.feed(&chunk, &mut out)?;
-                self.usage = stream.usage();
-                let complete = stream.is_complete();
-                return Ok(self.hand_on(Bytes::from(out), complete));
-            }
-            How::MessagesResponseStream(streams) => {
-                let (messages, responses) = &mut **streams;
-                let (mut chat, mut out) = (Vec::new(), Vec::new());
-                messages.feed(&chunk, &mut chat)?;
-                responses.feed(&chat, &mut out)?;
-                // The first stage's usage: it has the cache writes, which chat's usage has no field for.
-                self.usage = messages.usage();
-                let complete = responses.is_complete();
                 return Ok(self.hand_on(Bytes::from(out), complete));
             }
             How::Messages(reader) => {
@@ -231,13 +275,7 @@ impl Relay {
                 Err(e) => openai_error(&e.to_string()),
             },
             How::AnthropicError(held) => error::to_openai(held).unwrap_or_else(|| held.to_vec()),
-            How::ChatStream(stream) => {
-                let mut out = Vec::new();
-                stream.finish(&mut out);
-                self.usage = stream.usage();
-                out
-            }
-            How::MessagesStream(stream) => {
+            How::Stream(stream) => {
                 let mut out = Vec::new();
                 stream.finish(&mut out);
                 self.usage = stream.usage();
@@ -251,12 +289,6 @@ impl Relay {
                 }
                 Err(e) => openai_error(&e.to_string()),
             },
-            How::ResponsesStream(stream) => {
-                let mut out = Vec::new();
-                stream.finish(&mut out);
-                self.usage = stream.usage();
-                out
-            }
             How::MessagesResponseBody { held, created } => {
                 match messages_response(held, *created) {
                     Ok((body, usage)) => {
@@ -266,18 +298,6 @@ impl Relay {
                     }
                     Err(e) => openai_error(&e.to_string()),
                 }
-            }
-            How::MessagesResponseStream(streams) => {
-                let (messages, responses) = &mut **streams;
-                let (mut chat, mut out) = (Vec::new(), Vec::new());
-                messages.finish(&mut chat);
-                // What the first stage still held goes through the second before it ends.
-                if let Err(e) = responses.feed(&chat, &mut out) {
-                    log::debug!("the end of a translated stream did not translate: {e}");
-                }
-                responses.finish(&mut out);
-                self.usage = messages.usage();
-                out
             }
             How::Messages(reader) => {
                 reader.finish();
@@ -313,8 +333,7 @@ impl Relay {
     /// from its first event, a whole body's at its end).
     pub fn response_id(&self) -> Option<&str> {
         match &self.how {
-            How::ResponsesStream(stream) => stream.response_id(),
-            How::MessagesResponseStream(streams) => streams.1.response_id(),
+            How::Stream(stream) => stream.response_id(),
             _ => self.response_id.as_deref(),
         }
     }

@@ -7,7 +7,7 @@
 //! an event costs one parse and a few copies.
 
 use super::{chat_usage_json, error, finish_reason, Counts};
-use crate::dialect::frames::{Event, Frames, EVENT_CAP};
+use crate::dialect::frames::{Event, Frames, OnEvents, EVENT_CAP};
 use crate::dialect::DialectError;
 use crate::tokens::TokenUsage;
 use serde::Deserialize;
@@ -103,19 +103,13 @@ impl MessagesToChatStream {
 
     /// Translates the events that end in `bytes`, appending chat chunks to `out`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), DialectError> {
-        let mut frames = std::mem::replace(&mut self.frames, Frames::new(0));
-        let result = frames.feed(bytes, |e| self.event(e, out));
-        self.frames = frames;
-        result
+        self.feed_events(bytes, out)
     }
 
     /// The backend's stream ended: a last unterminated event is read, and a message whose stop reason
     /// arrived (`message_delta`) is finished even without its `message_stop`. A cut stream stays cut.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let mut frames = std::mem::replace(&mut self.frames, Frames::new(0));
-        // A last event that does not parse was cut mid-way: the stream stays cut, it is no error of ours.
-        let _ = frames.finish(|e| self.event(e, out));
-        self.frames = frames;
+        self.finish_events(out);
         if self.stop.is_some() && !self.done {
             self.end(out);
         }
@@ -302,4 +296,14 @@ impl MessagesToChatStream {
 
 fn cut(s: &str) -> &str {
     super::cut(s, NAME_CAP)
+}
+
+impl OnEvents for MessagesToChatStream {
+    fn frames(&mut self) -> &mut Frames {
+        &mut self.frames
+    }
+
+    fn on_event(&mut self, e: Event<'_>, out: &mut Vec<u8>) -> Result<(), DialectError> {
+        self.event(e, out)
+    }
 }

@@ -8,7 +8,7 @@
 
 use super::{error, stop_reason, Counts};
 use crate::dialect::chat::{Chunk, ChunkDelta as Delta};
-use crate::dialect::frames::{Event, Frames, EVENT_CAP};
+use crate::dialect::frames::{Event, Frames, OnEvents, EVENT_CAP};
 use crate::dialect::DialectError;
 use crate::tokens::TokenUsage;
 use serde_json::Value;
@@ -72,19 +72,13 @@ impl ChatToMessagesStream {
 
     /// Translates the events that end in `bytes`, appending Messages events to `out`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), DialectError> {
-        let mut frames = std::mem::replace(&mut self.frames, Frames::new(0));
-        let result = frames.feed(bytes, |e| self.event(e, out));
-        self.frames = frames;
-        result
+        self.feed_events(bytes, out)
     }
 
     /// The backend's stream ended: a last unterminated event is read, and a message whose choice finished
     /// is closed (its usage as known). A stream cut before its finish stays cut.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let mut frames = std::mem::replace(&mut self.frames, Frames::new(0));
-        // A last event that does not parse was cut mid-way: the stream stays cut, it is no error of ours.
-        let _ = frames.finish(|e| self.event(e, out));
-        self.frames = frames;
+        self.finish_events(out);
         if self.stop.is_some() && !self.done {
             self.end(out);
         }
@@ -293,4 +287,14 @@ fn write_event(out: &mut Vec<u8>, name: &str, data: &Value) {
     out.extend_from_slice(b"\ndata: ");
     let _ = serde_json::to_writer(&mut *out, data);
     out.extend_from_slice(b"\n\n");
+}
+
+impl OnEvents for ChatToMessagesStream {
+    fn frames(&mut self) -> &mut Frames {
+        &mut self.frames
+    }
+
+    fn on_event(&mut self, e: Event<'_>, out: &mut Vec<u8>) -> Result<(), DialectError> {
+        self.event(e, out)
+    }
 }

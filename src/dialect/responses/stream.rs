@@ -12,7 +12,7 @@ use super::answer::{call_item, message_item, reasoning_item};
 use super::{response_json, usage_json};
 use crate::dialect::anthropic::chat_usage;
 use crate::dialect::chat::{Chunk, ChunkDelta as Delta};
-use crate::dialect::frames::{Event, Frames, EVENT_CAP};
+use crate::dialect::frames::{Event, Frames, OnEvents, EVENT_CAP};
 use crate::dialect::DialectError;
 use crate::tokens::TokenUsage;
 use serde_json::{json, Map, Value};
@@ -85,18 +85,12 @@ impl ChatToResponsesStream {
 
     /// Translates the events that end in `bytes`, appending Responses events to `out`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), DialectError> {
-        let mut frames = std::mem::replace(&mut self.frames, Frames::new(0));
-        let result = frames.feed(bytes, |e| self.event(e, out));
-        self.frames = frames;
-        result
+        self.feed_events(bytes, out)
     }
 
     /// The backend's stream ended: a response whose choice finished is completed; a cut one stays cut.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let mut frames = std::mem::replace(&mut self.frames, Frames::new(0));
-        // A last event that does not parse was cut mid-way: the stream stays cut, it is no error of ours.
-        let _ = frames.finish(|e| self.event(e, out));
-        self.frames = frames;
+        self.finish_events(out);
         if self.status.is_some() && !self.done {
             self.end(out);
         }
@@ -392,4 +386,14 @@ impl ChatToResponsesStream {
 
 fn cut(s: &str) -> &str {
     crate::dialect::cut(s, NAME_CAP)
+}
+
+impl OnEvents for ChatToResponsesStream {
+    fn frames(&mut self) -> &mut Frames {
+        &mut self.frames
+    }
+
+    fn on_event(&mut self, e: Event<'_>, out: &mut Vec<u8>) -> Result<(), DialectError> {
+        self.event(e, out)
+    }
 }
