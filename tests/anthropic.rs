@@ -341,17 +341,8 @@ async fn responses_callers_reach_an_anthropic_backend_through_chat_and_back() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    let text = read_all(resp).await;
-    let events: Vec<(&str, Value)> = text
-        .split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
-            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
-            (name, serde_json::from_str(data).unwrap())
-        })
-        .collect();
-    assert_eq!(events[0].0, "response.created", "{text}");
+    let events = crate::common::read_events(resp).await;
+    assert_eq!(events[0].0, "response.created", "{events:?}");
     let delta: String = events
         .iter()
         .filter(|(n, _)| *n == "response.output_text.delta")
@@ -359,7 +350,7 @@ async fn responses_callers_reach_an_anthropic_backend_through_chat_and_back() {
         .collect();
     assert_eq!(delta, "Hello!");
     let (last, done) = events.last().unwrap();
-    assert_eq!(*last, "response.completed", "{text}");
+    assert_eq!(last, "response.completed", "{events:?}");
     assert_eq!(done["response"]["usage"]["input_tokens"], 38);
     assert_eq!(done["response"]["usage"]["output_tokens"], 15);
     let rows = crate::common::records::wait_rows(db.path(), 2).await;

@@ -3,9 +3,9 @@
 //! caller's Messages events one by one (a text block, then a tool_use block, usage in the last delta), the record.
 
 use crate::common::mock::{chat_chunk, usage_chunk, usage_json, Reply};
+use crate::common::read_events;
 use crate::common::records::{usage_config, wait_one_row};
 use crate::common::{client, send_json, Gateway, Mock};
-use crate::messages::read_events;
 use serde_json::{json, Value};
 
 const CLAUDE_CODE: &str =

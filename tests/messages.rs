@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::common::mock::{chat_chunk, tool_call_stream_events, usage_chunk, usage_json, Reply};
+use crate::common::read_events;
 use crate::common::records::{usage_config, wait_one_row};
 use crate::common::{
     client, http_client, post_bytes, post_with, send_json, Behavior, Gateway, Mock, Resp,
@@ -92,26 +93,6 @@ async fn a_json_answer_is_translated_both_ways_and_recorded() {
         (Some(3), Some(1), Some(4))
     );
     assert_eq!(row.upstream_model.as_deref(), Some("upstream-m"));
-}
-
-/// Reads a stream's events as they arrive: (event name, data JSON) pairs.
-pub(crate) async fn read_events(resp: reqwest::Response) -> Vec<(String, Value)> {
-    let mut text = String::new();
-    let mut body = resp.bytes_stream();
-    while let Some(piece) = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .expect("stream stalled")
-    {
-        text.push_str(std::str::from_utf8(&piece.unwrap()).unwrap());
-    }
-    text.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
-            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
-            (name.to_owned(), serde_json::from_str(data).unwrap())
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

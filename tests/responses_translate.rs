@@ -8,6 +8,7 @@ use crate::common;
 use crate::common::mock::{
     chat_chunk, chat_stream_events, tool_call_stream_events, usage_chunk, usage_json, Reply,
 };
+use crate::common::read_events;
 use crate::common::records::{usage_config, wait_one_row, wait_rows};
 use crate::common::{client, post_with, send_json, Behavior, Gateway, Mock};
 use futures_util::StreamExt;
@@ -22,26 +23,6 @@ fn translating(name: &str, mock: &Mock) -> Value {
 fn request(stream: bool) -> Value {
     json!({"model": "m1", "instructions": "Be brief.", "input": "Say hi", "stream": stream,
         "max_output_tokens": 50})
-}
-
-/// A stream's events as they arrive: (event name, data JSON) pairs.
-async fn read_events(resp: reqwest::Response) -> Vec<(String, Value)> {
-    let mut text = String::new();
-    let mut body = resp.bytes_stream();
-    while let Some(piece) = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .expect("stream stalled")
-    {
-        text.push_str(std::str::from_utf8(&piece.unwrap()).unwrap());
-    }
-    text.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
-            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
-            (name.to_owned(), serde_json::from_str(data).unwrap())
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

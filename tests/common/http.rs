@@ -295,3 +295,26 @@ pub async fn curl_upload(
         std::fs::read_to_string(&out_file).unwrap_or_default(),
     )
 }
+
+/// Reads a stream's events as they arrive: (event name, data JSON) pairs.
+pub async fn read_events(resp: reqwest::Response) -> Vec<(String, Value)> {
+    let mut text = String::new();
+    let mut body = resp.bytes_stream();
+    while let Some(piece) = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::StreamExt::next(&mut body),
+    )
+    .await
+    .expect("stream stalled")
+    {
+        text.push_str(std::str::from_utf8(&piece.unwrap()).unwrap());
+    }
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            (name.to_owned(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
