@@ -230,11 +230,20 @@ fn read_rollup(
     upper: &str,
     acc: &mut dyn Visit,
 ) -> rusqlite::Result<()> {
-    let sql =
+    // Cache writes, kept in a table of their own (only groups that have any), join their group's row.
+    let (cache_writes, join) = match has_table(c, rollup::CACHE_WRITES)? {
+        true => (
+            "ifnull(w.CacheWriteTokens, 0)",
+            "LEFT JOIN rollup_cache_writes w USING (Hour, Model, KeyName, Backend)",
+        ),
+        false => ("0", ""),
+    };
+    let sql = format!(
         "SELECT Hour, Model, KeyName, Backend, Requests, Errors, PromptTokens, CompletionTokens, \
-               TotalTokens, CachedTokens, ReasoningTokens, NoUsage, Estimated, CostNanos, Costed \
-               FROM rollup_hours WHERE Hour >= ?1 AND Hour < ?2";
-    let mut select = c.prepare(sql)?;
+         TotalTokens, CachedTokens, ReasoningTokens, NoUsage, Estimated, CostNanos, Costed, {cache_writes} \
+         FROM rollup_hours {join} WHERE Hour >= ?1 AND Hour < ?2"
+    );
+    let mut select = c.prepare(&sql)?;
     let mut rows = select.query([lower, upper])?;
     while let Some(r) = rows.next()? {
         let group = Group {
@@ -251,33 +260,13 @@ fn read_rollup(
             total: r.get(8)?,
             cached: r.get(9)?,
             reasoning: r.get(10)?,
-            cache_write: 0,
+            cache_write: r.get(15)?,
             no_usage: r.get(11)?,
             estimated: r.get(12)?,
             cost_nanos: r.get(13)?,
             costed: r.get(14)?,
         };
         acc.group(&group, &sums);
-    }
-    if has_table(c, rollup::CACHE_WRITES)? {
-        let sql =
-            "SELECT Hour, Model, KeyName, Backend, CacheWriteTokens FROM rollup_cache_writes \
-                   WHERE Hour >= ?1 AND Hour < ?2";
-        let mut select = c.prepare(sql)?;
-        let mut rows = select.query([lower, upper])?;
-        while let Some(r) = rows.next()? {
-            let group = Group {
-                hour: r.get(0)?,
-                model: r.get(1)?,
-                key: r.get(2)?,
-                backend: r.get(3)?,
-            };
-            let sums = Sums {
-                cache_write: r.get(4)?,
-                ..Sums::default()
-            };
-            acc.group(&group, &sums);
-        }
     }
     let sql = "SELECT Kind, Counts FROM rollup_ms WHERE Day >= ?1 AND Day < ?2";
     let mut select = c.prepare(sql)?;
