@@ -185,6 +185,59 @@ async fn three_gateways_share_one_rpm_limit() {
     assert_eq!(mock.count(), ok);
 }
 
+/// A key whose rpm is large enough for grants (each node admits from blocks counted in Redis ahead of its
+/// requests): 3 gateways sending 1.5x its rpm within a few seconds admit it, and no more; Redis counts what
+/// was admitted once the grants' leftovers are given back; far fewer script calls than requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_gateways_share_a_large_rpm_through_grants() {
+    let mock = Mock::start("a").await;
+    let redis = Redis::start();
+    let nodes = start_nodes(3, &mock.base_url("/v1"), &redis, json!({ "rpm": 1200 })).await;
+    let calls = || -> u64 {
+        let stats = redis.cli(&["INFO", "commandstats"]);
+        let line = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:"));
+        let n = line.and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok());
+        n.unwrap_or(0)
+    };
+    let before = calls();
+    // Each node: 600 requests, 8 at a time, as fast as they are answered.
+    let clients = nodes.iter().map(|node| async move {
+        let http = http_client();
+        let url = node.gw.url("/v1/chat/completions");
+        let mut statuses = Vec::new();
+        for _ in 0..75 {
+            let round = (0..8).map(|_| {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let resp = post(&http, &url, &chat("m1"), KEY).send().await;
+                    resp.map_or(0, |r| r.status().as_u16())
+                }
+            });
+            statuses.extend(futures_util::future::join_all(round).await);
+        }
+        statuses
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(clients)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    let sent = calls() - before;
+    eprintln!("{ok} of 1800 answered, {limited} refused, {sent} admission calls (rpm 1200 over 3 gateways)");
+    assert_eq!(ok + limited, 1800, "only 200 and 429");
+    assert!(
+        (1188..=1200).contains(&ok),
+        "{ok} answered for an rpm of 1200"
+    );
+    assert_eq!(mock.count(), ok);
+    assert!(sent < 1200, "{sent} script calls for 1800 requests");
+    let counted = || redis.cli(&["HGET", "gpt-api:{team}:requests", "sum"]);
+    let back = wait_until(Duration::from_secs(5), || counted() == ok.to_string()).await;
+    assert!(back, "Redis counts {} for {ok} admitted", counted());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_gateways_share_one_tpm_limit() {
     let mock = Mock::start("a").await;

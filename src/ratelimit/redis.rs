@@ -3,8 +3,9 @@
 //! [`RedisStore::admit`] is one round trip: `admit.lua` (by `EVALSHA`) checks and takes the rpm, tpm, a
 //! concurrency slot and the budget reservation atomically, on Redis's clock (the admissions that arrive on a
 //! thread while its call is out go together in the next call: `lane.rs`), and its answer is read back into
-//! the memory store's verdict (`script.rs`). What follows admission is queued without waiting and sent in
-//! batches (`updates.rs`). Key layout: `keys.rs`. Slots and reservations are leases of [`LEASE`]: a node that
+//! the memory store's verdict (`script.rs`). A busy key's admissions on a node come mostly from a grant, counted
+//! in Redis ahead of them and made here with no call until Redis's second ends (`grants.rs`). What follows
+//! admission is queued without waiting and sent in batches (`updates.rs`). Key layout: `keys.rs`. Slots and reservations are leases of [`LEASE`]: a node that
 //! dies with requests in flight holds them that long at most.
 //!
 //! The update task and the probe run on a one-thread runtime of the store's own, with a connection of its
@@ -15,6 +16,7 @@
 //! (`health.rs`): admissions then fail at once without a call, and the [`super::Limiter`] counts in memory or
 //! refuses; a probe (`PING` every [`PROBE_INTERVAL`]) marks it up again.
 
+mod grants;
 mod health;
 mod keys;
 mod lane;
@@ -34,8 +36,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::budget::{Period, Spent};
 use super::store::{Ask, LimitStore, Unavailable, Verdict};
+use super::Quota;
 use crate::config::RedisSettings;
 use crate::money::Usd;
+use grants::{Asking, Grants};
 use health::Health;
 use keys::Keys;
 use lane::Lane;
@@ -71,6 +75,7 @@ pub struct RedisStore {
     timeout: Duration,
     health: Arc<Health>,
     queue: Arc<Queue>,
+    grants: Arc<Grants>,
     /// The queue's receiving end, until the store starts.
     receiver: Mutex<Option<mpsc::Receiver<Op>>>,
     /// `None` inside: the store's runtime could not start (Redis counts as down).
@@ -119,6 +124,7 @@ impl RedisStore {
             timeout: settings.timeout,
             health: Arc::new(health),
             queue: Arc::new(queue),
+            grants: Arc::new(Grants::new()),
             receiver: Mutex::new(Some(receiver)),
             running: OnceLock::new(),
         })
@@ -192,6 +198,28 @@ impl RedisStore {
         })
     }
 
+    /// Keeps what an admission's answer granted, ending it (and giving back what is left) when its second ends.
+    fn keep_grant(&self, ask: &Ask<'_>, answer: &Answer, quota: &Quota, running: &Running) {
+        let (made, replaced) = self.grants.keep(ask, answer, quota, Instant::now());
+        if let Some(leftover) = replaced {
+            self.queue.push(leftover.undo());
+        }
+        let Some(made) = made else {
+            return;
+        };
+        let (grants, queue, key) = (
+            Arc::clone(&self.grants),
+            Arc::clone(&self.queue),
+            ask.key.to_owned(),
+        );
+        running.handle.spawn(async move {
+            tokio::time::sleep_until(made.end.into()).await;
+            if let Some(leftover) = grants.expire(&key, made.id) {
+                queue.push(leftover.undo());
+            }
+        });
+    }
+
     fn unavailable(&self, why: String) -> Unavailable {
         self.health.fail(&why);
         Unavailable(self.health.scrub(&why))
@@ -207,7 +235,12 @@ impl LimitStore for RedisStore {
         if !self.health.is_up() {
             return Err(Unavailable("Redis is down".into()));
         }
-        let call = AdmitCall::new(ask);
+        if let Some(verdict) = self.grants.take(ask, ask.now) {
+            return Ok(verdict);
+        }
+        let want = self.grants.want(ask, ask.now);
+        let _asking = Asking::new(&self.grants, ask.key, want);
+        let call = AdmitCall::new(ask, want);
         let (tx, mut rx) = oneshot::channel();
         // On the caller's runtime with its thread's connection; the store's own when called from outside one.
         match Handle::try_current() {
@@ -226,14 +259,20 @@ impl LimitStore for RedisStore {
             }
         }
         match tokio::time::timeout(self.timeout, &mut rx).await {
-            Ok(Ok(Ok(answer))) => Ok(answer.verdict(ask)),
+            Ok(Ok(Ok(answer))) => {
+                let verdict = answer.verdict(ask);
+                if let Verdict::Allow { quota, .. } = &verdict {
+                    self.keep_grant(ask, &answer, quota, running);
+                }
+                Ok(verdict)
+            }
             Ok(Ok(Err(why))) => Err(self.unavailable(why)),
             Ok(Err(_)) => Err(self.unavailable("its runtime stopped".into())),
             Err(_) => {
                 // From now on the task gives back what it took; an answer that came just before, we do.
                 rx.close();
                 if let Ok(Ok(answer)) = rx.try_recv() {
-                    give_back(&self.queue, AdmitCall::new(ask), &answer);
+                    give_back(&self.queue, AdmitCall::new(ask, want), &answer);
                 }
                 let ms = self.timeout.as_millis();
                 Err(self.unavailable(format!("no answer within {ms} ms")))
@@ -277,8 +316,13 @@ impl LimitStore for RedisStore {
         });
     }
 
-    /// Redis forgets the windows of removed keys by their TTLs (a minute); spend is kept anyway.
-    fn release(&self, _keep: &[&str]) {}
+    /// Redis forgets the windows of removed keys by their TTLs (a minute); spend is kept anyway. Their
+    /// grants end here.
+    fn release(&self, keep: &[&str]) {
+        for leftover in self.grants.release(keep) {
+            self.queue.push(leftover.undo());
+        }
+    }
 
     fn is_up(&self) -> bool {
         self.health.is_up()
@@ -295,6 +339,9 @@ impl Drop for RedisStore {
         let Some(Some(mut running)) = self.running.take() else {
             return;
         };
+        for leftover in self.grants.drain() {
+            self.queue.push(leftover.undo());
+        }
         if let Some(stop) = running.stop.take() {
             let _ = stop.send(());
         }
@@ -308,7 +355,7 @@ impl Drop for RedisStore {
     }
 }
 
-/// Queues the undoing of an admission nobody waited for.
+/// Queues the undoing of an admission nobody waited for (and of what it was granted).
 fn give_back(queue: &Queue, call: AdmitCall, answer: &Answer) {
     if answer.status != Status::Allowed {
         return;
@@ -319,6 +366,7 @@ fn give_back(queue: &Queue, call: AdmitCall, answer: &Answer) {
             .map_or(String::new(), |r| member(r, &call.request_id)),
         reserved: call.reserved.unwrap_or(Usd::ZERO),
         second: call.counted.then_some(answer.now.as_secs()),
+        count: 1 + u64::from(answer.granted),
         keys: call.keys,
         request_id: call.request_id,
     });

@@ -9,13 +9,14 @@
 -- scored by its lease's end in ms), 2 reservations (zset: "<nanos>:<id>", likewise), 3 reserved (nano-dollars
 -- reserved), 4 spent today, 5 spent this month (nano-dollars), 6 requests, 7 tokens (hashes: unix second ->
 -- count, and `sum`, `oldest`, `newest`; see `total`).
--- ARGV: 1 window seconds, 2 lease ms; then 8 per admission i (from 0), ARGV[8i+3..8i+10]: 1 its group (from
+-- ARGV: 1 window seconds, 2 lease ms; then 9 per admission i (from 0), ARGV[9i+3..9i+11]: 1 its group (from
 -- 1), 2 request id, 3 max_concurrent (0: none), 4 reservation nanos ('': no budget), 5 day budget, 6 month
--- budget, 7 rpm, 8 tpm ('': none).
+-- budget, 7 rpm, 8 tpm ('': none), 9 grant: admissions wanted beyond this one, for the node to make itself
+-- until this second ends (src/ratelimit/redis/grants.rs; 0: none).
 -- Answer: one per admission, {status, seconds, microseconds, spent today, spent this month, reserved,
--- requests, tokens}, status 0 allowed, 1 busy (only the first three), 2 budget reached, 3 rate reached;
--- requests and tokens flat {second, count, ...} of the window before this request: every live second when
--- refused, else the window's total in its newest second.
+-- requests, tokens, granted}, status 0 allowed, 1 busy (only the first three), 2 budget reached, 3 rate
+-- reached; requests and tokens flat {second, count, ...} of the window before this request: every live second
+-- when refused, else the window's total in its newest second; granted: the admissions counted beyond this one.
 
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis < 5: allows writes after TIME
@@ -24,6 +25,9 @@ local time = redis.call('TIME')
 local now = tonumber(time[1])
 local now_ms = now * 1000 + math.floor(tonumber(time[2]) / 1000)
 local window, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- A grant is not made in a second's last tenth (the node would have no time to use it), takes at most an eighth
+-- of what the rpm leaves, and none once the tokens window is half full (tokens arrive after their requests).
+local GRANT_UNTIL_US, GRANT_SHARE = 900000, 8
 
 -- A window is a hash: unix second -> count, and three fields of its own: `sum` of the live seconds, the
 -- `oldest` and `newest` of them. Its total is read in O(1) until its oldest second leaves the window; only
@@ -120,7 +124,7 @@ local swept = {}
 
 -- Admission i (from 0): its arguments from ARGV[a + 1], its group's keys from KEYS[k + 1].
 local function admit(a, k)
-  local id, max_concurrent = ARGV[a + 2], tonumber(ARGV[a + 3])
+  local id, max_concurrent, want = ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 9])
   local amount = ARGV[a + 4]
   local rpm, tpm = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
   local slots, reservations, reserved_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
@@ -189,22 +193,30 @@ local function admit(a, k)
     redis.call('INCRBY', reserved_key, amount)
     redis.call('PEXPIRE', reserved_key, lease)
   end
+  local granted = 0
+  if want > 0 and requests and tonumber(time[2]) < GRANT_UNTIL_US then
+    granted = math.min(want, math.floor((rpm - requests.sum - 1) / GRANT_SHARE))
+    if tokens and tokens.sum * 2 > tpm then
+      granted = 0
+    end
+    granted = math.max(granted, 0)
+  end
   local request_summary, token_summary = {}, {}
   if requests then
     request_summary = summary(requests.sum, requests.newest)
-    requests.sum = requests.sum + 1
+    requests.sum = requests.sum + 1 + granted
     requests.newest = now
-    requests.added = requests.added + 1
+    requests.added = requests.added + 1 + granted
   end
   if tokens then
     token_summary = summary(tokens.sum, tokens.newest)
   end
-  return {0, time[1], time[2], spent_day, spent_month, reserved, request_summary, token_summary}
+  return {0, time[1], time[2], spent_day, spent_month, reserved, request_summary, token_summary, granted}
 end
 
 local answers = {}
-for i = 0, (#ARGV - 2) / 8 - 1 do
-  local a = 2 + 8 * i
+for i = 0, (#ARGV - 2) / 9 - 1 do
+  local a = 2 + 9 * i
   answers[i + 1] = admit(a, 7 * (tonumber(ARGV[a + 1]) - 1))
 end
 for _, w in ipairs(order) do

@@ -24,7 +24,7 @@ pub struct AdmitCall {
     pub request_id: String,
     /// The `KEYS` of its group and its own `ARGV` (after its group's number) in `admit.lua`, in order.
     pub key_args: [String; 7],
-    pub args: [String; 7],
+    pub args: [String; 8],
     /// The reservation's amount, when the key has a budget.
     pub reserved: Option<Usd>,
     /// Whether the request is counted in the `requests` window (the key has an rpm).
@@ -32,7 +32,8 @@ pub struct AdmitCall {
 }
 
 impl AdmitCall {
-    pub fn new(ask: &Ask<'_>) -> AdmitCall {
+    /// The admission of `ask`, asking for a grant of `want` more (0: none; `grants.rs`).
+    pub fn new(ask: &Ask<'_>, want: u32) -> AdmitCall {
         let keys = Keys::new(ask.key);
         let period = ask.budget.map(|b| b.period);
         let (day, month) = match period {
@@ -50,6 +51,7 @@ impl AdmitCall {
             text(budget.and_then(|b| b.month).map(|u| u.0)),
             text(ask.limits.rpm.map(u64::from)),
             text(ask.limits.tpm),
+            want.to_string(),
         ];
         let key_args = [
             keys.slots(),
@@ -91,10 +93,13 @@ pub struct Answer {
     /// `(second, count)` of the window's live seconds.
     pub requests: Vec<(u64, u64)>,
     pub tokens: Vec<(u64, u64)>,
+    /// Admissions counted beyond this one, for the node to make itself until Redis's second ends.
+    pub granted: u32,
 }
 
 impl Answer {
-    /// Reads `{status, seconds, microseconds, spent today, spent this month, reserved, requests, tokens}`
+    /// Reads `{status, seconds, microseconds, spent today, spent this month, reserved, requests, tokens,
+    /// granted}`
     /// (a busy answer stops after the clock, a budget one after `reserved`).
     pub fn parse(value: &Value) -> Result<Answer, String> {
         let Value::Array(items) = value else {
@@ -121,6 +126,7 @@ impl Answer {
             reserved: Usd(number(5)?),
             requests: counts(6)?,
             tokens: counts(7)?,
+            granted: u32::try_from(number(8)?).unwrap_or(0),
         })
     }
 

@@ -14,6 +14,7 @@ use crate::secret::Secret;
 use server::{free_port, wait, Server};
 
 mod batches;
+mod grants;
 mod server;
 
 fn store(url: &str, timeout_ms: u64) -> RedisStore {
@@ -325,10 +326,10 @@ fn any_runtime_may_call_it_even_after_another_stopped() {
 }
 
 #[test]
-fn an_admission_nobody_waited_for_is_given_back() {
+fn an_admission_nobody_waited_for_is_given_back_with_its_grant() {
     let (queue, mut rx) = Queue::new();
     let a = ask("k", "r9", rpm(5), None);
-    let mut call = AdmitCall::new(&a);
+    let mut call = AdmitCall::new(&a, 0);
     call.reserved = Some(Usd(30));
     let answer = Answer {
         status: Status::Allowed,
@@ -337,6 +338,7 @@ fn an_admission_nobody_waited_for_is_given_back() {
         reserved: Usd::ZERO,
         requests: Vec::new(),
         tokens: Vec::new(),
+        granted: 4,
     };
     give_back(
         &queue,
@@ -357,6 +359,7 @@ fn an_admission_nobody_waited_for_is_given_back() {
             member: "30:r9".into(),
             reserved: Usd(30),
             second: Some(77),
+            count: 5,
         }
     );
 }

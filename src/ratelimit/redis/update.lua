@@ -3,8 +3,8 @@
 --   tokens  KEYS tokens;                                 ARGV count, ttl (the window's form: admit.lua)
 --   settle  KEYS reservations, reserved, day, month;     ARGV member, nanos, cost, day ttl, month ttl
 --   seed    KEYS day marker, day, month marker, month;   ARGV day nanos, month nanos, day ttl, month ttl
---   undo    KEYS slots, reservations, reserved, requests; ARGV id, member, nanos, second
--- (an admission whose caller had given up: what it took is given back)
+--   undo    KEYS slots, reservations, reserved, requests; ARGV id, member, nanos, second, count
+-- (an admission whose caller had given up: what it took is given back; or what a node's grant left unused)
 -- A member '' is no reservation; spend keys live for a TTL past their period.
 
 local op = ARGV[1]
@@ -52,8 +52,10 @@ elseif op == 'undo' then
   redis.call('ZREM', KEYS[1], ARGV[2])
   release(KEYS[2], KEYS[3], ARGV[3], ARGV[4])
   if ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[4], ARGV[5]) == 1 then
-    redis.call('HINCRBY', KEYS[4], 'sum', -1)
-    if redis.call('HINCRBY', KEYS[4], ARGV[5], -1) <= 0 then
+    local count = tonumber(ARGV[6])
+    local left = redis.call('HINCRBY', KEYS[4], ARGV[5], -count)
+    redis.call('HINCRBY', KEYS[4], 'sum', -count - math.min(left, 0))
+    if left <= 0 then
       redis.call('HDEL', KEYS[4], ARGV[5])
     end
   end

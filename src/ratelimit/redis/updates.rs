@@ -58,13 +58,15 @@ pub enum Op {
         spent: Spent,
         period: Period,
     },
-    /// An admission whose caller stopped waiting: its slot, reservation and counted request given back.
+    /// An admission whose caller stopped waiting: its slot, reservation and counted request given back (with
+    /// what it was granted: `count` requests of `second`); or what a grant left unused (no id, no member).
     Undo {
         keys: Keys,
         request_id: String,
         member: String,
         reserved: Usd,
         second: Option<u64>,
+        count: u64,
     },
 }
 
@@ -130,6 +132,7 @@ impl Op {
                 member,
                 reserved,
                 second,
+                count,
             } => (
                 "undo",
                 vec![
@@ -143,6 +146,7 @@ impl Op {
                     member.clone(),
                     reserved.0.to_string(),
                     second.map_or(String::new(), |s| s.to_string()),
+                    count.to_string(),
                 ],
             ),
         };

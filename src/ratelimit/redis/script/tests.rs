@@ -69,7 +69,7 @@ fn answer(status: i64, money: [&str; 3], requests: &[(u64, u64)], tokens: &[(u64
 
 #[test]
 fn arguments_name_the_keys_and_leave_absent_limits_empty() {
-    let call = AdmitCall::new(&ask(rate(Some(3), None), None));
+    let call = AdmitCall::new(&ask(rate(Some(3), None), None), 0);
     assert_eq!(call.key_args[0], "gpt-api:{team}:slots");
     assert_eq!(call.key_args[5], "gpt-api:{team}:requests");
     assert_eq!(call.args[0], "req-1");
@@ -79,7 +79,7 @@ fn arguments_name_the_keys_and_leave_absent_limits_empty() {
     assert_eq!(call.args[6], "", "no tpm");
     assert!(call.counted && call.reserved.is_none());
     let b = budget(1.0, 0.25);
-    let call = AdmitCall::new(&ask(Limits::default(), Some(b)));
+    let call = AdmitCall::new(&ask(Limits::default(), Some(b)), 0);
     assert_eq!(call.args[2], "250000000");
     assert_eq!(call.args[3], "1000000000");
     assert_eq!(call.args[4], "", "no month budget");

@@ -75,7 +75,7 @@ async fn one_call_of_two_keys_interleaved_answers_as_separate_calls() {
         ask("a", "a3", two, None),
         ask("b", "b3", rpm(3), None),
     ];
-    let calls: Vec<AdmitCall> = asks.iter().map(AdmitCall::new).collect();
+    let calls: Vec<AdmitCall> = asks.iter().map(|a| AdmitCall::new(a, 0)).collect();
     let answers = evaluate(&script, &mut conn, &calls.iter().collect::<Vec<_>>())
         .await
         .unwrap();
