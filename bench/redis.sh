@@ -2,8 +2,10 @@
 # What sharing limits through Redis costs (#17): gpt-api with a key limited by rpm and tpm, its windows in this
 # process's memory against the same in a redis-server on loopback (`cluster.redis_url`), in front of
 # bench-backend answering in 0 ms. One connection gives the added latency (p50, p99), BENCH_CONNECTIONS the
-# throughput; the two gateways alternate for BENCH_ROUNDS rounds and the medians are compared. Neither records
-# usage (usage.enabled: false), so the difference is the limit store alone.
+# throughput; the gateways alternate for BENCH_ROUNDS rounds and the medians are compared. Three gateways: in
+# memory, Redis (the key admitted mostly from grants), and Redis with one call per request (`redis-each`: the same
+# key with a max_concurrent, which grants never serve). None records usage (usage.enabled: false), so the
+# difference is the limit store alone.
 #
 # Usage: bench/redis.sh          (after or without bench/run.sh; needs wrk, curl, taskset, redis-server)
 # Env:   BENCH_SECONDS=5 BENCH_ROUNDS=3 BENCH_CONNECTIONS=64
@@ -98,9 +100,10 @@ for _ in $(seq 1 100); do
 done
 [[ -n $BACKEND_PORT ]] || fail_with_log "bench-backend did not report its port" "$TMP/backend.log"
 
-# One gpt-api on the proxy's core (one worker thread); `cluster` is the extra config section. Sets STARTED_PID.
+# One gpt-api on the proxy's core (one worker thread); `cluster` is the extra config section, `extra` more limits
+# of the key. Sets STARTED_PID.
 start_gpt_api() {
-    local name=$1 port=$2 cluster=$3 dir=$TMP/$1
+    local name=$1 port=$2 cluster=$3 extra=${4:-} dir=$TMP/$1
     mkdir -p "$dir"
     cat >"$dir/config.yaml" <<EOF
 openai_clients:
@@ -110,7 +113,7 @@ openai_clients:
     model_match: { type: exact, value: [fast] }
 auth:
   keys:
-    - { name: bench, key: $KEY, rpm: 1000000000, tpm: 1000000000000 }
+    - { name: bench, key: $KEY, rpm: 1000000000, tpm: 1000000000000$extra }
 usage:
   enabled: false
 $cluster
@@ -130,7 +133,14 @@ MEM_PID=$STARTED_PID
 RED_PORT=$(free_port)
 start_gpt_api redis "$RED_PORT" "cluster: { redis_url: \"redis://127.0.0.1:$REDIS_PORT\" }"
 RED_PID=$STARTED_PID
-declare -A PORT=([memory]=$MEM_PORT [redis]=$RED_PORT) PID=([memory]=$MEM_PID [redis]=$RED_PID)
+# The same key with a max_concurrent (too high to refuse): each request is its own admission in Redis (slots are
+# named by request), no grants; the cost of one round trip per request.
+EACH_PORT=$(free_port)
+start_gpt_api redis-each "$EACH_PORT" "cluster: { redis_url: \"redis://127.0.0.1:$REDIS_PORT\" }" ", max_concurrent: 1000000"
+EACH_PID=$STARTED_PID
+STORES="memory redis redis-each"
+declare -A PORT=([memory]=$MEM_PORT [redis]=$RED_PORT [redis-each]=$EACH_PORT) \
+    PID=([memory]=$MEM_PID [redis]=$RED_PID [redis-each]=$EACH_PID)
 
 cat >"$TMP/chat.lua" <<EOF
 wrk.method = "POST"
@@ -162,7 +172,7 @@ run() {
     V[$t,$conns,rcpu]+=" $(awk -v d=$((redis_after - redis_before)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
     log "round $round $t c$conns: $rps req/s p50 $p50 ms p99 $p99 ms"
 }
-for t in memory redis; do  # warm-up
+for t in $STORES; do  # warm-up
     timeout 40 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -s "$TMP/chat.lua" \
         "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" >/dev/null 2>&1 || true
 done
@@ -174,11 +184,12 @@ ping_p50() {
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq 1 "$ROUNDS"); do
     for conns in 1 "$CONNS"; do
-        for t in memory redis; do run "$t" "$conns" "$round"; done
+        for t in $STORES; do run "$t" "$conns" "$round"; done
     done
     V[ping]+=" $(ping_p50)"
 done
-grep -q 'unavailable' "$TMP/redis/gpt-api.log" && log "warning: Redis was marked down during the run"
+grep -q 'unavailable' "$TMP/redis/gpt-api.log" "$TMP/redis-each/gpt-api.log" \
+    && log "warning: Redis was marked down during the run"
 
 median() { printf '%s\n' $1 | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 m() { median "${V[$1]}"; }
@@ -190,16 +201,21 @@ echo
 echo "| store | conns | req/s | p50 ms | p99 ms | CPU µs/req | Redis CPU µs/req |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 for conns in 1 "$CONNS"; do
-    for t in memory redis; do
+    for t in $STORES; do
         printf '| %s | %s | %.0f | %s | %s | %s | %s |\n' "$t" "$conns" "$(m "$t,$conns,rps")" "$(m "$t,$conns,p50")" \
             "$(m "$t,$conns,p99")" "$(m "$t,$conns,cpu")" "$(m "$t,$conns,rcpu")"
     done
 done
 echo
-awk -v a="$(m "redis,1,p50")" -v b="$(m "memory,1,p50")" 'BEGIN { printf "p50 added by Redis (1 conn): %.3f ms\n", a - b }'
+for t in redis redis-each; do
+    awk -v a="$(m "$t,1,p50")" -v b="$(m "memory,1,p50")" -v t="$t" \
+        'BEGIN { printf "p50 added by Redis (%s, 1 conn): %.3f ms\n", t, a - b }'
+done
 echo "one PING round trip (redis-benchmark, 1 client, from the proxy's core): p50 $(m ping) ms"
-awk -v a="$(m "redis,$CONNS,rps")" -v b="$(m "memory,$CONNS,rps")" \
-    'BEGIN { printf "throughput with Redis / in memory (%s conns): %.3f\n", "'"$CONNS"'", a / b }'
+for t in redis redis-each; do
+    awk -v a="$(m "$t,$CONNS,rps")" -v b="$(m "memory,$CONNS,rps")" -v t="$t" -v c="$CONNS" \
+        'BEGIN { printf "throughput with Redis (%s) / in memory (%s conns): %.3f\n", t, c, a / b }'
+done
 stats=$(redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),usec=[0-9]*,usec_per_call=\([0-9.]*\).*/\1 \2/p')
 echo "redis-server: ${stats% *} EVALSHA calls (admissions and updates), ${stats#* } µs each on its core;" \
-    "times marked down during the run: $(grep -c unavailable "$TMP/redis/gpt-api.log" || true)"
+    "times marked down during the run: $(cat "$TMP"/redis*/gpt-api.log | grep -c unavailable || true)"
