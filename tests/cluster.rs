@@ -234,7 +234,10 @@ async fn three_gateways_share_a_large_rpm_through_grants() {
     let limited = statuses.iter().filter(|&&s| s == 429).count();
     eprintln!("{ok} of 1800 answered, {limited} refused (rpm 1200 over 3 gateways)");
     assert_eq!(ok + limited, 1800, "only 200 and 429");
-    assert!((1188..=1200).contains(&ok), "{ok} answered for an rpm of 1200");
+    assert!(
+        (1188..=1200).contains(&ok),
+        "{ok} answered for an rpm of 1200"
+    );
     assert_eq!(mock.count(), ok);
     let counted = || redis.cli(&["HGET", "gpt-api:{team}:requests", "sum"]);
     let back = wait_until(Duration::from_secs(5), || counted() == ok.to_string()).await;
