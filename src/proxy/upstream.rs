@@ -94,7 +94,7 @@ pub fn rewrite(
             }
         }
         xff.push_str(ip);
-        req.insert_header(X_FORWARDED_FOR, xff)?;
+        req.insert_header(X_FORWARDED_FOR_TEXT, xff)?;
     }
     Ok(())
 }
@@ -150,6 +150,9 @@ pub fn anthropic_version(req: &mut RequestHeader, client: &Client) -> Result<()>
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The same name as text, for inserts: Pingora copies a typed name's text to keep its case, a static one it
+/// does not.
+const X_FORWARDED_FOR_TEXT: &str = "x-forwarded-for";
 
 /// The caller's headers that must go, found in one pass over the few there are: hop-by-hop ones, those
 /// its `Connection` header names, and its keys when they must not reach a backend.
