@@ -51,7 +51,11 @@ pub(super) fn head(gw: &Gateway, resp: &mut ResponseHeader, ctx: &mut RequestCtx
         status,
         sse,
         include_usage: ctx.info().is_some_and(|i| i.include_usage),
-        created: chrono::Utc::now().timestamp(),
+        // Only a translation stamps the time (the clock is read per request otherwise for nothing).
+        created: match ctx.kind() == kind {
+            true => 0,
+            false => chrono::Utc::now().timestamp(),
+        },
     });
     let opts = TapOptions {
         sse,
