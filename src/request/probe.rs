@@ -1,5 +1,6 @@
-//! The probes the serde parse asks of the fields it looks into (`stream`, `tools`, `messages`...): each answers
-//! one question of a value while it is parsed, and accepts any shape.
+//! The probes of the serde parse: each answers one question of a field's value (`stream`, `tools`, `messages`...).
+//!
+//! A probe accepts any shape of value: only invalid JSON is an error.
 
 use std::fmt;
 use std::marker::PhantomData;

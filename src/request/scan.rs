@@ -1,5 +1,4 @@
-//! A shallow scan of a request body for the common case: what `inspect` would say, read without serde, or None
-//! ("not sure"), in which case the serde parse decides.
+//! A shallow scan of a request body without serde: what `inspect` would say, or None ("not sure": serde decides).
 //!
 //! It validates the whole body as JSON, but only ever answers where serde's answer is certain to be the same:
 //! anything it does not expect (a `\u` escape, an escaped key, a number serde would read as a float where it reads

@@ -1,5 +1,6 @@
-//! The scan against serde: where it answers, the answer is serde's (property tests over request-shaped JSON,
-//! valid or not); and it does answer the common bodies.
+//! The scan against serde: where it answers, the answer is serde's; and it does answer the common bodies.
+//!
+//! The property tests run over request-shaped JSON, valid or not.
 
 #![allow(clippy::unwrap_used)]
 use super::super::{inspect, parse};
