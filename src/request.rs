@@ -1,13 +1,13 @@
 //! The single parse of a request body: `model`, `stream` and a few flags, without copying the rest.
 
 use std::fmt;
-use std::marker::PhantomData;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::GatewayError;
+use probe::{probe, AnyItem, Flag, Lenient, Message, NonEmpty, StreamOptions};
 
 /// Longest `model` accepted, in bytes (OpenAI's limit for the field): the name goes into logs, records,
 /// metrics labels and error bodies.
@@ -164,13 +164,38 @@ impl Peek<'_> {
     }
 }
 
-/// Reads the next map value with probe `P`.
-fn probe<'de, A: MapAccess<'de>, P: Probe>(map: &mut A) -> Result<bool, A::Error> {
-    Ok(map.next_value::<Lenient<P>>()?.get())
-}
-
 /// Validates that `body` is a JSON object with a string `model`; other fields are left untouched.
 pub fn inspect(body: &[u8]) -> Result<RequestInfo, GatewayError> {
+    // Most bodies are read by a shallow scan (no serde); whatever it is not sure about is parsed.
+    let Some(s) = scan::scan(body) else {
+        return parse(body);
+    };
+    Ok(RequestInfo {
+        model: checked_model(s.model.to_owned())?,
+        stream: s.stream,
+        include_usage: s.include_usage,
+        tool: s.tool,
+        multimodal: false,
+        max_tokens: s
+            .max_completion_tokens
+            .or(s.max_tokens)
+            .or(s.max_output_tokens),
+    })
+}
+
+/// The model name, unless it is too long.
+fn checked_model(model: String) -> Result<String, GatewayError> {
+    if model.len() > MAX_MODEL_BYTES {
+        return Err(GatewayError::ModelTooLong {
+            len: model.len(),
+            max: MAX_MODEL_BYTES,
+        });
+    }
+    Ok(model)
+}
+
+/// [`inspect`] by serde: every body the scan leaves, and the reference it is tested against.
+fn parse(body: &[u8]) -> Result<RequestInfo, GatewayError> {
     // Valid JSON of the wrong shape and invalid JSON get different messages, so check the shape first.
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
@@ -185,17 +210,11 @@ pub fn inspect(body: &[u8]) -> Result<RequestInfo, GatewayError> {
     let peek: Peek =
         serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
     let raw = peek.model.ok_or(GatewayError::ModelMissing)?;
-    let model: String = match serde_json::from_str::<Option<String>>(raw.get()) {
-        Ok(Some(m)) => m,
+    let model = match serde_json::from_str::<Option<String>>(raw.get()) {
+        Ok(Some(m)) => checked_model(m)?,
         Ok(None) => return Err(GatewayError::ModelMissing),
         Err(_) => return Err(GatewayError::ModelNotString),
     };
-    if model.len() > MAX_MODEL_BYTES {
-        return Err(GatewayError::ModelTooLong {
-            len: model.len(),
-            max: MAX_MODEL_BYTES,
-        });
-    }
     if let Some(w) = peek.wrong_type {
         return Err(GatewayError::InvalidType {
             param: w.param,
@@ -262,198 +281,7 @@ impl<'de> Visitor<'de> for CountVisitor {
     }
 }
 
-/// One question asked of a JSON value while it is parsed. Each hook answers for one JSON type; the defaults
-/// answer `false` and skip the value, so any shape is accepted.
-trait Probe {
-    fn on_bool(_: bool) -> bool {
-        false
-    }
-    fn on_str(_: &str) -> bool {
-        false
-    }
-    fn on_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<bool, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(false)
-    }
-    fn on_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<bool, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(false)
-    }
-}
-
-/// The answer of probe `P` for one value, and the value's type; only invalid JSON is an error.
-struct Lenient<P> {
-    answer: bool,
-    ty: JsonType,
-    probe: PhantomData<fn() -> P>,
-}
-
-impl<P> Lenient<P> {
-    fn get(&self) -> bool {
-        self.answer
-    }
-}
-
-impl<'de, P: Probe> Deserialize<'de> for Lenient<P> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(LenientVisitor::<P>(PhantomData))
-            .map(|(answer, ty)| Lenient {
-                answer,
-                ty,
-                probe: PhantomData,
-            })
-    }
-}
-
-struct LenientVisitor<P>(PhantomData<fn() -> P>);
-
-impl<'de, P: Probe> Visitor<'de> for LenientVisitor<P> {
-    type Value = (bool, JsonType);
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok((P::on_bool(v), JsonType::Bool))
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok((false, JsonType::Number))
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok((false, JsonType::Number))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok((false, JsonType::Number))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok((P::on_str(v), JsonType::String))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok((false, JsonType::Null))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        P::on_seq(seq).map(|answer| (answer, JsonType::Array))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        P::on_map(map).map(|answer| (answer, JsonType::Object))
-    }
-}
-
-/// `true` itself.
-enum Flag {}
-
-impl Probe for Flag {
-    fn on_bool(v: bool) -> bool {
-        v
-    }
-}
-
-/// A list or object with at least one element.
-enum NonEmpty {}
-
-impl Probe for NonEmpty {
-    fn on_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<bool, A::Error> {
-        let mut any = false;
-        while seq.next_element::<IgnoredAny>()?.is_some() {
-            any = true;
-        }
-        Ok(any)
-    }
-    fn on_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<bool, A::Error> {
-        let mut any = false;
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
-            any = true;
-        }
-        Ok(any)
-    }
-}
-
-/// A list with an element for which `P` holds (every element is still read, as the parser requires).
-struct AnyItem<P>(PhantomData<fn() -> P>);
-
-impl<P: Probe> Probe for AnyItem<P> {
-    fn on_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<bool, A::Error> {
-        let mut any = false;
-        while let Some(item) = seq.next_element::<Lenient<P>>()? {
-            any |= item.get();
-        }
-        Ok(any)
-    }
-}
-
-/// Whether `P` holds for the value of `key` in a map (any of them, if the key is repeated).
-fn probe_key<'de, A: MapAccess<'de>, P: Probe>(mut map: A, key: &str) -> Result<bool, A::Error> {
-    let mut found = false;
-    while let Some(is_key) = map.next_key_seed(IsKey(key))? {
-        if is_key {
-            found |= probe::<A, P>(&mut map)?;
-        } else {
-            map.next_value::<IgnoredAny>()?;
-        }
-    }
-    Ok(found)
-}
-
-/// Compares a map key with an expected name without allocating (escaped keys are unescaped by the parser).
-struct IsKey<'k>(&'k str);
-
-impl<'de> DeserializeSeed<'de> for IsKey<'_> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for IsKey<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(v == self.0)
-    }
-}
-
-/// `stream_options` with `include_usage: true`.
-enum StreamOptions {}
-
-impl Probe for StreamOptions {
-    fn on_map<'de, A: MapAccess<'de>>(map: A) -> Result<bool, A::Error> {
-        probe_key::<A, Flag>(map, "include_usage")
-    }
-}
-
-/// A chat message (or, with `RESPONSES`, a Responses API input item) whose `content` has a non-text part.
-enum Message<const RESPONSES: bool> {}
-
-impl<const RESPONSES: bool> Probe for Message<RESPONSES> {
-    fn on_map<'de, A: MapAccess<'de>>(map: A) -> Result<bool, A::Error> {
-        probe_key::<A, AnyItem<Part<RESPONSES>>>(map, "content")
-    }
-}
-
-/// A content part whose `type` is a string naming something other than text.
-enum Part<const RESPONSES: bool> {}
-
-impl<const RESPONSES: bool> Probe for Part<RESPONSES> {
-    fn on_map<'de, A: MapAccess<'de>>(map: A) -> Result<bool, A::Error> {
-        probe_key::<A, PartType<RESPONSES>>(map, "type")
-    }
-}
-
-enum PartType<const RESPONSES: bool> {}
-
-impl<const RESPONSES: bool> Probe for PartType<RESPONSES> {
-    fn on_str(kind: &str) -> bool {
-        match kind {
-            "text" | "refusal" => false,
-            "input_text" | "output_text" => !RESPONSES,
-            _ => true,
-        }
-    }
-}
-
+mod probe;
+mod scan;
 #[cfg(test)]
 mod tests;

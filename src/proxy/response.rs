@@ -14,7 +14,8 @@ use crate::health::parse_retry_after;
 use crate::tap::decode::Encoding;
 use crate::tap::{ResponseTap, TapOptions};
 
-const X_GPT_API_BACKEND: header::HeaderName = header::HeaderName::from_static("x-gpt-api-backend");
+/// As text, not a `HeaderName`: Pingora copies a typed name's text to keep its case, a static one it does not.
+const X_GPT_API_BACKEND: &str = "x-gpt-api-backend";
 
 /// The backend's answer head: a status in the client's `retry_on` fails the attempt (even the last
 /// candidate's becomes the gateway's 502 listing every attempt); any other is passed on through a tap.
@@ -50,7 +51,11 @@ pub(super) fn head(gw: &Gateway, resp: &mut ResponseHeader, ctx: &mut RequestCtx
         status,
         sse,
         include_usage: ctx.info().is_some_and(|i| i.include_usage),
-        created: chrono::Utc::now().timestamp(),
+        // Only a translation stamps the time (the clock is read per request otherwise for nothing).
+        created: match ctx.kind() == kind {
+            true => 0,
+            false => chrono::Utc::now().timestamp(),
+        },
     });
     let opts = TapOptions {
         sse,

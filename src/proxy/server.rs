@@ -112,15 +112,33 @@ fn default_conf() -> Result<ServerConf, String> {
     conf.upgrade_sock = "/tmp/gpt-api_upgrade.sock".into();
     conf.grace_period_seconds = Some(5);
     conf.graceful_shutdown_timeout_seconds = Some(30);
+    conf.fast_timeout_to_tokio_threshold_seconds = Some(TOKIO_TIMERS_FROM_SECS);
+    Ok(conf)
+}
+
+/// Timeouts of at least a second (all of the gateway's) run on tokio's timers instead of Pingora's "fast" ones.
+/// Each worker thread has a runtime of its own, so tokio's timer wheel is not shared; a fast timer costs more per
+/// request (measured: ~1.2k instructions for a small request, bench/RESULTS.md #21.2), and its entries stay in
+/// its tree until they would have fired (a keep-alive wait's for 75 s), cancelled or not.
+const TOKIO_TIMERS_FROM_SECS: u64 = 0;
+
+/// A server conf file, with the tokio timers above unless it sets `fast_timeout_to_tokio_threshold_seconds`.
+fn load_conf(path: &str) -> Result<ServerConf, String> {
+    let mut conf =
+        ServerConf::load_from_yaml(path).map_err(|e| format!("server conf {path}: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("server conf {path}: {e}"))?;
+    let sets_threshold = serde_yaml::from_str::<serde_yaml::Mapping>(&text)
+        .is_ok_and(|m| m.contains_key("fast_timeout_to_tokio_threshold_seconds"));
+    if !sets_threshold {
+        conf.fast_timeout_to_tokio_threshold_seconds = Some(TOKIO_TIMERS_FROM_SECS);
+    }
     Ok(conf)
 }
 
 /// Starts serving; returns only when the server stops (or at once with `test`).
 pub fn run(config: Config, args: ServerArgs) -> Result<(), String> {
     let conf = match &args.conf {
-        Some(path) => {
-            ServerConf::load_from_yaml(path).map_err(|e| format!("server conf {path}: {e}"))?
-        }
+        Some(path) => load_conf(path)?,
         None => default_conf()?,
     };
     let opt = Opt {
@@ -287,5 +305,34 @@ pub fn catch_sighup_early() {
         });
     if !matches!(registered, Ok(Ok(()))) {
         eprintln!("gpt-api: could not take over SIGHUP early; one sent during start-up may stop the process");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn conf_with(extra: &str) -> ServerConf {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), format!("---\nversion: 1\nthreads: 2\n{extra}")).unwrap();
+        load_conf(file.path().to_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn timeouts_run_on_tokio_timers_unless_the_conf_says_otherwise() {
+        assert_eq!(
+            default_conf()
+                .unwrap()
+                .fast_timeout_to_tokio_threshold_seconds,
+            Some(0)
+        );
+        let plain = conf_with("");
+        assert_eq!(plain.threads, 2);
+        assert_eq!(plain.fast_timeout_to_tokio_threshold_seconds, Some(0));
+        let set = conf_with("fast_timeout_to_tokio_threshold_seconds: 120\n");
+        assert_eq!(set.fast_timeout_to_tokio_threshold_seconds, Some(120));
+        let off = conf_with("fast_timeout_to_tokio_threshold_seconds:\n");
+        assert_eq!(off.fast_timeout_to_tokio_threshold_seconds, None);
     }
 }

@@ -63,12 +63,14 @@ pub fn rewrite(
     strip_caller_keys: bool,
 ) -> Result<()> {
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let joined = client.base_url.join(path);
-    if joined != path {
-        let uri = joined
-            .parse::<http::Uri>()
-            .or_err(ErrorType::InternalError, "building upstream URI")?;
-        req.set_uri(uri);
+    if !joins_to_itself(&client.base_url, path) {
+        let joined = client.base_url.join(path);
+        if joined != path {
+            let uri = joined
+                .parse::<http::Uri>()
+                .or_err(ErrorType::InternalError, "building upstream URI")?;
+            req.set_uri(uri);
+        }
     }
     let unwanted = unwanted_headers(req, strip_caller_keys);
     for name in &unwanted {
@@ -94,9 +96,15 @@ pub fn rewrite(
             }
         }
         xff.push_str(ip);
-        req.insert_header(X_FORWARDED_FOR, xff)?;
+        req.insert_header(X_FORWARDED_FOR_TEXT, xff)?;
     }
     Ok(())
+}
+
+/// Whether [`crate::config::BaseUrl::join`] would give `path` back unchanged, told without building it: a base
+/// URL ending in `/v1` (no query of its own) and a caller's path under `/v1/` (OpenAI's own layout, the usual one).
+fn joins_to_itself(base: &crate::config::BaseUrl, path: &str) -> bool {
+    base.path == "/v1" && base.query.is_empty() && path.starts_with("/v1/")
 }
 
 /// Points a translated request at the path of the API it now calls (the caller's query kept), and drops the
@@ -150,6 +158,9 @@ pub fn anthropic_version(req: &mut RequestHeader, client: &Client) -> Result<()>
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The same name as text, for inserts: Pingora copies a typed name's text to keep its case, a static one it
+/// does not.
+const X_FORWARDED_FOR_TEXT: &str = "x-forwarded-for";
 
 /// The caller's headers that must go, found in one pass over the few there are: hop-by-hop ones, those
 /// its `Connection` header names, and its keys when they must not reach a backend.
@@ -234,6 +245,24 @@ mod tests {
         for gone in ["connection", "x-hop", "transfer-encoding", "expect"] {
             assert_eq!(h(gone), None, "{gone} should be removed");
         }
+    }
+
+    #[test]
+    fn the_join_shortcut_agrees_with_the_join() {
+        let c = client("");
+        for path in [
+            "/v1/chat/completions",
+            "/v1/chat/completions?a=1",
+            "/v1/",
+            "/v1",
+            "/v1x/a",
+            "/models",
+            "/",
+        ] {
+            let same = c.base_url.join(path) == path;
+            assert!(!joins_to_itself(&c.base_url, path) || same, "{path}");
+        }
+        assert!(joins_to_itself(&c.base_url, "/v1/chat/completions?a=1"));
     }
 
     #[test]
