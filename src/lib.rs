@@ -4,6 +4,7 @@
 //! it, and nothing but `main` imports `proxy` (`.ci/imports.py` lists the imports and fails on a circle).
 //! - `secret`    a string type that never prints itself;
 //! - `escape`    caller-controlled text made safe for log lines (control characters escaped, length cut);
+//! - `json`      a checking skim of JSON text: an object's members as raw text, checked as serde_json checks them;
 //! - `money`     amounts of dollars as whole nano-dollars (budgets, spend, reservations);
 //! - `tokens`    the token counts of one request (reported or estimated);
 //! - `pricing`   model prices: the table, matching a model to its price (exact, then `*` patterns), a call's cost;
@@ -58,6 +59,7 @@ pub(crate) mod escape;
 pub mod estimate;
 pub(crate) mod failover;
 pub(crate) mod health;
+pub(crate) mod json;
 pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod models;

@@ -10,6 +10,7 @@ use serde_json::{Map, Number, Value};
 
 use crate::config::Client;
 use crate::endpoints::ApiKind;
+use crate::json::Cursor;
 use crate::request::RequestInfo;
 
 /// What to change in a request body for one client (and, later, one fallback model).
@@ -26,6 +27,11 @@ pub fn rewrite(
     let plan = Plan::new(info, client, kind, model_override);
     if plan.is_empty() {
         return None;
+    }
+    if plan.only_usage() {
+        if let Some(body) = append_usage(body) {
+            return Some(body);
+        }
     }
     let mut obj = serde_json::from_slice::<Object>(body).ok()?;
     // extra_body first: it fills in what the caller left out, and the rules below then apply to it too.
@@ -93,6 +99,15 @@ impl<'a> Plan<'a> {
             model: (model != info.model).then_some(model),
             usage: kind.streams_usage_option() && info.stream && !info.include_usage,
         }
+    }
+
+    /// Only stream usage is asked for: the usual rewrite of a streaming request.
+    fn only_usage(&self) -> bool {
+        self.usage
+            && self.stop.is_empty()
+            && self.cap.is_none()
+            && self.extra.is_none()
+            && self.model.is_none()
     }
 
     fn is_empty(&self) -> bool {
@@ -200,6 +215,39 @@ fn above(raw: &str, cap: u64) -> bool {
         (None, None, Some(f)) => f > cap as f64,
         (None, None, None) => false,
     }
+}
+
+/// The member [`ask_usage`] adds when the request has no `stream_options`.
+const USAGE_MEMBER: &[u8] = br#""stream_options":{"include_usage":true}"#;
+
+/// The body with [`USAGE_MEMBER`] added, written as [`Object::to_text`] writes it, when it is a JSON object the
+/// checking skim reads and without `stream_options` (a streaming request's usual shape); else None. The same
+/// bytes as [`ask_usage`] on an [`Object`], without building one.
+fn append_usage(body: &[u8]) -> Option<Bytes> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut out = Vec::with_capacity(body.len() + USAGE_MEMBER.len() + 1);
+    out.push(b'{');
+    let mut cursor = Cursor::new(text);
+    cursor.object(|c, key| {
+        if key == b"stream_options" {
+            return None;
+        }
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(c.raw()?.as_bytes());
+        Some(())
+    })?;
+    cursor.end()?;
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    out.extend_from_slice(USAGE_MEMBER);
+    out.push(b'}');
+    Some(Bytes::from(out))
 }
 
 /// Makes `stream_options.include_usage` true, keeping the object's other keys. A `stream_options` that is not

@@ -383,3 +383,49 @@ fn big_image_is_copied_as_is() {
     );
     assert!(out == want);
 }
+
+/// What the general path writes when only stream usage is asked for: the reference of [`append_usage`].
+fn usage_by_object(body: &str) -> Option<String> {
+    let mut obj = serde_json::from_slice::<Object>(body.as_bytes()).ok()?;
+    ask_usage(&mut obj).then(|| obj.to_text())
+}
+
+#[test]
+fn usage_appended_as_the_object_path_writes_it() {
+    let bodies = [
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"Hi"}]}"#,
+        r#" { "model" : "m" , "stream":true, "messages" : [ {"content":"a \"q\" \u00e9"} ] } "#,
+        r#"{}"#,
+        r#"{"model":"m","model":"n","stream":true}"#,
+        r#"{"model":"m","stream":true,"x":{"stream_options":null}}"#,
+    ];
+    for body in bodies {
+        let fast = append_usage(body.as_bytes()).map(|b| String::from_utf8(b.to_vec()).unwrap());
+        assert!(fast.is_some(), "{body}");
+        assert_eq!(fast, usage_by_object(body), "{body}");
+    }
+    // Left to the general path: stream_options present, an escaped key, not an object, not JSON.
+    let general = [
+        r#"{"model":"m","stream_options":null}"#,
+        r#"{"model":"m","stream_options":{"continuous_usage_stats":true}}"#,
+        r#"{"mod\u0065l":"m","stream":true}"#,
+        r#"[1]"#,
+        r#"{"model":"m",}"#,
+        "{\"model\":\"m\"} x",
+    ];
+    for body in general {
+        assert_eq!(append_usage(body.as_bytes()), None, "{body}");
+    }
+    let client = client();
+    let body = r#"{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":true}}"#;
+    let out = run(body, &client, ApiKind::Chat).unwrap();
+    assert_eq!(
+        field(&out, "stream_options"),
+        json!({"continuous_usage_stats": true, "include_usage": true})
+    );
+    let out = run(r#"{"model":"m","stream":true}"#, &client, ApiKind::Chat).unwrap();
+    assert_eq!(
+        out,
+        r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+    );
+}

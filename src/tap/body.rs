@@ -1,7 +1,7 @@
 //! The whole-body side of the tap: passes a body on (or holds it for the prefix) and reads it at its end.
 
 use super::keys;
-use super::wire::{self, Envelope};
+use super::wire::{self, Envelope, Raw};
 use super::{concat, prefix, ResponseTap};
 use crate::endpoints::ApiKind;
 use bytes::Bytes;
@@ -83,7 +83,7 @@ impl ResponseTap {
         };
         if self.opts.kind == ApiKind::CountTokens {
             // Anthropic's `{"input_tokens": N}`: the whole body is the count, of prompt tokens only.
-            let count = serde_json::from_str::<&RawValue>(text).ok();
+            let count = serde_json::from_str::<&RawValue>(text).ok().map(Raw::from);
             self.note(count, None);
             if let Some(usage) = &mut self.usage {
                 usage.total = usage.total.or(usage.prompt);
@@ -92,15 +92,17 @@ impl ResponseTap {
         }
         if !self.holding {
             // Only usage and model are wanted: found without parsing the content between them.
-            let model = keys::top_level(text, "model", keys::SearchFrom::Start);
-            let usage = keys::top_level(text, "usage", keys::SearchFrom::End);
+            let model = keys::top_level(text, "model", keys::SearchFrom::Start).map(Raw::from);
+            let usage = keys::top_level(text, "usage", keys::SearchFrom::End).map(Raw::from);
             self.note(usage, model);
             if self.opts.kind == ApiKind::Responses {
-                self.note_response_id(keys::top_level(text, "id", keys::SearchFrom::Start));
+                self.note_response_id(
+                    keys::top_level(text, "id", keys::SearchFrom::Start).map(Raw::from),
+                );
             }
             return Vec::new();
         }
-        let Ok(env) = serde_json::from_str::<Envelope>(text) else {
+        let Some(env) = Envelope::parse(text) else {
             return Vec::new();
         };
         self.observe(&env, None);
@@ -119,7 +121,7 @@ impl ResponseTap {
             }
         });
         strings
-            .filter_map(|raw| prefix::string_start(text, raw))
+            .filter_map(|raw| prefix::string_start(text, raw.get()))
             .collect()
     }
 
@@ -129,7 +131,9 @@ impl ResponseTap {
         if chunk.len() > room {
             self.body_full = true;
         }
-        self.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if room > 0 {
+            self.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
     }
 }
 
@@ -137,5 +141,5 @@ impl ResponseTap {
 fn messages_prefix_offset(env: &Envelope, text: &str) -> Option<usize> {
     let blocks = serde_json::from_str::<Vec<wire::TextBlock>>(env.content?.get()).ok()?;
     let first = blocks.iter().find_map(|b| b.text_of("text"))?;
-    prefix::string_start(text, first)
+    prefix::string_start(text, first.get())
 }

@@ -21,9 +21,8 @@ use crate::usage::{RawBody, TokenUsage};
 use bytes::{Bytes, BytesMut};
 use decode::{Decoder, Encoding};
 use reconstruct::Reconstruction;
-use serde_json::value::RawValue;
 use text::{Generated, Seen};
-use wire::Envelope;
+use wire::{Envelope, Raw};
 
 /// How much of a non-stream body is kept to read its usage (and splice the prefix) at its end, at least.
 const BODY_CAP: usize = 16 << 20;
@@ -368,7 +367,7 @@ impl ResponseTap {
         }
     }
 
-    fn observe_response(&mut self, raw: &RawValue) {
+    fn observe_response(&mut self, raw: Raw) {
         let Ok(response) = serde_json::from_str::<wire::ResponseObject>(raw.get()) else {
             return;
         };
@@ -380,7 +379,7 @@ impl ResponseTap {
     }
 
     /// Keeps a Responses API answer's first `id` (one too long to be an id is not kept).
-    fn note_response_id(&mut self, id: Option<&RawValue>) {
+    fn note_response_id(&mut self, id: Option<Raw>) {
         if self.response_id.is_some() || self.opts.kind != ApiKind::Responses {
             return;
         }
@@ -390,8 +389,8 @@ impl ResponseTap {
             .map(|id| id.into_owned());
     }
 
-    fn note(&mut self, usage: Option<&RawValue>, model: Option<&RawValue>) {
-        if let Some(usage) = usage.and_then(usage::parse) {
+    fn note(&mut self, usage: Option<Raw>, model: Option<Raw>) {
+        if let Some(usage) = usage.and_then(|u| usage::parse(u.get())) {
             self.usage = Some(usage);
             if let Some(seen) = &mut self.seen {
                 seen.stop();

@@ -1,7 +1,5 @@
 //! The special prefix: JSON-escaped once, then spliced into JSON string values right after their opening quote.
 
-use serde_json::value::RawValue;
-
 /// The prefix as it must appear between a JSON string's quotes.
 pub fn escape(prefix: &str) -> String {
     let quoted = serde_json::to_string(prefix).unwrap_or_default();
@@ -9,9 +7,8 @@ pub fn escape(prefix: &str) -> String {
     inner.unwrap_or_default().to_owned()
 }
 
-/// The offset in `text` just inside the opening quote of `raw`, a string value parsed (borrowed) from `text`.
-pub fn string_start(text: &str, raw: &RawValue) -> Option<usize> {
-    let value = raw.get();
+/// The offset in `text` just inside the opening quote of `value`, a string value read (borrowed) from `text`.
+pub fn string_start(text: &str, value: &str) -> Option<usize> {
     if !value.starts_with('"') {
         return None;
     }
@@ -46,9 +43,10 @@ mod tests {
     #[test]
     fn splices_inside_a_borrowed_string() {
         let text = r#"{"a" : "x\u0041", "b":1}"#;
-        let v: std::collections::BTreeMap<&str, &RawValue> = serde_json::from_str(text).unwrap();
-        let at = string_start(text, v["a"]).unwrap();
-        assert_eq!(string_start(text, v["b"]), None);
+        let v: std::collections::BTreeMap<&str, &serde_json::value::RawValue> =
+            serde_json::from_str(text).unwrap();
+        let at = string_start(text, v["a"].get()).unwrap();
+        assert_eq!(string_start(text, v["b"].get()), None);
         let out = splice(text.as_bytes(), &[at], b"P\\n");
         assert_eq!(out, br#"{"a" : "P\nx\u0041", "b":1}"#);
     }

@@ -20,6 +20,11 @@ pub struct Scanner {
 }
 
 impl Scanner {
+    /// Whether the next byte starts a line: the bytes scanned so far end with a line end (or there were none).
+    pub fn at_line_start(&self) -> bool {
+        self.line == Line::Empty
+    }
+
     /// Scans `buf`, the bytes that follow everything scanned before, and pushes `base + offset` of the byte
     /// just past each blank line (the end of an event).
     pub fn scan(&mut self, buf: &[u8], base: usize, ends: &mut Vec<usize>) {
@@ -139,6 +144,17 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The value of the `data` line of `bytes` when they are exactly one whole event of that one line and its blank
+/// line: what [`Scanner::scan`] would find to be one event (starting at a line's start) and [`Fields::data`]
+/// would read from it, found with one search for its line end.
+pub fn one_data_event(bytes: &[u8]) -> Option<Range<usize>> {
+    let value = lone_data(bytes)?;
+    // `lone_data` takes a line without its blank line too (a partial last event); not here.
+    matches!(bytes.last(), Some(b'\n')).then_some(())?;
+    let tail = &bytes[value.end..];
+    matches!(tail, b"\n\n" | b"\n\r\n" | b"\r\n\n" | b"\r\n\r\n").then_some(value)
+}
+
 /// The value of an event that is a single `data` line and its blank line, the usual shape: found without
 /// reading it line by line. None for any other event (which [`Fields::read_lines`] reads).
 fn lone_data(event: &[u8]) -> Option<Range<usize>> {
@@ -235,6 +251,34 @@ mod tests {
                 (slow.name, &slow.more),
                 "{shown:?}"
             );
+        }
+    }
+
+    #[test]
+    fn one_data_event_is_what_scanning_and_reading_find() {
+        let events: [&[u8]; 12] = [
+            b"data: {\"a\":1}\n\n",
+            b"data:{\"a\":1}\r\n\r\n",
+            b"data: x\r\n\n",
+            b"data: x\n\r\n",
+            b"data: x\n",
+            b"data: x",
+            b"data: x\n\nmore",
+            b"data: x\n\n\n",
+            b"data: a\ndata: b\n\n",
+            b"event: e\ndata: a\n\n",
+            b"data: a\rb\n\n",
+            b"data:\n\n",
+        ];
+        for event in events {
+            let mut ends = Vec::new();
+            Scanner::default().scan(event, 0, &mut ends);
+            let whole = ends == [event.len()];
+            let fields = Fields::parse(event);
+            let lone = fields.more.is_empty() && fields.name.is_none();
+            let want = (whole && lone).then(|| fields.data().into_owned());
+            let got = one_data_event(event).map(|r| event[r].to_vec());
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(event));
         }
     }
 

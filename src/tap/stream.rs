@@ -2,7 +2,9 @@
 //!
 //! Most events of a long stream say nothing the tap still needs: once the model and the first token are known
 //! and neither the prefix nor the record wants the deltas, an event is only searched for a top-level `usage`
-//! (or a `response`) and parsed only when it has one ([`ResponseTap::quiet`]).
+//! (or a `response`) and parsed only when it has one ([`ResponseTap::quiet`]). A chunk that is one such whole
+//! `data:` event, the usual shape, passes on before the framing looks at it. An event that must be read is read
+//! by the checking skim ([`wire::Envelope::parse`]; serde_json where the skim is unsure).
 
 use std::sync::LazyLock;
 
@@ -30,8 +32,15 @@ impl ResponseTap {
         if let Some(seen) = &mut self.seen {
             seen.add(&chunk);
         }
-        self.ends.clear();
         let held = self.pending.len();
+        if held == 0 && !self.skipping && self.scanner.at_line_start() {
+            // The usual chunk: one whole `data:` event that says nothing new, passed on without the framing.
+            let data = sse::one_data_event(&chunk).map(|value| &chunk[value]);
+            if data.is_some_and(|data| self.quiet(data)) {
+                return chunk;
+            }
+        }
+        self.ends.clear();
         self.scanner.scan(&chunk, held, &mut self.ends);
         let complete = self.ends.last().copied().unwrap_or(0);
         let head = if held > 0 {
@@ -108,7 +117,7 @@ impl ResponseTap {
         let Ok(text) = std::str::from_utf8(&data) else {
             return Action::Keep;
         };
-        let Ok(env) = serde_json::from_str::<Envelope>(text) else {
+        let Some(env) = Envelope::parse(text) else {
             return Action::Keep;
         };
         let at = if live {
@@ -151,7 +160,7 @@ impl ResponseTap {
             if full || self.prefixed.contains(&index) || !target.is_some_and(wire::nonempty_str) {
                 continue;
             }
-            let Some(offset) = target.and_then(|raw| prefix::string_start(text, raw)) else {
+            let Some(offset) = target.and_then(|raw| prefix::string_start(text, raw.get())) else {
                 continue;
             };
             self.prefixed.push(index);
@@ -172,7 +181,7 @@ impl ResponseTap {
             return None;
         }
         let delta = serde_json::from_str::<wire::TextBlock>(env.delta?.get()).ok()?;
-        let offset = prefix::string_start(text, delta.text_of("text_delta")?)?;
+        let offset = prefix::string_start(text, delta.text_of("text_delta")?.get())?;
         self.prefixed.push(0);
         Some(offset)
     }

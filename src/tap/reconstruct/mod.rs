@@ -7,7 +7,7 @@
 
 mod render;
 
-use super::wire::{as_str, Choice, Envelope, Message};
+use super::wire::{as_str, Choice, Envelope, Message, Raw};
 use crate::escape::cut;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -63,9 +63,9 @@ struct ToolCallAcc {
 struct ToolCallDelta<'a> {
     index: Option<u32>,
     #[serde(borrow)]
-    id: Option<&'a RawValue>,
+    id: Option<Raw<'a>>,
     #[serde(borrow, rename = "type")]
-    kind: Option<&'a RawValue>,
+    kind: Option<Raw<'a>>,
     #[serde(borrow)]
     function: Option<FunctionDelta<'a>>,
 }
@@ -73,9 +73,9 @@ struct ToolCallDelta<'a> {
 #[derive(Deserialize)]
 struct FunctionDelta<'a> {
     #[serde(borrow)]
-    name: Option<&'a RawValue>,
+    name: Option<Raw<'a>>,
     #[serde(borrow)]
-    arguments: Option<&'a RawValue>,
+    arguments: Option<Raw<'a>>,
 }
 
 impl Reconstruction {
@@ -100,14 +100,14 @@ impl Reconstruction {
             self.model = env.model.and_then(|r| short(r, FIELD_CAP));
         }
         if let Some(usage) = env.usage.filter(|u| u.get().len() <= USAGE_CAP) {
-            self.usage = Some(usage.to_owned());
+            self.usage = RawValue::from_string(usage.get().to_owned()).ok();
         }
         for (position, choice) in env.choices.iter().flatten().enumerate() {
             self.observe_choice(choice.index_or(position), choice);
         }
     }
 
-    pub fn set_response(&mut self, response: &RawValue) {
+    pub fn set_response(&mut self, response: Raw) {
         let kept = self.response.get_or_insert_with(String::new);
         kept.clear();
         kept.push_str(cut(response.get(), self.limit));
@@ -296,14 +296,14 @@ impl Text {
 }
 
 /// Appends a string delta to `into` (created on the first one, even if empty).
-fn append(into: &mut Option<Text>, raw: Option<&RawValue>, room: &mut usize) {
+fn append(into: &mut Option<Text>, raw: Option<Raw>, room: &mut usize) {
     if let Some(text) = raw.and_then(as_str) {
         into.get_or_insert_with(Text::default).push(&text, room);
     }
 }
 
 /// A string value cut to `cap` bytes.
-fn short(raw: &RawValue, cap: usize) -> Option<String> {
+fn short(raw: Raw, cap: usize) -> Option<String> {
     as_str(raw).map(|s| cut(&s, cap).to_owned())
 }
 
