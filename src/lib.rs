@@ -77,11 +77,15 @@ pub mod tap;
 pub mod tokens;
 pub mod usage;
 
-/// The property tests' settings: 256 cases each (a few seconds), and no failure files written into the source tree.
+/// The property tests' settings: 256 cases each (a few seconds; `FUZZ_CASES=N` for more, to hunt rare failures),
+/// and no failure files written into the source tree.
 #[cfg(test)]
 pub(crate) fn fuzz_config() -> proptest::test_runner::Config {
     proptest::test_runner::Config {
-        cases: 256,
+        cases: std::env::var("FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256),
         failure_persistence: None,
         ..proptest::test_runner::Config::default()
     }

@@ -47,8 +47,10 @@ pub fn parse(raw: &str) -> Option<TokenUsage> {
     if twice {
         return None;
     }
-    let prompt_details = details(w.prompt_tokens_details.or(w.input_tokens_details));
-    let completion_details = details(w.completion_tokens_details.or(w.output_tokens_details));
+    // As a typed parse reads them: a null is no value, so the other shape's details are taken instead.
+    let prompt_details = details(given(w.prompt_tokens_details).or(w.input_tokens_details));
+    let completion_details =
+        details(given(w.completion_tokens_details).or(w.output_tokens_details));
     let usage = TokenUsage {
         prompt: count(w.prompt_tokens).or_else(|| count(w.input_tokens)),
         completion: count(w.completion_tokens).or_else(|| count(w.output_tokens)),
@@ -58,6 +60,11 @@ pub fn parse(raw: &str) -> Option<TokenUsage> {
         cache_write: None,
     };
     (usage != TokenUsage::default()).then_some(usage)
+}
+
+/// A member's value unless it is `null` (a typed parse reads a null as absent).
+fn given(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| v.trim() != "null")
 }
 
 fn details(raw: Option<&str>) -> Option<Details<'_>> {
@@ -256,6 +263,14 @@ mod tests {
         assert_eq!(usage("{}"), None);
         assert_eq!(usage("[1]"), None);
         assert_eq!(usage(r#"{"prompt_tokens":1.5}"#), None);
+        // A null chat-shaped details object leaves the Responses-shaped one to be read (found by the fuzz test).
+        let u = usage(
+            r#"{"completion_tokens_details":null,"output_tokens_details":{"reasoning_tokens":0}}"#,
+        );
+        assert_eq!(u.and_then(|u| u.reasoning), Some(0));
+        let u =
+            usage(r#"{"prompt_tokens_details":null,"input_tokens_details":{"cached_tokens":3}}"#);
+        assert_eq!(u.and_then(|u| u.cached), Some(3));
         // As a typed parse: a count given twice spoils the whole usage, a null count is no count.
         assert_eq!(usage(r#"{"prompt_tokens":1,"prompt_tokens":2}"#), None);
         let u = usage(r#"{"prompt_tokens":null,"input_tokens":4,"prompt_tokens_details":null}"#)
