@@ -435,13 +435,15 @@ for round in $(seq 1 "$REC_ROUNDS"); do
             out=$TMP/rec-$t-$work-$round.txt
             before=$(cpu_ticks "${PROC[$t]}")
             [[ $t == gpt-api && -n $WRITER_TID ]] && wbefore=$(thread_ticks "$GPT_PID" "$WRITER_TID")
-            timeout $((SECS + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$TMP/$work.lua" \
+            timeout $((SECS + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "$TMP/$work.lua" \
                 "${URL[$t]}" >"$out" 2>&1 || fail_with_log "wrk failed against $t" "$out"
             after=$(cpu_ticks "${PROC[$t]}")
             read -r reqs rps < <(awk '/ requests in / { n = $1 } /^Requests\/sec:/ { r = $2 } END { print n + 0, r }' "$out")
             [[ -n $rps ]] && ((reqs > 0)) || fail_with_log "cannot read wrk's output for $t" "$out"
             ! grep -q 'Non-2xx' "$out" || fail_with_log "$t answered errors" "$out"
             REC[$t,$work,rps]+=" $rps"
+            REC[$t,$work,p99]+=" $(awk 'function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0;
+                if (v ~ /s$/) return v * 1000; return -1 } /^ +99% / { printf "%.3f", ms($2) }' "$out")"
             REC[$t,$work,cpu]+=" $(us_per_request $((after - before)) "$reqs")"
             if [[ $t == gpt-api && -n $WRITER_TID ]]; then
                 w=$(($(thread_ticks "$GPT_PID" "$WRITER_TID") - wbefore))
@@ -618,9 +620,9 @@ report() {
         echo "proxy's worker thread on core $PROXY_CPU. CPU in µs per request (clock ticks of $((1000 / HZ)) ms); \"proxy\": gpt-api's"
         echo "CPU without its usage writer thread."
         echo
-        echo "| answer | usage | req/s per run | median req/s | median CPU µs/req | median proxy CPU µs/req |"
-        echo "| --- | --- | --- | ---: | ---: | ---: |"
-        local work r=() c=() p=()
+        echo "| answer | usage | req/s per run | median req/s | p99 ms per run | median p99 ms | median CPU µs/req | median proxy CPU µs/req |"
+        echo "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |"
+        local work r=() c=() p=() l=()
         for work in fast stream; do
             local on_rps off_rps on_cpu off_cpu on_proxy=-
             # shellcheck disable=SC2086
@@ -629,15 +631,19 @@ report() {
             on_cpu=$(median ${REC[gpt-api,$work,cpu]}) off_cpu=$(median ${REC[gpt-api-norec,$work,cpu]})
             # shellcheck disable=SC2086
             [[ -n ${REC[gpt-api,$work,proxy]:-} ]] && on_proxy=$(median ${REC[gpt-api,$work,proxy]})
-            echo "| $work | on |${REC[gpt-api,$work,rps]} | $(int "$on_rps") | $on_cpu | $on_proxy |"
-            echo "| $work | off (\`enabled: false\`) |${REC[gpt-api-norec,$work,rps]} | $(int "$off_rps") | $off_cpu | - |"
-            r+=("$(ratio "$on_rps" "$off_rps")") c+=("$(ratio "$off_cpu" "$on_cpu")")
+            local on_p99 off_p99
+            # shellcheck disable=SC2086
+            on_p99=$(median ${REC[gpt-api,$work,p99]}) off_p99=$(median ${REC[gpt-api-norec,$work,p99]})
+            echo "| $work | on |${REC[gpt-api,$work,rps]} | $(int "$on_rps") |${REC[gpt-api,$work,p99]} | $on_p99 | $on_cpu | $on_proxy |"
+            echo "| $work | off (\`enabled: false\`) |${REC[gpt-api-norec,$work,rps]} | $(int "$off_rps") |${REC[gpt-api-norec,$work,p99]} | $off_p99 | $off_cpu | - |"
+            r+=("$(ratio "$on_rps" "$off_rps")") c+=("$(ratio "$off_cpu" "$on_cpu")") l+=("$(ratio "$on_p99" "$off_p99")")
             if [[ $on_proxy == - ]]; then p+=(-); else p+=("$(ratio "$off_cpu" "$on_proxy")"); fi
         done
         echo
         echo "| recording on / off | fast | stream |"
         echo "| --- | ---: | ---: |"
         echo "| req/s (medians) | ${r[0]} | ${r[1]} |"
+        echo "| p99 (medians; at \`BENCH_CONNECTIONS=1\` the recording p99 of #21) | ${l[0]} | ${l[1]} |"
         echo "| requests per CPU second, writer sharing the proxy's core (CPU/req off / on) | ${c[0]} | ${c[1]} |"
         echo "| requests per CPU second of the proxy, writer on CPU of its own (off / proxy's on) | ${p[0]} | ${p[1]} |"
     fi
