@@ -239,9 +239,10 @@ impl<'a> Cursor<'a> {
 }
 
 /// Where the run of plain string bytes from `i` ends: the first quote, backslash or control character, or the
-/// end. Eight bytes at a time (strings are short: keys, tokens; a vector search's set-up costs more).
+/// end. Eight bytes at a time (strings are short: keys, tokens; a vector search's set-up costs more). Also the
+/// request body scan's (`request::scan`), for a prompt's strings.
 #[inline(always)]
-fn plain_run(bytes: &[u8], mut i: usize) -> usize {
+pub fn plain_run(bytes: &[u8], mut i: usize) -> usize {
     const ONES: u64 = u64::MAX / 255;
     const HIGH: u64 = ONES * 0x80;
     while let Some(word) = bytes

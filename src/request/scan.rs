@@ -72,32 +72,6 @@ pub(super) fn scan(body: &[u8]) -> Option<Scanned<'_>> {
     Some(out)
 }
 
-/// The first quote, backslash or control character in `b` from `i` on (`b.len()` when there is none): eight
-/// bytes at a time, as serde does it, for the long strings of a prompt.
-fn special_from(b: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = ONES * 0x80;
-    // The lowest byte flagged is exact (a borrow can only flag bytes above a real match).
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    while let Some(Ok(chunk)) = b.get(i..i + 8).map(<[u8; 8]>::try_from) {
-        let x = u64::from_le_bytes(chunk);
-        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-        let found =
-            zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\'))) | control;
-        if found != 0 {
-            return i + found.trailing_zeros() as usize / 8;
-        }
-        i += 8;
-    }
-    while let Some(&c) = b.get(i) {
-        if c == b'"' || c == b'\\' || c < 0x20 {
-            break;
-        }
-        i += 1;
-    }
-    i
-}
-
 struct Scanner<'a> {
     text: &'a str,
     b: &'a [u8],
@@ -133,7 +107,7 @@ impl<'a> Scanner<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            self.i = special_from(self.b, self.i);
+            self.i = crate::json::plain_run(self.b, self.i);
             match self.next()? {
                 b'"' => return Some((self.text.get(start..self.i - 1)?, escaped)),
                 // `\u` escapes are left to serde: it refuses lone surrogates where it reads a string.
