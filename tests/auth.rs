@@ -482,7 +482,8 @@ async fn tpm_counts_the_tokens_of_finished_requests_streamed_or_not() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("4"));
     assert_eq!(r.header("x-ratelimit-remaining-tokens"), Some("4"));
-    wait_rows(db.path(), 2).await;
+    // Refusals are recorded too (limits are checked once routed): the stream, the 429, this answer.
+    wait_rows(db.path(), 3).await;
     let r = chat_with(&gw, "m1", &[("authorization", &jsoner)]).await;
     r.expect_error(429);
     retry_after_secs(&r);
@@ -490,7 +491,8 @@ async fn tpm_counts_the_tokens_of_finished_requests_streamed_or_not() {
 
     let (status, text) = stream_chat(&gw, "m1", &roomy).await;
     assert_eq!(status, 200, "{text}");
-    wait_rows(db.path(), 3).await;
+    // ... then the second 429 and this stream.
+    wait_rows(db.path(), 5).await;
     let r = chat_with(&gw, "m1", &[("authorization", &roomy)]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
