@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
+use super::pace;
 use super::queue::{count, Queued, UsageQueue, UsageStats};
 use super::record::UsageRecord;
 use super::sink::{BatchError, Entry, Sink};
@@ -252,7 +253,10 @@ impl<S: Sink> Writer<S> {
         let open = loop {
             match self.receiver.try_recv() {
                 // Rendered here, on the writer's thread, not on the request's.
-                Ok(record) => received.push(record.render()),
+                Ok(record) => {
+                    received.push(record.render());
+                    pace::step();
+                }
                 Err(TryRecvError::Empty) => break true,
                 Err(TryRecvError::Disconnected) => break false,
             }
@@ -278,6 +282,7 @@ impl<S: Sink> Writer<S> {
             if !deleted.is_empty() {
                 self.sink.forget(&deleted);
             }
+            pace::step();
         }
         if let Err(error) = self.sink.flush() {
             failure = failure.or(Some(error));
@@ -300,7 +305,9 @@ impl<S: Sink> Writer<S> {
         let mut failure = None;
         while done < self.pending.len() {
             let end = self.pending.len().min(done + batch);
-            match self.sink.write_batch(&self.pending[done..end]) {
+            let written = self.sink.write_batch(&self.pending[done..end]);
+            pace::step();
+            match written {
                 Ok(()) => done = end,
                 Err(error) => {
                     failure = Some(error);

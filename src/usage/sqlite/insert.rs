@@ -5,6 +5,7 @@ use rusqlite::{Connection, Statement};
 
 use super::rollup;
 use super::schema::{COLUMNS, TABLE};
+use crate::usage::pace;
 use crate::usage::record::UsageRecord;
 use crate::usage::sink::Entry;
 
@@ -69,10 +70,12 @@ impl Inserts {
                 }
                 insert.raw_execute()?;
                 bound = Some(chunk);
+                pace::step();
             }
         }
         // The rollup of these rows commits with them (`rollup.rs`).
         rollup::after_insert(&transaction, records)?;
+        pace::step();
         let mut progress = transaction.prepare_cached(PROGRESS)?;
         for (segment, end) in spool_ends(records) {
             progress.execute(rusqlite::params![segment, sql_int(end)])?;
