@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 use crate::common::process::{gateway_args, http_healthy, start, Proc};
-use crate::common::records::{rows, usage_config};
+use crate::common::raw::{post, read_until_closed};
+use crate::common::records::{rows, usage_config, wait_exact_rows};
 use crate::common::{chat_body, client, wait_until, Mock};
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 
 const MODEL: &str = "m1";
 /// Served by its own mock, slowly: one such stream starts on the old process before SIGQUIT and is still
@@ -286,8 +288,9 @@ async fn graceful_upgrade_under_load_loses_nothing() {
         served(&new)
     );
 
-    // Pingora closes idle keep-alive connections when the old process stops accepting (not at its exit, which
-    // comes a grace period later), without sending a byte: a request racing that close fails on the client.
+    // Idle keep-alive connections are closed a moment after the old process stops accepting (the gateway's 1 s
+    // for requests of connections accepted last, then Pingora's cleanup; not at its exit, which comes a grace
+    // period later), without sending a byte: a request racing that close fails on the client.
     let closed = idle_closed.lock().unwrap().clone();
     let (closed_at, rest) = closed.expect("the idle keep-alive connection is still open");
     assert!(
@@ -296,7 +299,7 @@ async fn graceful_upgrade_under_load_loses_nothing() {
         String::from_utf8_lossy(&rest)
     );
     assert!(
-        closed_at < stopped_accepting_at + Duration::from_secs(1),
+        closed_at < stopped_accepting_at + Duration::from_secs(2),
         "the idle connection was closed {:?} after the old process stopped accepting",
         closed_at.saturating_duration_since(stopped_accepting_at)
     );
@@ -319,4 +322,53 @@ async fn graceful_upgrade_under_load_loses_nothing() {
     eprintln!(
         "upgrade: {sent} requests ({streams} streams), old stopped accepting {stopped_accepting:?} after SIGQUIT"
     );
+}
+
+/// A connection accepted in the accept loop's last moment whose request is still on its way when the gateway
+/// stops accepting (graceful shutdown, or the old process of an upgrade) is served, not closed under its caller.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_on_a_connection_accepted_just_before_the_gateway_stops_accepting_is_served() {
+    let mock = Mock::start("late").await;
+    let dir = tempfile::tempdir().unwrap();
+    let usage_dir = dir.path().join("usage");
+    let config = usage_config(
+        vec![client("a", &mock.base_url("/v1"), "exact", &[MODEL])],
+        &usage_dir,
+        json!({}),
+    );
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, common::to_yaml(&config)).unwrap();
+    let conf = server_conf(dir.path());
+    let (mut gw, port) = start(
+        "gw",
+        dir.path(),
+        |port| gateway_args(&config_path, port, Some(&conf), &[]),
+        http_healthy,
+    )
+    .await;
+    // Accepted (the accept loop is idle: it takes it at once), no byte sent yet: the state of a connection
+    // accepted just before the loop ends, its request still on the way.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("TERM");
+    // Pingora's accept loop logs this as it ends; its cleanup would close the connection right after.
+    gw.wait_log(
+        &format!("Shutting down 127.0.0.1:{port}"),
+        Duration::from_secs(20),
+    )
+    .await;
+    let body = serde_json::to_string(&chat_body(MODEL)).unwrap();
+    conn.write_all(&post("HTTP/1.1", "Connection: close\r\n", &body))
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut conn, Duration::from_secs(10)).await;
+    let text = answer.text();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}\n{}", gw.log());
+    assert_eq!(mock.count(), 1);
+    let status = gw.wait_exit(EXIT_TIMEOUT).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let rows = wait_exact_rows(&usage_dir, 1).await;
+    assert_eq!(rows[0].status, Some(200));
 }

@@ -32,6 +32,10 @@ const FIRST_REQUEST_KEEPALIVE_SECS: u64 = 60;
 const LINGER: Duration = Duration::from_secs(2);
 /// Longest wait to write a refusal.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connections waiting for a request are still read once the service has stopped accepting (at a
+/// graceful shutdown or upgrade, before they are closed): one accepted in the accept loop's last moments may not
+/// have sent its request yet, or may still be in its TLS handshake.
+const LATE_REQUEST_WAIT: Duration = Duration::from_secs(1);
 
 /// The proxy service's application: Pingora's proxy behind the edge loop.
 pub struct Edge {
@@ -116,6 +120,11 @@ impl ServerApp for Edge {
     }
 
     async fn cleanup(&self) {
+        // The accept loops have ended. Pingora's cleanup wakes the connections waiting for a request, which then
+        // close; one accepted a moment ago whose request is still on its way would be reset under its caller
+        // (seen once in the upgrade test: a new connection, ECONNRESET as the old process stopped accepting).
+        // Its request gets a moment to arrive; this runs within the grace period, so the process exits no later.
+        tokio::time::sleep(LATE_REQUEST_WAIT).await;
         // Wakes the connections idling between requests, so that they close when the service stops.
         self.proxy.http_cleanup().await;
     }
