@@ -136,7 +136,8 @@ pub fn init(settings: &LoggingSettings) -> Result<Logging, LoggingError> {
 }
 
 /// Pingora's debug and trace lines dump whole request headers, `Authorization` included: they never pass,
-/// whatever `RUST_LOG` asks for, so no key reaches a log. A warning or an error is flushed at once.
+/// whatever `RUST_LOG` asks for, so no key reaches a log; nor do its benign errors ([`is_noise`]). A warning or
+/// an error is flushed at once.
 struct Filter {
     urgent: Arc<OnceLock<LoggerHandle>>,
 }
@@ -148,7 +149,9 @@ impl LogLineFilter for Filter {
         record: &Record,
         writer: &dyn LogLineWriter,
     ) -> std::io::Result<()> {
-        if record.level() > log::Level::Info && record.target().starts_with("pingora") {
+        if record.level() > log::Level::Info && record.target().starts_with("pingora")
+            || is_noise(record)
+        {
             return Ok(());
         }
         writer.write(now, record)?;
@@ -159,6 +162,14 @@ impl LogLineFilter for Filter {
         }
         Ok(())
     }
+}
+
+/// Pingora errors that report nothing wrong, dropped so that the error log holds only what needs a look:
+/// "failed to acquire reusable stream" is its upstream pool finding a pooled connection still held by that
+/// connection's idle watch for a moment (a race under concurrency); it then opens a new connection.
+fn is_noise(record: &Record) -> bool {
+    record.target() == "pingora_core::connectors"
+        && record.args().as_str() == Some("failed to acquire reusable stream")
 }
 
 /// The lines that wait for the next flush: the access lines (one per request) and anything chattier. A
@@ -279,6 +290,22 @@ mod tests {
             LogSpecification::parse("warn").unwrap().to_string()
         );
         assert!(choose_spec(None, "info,x=loud").is_err());
+    }
+
+    #[test]
+    fn pingoras_benign_pool_race_is_not_logged_other_errors_are() {
+        let record = |target: &'static str, args: std::fmt::Arguments<'static>| {
+            let mut builder = Record::builder();
+            builder.level(log::Level::Error).target(target).args(args);
+            is_noise(&builder.build())
+        };
+        let race = format_args!("failed to acquire reusable stream");
+        assert!(record("pingora_core::connectors", race));
+        assert!(!record(
+            "pingora_core::connectors",
+            format_args!("connect failed")
+        ));
+        assert!(!record("gpt_api::proxy", race));
     }
 
     #[test]
