@@ -48,11 +48,11 @@ pub fn yields() -> u64 {
 mod tests {
     use super::*;
 
-    /// Busy for `d`, stepping as the writer does between pieces of work.
-    fn work_for(d: Duration) {
+    /// Busy for `d`, not stepping.
+    fn spin(d: Duration) {
         let start = Instant::now();
         while start.elapsed() < d {
-            step();
+            std::hint::spin_loop();
         }
     }
 
@@ -61,29 +61,25 @@ mod tests {
         // On a fresh thread: the counters are per thread.
         std::thread::spawn(|| {
             step();
-            assert_eq!(yields(), 1, "the first step after idling yields");
-            let before = yields();
-            let calls = 1000;
-            for _ in 0..calls {
+            assert_eq!(yields(), 1, "the first step yields");
+            // Each piece of work of a step's length ends in a yield.
+            for _ in 0..5 {
+                let before = yields();
+                spin(STEP);
                 step();
+                assert_eq!(yields(), before + 1);
             }
-            // A thousand back-to-back calls take far less than a thousand steps.
-            assert!(
-                yields() - before < calls / 4,
-                "{} yields",
-                yields() - before
-            );
-
+            // Calls closer together than a step yield at most once a step, however many there are (on a loaded
+            // machine this thread may be held back between calls, so fewer calls are not checked).
             let before = yields();
             let start = Instant::now();
-            work_for(Duration::from_millis(20));
+            for _ in 0..100_000 {
+                step();
+            }
             let took = start.elapsed();
             let yielded = yields() - before;
-            // At least one yield per step of work (each step may take longer on a loaded machine, so at most
-            // one per step is all the upper side can say), and not fewer than a step's worth would give.
             let most = u64::try_from(took.as_micros() / STEP.as_micros()).unwrap() + 1;
             assert!(yielded <= most, "{yielded} yields in {took:?}");
-            assert!(yielded >= 20_000 / 50 / 10, "{yielded} yields in {took:?}");
         })
         .join()
         .unwrap();
