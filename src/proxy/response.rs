@@ -113,7 +113,9 @@ pub(super) fn body(
         let e = Error::explain(ErrorType::ReadError, format!("backend body: {why}"));
         e.into_up()
     })?;
-    stored::remember(gw, ctx);
+    if ctx.awaits_response_id() {
+        stored::remember(gw, ctx);
+    }
     Ok(())
 }
 

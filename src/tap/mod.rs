@@ -54,6 +54,10 @@ pub struct ResponseTap {
     prefix_json: Option<String>,
     /// What `buffers_whole_body` answers (fixed at the start, whatever happens later).
     buffers: bool,
+    /// The answer may carry a top-level `response` object (a Responses API answer, or one of a kind the tap
+    /// does not know); chat, completions, Messages and embeddings answers have none by their API's
+    /// definition, so theirs is neither searched for nor read.
+    responses: bool,
     // SSE framing.
     scanner: sse::Scanner,
     ends: Vec<usize>,
@@ -118,10 +122,15 @@ impl ResponseTap {
             (true, false) => kept,
             (true, true) => 0,
         };
+        let responses = !matches!(
+            opts.kind,
+            ApiKind::Chat | ApiKind::Completions | ApiKind::Messages | ApiKind::Embeddings
+        );
         ResponseTap {
             opts,
             prefix_json,
             buffers,
+            responses,
             scanner: sse::Scanner::default(),
             ends: Vec::new(),
             pending: BytesMut::new(),
@@ -353,7 +362,7 @@ impl ResponseTap {
     /// Takes in what one parsed event or body says: usage, model, first token, the pieces of the message.
     fn observe(&mut self, env: &Envelope, event_name: Option<&[u8]>) {
         self.note(env.usage, env.model);
-        if let Some(response) = env.response {
+        if let Some(response) = env.response.filter(|_| self.responses) {
             self.observe_response(response);
         }
         if !self.first_token {

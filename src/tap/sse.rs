@@ -76,6 +76,17 @@ impl<'a> Fields<'a> {
         fields
     }
 
+    /// The fields of `event` when [`one_data_event`] found it to be one `data` line (its value at `value`):
+    /// what [`Fields::parse`] reads from it, without a second look.
+    pub fn lone(event: &'a [u8], value: Range<usize>) -> Self {
+        Fields {
+            event,
+            name: None,
+            first: Some(value),
+            more: Vec::new(),
+        }
+    }
+
     fn read_lines(&mut self) {
         let event = self.event;
         let mut pos = 0;

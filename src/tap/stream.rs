@@ -2,9 +2,10 @@
 //!
 //! Most events of a long stream say nothing the tap still needs: once the model and the first token are known
 //! and neither the prefix nor the record wants the deltas, an event is only searched for a top-level `usage`
-//! (or a `response`) and parsed only when it has one ([`ResponseTap::quiet`]). A chunk that is one such whole
-//! `data:` event, the usual shape, passes on before the framing looks at it. An event that must be read is read
-//! by the checking skim ([`wire::Envelope::parse`]; serde_json where the skim is unsure).
+//! (or, where the API has one, a `response`) and parsed only when it has one ([`ResponseTap::quiet`]). A chunk
+//! that is one whole `data:` event, the usual shape, skips the framing: passed on when quiet, else read at once.
+//! An event that must be read is read by the checking skim ([`wire::Envelope::parse`]; serde_json where the
+//! skim is unsure).
 
 use std::sync::LazyLock;
 
@@ -16,6 +17,13 @@ use wire::Envelope;
 
 /// An event held longer than this is passed on unread, so a stream without blank lines cannot grow memory.
 pub(super) const EVENT_CAP: usize = 16 << 20;
+
+/// Whether an event's data is known not to be quiet ([`ResponseTap::quiet`] said no) or yet to be asked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    Checked,
+    Unknown,
+}
 
 /// What becomes of one complete event.
 enum Action {
@@ -34,10 +42,19 @@ impl ResponseTap {
         }
         let held = self.pending.len();
         if held == 0 && !self.skipping && self.scanner.at_line_start() {
-            // The usual chunk: one whole `data:` event that says nothing new, passed on without the framing.
-            let data = sse::one_data_event(&chunk).map(|value| &chunk[value]);
-            if data.is_some_and(|data| self.quiet(data)) {
-                return chunk;
+            if let Some(value) = sse::one_data_event(&chunk) {
+                // The usual chunk: one whole `data:` event. Passed on without the framing when it says nothing
+                // new; else read as the framing would read it (it would find this one event and leave its
+                // state as it is), without the framing.
+                if self.quiet(&chunk[value.clone()]) {
+                    return chunk;
+                }
+                let fields = sse::Fields::lone(&chunk, value);
+                return match self.on_fields(&chunk, &fields, true, Quiet::Checked) {
+                    Action::Keep => chunk,
+                    Action::Drop => Bytes::new(),
+                    Action::Replace(bytes) => Bytes::from(bytes),
+                };
             }
         }
         self.ends.clear();
@@ -103,6 +120,17 @@ impl ResponseTap {
     /// Reads one event; `live` when its bytes are still to be sent (and so may change).
     fn on_event(&mut self, event: &[u8], live: bool) -> Action {
         let fields = sse::Fields::parse(event);
+        self.on_fields(event, &fields, live, Quiet::Unknown)
+    }
+
+    /// Reads one event from its fields; `quiet`: whether [`ResponseTap::quiet`] already said no for its data.
+    fn on_fields(
+        &mut self,
+        event: &[u8],
+        fields: &sse::Fields,
+        live: bool,
+        quiet: Quiet,
+    ) -> Action {
         let data = fields.data();
         if *data == *b"[DONE]" {
             self.done_passed |= live;
@@ -111,7 +139,7 @@ impl ResponseTap {
         if data.is_empty() {
             return Action::Keep;
         }
-        if self.quiet(&data) {
+        if quiet == Quiet::Unknown && self.quiet(&data) {
             return Action::Keep;
         }
         let Ok(text) = std::str::from_utf8(&data) else {
@@ -187,14 +215,15 @@ impl ResponseTap {
     }
 }
 
-/// `"response"` anywhere in an event: a Responses API `response` object may carry usage and model.
+/// `"response"` anywhere in an event: a Responses API `response` object may carry usage and model (searched
+/// for only where the API may send one: [`ResponseTap::responses`]).
 static RESPONSE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"response\""));
 
 impl ResponseTap {
     /// Whether parsing the event's `data` could change nothing: the model and the first token are known, the
     /// record rebuilds no message, no prefix is left to splice, and the event is a JSON object without a
-    /// top-level `usage` that is not null and without `"response"`. Such an event passes on unparsed; any
-    /// other is parsed whole, as before.
+    /// top-level `usage` that is not null and, where the API may send one, without `"response"`. Such an
+    /// event passes on unparsed; any other is parsed whole, as before.
     fn quiet(&self, data: &[u8]) -> bool {
         #[cfg(test)]
         if self.always_parse {
@@ -203,7 +232,7 @@ impl ResponseTap {
         let settled = self.model.is_some() && self.first_token && self.recon.is_none();
         settled
             && self.prefix_done(data)
-            && RESPONSE_KEY.find(data).is_none()
+            && !(self.responses && RESPONSE_KEY.find(data).is_some())
             && keys::null_or_absent(data, "usage")
     }
 

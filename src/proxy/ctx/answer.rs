@@ -167,10 +167,17 @@ impl RequestCtx {
         }
     }
 
+    /// Whether [`RequestCtx::new_response_id`] may still find an id: a successful Responses API answer whose
+    /// id was not noted yet. Inlined: it is asked for every piece of every answer's body.
+    #[inline]
+    pub fn awaits_response_id(&self) -> bool {
+        !self.answer.id_noted && self.answer.ok && self.kind() == ApiKind::Responses
+    }
+
     /// A successful Responses API answer's id, once, as soon as it is seen: with who made it (the client, or
     /// the gateway translating a chat answer) and the model the caller asked for.
     pub fn new_response_id(&mut self) -> Option<(String, Origin, String)> {
-        if self.answer.id_noted || !self.answer.ok || self.kind() != ApiKind::Responses {
+        if !self.awaits_response_id() {
             return None;
         }
         let (id, origin) = match self.answer.relay.as_deref() {

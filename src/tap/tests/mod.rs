@@ -3,6 +3,7 @@
 mod body;
 mod bounds;
 mod fuzz;
+mod lanes;
 mod stream;
 
 use super::*;

@@ -218,7 +218,7 @@ fn both_choices_in_one_event_and_multiline_data() {
     assert_eq!(r.out, split.replace(r#"data:"Hi""#, r#"data:"\"q\"Hi""#));
 }
 
-const RESPONSES: &str = concat!(
+pub(super) const RESPONSES: &str = concat!(
     "event: response.created\n",
     r#"data: {"type":"response.created","sequence_number":0,"response":{"id":"resp_1","object":"response","status":"in_progress","model":"gpt-4.1-2025-04-14","output":[],"usage":null}}"#,
     "\n\n",
