@@ -6,8 +6,9 @@
 //! skips one (strings without control characters and with known escapes, numbers by the JSON grammar, the
 //! three literals, matching brackets, JSON whitespace only), so a text it reads to its end is one serde_json
 //! accepts. Where it cannot be sure to read what serde_json reads (an escaped key, nesting deeper than
-//! [`MAX_DEPTH`]) it answers None, and the caller lets serde_json decide. [`unescape`] reads an escaped string
-//! as serde_json does, or says it is unsure.
+//! [`MAX_DEPTH`]) it answers None, and the caller lets serde_json decide. [`Cursor::strict`] also leaves every
+//! `\u` escape to serde_json (the request body scan's choice: serde_json refuses a lone surrogate in a string it
+//! reads). [`unescape`] reads an escaped string as serde_json does, or says it is unsure.
 
 /// Nesting deeper than this is left to serde_json (whose own limit is 128).
 const MAX_DEPTH: u32 = 64;
@@ -18,6 +19,8 @@ pub struct Cursor<'a> {
     text: &'a str,
     at: usize,
     depth: u32,
+    /// Every `\u` escape answers None.
+    strict: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -26,6 +29,15 @@ impl<'a> Cursor<'a> {
             text,
             at: 0,
             depth: 0,
+            strict: false,
+        }
+    }
+
+    /// A cursor that answers None at any `\u` escape, even in a string it skips.
+    pub fn strict(text: &'a str) -> Self {
+        Cursor {
+            strict: true,
+            ..Cursor::new(text)
         }
     }
 
@@ -104,6 +116,23 @@ impl<'a> Cursor<'a> {
     /// Whether the next value opens an object (nothing is read).
     pub fn at_object(&mut self) -> Option<bool> {
         Some(self.peek()? == b'{')
+    }
+
+    /// The next value's first byte (nothing is read).
+    pub fn first_byte(&mut self) -> Option<u8> {
+        self.peek()
+    }
+
+    /// The next value when it is a string without escapes: its text between the quotes.
+    pub fn plain_string(&mut self) -> Option<&'a str> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let start = self.at + 1;
+        match self.string()? {
+            false => self.text.get(start..self.at - 1),
+            true => None,
+        }
     }
 
     fn members(
@@ -198,6 +227,7 @@ impl<'a> Cursor<'a> {
                     escaped = true;
                     i += match bytes.get(i + 1)? {
                         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => 2,
+                        b'u' if self.strict => return None,
                         b'u' => hex4(bytes.get(i + 2..i + 6)?).map(|_| 6)?,
                         _ => return None,
                     };
@@ -239,10 +269,9 @@ impl<'a> Cursor<'a> {
 }
 
 /// Where the run of plain string bytes from `i` ends: the first quote, backslash or control character, or the
-/// end. Eight bytes at a time (strings are short: keys, tokens; a vector search's set-up costs more). Also the
-/// request body scan's (`request::scan`), for a prompt's strings.
+/// end. Eight bytes at a time (strings are short: keys, tokens, a prompt; a vector search's set-up costs more).
 #[inline(always)]
-pub fn plain_run(bytes: &[u8], mut i: usize) -> usize {
+fn plain_run(bytes: &[u8], mut i: usize) -> usize {
     const ONES: u64 = u64::MAX / 255;
     const HIGH: u64 = ONES * 0x80;
     while let Some(word) = bytes

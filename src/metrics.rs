@@ -10,7 +10,7 @@
 //!
 //! `serve.rs` is the scrape endpoint (the only Pingora code here); `tests.rs` the unit tests.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -213,9 +213,9 @@ impl Metrics {
                 "Usage rows shipped to PostgreSQL (a row sent again after a crash counts again).",
             )?)?,
             requests,
-            models: ArcSwap::from_pointee(HashMap::new()),
+            models: ArcSwap::from_pointee(HashMap::default()),
             other: Arc::new(ModelSeries::new(OTHER_MODEL)),
-            backends: ArcSwap::from_pointee(HashMap::new()),
+            backends: ArcSwap::from_pointee(HashMap::default()),
             sources: Mutex::new(Sources::default()),
             registry,
         };
@@ -421,7 +421,7 @@ impl ModelSeries {
     fn new(label: &str) -> Self {
         ModelSeries {
             label: label.to_owned(),
-            backends: ArcSwap::from_pointee(HashMap::new()),
+            backends: ArcSwap::from_pointee(HashMap::default()),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Model prices: the compiled price table, matching a model name to its price, and the cost of one request.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::tokens::{TokenUsage, Tokenizer};
 

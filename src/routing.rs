@@ -3,7 +3,7 @@
 
 pub mod responses_ids;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,7 +48,7 @@ impl Router {
         let keyword: Vec<usize> = (0..clients.len())
             .filter(|&i| clients[i].model_match.kind == MatchKind::Keyword)
             .collect();
-        let mut exact = HashMap::new();
+        let mut exact = HashMap::default();
         for c in clients
             .iter()
             .filter(|c| c.model_match.kind == MatchKind::Exact)

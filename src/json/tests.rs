@@ -167,8 +167,32 @@ proptest! {
     #![proptest_config(crate::fuzz_config())]
 
     #[test]
+    fn the_eight_byte_search_finds_the_first_special_byte(
+        bytes in proptest::collection::vec(
+            prop_oneof![4 => 0x20u8..0x7f, 1 => Just(b'"'), 1 => Just(b'\\'), 1 => 0u8..0x20, 1 => 0x7fu8..=0xff],
+            0..40,
+        ),
+        from in 0usize..40,
+    ) {
+        let from = from.min(bytes.len());
+        let naive = bytes[from..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            .map_or(bytes.len(), |n| from + n);
+        prop_assert_eq!(plain_run(&bytes, from), naive);
+    }
+
+    #[test]
     fn skims_exactly_what_serde_accepts(text in jsonish()) {
         prop_assert_eq!(skims(&text), serde_accepts(&text), "{}", text);
+    }
+
+    #[test]
+    fn the_strict_skim_only_leaves_out_unicode_escapes(text in jsonish()) {
+        let mut strict = Cursor::strict(&text);
+        let strict = strict.raw().is_some() && strict.end().is_some();
+        prop_assert!(!strict || skims(&text), "{}", text);
+        prop_assert!(strict || !skims(&text) || text.contains("\\u"), "{}", text);
     }
 
     #[test]

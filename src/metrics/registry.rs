@@ -1,6 +1,6 @@
 //! Small helpers for the metrics: registering collectors, adding series once, raising counters to a total.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;

@@ -91,14 +91,12 @@ impl ResponseTap {
             return Vec::new();
         }
         if !self.holding {
-            // Only usage and model are wanted: found without parsing the content between them.
-            let model = keys::top_level(text, "model", keys::SearchFrom::Start).map(Raw::from);
-            let usage = keys::top_level(text, "usage", keys::SearchFrom::End).map(Raw::from);
-            self.note(usage, model);
+            // Only usage and model are wanted: read in one pass over the top-level members, else found by
+            // searches without parsing the content between them.
+            let top = keys::top(text).unwrap_or_else(|| searched(text, self.opts.kind));
+            self.note(top.usage.map(Raw::checked), top.model.map(Raw::checked));
             if self.opts.kind == ApiKind::Responses {
-                self.note_response_id(
-                    keys::top_level(text, "id", keys::SearchFrom::Start).map(Raw::from),
-                );
+                self.note_response_id(top.id.map(Raw::checked));
             }
             return Vec::new();
         }
@@ -134,6 +132,18 @@ impl ResponseTap {
         if room > 0 {
             self.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         }
+    }
+}
+
+/// The top-level `model`, `usage` and (for the Responses API) `id` of a body the one-pass read is unsure about.
+fn searched(text: &str, kind: ApiKind) -> keys::Top<'_> {
+    let find = |key, from| keys::top_level(text, key, from).map(RawValue::get);
+    keys::Top {
+        model: find("model", keys::SearchFrom::Start),
+        usage: find("usage", keys::SearchFrom::End),
+        id: (kind == ApiKind::Responses)
+            .then(|| find("id", keys::SearchFrom::Start))
+            .flatten(),
     }
 }
 

@@ -16,6 +16,11 @@ impl<'a> Raw<'a> {
     pub fn get(self) -> &'a str {
         self.0
     }
+
+    /// A value's text that `json::Cursor` read (and so checked).
+    pub(super) fn checked(text: &'a str) -> Self {
+        Raw(text)
+    }
 }
 
 impl<'a> From<&'a RawValue> for Raw<'a> {
