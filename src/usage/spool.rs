@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::pace;
 use super::record::CapturedRecord;
 use super::throttle::Throttle;
 
@@ -30,6 +31,8 @@ pub mod frame;
 /// A segment this long takes no more frames: the next append opens a new one, and this one is deleted once its
 /// records are committed. Bounds what an import after a crash reads again.
 const SEGMENT_BYTES: u64 = 8 << 20;
+/// How much of a deleted segment is freed at a time (`shrink`).
+const SHRINK_STEP: u64 = 1 << 20;
 /// Shards: threads pick one by their own number, so each worker thread has its own as a rule.
 const SHARDS: usize = 16;
 /// After a segment could not be opened, records are not spooled for this long (no open per request).
@@ -50,6 +53,34 @@ pub struct Segment {
 impl Segment {
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// A segment that can go: complete, and held by no queued record. Only the registry holds it, and nobody takes a
+/// new reference to a complete segment (appends go to open ones, imports are done with it), so once true this
+/// stays true.
+fn unheld(segment: &Arc<Segment>) -> bool {
+    segment.complete.load(Relaxed) && Arc::strong_count(segment) == 1
+}
+
+/// Freeing a segment's pages is kernel work on the writer's thread (an 8 MiB segment's `unlink` took 1.9 ms),
+/// which a request sharing its core would wait behind: the file is cut down [`SHRINK_STEP`] at a time, with a
+/// pace step (`usage::pace`) between, before it is deleted. Its records are all committed, and an import reads a
+/// file cut short as one whose last frame is torn, so a crash meanwhile loses nothing. Errors are left to the
+/// deletion that follows.
+fn shrink(path: &Path) {
+    let Ok(file) = OpenOptions::new().write(true).open(path) else {
+        return;
+    };
+    let Ok(mut len) = file.metadata().map(|m| m.len()) else {
+        return;
+    };
+    while len > 0 {
+        len = len.saturating_sub(SHRINK_STEP);
+        if file.set_len(len).is_err() {
+            return;
+        }
+        pace::step();
     }
 }
 
@@ -181,11 +212,21 @@ impl Spool {
     /// or skipped by an import), and the lock files of dead processes whose spool is gone; returns the names
     /// of the deleted segments.
     pub fn collect(&self) -> Vec<String> {
+        // Emptied first, in steps, outside the registry's lock: see `shrink`.
+        let done: Vec<PathBuf> = self
+            .registry()
+            .segments
+            .iter()
+            .filter(|s| unheld(s))
+            .map(|s| s.path.clone())
+            .collect();
+        for path in &done {
+            shrink(path);
+        }
         let mut registry = self.registry();
         let mut deleted = Vec::new();
         registry.segments.retain(|segment| {
-            // Only the registry holds it, and it holds the lock: nobody can take a new reference meanwhile.
-            if !segment.complete.load(Relaxed) || Arc::strong_count(segment) > 1 {
+            if !unheld(segment) {
                 return true;
             }
             match fs::remove_file(&segment.path) {

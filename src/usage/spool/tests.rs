@@ -384,3 +384,17 @@ fn frames_of_version_4_read_without_cache_writes() {
     frame::encode(&CapturedRecord::from(row.clone()), &mut buf).unwrap();
     assert_eq!(frame::decode(&buf[frame::HEADER..]).unwrap().row, row);
 }
+
+#[test]
+fn a_segment_is_emptied_in_steps_before_it_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.0.seg");
+    std::fs::write(&path, vec![7u8; (SHRINK_STEP * 2 + SHRINK_STEP / 2) as usize]).unwrap();
+    let yields = super::pace::yields();
+    shrink(&path);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    // A pace step after each of the three cuts (whether each yields depends on the time they took).
+    assert!(super::pace::yields() <= yields + 3);
+    // A file already gone is left to the deletion.
+    shrink(&dir.path().join("gone.seg"));
+}
