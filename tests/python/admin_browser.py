@@ -14,8 +14,8 @@ import tempfile
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 args = json.loads(sys.argv[1])
@@ -45,10 +45,27 @@ def visit(name, path):
     driver.save_screenshot(os.path.join(args["shots"], name + ".png"))
 
 
+def gone(element):
+    """A wait condition: `element` has left the document. Chromedriver reports a node that the navigation detaches
+    as a stale reference or, when the navigation races the call, as an inspector error ("Node with given id does
+    not belong to the document"), which selenium's `staleness_of` does not expect (a rare failure in CI)."""
+    def check(_):
+        try:
+            element.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return True
+            raise
+    return check
+
+
 def submit(button):
     """Clicks a form's button and waits for the page it leads to (a click does not wait for navigation)."""
     button.click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(button))
+    WebDriverWait(driver, 20).until(gone(button))
     WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
