@@ -389,7 +389,11 @@ fn frames_of_version_4_read_without_cache_writes() {
 fn a_segment_is_emptied_in_steps_before_it_is_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.0.seg");
-    std::fs::write(&path, vec![7u8; (SHRINK_STEP * 2 + SHRINK_STEP / 2) as usize]).unwrap();
+    std::fs::write(
+        &path,
+        vec![7u8; (SHRINK_STEP * 2 + SHRINK_STEP / 2) as usize],
+    )
+    .unwrap();
     let yields = super::pace::yields();
     shrink(&path);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
