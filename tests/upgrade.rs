@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,6 +57,38 @@ fn fresh_connection_client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+/// The gateway's config (`clients`, usage recorded under `dir/usage`) and server conf (below), written into
+/// `dir`: their paths.
+fn write_configs(dir: &Path, clients: Vec<Value>) -> (PathBuf, PathBuf) {
+    let config = usage_config(clients, &dir.join("usage"), json!({}));
+    let config_path = dir.join("config.yaml");
+    std::fs::write(&config_path, common::to_yaml(&config)).unwrap();
+    (config_path, server_conf(dir))
+}
+
+/// Whether process `pid` holds the server side of the loopback TCP connection from `client` to `server` (ports),
+/// that is, has accepted it: the socket's inode in `/proc/net/tcp` among the process's file descriptors.
+fn holds_connection(pid: u32, server: u16, client: u16) -> bool {
+    let local = format!("0100007F:{server:04X}");
+    let remote = format!("0100007F:{client:04X}");
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let Some(inode) = tcp.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+            .then(|| fields.get(9).map(|i| format!("socket:[{i}]")))
+            .flatten()
+    }) else {
+        return false;
+    };
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == inode.as_str())
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// The server conf of both processes: the upgrade socket and pid file in `dir`, 2 s grace periods.
@@ -178,17 +210,13 @@ async fn graceful_upgrade_under_load_loses_nothing() {
     slow_mock.set_sse(STREAM_EVENTS, SLOW_GAP);
     let dir = tempfile::tempdir().unwrap();
     let usage_dir = dir.path().join("usage");
-    let config = usage_config(
+    let (config_path, conf) = write_configs(
+        dir.path(),
         vec![
             client("a", &mock.base_url("/v1"), "exact", &[MODEL]),
             client("slow", &slow_mock.base_url("/v1"), "exact", &[SLOW_MODEL]),
         ],
-        &usage_dir,
-        json!({}),
     );
-    let config_path = dir.path().join("config.yaml");
-    std::fs::write(&config_path, common::to_yaml(&config)).unwrap();
-    let conf = server_conf(dir.path());
     let upgrade_sock = dir.path().join("upgrade.sock");
 
     let (mut old, port) = start(
@@ -331,14 +359,10 @@ async fn a_request_on_a_connection_accepted_just_before_the_gateway_stops_accept
     let mock = Mock::start("late").await;
     let dir = tempfile::tempdir().unwrap();
     let usage_dir = dir.path().join("usage");
-    let config = usage_config(
+    let (config_path, conf) = write_configs(
+        dir.path(),
         vec![client("a", &mock.base_url("/v1"), "exact", &[MODEL])],
-        &usage_dir,
-        json!({}),
     );
-    let config_path = dir.path().join("config.yaml");
-    std::fs::write(&config_path, common::to_yaml(&config)).unwrap();
-    let conf = server_conf(dir.path());
     let (mut gw, port) = start(
         "gw",
         dir.path(),
@@ -346,12 +370,21 @@ async fn a_request_on_a_connection_accepted_just_before_the_gateway_stops_accept
         http_healthy,
     )
     .await;
-    // Accepted (the accept loop is idle: it takes it at once), no byte sent yet: the state of a connection
-    // accepted just before the loop ends, its request still on the way.
+    // Accepted by the gateway, no byte sent yet: the state of a connection accepted just before the accept loop
+    // ends, its request still on the way.
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client_port = conn.local_addr().unwrap().port();
+    assert!(
+        wait_until(Duration::from_secs(10), || holds_connection(
+            gw.pid(),
+            port,
+            client_port
+        ))
+        .await,
+        "the gateway did not accept the connection"
+    );
     gw.signal("TERM");
     // Pingora's accept loop logs this as it ends; its cleanup would close the connection right after.
     gw.wait_log(
