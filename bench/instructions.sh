@@ -6,7 +6,8 @@
 #
 # Usage: bench/instructions.sh     (after bench/run.sh has built the release binaries; needs valgrind, nginx, python3)
 # Env:   BENCH_N=300                requests of the short run (the long one sends 3N)
-#        BENCH_TARGETS="nginx floor gpt_api_off gpt_api_on"   what to count
+#        BENCH_TARGETS="nginx floor gpt_api_off gpt_api_on"   what to count (also floor_shaped: the floor asking
+#                                   of Pingora what gpt-api must, see bench/floor.rs)
 #        BENCH_BODY='{"model":"fast",...}'   the request (model fast; "stream":true for 20 SSE events)
 #        BENCH_PRICE=1                      give model fast a price (pricing.models): every request is priced
 set -euo pipefail
@@ -85,6 +86,13 @@ run_gpt_api_off() { run_gpt_api off "$@"; }
 
 run_floor() { # port, outfile
     exec valgrind --tool=callgrind --callgrind-out-file="$2" "$FLOOR" "127.0.0.1:$1" "127.0.0.1:$BPORT" 2>"$TMP/floor.log"
+}
+
+# The floor doing what gpt-api must ask of Pingora for its promises (deadlines, the body read before routing, the
+# backend's headers, request ids), and nothing of its own: see bench/floor.rs.
+run_floor_shaped() { # port, outfile
+    exec valgrind --tool=callgrind --callgrind-out-file="$2" "$FLOOR" "127.0.0.1:$1" "127.0.0.1:$BPORT" --shaped \
+        2>"$TMP/floor.log"
 }
 
 run_nginx() { # port, outfile

@@ -428,6 +428,17 @@ wrk.body = '$(printf "$CHAT_BODY" fast | sed 's/^{/{"stream":true,/')'
 wrk.headers["Content-Type"] = "application/json"
 EOF
 thread_ticks() { stat_ticks "/proc/$1/task/$2/stat" || die "thread $2 is gone"; }
+# Waits (at most 5 s) until process $1 has used no CPU for 300 ms.
+settle() {
+    local last now i
+    last=$(cpu_ticks "$1")
+    for i in $(seq 1 17); do
+        sleep 0.3
+        now=$(cpu_ticks "$1")
+        [[ $now == "$last" ]] && return 0
+        last=$now
+    done
+}
 declare -A REC=()
 for round in $(seq 1 "$REC_ROUNDS"); do
     for work in fast stream; do
@@ -449,12 +460,17 @@ for round in $(seq 1 "$REC_ROUNDS"); do
                 w=$(($(thread_ticks "$GPT_PID" "$WRITER_TID") - wbefore))
                 REC[$t,$work,proxy]+=" $(us_per_request $((after - before - w)) "$reqs")"
             fi
+            # The recording gateway writes its last batch and checkpoints after wrk stops: on the same core, that
+            # would land in the next (recording off) run. Wait until its CPU time stands still.
+            [[ $t == gpt-api ]] && settle "${PROC[$t]}"
         done
         log "recording round $round $work: on $(awk '{ print $NF }' <<<"${REC[gpt-api,$work,rps]}") req/s," \
             "off $(awk '{ print $NF }' <<<"${REC[gpt-api-norec,$work,rps]}") req/s"
     done
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# The per-run value a quarter of the runs are at or under (the nearest rank).
+lower_quartile() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { i = int((NR + 3) / 4); print v[i < 1 ? 1 : i] }'; }
 
 for t in "${TARGETS[@]:1}"; do
     # shellcheck disable=SC2086
@@ -622,7 +638,7 @@ report() {
         echo
         echo "| answer | usage | req/s per run | median req/s | p99 ms per run | median p99 ms | median CPU µs/req | median proxy CPU µs/req |"
         echo "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |"
-        local work r=() c=() p=() l=()
+        local work r=() c=() p=() l=() q=()
         for work in fast stream; do
             local on_rps off_rps on_cpu off_cpu on_proxy=-
             # shellcheck disable=SC2086
@@ -631,12 +647,15 @@ report() {
             on_cpu=$(median ${REC[gpt-api,$work,cpu]}) off_cpu=$(median ${REC[gpt-api-norec,$work,cpu]})
             # shellcheck disable=SC2086
             [[ -n ${REC[gpt-api,$work,proxy]:-} ]] && on_proxy=$(median ${REC[gpt-api,$work,proxy]})
-            local on_p99 off_p99
+            local on_p99 off_p99 on_q off_q
             # shellcheck disable=SC2086
             on_p99=$(median ${REC[gpt-api,$work,p99]}) off_p99=$(median ${REC[gpt-api-norec,$work,p99]})
+            # shellcheck disable=SC2086
+            on_q=$(lower_quartile ${REC[gpt-api,$work,p99]}) off_q=$(lower_quartile ${REC[gpt-api-norec,$work,p99]})
             echo "| $work | on |${REC[gpt-api,$work,rps]} | $(int "$on_rps") |${REC[gpt-api,$work,p99]} | $on_p99 | $on_cpu | $on_proxy |"
             echo "| $work | off (\`enabled: false\`) |${REC[gpt-api-norec,$work,rps]} | $(int "$off_rps") |${REC[gpt-api-norec,$work,p99]} | $off_p99 | $off_cpu | - |"
             r+=("$(ratio "$on_rps" "$off_rps")") c+=("$(ratio "$off_cpu" "$on_cpu")") l+=("$(ratio "$on_p99" "$off_p99")")
+            q+=("$(ratio "$on_q" "$off_q")")
             if [[ $on_proxy == - ]]; then p+=(-); else p+=("$(ratio "$off_cpu" "$on_proxy")"); fi
         done
         echo
@@ -644,6 +663,7 @@ report() {
         echo "| --- | ---: | ---: |"
         echo "| req/s (medians) | ${r[0]} | ${r[1]} |"
         echo "| p99 (medians; at \`BENCH_CONNECTIONS=1\` the recording p99 of #21) | ${l[0]} | ${l[1]} |"
+        echo "| p99 (lower quartiles of the runs: less of the machine's noise, which only adds) | ${q[0]} | ${q[1]} |"
         echo "| requests per CPU second, writer sharing the proxy's core (CPU/req off / on) | ${c[0]} | ${c[1]} |"
         echo "| requests per CPU second of the proxy, writer on CPU of its own (off / proxy's on) | ${p[0]} | ${p[1]} |"
     fi
