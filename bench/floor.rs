@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
@@ -98,10 +99,20 @@ impl ProxyHttp for Floor {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         if self.shaped {
-            req.insert_header(http::header::HOST, "127.0.0.1")?;
-            req.insert_header(http::header::AUTHORIZATION, "Bearer sk-backend-key")?;
-            req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-            req.insert_header(http::header::CONTENT_LENGTH, ctx.body_len)?;
+            // Values made once, as gpt-api's client config makes them; Content-Length only when it differs.
+            req.insert_header(http::header::HOST, HeaderValue::from_static("127.0.0.1"))?;
+            req.insert_header(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_static("Bearer sk-backend-key"),
+            )?;
+            req.insert_header(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            )?;
+            let length = HeaderValue::from(ctx.body_len);
+            if req.headers.get(http::header::CONTENT_LENGTH) != Some(&length) {
+                req.insert_header(http::header::CONTENT_LENGTH, length)?;
+            }
             req.insert_header("X-Forwarded-For", ctx.caller.as_str())?;
         }
         Ok(())
