@@ -8,7 +8,7 @@ use pingora::{Error, ErrorSource};
 
 use super::attempt::describe;
 use super::caller::{caller_ip, socket_ip};
-use super::{admit, respond, stored, Gateway, RequestCtx};
+use super::{admit, respond, Gateway, RequestCtx};
 use crate::dialect::{anthropic, responses};
 use crate::endpoints::ApiKind;
 use crate::error::GatewayError;
@@ -196,6 +196,5 @@ pub(super) fn log(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &mut 
             &if used { tokens } else { Default::default() },
         );
     }
-    stored::forget_deleted(gw, session, ctx, status);
     ctx.send_record(status);
 }

@@ -111,11 +111,13 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response::head(&self.0, resp, ctx)
+        response::head(&self.0, resp, ctx)?;
+        stored::forget_deleted(&self.0, session, ctx, resp.status.as_u16());
+        Ok(())
     }
 
     async fn response_filter(

@@ -87,7 +87,8 @@ pub(super) fn remember(gw: &Gateway, ctx: &mut RequestCtx) {
     }
 }
 
-/// A response its backend deleted (`DELETE` answered 2xx) is forgotten.
+/// A response its backend deleted (`DELETE` answered 2xx) is forgotten, at the backend's answer head: before
+/// the caller has the answer, so a request the caller sends right after it finds the response gone.
 pub(super) fn forget_deleted(gw: &Gateway, session: &Session, ctx: &RequestCtx, status: u16) {
     let req = session.req_header();
     if ctx.kind() != ApiKind::StoredResponse || req.method != Method::DELETE {
