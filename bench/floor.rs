@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use gpt_api::config;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -24,12 +25,13 @@ use pingora::server::Server;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// gpt-api's defaults for the same deadlines.
+/// gpt-api's caller keep-alive and pooled-idle deadlines (private to its proxy); the others are its config's
+/// defaults.
 const KEEPALIVE_SECS: u64 = 75;
-const BODY: Duration = Duration::from_secs(60);
-const CONNECT: Duration = Duration::from_secs(10);
-const READ: Duration = Duration::from_secs(600);
 const POOL_IDLE: Duration = Duration::from_secs(90);
+const BODY: Duration = Duration::from_millis(config::DEFAULT_CLIENT_TIMEOUT_MS);
+const CONNECT: Duration = Duration::from_millis(config::DEFAULT_CONNECT_TIMEOUT_MS);
+const READ: Duration = Duration::from_millis(config::DEFAULT_READ_TIMEOUT_MS);
 
 struct Floor {
     backend: std::net::SocketAddr,
@@ -38,7 +40,8 @@ struct Floor {
 
 #[derive(Default)]
 struct Ctx {
-    body_len: usize,
+    /// The request body, kept for the request's life as gpt-api keeps it (to route by it, record it).
+    body: Bytes,
     caller: String,
 }
 
@@ -66,7 +69,7 @@ impl ProxyHttp for Floor {
             };
             body.extend_from_slice(&chunk);
         }
-        ctx.body_len = Bytes::from(body).len();
+        ctx.body = body.freeze();
         ctx.caller = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -109,7 +112,7 @@ impl ProxyHttp for Floor {
                 http::header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             )?;
-            let length = HeaderValue::from(ctx.body_len);
+            let length = HeaderValue::from(ctx.body.len());
             if req.headers.get(http::header::CONTENT_LENGTH) != Some(&length) {
                 req.insert_header(http::header::CONTENT_LENGTH, length)?;
             }

@@ -84,16 +84,14 @@ run_gpt_api() { # $1 usage on|off, then port, outfile
 run_gpt_api_on() { run_gpt_api on "$@"; }
 run_gpt_api_off() { run_gpt_api off "$@"; }
 
-run_floor() { # port, outfile
-    exec valgrind --tool=callgrind --callgrind-out-file="$2" "$FLOOR" "127.0.0.1:$1" "127.0.0.1:$BPORT" 2>"$TMP/floor.log"
+run_floor() { # port, outfile, bench-floor's options
+    exec valgrind --tool=callgrind --callgrind-out-file="$2" "$FLOOR" "127.0.0.1:$1" "127.0.0.1:$BPORT" "${@:3}" \
+        2>"$TMP/floor.log"
 }
 
 # The floor doing what gpt-api must ask of Pingora for its promises (deadlines, the body read before routing, the
 # backend's headers, request ids), and nothing of its own: see bench/floor.rs.
-run_floor_shaped() { # port, outfile
-    exec valgrind --tool=callgrind --callgrind-out-file="$2" "$FLOOR" "127.0.0.1:$1" "127.0.0.1:$BPORT" --shaped \
-        2>"$TMP/floor.log"
-}
+run_floor_shaped() { run_floor "$1" "$2" --shaped; }
 
 run_nginx() { # port, outfile
     local p=$1 out=$2
